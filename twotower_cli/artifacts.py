@@ -1,0 +1,74 @@
+"""Stage outputs: written aside and moved into place on success, with a manifest.json last.
+
+A stage that fails leaves nothing behind; a stage's outputs are complete when its manifest exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from twotower_cli.errors import TwoTowerError
+
+MANIFEST = "manifest.json"
+
+
+def require(stage_dir: str | Path, command: str) -> Path:
+    """The directory of an earlier stage, or a one-line error naming the command to run first."""
+    stage_dir = Path(stage_dir)
+    if not (stage_dir / MANIFEST).exists():
+        raise TwoTowerError(f"{stage_dir} has no finished output: run `twotower {command}` first")
+    return stage_dir
+
+
+def read_manifest(stage_dir: str | Path) -> dict:
+    return json.loads((Path(stage_dir) / MANIFEST).read_text())
+
+
+class StageOutput:
+    """`with StageOutput("train", out_dir, config, inputs) as out:` write to `out.path(name)`."""
+
+    def __init__(self, stage: str, out_dir: str | Path, config: dict, inputs: list) -> None:
+        self.stage = stage
+        self.out_dir = Path(out_dir)
+        self.config = config
+        self.inputs = [str(p) for p in inputs]
+        self.figures: dict = {}
+        self.tmp = self.out_dir / f".partial-{os.getpid()}"
+
+    def path(self, name: str) -> Path:
+        return self.tmp / name
+
+    def __enter__(self) -> StageOutput:
+        self.out_dir_existed = self.out_dir.exists()
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if not self.out_dir_existed or not any(self.out_dir.iterdir()):
+                shutil.rmtree(self.out_dir, ignore_errors=True)
+            return
+        # the old manifest goes first, so a crash mid-move never leaves a stale "complete" mark
+        (self.out_dir / MANIFEST).unlink(missing_ok=True)
+        outputs = sorted(p.name for p in self.tmp.iterdir())
+        for name in outputs:
+            target = self.out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            (self.tmp / name).replace(target)
+        self.tmp.rmdir()
+        manifest = {
+            "stage": self.stage,
+            "inputs": self.inputs,
+            "outputs": outputs,
+            "seconds": round(time.perf_counter() - self.start, 3),
+            "figures": self.figures,
+            "config": self.config,
+        }
+        (self.out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))

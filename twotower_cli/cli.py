@@ -1,0 +1,53 @@
+"""The front door: `twotower <stage> [hydra overrides]`. It only routes: the stage word becomes
+the `stage=` override and Hydra does the rest (overrides, -m sweeps, --cfg job)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from twotower_cli.errors import TwoTowerError
+
+# absolute: a relative config_path becomes a package path once installed as a script
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "run")
+# faiss announces which SIMD build it loaded at INFO; not news to a user
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+USAGE = f"usage: twotower {{{'|'.join(STAGE_WORDS)}}} [key=value ...] [-m] [--cfg job]"
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def app(cfg: DictConfig) -> None:
+    import torch
+
+    from twotower_cli.stages import STAGES
+
+    threads = cfg.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    try:
+        STAGES[cfg.stage](cfg)
+    except (TwoTowerError, ValueError, FileNotFoundError) as err:
+        print(f"twotower {cfg.stage}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    stage = argv.pop(0)
+    if stage not in STAGE_WORDS:
+        print(f"twotower: unknown stage {stage!r}; {USAGE}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], f"stage={stage}", *argv]
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Raw tables -> encoded tables: vocabularies, feature specs and the on-disk layout.
+
+Used by `twotower preprocess` (encode + save) and by every later stage (load).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from twotower_cli.errors import TwoTowerError
+
+KINDS = ("categorical", "multihot", "numeric")
+
+
+@dataclass
+class Field:
+    """One input feature of a tower. Ids start at 1; 0 is padding/unknown."""
+
+    name: str
+    kind: str
+    vocab_size: int = 0
+    max_len: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise TwoTowerError(f"feature {self.name!r}: kind {self.kind!r} not in {KINDS}")
+
+
+@dataclass
+class RawData:
+    """What a loader returns: raw values, one row per interaction / user / item.
+
+    interactions has user_id, item_id, timestamp and label columns; users/items have their id
+    column plus the raw feature columns named in user_fields/item_fields (name -> kind)
+    """
+
+    interactions: pd.DataFrame
+    users: pd.DataFrame
+    items: pd.DataFrame
+    user_fields: dict[str, str]
+    item_fields: dict[str, str]
+    counts: dict = field(default_factory=dict)
+
+
+@dataclass
+class Encoded:
+    """Encoded tables: `user` / `item` are dense ids 1..n (0 = unknown) in every table."""
+
+    users: pd.DataFrame
+    items: pd.DataFrame
+    vocabs: dict[str, list]
+    schema: dict[str, list[Field]]
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+
+def build_vocab(values: pd.Series) -> list:
+    """Distinct non-null values, most frequent first (ties by value): id = position + 1."""
+    counts = values.dropna().value_counts()
+    frame = pd.DataFrame({"v": counts.index, "n": counts.to_numpy()})
+    frame["key"] = frame["v"].astype(str)
+    frame = frame.sort_values(["n", "key"], ascending=[False, True], kind="stable")
+    return [_plain(v) for v in frame["v"]]
+
+
+def _plain(v):
+    """JSON-safe scalar (numpy ints/floats to Python)."""
+    return v.item() if hasattr(v, "item") else v
+
+
+def encode_values(values: pd.Series, vocab: list) -> np.ndarray:
+    """Map raw values to ids through a vocabulary; unseen and missing values get 0."""
+    ids = pd.Index(vocab).get_indexer(pd.Series(values).to_numpy()) + 1
+    return ids.astype(np.int64)
+
+
+def encode_multihot(lists: pd.Series, vocab: list, max_len: int) -> np.ndarray:
+    """Lists of raw values -> [n, max_len] ids, left-aligned, 0-padded, unseen values dropped."""
+    flat = lists.reset_index(drop=True).explode().dropna()
+    rows = flat.index.to_numpy(dtype=np.int64)
+    ids = encode_values(flat, vocab)
+    rows, ids = rows[ids > 0], ids[ids > 0]
+    # explode keeps row order, so rows is sorted: a value's slot = its offset within its row
+    pos = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+    keep = pos < max_len
+    out = np.zeros((len(lists), max_len), dtype=np.int64)
+    out[rows[keep], pos[keep]] = ids[keep]
+    return out
+
+
+def encode_side(
+    frame: pd.DataFrame, key: str, fields: dict[str, str], id_name: str
+) -> tuple[pd.DataFrame, dict[str, list], list[Field]]:
+    """Encode one side's table. Row order = id order: the entity with id i sits at row i - 1."""
+    frame = frame.drop_duplicates(key).reset_index(drop=True)
+    id_vocab = [_plain(v) for v in frame[key]]
+    out = pd.DataFrame({id_name: np.arange(1, len(frame) + 1, dtype=np.int64)})
+    vocabs = {id_name: id_vocab}
+    specs = [Field(id_name, "categorical", len(id_vocab) + 1)]
+    for name, kind in fields.items():
+        if name == key:
+            continue
+        col = frame[name]
+        if kind == "categorical":
+            vocab = build_vocab(col)
+            out[name] = encode_values(col, vocab)
+            specs.append(Field(name, kind, len(vocab) + 1))
+        elif kind == "multihot":
+            vocab = build_vocab(col.explode())
+            width = max(1, int(col.str.len().fillna(0).max()))
+            out[name] = list(encode_multihot(col.reset_index(drop=True), vocab, width))
+            specs.append(Field(name, kind, len(vocab) + 1, width))
+        else:
+            values = pd.to_numeric(col, errors="coerce").astype("float64")
+            mean, std = float(values.mean()), float(values.std() or 1.0)
+            out[name] = ((values - mean) / std).fillna(0.0).astype("float32")
+            vocab = [mean, std]
+            specs.append(Field(name, kind))
+        vocabs[name] = vocab
+    return out, vocabs, specs
+
+
+def save_encoded(enc: Encoded, out_dir: Path) -> list[str]:
+    """Write users/items parquet, vocabularies and schema JSON; return the file names."""
+    enc.users.to_parquet(out_dir / "users.parquet", index=False)
+    enc.items.to_parquet(out_dir / "items.parquet", index=False)
+    (out_dir / "vocabs.json").write_text(json.dumps(enc.vocabs, ensure_ascii=False))
+    schema = {side: [asdict(f) for f in fs] for side, fs in enc.schema.items()}
+    (out_dir / "schema.json").write_text(json.dumps(schema, indent=1))
+    return ["users.parquet", "items.parquet", "vocabs.json", "schema.json"]
+
+
+def load_schema(prep_dir: Path) -> dict[str, list[Field]]:
+    raw = json.loads((prep_dir / "schema.json").read_text())
+    return {side: [Field(**f) for f in fs] for side, fs in raw.items()}
+
+
+def feature_tensors(table: pd.DataFrame, fields: list[Field]) -> dict[str, torch.Tensor]:
+    """A side's whole table as tensors indexed by id (row 0 = padding), for batch gathering."""
+    out = {}
+    for f in fields:
+        col = table[f.name]
+        if f.kind == "multihot":
+            values = np.stack(col.to_numpy()) if len(col) else np.zeros((0, f.max_len))
+            values = values.astype(np.int64)
+        elif f.kind == "numeric":
+            values = col.to_numpy(dtype=np.float32)
+        else:
+            values = col.to_numpy(dtype=np.int64)
+        pad = np.zeros((1, *values.shape[1:]), dtype=values.dtype)
+        out[f.name] = torch.from_numpy(np.concatenate([pad, values]))
+    return out

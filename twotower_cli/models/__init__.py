@@ -1,0 +1,1 @@
+"""Tower variants, one file each, built from the shared blocks in `blocks.py`."""

@@ -1,0 +1,112 @@
+"""The training loop (`twotower train`): batches gathered from pre-built tensors, early stopping
+on validation Recall@k, best weights kept."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from twotower_cli.models.base import TwoTower
+from twotower_cli.retrieval import EvalSet, build_index, evaluate_index
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 40
+    batch_size: int = 1024
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    early_stop_k: int = 20
+    patience: int = 4
+    device: str = "cpu"
+    seed: int = 0
+
+
+def gather(table: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A batch's features: rows `ids` of every feature tensor (one indexing op per field)."""
+    return {name: t[ids] for name, t in table.items()}
+
+
+def to_device(table: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {name: t.to(device) for name, t in table.items()}
+
+
+@torch.no_grad()
+def encode_all(model: TwoTower, table: dict[str, torch.Tensor], ids: np.ndarray, side: str,
+               batch: int = 65536) -> np.ndarray:  # fmt: skip
+    """Serving vectors for entity ids, in large batches."""
+    model.eval()
+    fn = model.user_vectors if side == "user" else model.item_vectors
+    device = next(iter(table.values())).device
+    out = [
+        fn(gather(table, torch.as_tensor(ids[s : s + batch], device=device))).float().cpu()
+        for s in range(0, len(ids), batch)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def validate(model, user_table, item_table, ev: EvalSet, k: int, n_items: int) -> float:
+    items = encode_all(model, item_table, np.arange(1, n_items + 1), "item")
+    users = encode_all(model, user_table, ev.users, "user")
+    index = build_index(items, "Flat")
+    return evaluate_index(index, users, ev, [k], n_items)[f"recall@{k}"]
+
+
+def train(
+    model: TwoTower,
+    loss_fn,
+    examples: dict[str, torch.Tensor],
+    user_table: dict[str, torch.Tensor],
+    item_table: dict[str, torch.Tensor],
+    valid: EvalSet,
+    n_items: int,
+    settings: TrainSettings,
+    item_log_q: torch.Tensor | None = None,
+) -> list[dict]:
+    """Train in place; leaves the best-validation weights in `model`; returns per-epoch history."""
+    torch.manual_seed(settings.seed)
+    device = settings.device
+    model.to(device)
+    user_table, item_table = to_device(user_table, device), to_device(item_table, device)
+    examples = to_device(examples, device)
+    log_q = item_log_q.to(device) if item_log_q is not None else None
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    gen = torch.Generator().manual_seed(settings.seed)
+    n = len(examples["user"])
+    k = settings.early_stop_k
+    best, best_state, history, waited = -1.0, None, [], 0
+    epochs = tqdm(range(settings.epochs), desc="train", unit="epoch")
+    for epoch in epochs:
+        model.train()
+        start, total = time.perf_counter(), 0.0
+        perm = torch.randperm(n, generator=gen).to(device)
+        for s in range(0, n, settings.batch_size):
+            idx = perm[s : s + settings.batch_size]
+            user, item = examples["user"][idx], examples["item"][idx]
+            u = model.user_vectors(gather(user_table, user))
+            v = model.item_vectors(gather(item_table, item))
+            loss = loss_fn(model.logit_scale, u, v, item=item, label=examples["label"][idx],
+                           log_q=log_q)  # fmt: skip
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        score = validate(model, user_table, item_table, valid, k, n_items)
+        history.append({"epoch": epoch + 1, "loss": total / n, f"valid_recall@{k}": score,
+                        "seconds": time.perf_counter() - start})  # fmt: skip
+        epochs.set_postfix(loss=f"{total / n:.4f}", **{f"val_r@{k}": f"{score:.4f}"})
+        if score > best:
+            best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= settings.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.cpu()
+    return history
