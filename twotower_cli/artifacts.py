@@ -72,3 +72,12 @@ class StageOutput:
             "config": self.config,
         }
         (self.out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+
+
+def prune_empty(path: str | Path, stop: str | Path) -> None:
+    """Remove `path` and its parents up to (not including) `stop` while they are empty: what
+    Hydra created for a stage that then failed."""
+    path, stop = Path(path).resolve(), Path(stop).resolve()
+    while path != stop and stop in path.parents and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent

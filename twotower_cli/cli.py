@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from twotower_cli.artifacts import prune_empty
 from twotower_cli.errors import TwoTowerError
 
 # absolute: a relative config_path becomes a package path once installed as a script
@@ -32,6 +34,7 @@ def app(cfg: DictConfig) -> None:
     try:
         STAGES[cfg.stage](cfg)
     except (TwoTowerError, ValueError, FileNotFoundError) as err:
+        prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)
         print(f"twotower {cfg.stage}: error: {err}", file=sys.stderr)
         sys.exit(2)
 
@@ -45,7 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     if stage not in STAGE_WORDS:
         print(f"twotower: unknown stage {stage!r}; {USAGE}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = [sys.argv[0], f"stage={stage}", *argv]
+    # argparse takes overrides as one positional run: flags go first, the stage word next
+    flags = [a for a in argv if a in ("-m", "--multirun")]
+    rest = [a for a in argv if a not in flags]
+    sys.argv = [sys.argv[0], *flags, f"stage={stage}", *rest]
     app()
 
 

@@ -1,0 +1,39 @@
+"""Shared test helpers: run the CLI in-process on a small generated data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from twotower_cli.cli import main
+
+# ~2k positives: every stage runs in a second or two
+SMALL = [
+    "dataset=synthetic",
+    "dataset.load.n_users=300",
+    "dataset.load.n_items=200",
+    "dataset.load.n_interactions=6000",
+    "dataset.load.n_clusters=8",
+    "train.epochs=3",
+    "train.batch_size=256",
+]
+
+
+def twotower(*args: str) -> int:
+    """Run `twotower ARGS` in this process; return the exit code."""
+    try:
+        main(list(args))
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    return tmp_path / "outputs"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

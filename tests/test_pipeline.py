@@ -1,0 +1,64 @@
+"""End to end: all six stages on a small generated data set, and the installed script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import SMALL, read_json, twotower
+
+
+def test_stages_one_by_one_write_their_artifacts(out_dir: Path):
+    paths = f"paths.out={out_dir}"
+    for stage in ("preprocess", "sample", "train", "embed", "index", "evaluate"):
+        assert twotower(stage, *SMALL, paths) == 0, stage
+    run_root = out_dir / "synthetic" / "sample" / "inbatch" / "dssm"
+    for stage in ("train", "embed", "index", "evaluate"):
+        manifest = read_json(run_root / stage / "manifest.json")
+        assert manifest["stage"] == stage
+        assert manifest["config"]["paths"]["out"] == str(out_dir)
+    metrics = read_json(run_root / "evaluate" / "metrics.json")
+    assert set(metrics) == {"model", "popularity"}
+    for run in metrics.values():
+        assert {"recall@10", "precision@20", "ndcg@50", "hit_rate@20", "coverage@10"} <= set(run)
+        assert all(0.0 <= v <= 1.0 for v in run.values())
+    # planted clusters: even three epochs beat popularity clearly
+    assert metrics["model"]["recall@20"] > metrics["popularity"]["recall@20"] + 0.05
+
+
+def test_stage_without_its_inputs_names_the_command_to_run_first(out_dir: Path, capsys):
+    assert twotower("train", *SMALL, f"paths.out={out_dir}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "run `twotower preprocess` first" in err[0]
+    assert not (out_dir / "synthetic" / "sample").exists()
+
+
+def test_model_sweep_reuses_the_same_preprocess(out_dir: Path):
+    paths = f"paths.out={out_dir}"
+    assert twotower("preprocess", *SMALL, paths) == 0
+    assert twotower("sample", *SMALL, paths) == 0
+    before = (out_dir / "synthetic" / "preprocess" / "manifest.json").stat().st_mtime_ns
+    assert twotower("train", *SMALL, paths, "-m", "model.out_dim=16,32") == 0
+    after = (out_dir / "synthetic" / "preprocess" / "manifest.json").stat().st_mtime_ns
+    assert before == after
+    assert (out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "train" / "model.pt").exists()
+
+
+def test_installed_script_runs_the_whole_pipeline(out_dir: Path):
+    script = Path(sys.executable).with_name("twotower")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [str(script), "run", *SMALL, f"paths.out={out_dir}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| recall@20 |" in proc.stdout
+    assert (out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "evaluate" / "metrics.json").exists()
+
+
+def test_unknown_stage_word_exits_non_zero(capsys):
+    assert twotower("fit") == 2
+    assert "unknown stage 'fit'" in capsys.readouterr().err
