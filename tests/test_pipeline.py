@@ -56,7 +56,9 @@ def test_installed_script_runs_the_whole_pipeline(out_dir: Path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| recall@20 |" in proc.stdout
-    assert (out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "evaluate" / "metrics.json").exists()
+    assert (
+        out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "evaluate" / "metrics.json"
+    ).exists()
 
 
 def test_unknown_stage_word_exits_non_zero(capsys):

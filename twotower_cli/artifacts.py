@@ -14,6 +14,13 @@ from pathlib import Path
 from twotower_cli.errors import TwoTowerError
 
 MANIFEST = "manifest.json"
+_stage_start = time.perf_counter()
+
+
+def mark_stage_start() -> None:
+    """Called as a stage begins: the manifest's `seconds` count the whole stage, not the write."""
+    global _stage_start
+    _stage_start = time.perf_counter()
 
 
 def require(stage_dir: str | Path, command: str) -> Path:
@@ -45,7 +52,6 @@ class StageOutput:
     def __enter__(self) -> StageOutput:
         self.out_dir_existed = self.out_dir.exists()
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.start = time.perf_counter()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -67,7 +73,7 @@ class StageOutput:
             "stage": self.stage,
             "inputs": self.inputs,
             "outputs": outputs,
-            "seconds": round(time.perf_counter() - self.start, 3),
+            "seconds": round(time.perf_counter() - _stage_start, 3),
             "figures": self.figures,
             "config": self.config,
         }

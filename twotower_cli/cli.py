@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from twotower_cli.artifacts import prune_empty
+from twotower_cli.artifacts import mark_stage_start, prune_empty
 from twotower_cli.errors import TwoTowerError
 
 # absolute: a relative config_path becomes a package path once installed as a script
@@ -32,6 +32,7 @@ def app(cfg: DictConfig) -> None:
     threads = cfg.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     try:
+        mark_stage_start()
         STAGES[cfg.stage](cfg)
     except (TwoTowerError, ValueError, FileNotFoundError) as err:
         prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)

@@ -22,9 +22,7 @@ def is_member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     return sorted_keys[pos] == keys
 
 
-def drop_excluded(
-    ranked: np.ndarray, exclude: np.ndarray, n_items: int, k: int
-) -> np.ndarray:
+def drop_excluded(ranked: np.ndarray, exclude: np.ndarray, n_items: int, k: int) -> np.ndarray:
     """The first k items of each row that are not excluded for that row's user (-1 pads)."""
     rows = np.arange(len(ranked))[:, None]
     bad = (ranked < 0) | is_member(pair_keys(rows, ranked, n_items), exclude)

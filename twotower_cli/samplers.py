@@ -91,7 +91,9 @@ def draw_excluding(
 ) -> np.ndarray:
     """One item per entry of `users`, drawn from `probs` over ids 1..n_items (uniform when
     None), redrawing (vectorised) any that hit that user's positives."""
-    known = np.unique(pair_keys(positives["user"].to_numpy(), positives["item"].to_numpy(), n_items))
+    known = np.unique(
+        pair_keys(positives["user"].to_numpy(), positives["item"].to_numpy(), n_items)
+    )
     items = np.empty(len(users), dtype=np.int64)
     todo = np.arange(len(users))
     for _ in range(max_rounds):

@@ -13,13 +13,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from twotower_cli import losses
-from twotower_cli.artifacts import StageOutput, read_manifest, require
-from twotower_cli.data.preprocess import SplitSettings, preprocess as preprocess_tables
+from twotower_cli.artifacts import StageOutput, mark_stage_start, read_manifest, require
+from twotower_cli.data.preprocess import SplitSettings
+from twotower_cli.data.preprocess import preprocess as preprocess_tables
 from twotower_cli.data.tables import feature_tensors, load_schema, save_encoded
 from twotower_cli.errors import TwoTowerError
-from twotower_cli.retrieval import EvalSet, build_index, evaluate_index, evaluate_ranked
-from twotower_cli.retrieval import popularity_ranking
-from twotower_cli.trainer import TrainSettings, encode_all, train as train_model
+from twotower_cli.retrieval import (
+    EvalSet,
+    build_index,
+    evaluate_index,
+    evaluate_ranked,
+    popularity_ranking,
+)
+from twotower_cli.trainer import TrainSettings, encode_all
+from twotower_cli.trainer import train as train_model
 
 SPLITS = ("train", "valid", "test")
 
@@ -156,8 +163,9 @@ def evaluate(cfg: DictConfig) -> dict:
     depth = min(n_items, max(ks) + ev.max_exclude)
     metrics = {
         "model": evaluate_index(idx, u, ev, ks, n_items),
-        "popularity": evaluate_ranked(popularity_ranking(counts, len(ev.users), depth), ev, ks,
-                                      n_items),  # fmt: skip
+        "popularity": evaluate_ranked(
+            popularity_ranking(counts, len(ev.users), depth), ev, ks, n_items
+        ),  # fmt: skip
     }
     with StageOutput("evaluate", cfg.paths.evaluate_dir, _config(cfg),
                      [prep_dir, embed_dir, index_dir]) as out:  # fmt: skip
@@ -182,7 +190,9 @@ def format_table(metrics: dict, ks: list[int]) -> str:
 
 def run(cfg: DictConfig) -> dict:
     for stage in (preprocess, sample, train, embed, index):
+        mark_stage_start()
         stage(cfg)
+    mark_stage_start()
     return evaluate(cfg)
 
 

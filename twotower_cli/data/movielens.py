@@ -149,9 +149,7 @@ def read_grouplens(zip_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
 def load(raw_dir: str | Path, min_rating: float = 4, **_: object) -> RawData:
     """MovieLens-100K as RawData: ratings with a `like` label, user and item features."""
     source = fetch(Path(raw_dir))
-    ratings, users, items = (
-        read_recbole(source) if source.is_dir() else read_grouplens(source)
-    )
+    ratings, users, items = read_recbole(source) if source.is_dir() else read_grouplens(source)
     if ratings_checksum(ratings) != RATINGS_SHA256:
         raise TwoTowerError(f"{source}: ratings checksum mismatch; delete it to refetch")
     ratings = ratings.astype({"user_id": "int64", "item_id": "int64", "timestamp": "int64"})
