@@ -1,0 +1,50 @@
+"""Encoders and the split, on hand-worked tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from twotower_cli.data.split import hold_out_last, per_user_split
+from twotower_cli.data.tables import build_vocab, encode_multihot, encode_side, encode_values
+
+
+def test_vocab_is_by_frequency_then_value_and_unknown_is_zero():
+    vocab = build_vocab(pd.Series(["b", "a", "c", "a", None, "c"]))
+    assert vocab == ["a", "c", "b"]  # a:2, c:2 (tie -> by value), b:1
+    assert encode_values(pd.Series(["c", "zz", None, "a"]), vocab).tolist() == [2, 0, 0, 1]
+
+
+def test_multihot_left_aligned_padded_and_unseen_dropped():
+    vocab = ["x", "y", "z"]
+    lists = pd.Series([["y", "x"], [], ["q", "z", "x", "y"]])
+    assert encode_multihot(lists, vocab, 2).tolist() == [[2, 1], [0, 0], [3, 1]]
+
+
+def test_encode_side_ids_follow_row_order_and_scale_numeric():
+    frame = pd.DataFrame({"key": [10, 20, 30], "color": ["r", "g", "r"], "w": [1.0, 2.0, 3.0]})
+    out, vocabs, specs = encode_side(frame, "key", {"color": "categorical", "w": "numeric"}, "uid")
+    assert out["uid"].tolist() == [1, 2, 3] and vocabs["uid"] == [10, 20, 30]
+    assert out["color"].tolist() == [1, 2, 1]
+    # mean 2, sample std 1 -> -1, 0, 1
+    assert np.allclose(out["w"], [-1.0, 0.0, 1.0])
+    assert [(s.name, s.vocab_size) for s in specs] == [("uid", 4), ("color", 3), ("w", 0)]
+
+
+def test_hold_out_last_rounds_and_skips_small_users():
+    # user 1: 7 positives -> round(1.4) = 1 held out; user 2: 8 -> round(1.6) = 2; user 3: 4 < 5
+    frame = pd.DataFrame(
+        {
+            "user": [1] * 7 + [2] * 8 + [3] * 4,
+            "item": list(range(7)) + list(range(8)) + list(range(4)),
+            "timestamp": list(range(7)) + [5] * 8 + list(range(4)),
+        }
+    )
+    kept, out = hold_out_last(frame, 0.2, 5)
+    assert out.groupby("user").size().to_dict() == {1: 1, 2: 2}
+    # ties on timestamp (user 2) are ordered by item: the last two items go
+    assert sorted(out[out.user == 2]["item"]) == [6, 7]
+    assert len(kept) == 7 + 8 + 4 - 3
+    parts = per_user_split(frame, 0.2, 0.2, 5)
+    # user 1's remaining 6 -> round(1.2) = 1 to validation; user 2's 6 -> 1
+    assert parts["valid"].groupby("user").size().to_dict() == {1: 1, 2: 1}
