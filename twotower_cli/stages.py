@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -74,9 +75,17 @@ def sample(cfg: DictConfig) -> dict:
     return out.figures
 
 
+def _build_model(model_cfg, schema: dict):
+    """The configured tower; a bad model value is a one-line error, not Hydra's traceback."""
+    try:
+        return instantiate(model_cfg, schema=schema)
+    except InstantiationException as err:
+        raise TwoTowerError(f"model: {err.__cause__ or err}") from err
+
+
 def _load_model(train_dir: Path):
     ckpt = torch.load(train_dir / "model.pt", weights_only=True)
-    model = instantiate(ckpt["model"], schema=ckpt["schema"])
+    model = _build_model(ckpt["model"], ckpt["schema"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt
 
@@ -111,7 +120,7 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     schema, users, items = _tables(prep_dir)
     n_items = len(next(iter(items.values()))) - 1
-    model = instantiate(cfg.model, schema={s: [vars(f) for f in fs] for s, fs in schema.items()})
+    model = _build_model(cfg.model, {s: [vars(f) for f in fs] for s, fs in schema.items()})
     loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
     n_users = len(users["user"]) - 1
     examples = _examples(model, prep_dir, sample_dir, n_users, n_items, cfg.seed)

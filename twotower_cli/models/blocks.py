@@ -76,10 +76,13 @@ class SENet(nn.Module):
 
     def __init__(self, n_fields: int, reduction: int = 2) -> None:
         super().__init__()
-        hidden = max(1, n_fields // reduction)
+        hidden = -(-n_fields // reduction)  # ceil: a side with few fields keeps >= 1 unit
         self.excite = nn.Sequential(
             nn.Linear(n_fields, hidden), nn.ReLU(), nn.Linear(hidden, n_fields), nn.Sigmoid()
         )
+        # field means start near 0, so with a random bias a ReLU fed by 2-5 fields can start
+        # (and stay) dead; a small positive bias keeps every unit alive at the start
+        nn.init.constant_(self.excite[0].bias, 0.1)
 
     def weights(self, e: torch.Tensor) -> torch.Tensor:
         """[batch, n_fields, dim] -> [batch, n_fields] field weights in (0, 1)."""

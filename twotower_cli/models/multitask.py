@@ -55,10 +55,11 @@ class MultiTaskTower(TwoTower):
     ) -> None:
         super().__init__(similarity, temperature)
         tasks = list(tasks or [])
-        if not tasks or len(set(tasks)) != len(tasks):
-            raise ValueError(
-                f"model.tasks: {tasks} must be distinct task names (the data set's `tasks`)"
-            )
+        if not tasks:
+            raise ValueError("model.tasks is empty: the data set declares no `tasks` "
+                             "(set dataset.tasks=[...] or model.tasks=[...])")  # fmt: skip
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"model.tasks: {tasks} has duplicates")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"model.weighting: {weighting!r} not in {WEIGHTINGS}")
         self.tasks = tuple(tasks)
@@ -132,5 +133,7 @@ class MultiTaskTower(TwoTower):
             "task_weights": [round(float(w), 4) for w in self.task_weights],
         }
         if self.weighting == "uncertainty":
-            info["learned_precision"] = [round(float(torch.exp(-s)), 4) for s in self.log_vars]
+            info["learned_precision"] = [
+                round(float(p), 4) for p in torch.exp(-self.log_vars.detach())
+            ]
         return {"tasks": info}
