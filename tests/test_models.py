@@ -301,7 +301,8 @@ def test_attach_tasks_labels_examples_and_appends_task_only_positives():
     # (1, 11) as a sampled negative gets no task labels; the task row (1, 11) is appended
     assert out[["item", "label", "task.watch", "task.like"]].values.tolist() == [
         [10, 1, 1, 1], [12, 1, 1, 1], [11, 0, 0, 0], [11, 1, 1, 0]]  # fmt: skip
-    assert out["timestamp"].tolist()[:3] == [1.0, 3.0, None] or np.isnan(out["timestamp"][2])
+    ts = out["timestamp"].to_numpy()
+    assert ts[[0, 1, 3]].tolist() == [1.0, 3.0, 2.0] and np.isnan(ts[2])
 
 
 def test_user_features_take_per_example_columns_over_the_table():
