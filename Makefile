@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint clean
+.PHONY: help install run test lint clean compare-models compare-history
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,6 +28,17 @@ test: install ## the whole test suite (the real MovieLens run included)
 lint: install ## ruff format check and lint
 	$(BIN)/ruff format --check twotower_cli tests
 	$(BIN)/ruff check twotower_cli tests
+
+compare-models: install ## the four tower variants on MovieLens-100K, one sampler -> outputs/compare/models.md
+	$(BIN)/python -m twotower_cli.compare --name models \
+		--runs "model=dssm" "model=senet" "model=parallel" "model=multitask" --seeds 0 \
+		-- sampler=inbatch
+
+compare-history: install ## DSSM with/without the user-history feature -> outputs/compare/history.md
+	$(BIN)/python -m twotower_cli.compare --name history \
+		--runs "model=dssm" "model=dssm model.history=true" \
+		"model=dssm model.history=true model.history_pooling=attention" --seeds 0 \
+		-- sampler=inbatch
 
 clean: ## delete outputs/ (always safe)
 	rm -rf outputs multirun

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from twotower_cli import losses
 from twotower_cli.artifacts import StageOutput, mark_stage_start, read_manifest, require
+from twotower_cli.data.examples import Timeline, training_examples
 from twotower_cli.data.preprocess import SplitSettings
 from twotower_cli.data.preprocess import preprocess as preprocess_tables
 from twotower_cli.data.tables import feature_tensors, load_schema, save_encoded
@@ -49,7 +51,7 @@ def _tables(prep_dir: Path) -> tuple[dict, dict, dict]:
 def preprocess(cfg: DictConfig) -> dict:
     raw = instantiate(cfg.dataset.load)
     enc, parts, counts = preprocess_tables(
-        raw, cfg.dataset.label, SplitSettings(**cfg.dataset.split)
+        raw, cfg.dataset.label, SplitSettings(**cfg.dataset.split), cfg.dataset.get("tasks") or ()
     )
     with StageOutput("preprocess", cfg.paths.preprocess_dir, _config(cfg), []) as out:
         save_encoded(enc, out.tmp)
@@ -73,11 +75,43 @@ def sample(cfg: DictConfig) -> dict:
     return out.figures
 
 
+def _build_model(model_cfg, schema: dict):
+    """The configured tower; a bad model value is a one-line error, not Hydra's traceback."""
+    try:
+        return instantiate(model_cfg, schema=schema)
+    except InstantiationException as err:
+        raise TwoTowerError(f"model: {err.__cause__ or err}") from err
+
+
 def _load_model(train_dir: Path):
     ckpt = torch.load(train_dir / "model.pt", weights_only=True)
-    model = instantiate(ckpt["model"], schema=ckpt["schema"])
+    model = _build_model(ckpt["model"], ckpt["schema"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt
+
+
+def _with_history(model, users: dict, seen: pd.DataFrame) -> dict:
+    """The user table plus each user's latest items in `seen` when the model reads history."""
+    if not model.history_len:
+        return users
+    n_users = len(users["user"]) - 1
+    hist = Timeline(seen, n_users).per_user(n_users, model.history_len)
+    return {**users, "history": torch.from_numpy(hist)}
+
+
+def _examples(model, prep_dir: Path, sample_dir: Path, n_users: int, n_items: int,
+              seed: int) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The sampler's examples plus what the model reads per example (task labels, history)."""
+    tasks = tuple(model.tasks)
+    if tasks and not (prep_dir / "tasks_train.parquet").exists():
+        raise TwoTowerError(f"{prep_dir}: no tasks_train.parquet; set dataset.tasks={list(tasks)}"
+                            " and rerun `twotower preprocess`")  # fmt: skip
+    cols = training_examples(
+        pd.read_parquet(sample_dir / "examples.parquet"), _read_split(prep_dir, "train"),
+        n_users, n_items, tasks,
+        _read_split(prep_dir, "tasks_train") if tasks else None, model.history_len, seed,
+    )  # fmt: skip
+    return {c: torch.from_numpy(v) for c, v in cols.items()}
 
 
 def train(cfg: DictConfig) -> dict:
@@ -86,12 +120,13 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     schema, users, items = _tables(prep_dir)
     n_items = len(next(iter(items.values()))) - 1
-    model = instantiate(cfg.model, schema={s: [vars(f) for f in fs] for s, fs in schema.items()})
+    model = _build_model(cfg.model, {s: [vars(f) for f in fs] for s, fs in schema.items()})
     loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
-    ex = pd.read_parquet(sample_dir / "examples.parquet")
-    examples = {c: torch.from_numpy(ex[c].to_numpy().copy()) for c in ("user", "item", "label")}
+    n_users = len(users["user"]) - 1
+    examples = _examples(model, prep_dir, sample_dir, n_users, n_items, cfg.seed)
     log_q = torch.from_numpy(np.load(sample_dir / "item_log_q.npy"))
     train_pos = _read_split(prep_dir, "train")
+    users = _with_history(model, users, train_pos)
     valid = EvalSet.build(_read_split(prep_dir, "valid"), train_pos, n_items)
     settings = TrainSettings(**cfg.train, seed=cfg.seed)
     history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings, log_q)
@@ -106,6 +141,8 @@ def train(cfg: DictConfig) -> dict:
             out.path("model.pt"),
         )
         (out.path("history.json")).write_text(json.dumps(history, indent=1))
+        for name, obj in model.artifacts(users, items).items():
+            out.path(f"{name}.json").write_text(json.dumps(obj, indent=1))
         best = max(h[f"valid_recall@{settings.early_stop_k}"] for h in history)
         out.figures = {"loss": loss_name, "epochs": len(history), "best_valid": best,
                        "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
@@ -118,6 +155,8 @@ def embed(cfg: DictConfig) -> dict:
     train_dir = require(cfg.paths.train_dir, "train")
     model, _ = _load_model(train_dir)
     _, users, items = _tables(prep_dir)
+    seen = pd.concat([_read_split(prep_dir, "train"), _read_split(prep_dir, "valid")])
+    users = _with_history(model, users, seen)
     item_ids = np.arange(1, len(next(iter(items.values()))), dtype=np.int64)
     user_ids = np.unique(_read_split(prep_dir, "test")["user"].to_numpy())
     with StageOutput("embed", cfg.paths.embed_dir, _config(cfg), [prep_dir, train_dir]) as out:
@@ -167,6 +206,7 @@ def evaluate(cfg: DictConfig) -> dict:
             popularity_ranking(counts, len(ev.users), depth), ev, ks, n_items
         ),  # fmt: skip
     }
+    metrics.update(_sub_retrieval_metrics(cfg.paths.train_dir, prep_dir, embed_dir, ks, n_items))
     with StageOutput("evaluate", cfg.paths.evaluate_dir, _config(cfg),
                      [prep_dir, embed_dir, index_dir]) as out:  # fmt: skip
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -174,6 +214,34 @@ def evaluate(cfg: DictConfig) -> dict:
                        metrics["model"].items()}}  # fmt: skip
     print(format_table(metrics, ks))
     return metrics
+
+
+def _sub_retrieval_metrics(train_dir: str, prep_dir: Path, embed_dir: Path, ks: list[int],
+                           n_items: int) -> dict:  # fmt: skip
+    """`task/<name>` metrics for each retrieval the model names (`sub_retrievals`): an exact
+    search over its columns, scored on that task's held-out positives, excluding every item
+    the user has met in train + validation."""
+    model, _ = _load_model(require(train_dir, "train"))
+    subs = model.sub_retrievals()
+    if not subs:
+        return {}
+    if not (prep_dir / "tasks_test.parquet").exists():
+        raise TwoTowerError(f"{prep_dir}: no tasks_test.parquet; rerun `twotower preprocess`")
+    test = _read_split(prep_dir, "tasks_test")
+    seen = pd.concat([_read_split(prep_dir, "tasks_train"), _read_split(prep_dir, "tasks_valid")])
+    user_ids, u = np.load(embed_dir / "user_ids.npy"), np.load(embed_dir / "user_vectors.npy")
+    v = np.load(embed_dir / "item_vectors.npy")
+    out = {}
+    for name, (a, b) in subs.items():
+        if name not in test.columns:
+            raise TwoTowerError(f"{prep_dir / 'tasks_test.parquet'}: no column {name!r}")
+        ev = EvalSet.build(test[test[name] > 0], seen, n_items)
+        rows = np.searchsorted(user_ids, ev.users)
+        if not np.array_equal(user_ids[rows.clip(max=len(user_ids) - 1)], ev.users):
+            raise TwoTowerError(f"{embed_dir}: user vectors miss task {name!r} users; rerun embed")
+        out[f"task/{name}"] = evaluate_index(build_index(v[:, a:b], "Flat"), u[rows, a:b], ev,
+                                             ks, n_items)  # fmt: skip
+    return out
 
 
 def format_table(metrics: dict, ks: list[int]) -> str:

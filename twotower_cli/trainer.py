@@ -32,6 +32,16 @@ def gather(table: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch
     return {name: t[ids] for name, t in table.items()}
 
 
+def user_features(
+    user_table: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A batch's user features: rows of the user table, overridden by per-example ones (the
+    examples' `user.<name>` columns, such as the history before each example)."""
+    feats = gather(user_table, batch["user"])
+    feats.update({k[5:]: t for k, t in batch.items() if k.startswith("user.")})
+    return feats
+
+
 def to_device(table: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
     return {name: t.to(device) for name, t in table.items()}
 
@@ -86,16 +96,13 @@ def train(
         start, total = time.perf_counter(), 0.0
         perm = torch.randperm(n, generator=gen).to(device)
         for s in range(0, n, settings.batch_size):
-            idx = perm[s : s + settings.batch_size]
-            user, item = examples["user"][idx], examples["item"][idx]
-            u = model.user_vectors(gather(user_table, user))
-            v = model.item_vectors(gather(item_table, item))
-            loss = loss_fn(model.logit_scale, u, v, item=item, label=examples["label"][idx],
-                           log_q=log_q)  # fmt: skip
+            batch = gather(examples, perm[s : s + settings.batch_size])
+            loss = model.batch_loss(loss_fn, user_features(user_table, batch),
+                                    gather(item_table, batch["item"]), batch, log_q)  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total += loss.item() * len(batch["user"])
         score = validate(model, user_table, item_table, valid, k, n_items)
         history.append({"epoch": epoch + 1, "loss": total / n, f"valid_recall@{k}": score,
                         "seconds": time.perf_counter() - start})  # fmt: skip

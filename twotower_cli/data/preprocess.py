@@ -31,12 +31,15 @@ def encode(raw: RawData) -> Encoded:
 
 
 def encode_interactions(
-    raw: RawData, enc: Encoded, label: str
+    raw: RawData, enc: Encoded, label: str, tasks: tuple[str, ...] = ()
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Positives (label > 0) with dense user/item ids; rows with unknown ids dropped, counted."""
+    """Positives (label > 0, or > 0 for any of `tasks`) with dense user/item ids; rows with
+    unknown ids dropped, counted. `positives` counts the label's positives."""
     inter = raw.interactions
-    if label not in inter.columns:
-        raise TwoTowerError(f"interactions: no label column {label!r}")
+    for col in (label, *tasks):
+        if col not in inter.columns:
+            kind = "label" if col == label else "task"
+            raise TwoTowerError(f"interactions: no {kind} column {col!r}")
     frame = pd.DataFrame(
         {
             "user": encode_values(inter["user_id"], enc.vocabs["user"]["user"]),
@@ -48,17 +51,52 @@ def encode_interactions(
         frame[col] = inter[col].to_numpy()
     known = (frame["user"] > 0) & (frame["item"] > 0)
     counts = {"interactions": len(frame), "dropped_unknown_id": int((~known).sum())}
-    frame = frame[known & (frame[label] > 0)].reset_index(drop=True)
-    counts["positives"] = len(frame)
+    wanted = frame[label] > 0
+    for task in tasks:
+        wanted |= frame[task] > 0
+    frame = frame[known & wanted].reset_index(drop=True)
+    counts["positives"] = int((frame[label] > 0).sum())
     return frame, counts
 
 
+def split_task_rows(
+    rows: pd.DataFrame, label: str, parts: dict[str, pd.DataFrame]
+) -> dict[str, pd.DataFrame]:
+    """Every row positive for some task -> `tasks_<split>`, on the label split's timeline.
+
+    The label's positives keep their split; any other row goes, per user, to test from the
+    user's first test positive's timestamp on, to validation from the first validation
+    positive's, else to train, so no task's training rows come after the label's held-out ones.
+    """
+    first = {name: parts[name].groupby("user")["timestamp"].min() for name in ("valid", "test")}
+    users = rows["user"]
+    test_from = users.map(first["test"]).fillna(np.inf).to_numpy()
+    valid_from = users.map(first["valid"]).fillna(np.inf).to_numpy()
+    valid_from = np.minimum(valid_from, test_from)
+    ts = rows["timestamp"].to_numpy()
+    where = np.where(ts >= test_from, "test", np.where(ts >= valid_from, "valid", "train"))
+    other = rows[(rows[label] <= 0).to_numpy()]
+    where = where[(rows[label] <= 0).to_numpy()]
+    return {
+        f"tasks_{name}": pd.concat([parts[name], other[where == name]], ignore_index=True)
+        .sort_values(["user", "timestamp", "item"], kind="stable")
+        .reset_index(drop=True)
+        for name in ("train", "valid", "test")
+    }
+
+
 def preprocess(
-    raw: RawData, label: str, split: SplitSettings
+    raw: RawData, label: str, split: SplitSettings, tasks: tuple[str, ...] = ()
 ) -> tuple[Encoded, dict[str, pd.DataFrame], dict[str, int]]:
-    """Encode features, keep positives, split them; return tables, splits and row counts."""
+    """Encode features, keep positives, split them; return tables, splits and row counts.
+
+    With `tasks` (multi-task labels), the splits of the label's positives are unchanged and
+    `tasks_train/valid/test` add every row positive for some task (see `split_task_rows`).
+    """
     enc = encode(raw)
-    positives, counts = encode_interactions(raw, enc, label)
+    tasks = tuple(tasks)
+    rows, counts = encode_interactions(raw, enc, label, tasks)
+    positives = rows[rows[label] > 0].reset_index(drop=True) if tasks else rows
     parts = per_user_split(
         positives, split.test_fraction, split.valid_fraction, split.min_positives
     )
@@ -66,6 +104,8 @@ def preprocess(
         raise TwoTowerError(
             f"split leaves no test users: no user has >= {split.min_positives} positives"
         )
+    if tasks:
+        parts.update(split_task_rows(rows, label, parts))
     counts.update({name: len(df) for name, df in parts.items()})
     counts["test_users"] = int(parts["test"]["user"].nunique())
     return enc, parts, {**raw.counts, **counts}

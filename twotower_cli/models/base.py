@@ -1,8 +1,16 @@
-"""What every tower variant shares: the similarity and the serving contract.
+"""What every tower variant shares: the similarity, the serving contract, the field embeddings
+(with the optional user-history field) and the generic hooks the stages call.
 
 A model returns serving vectors: `user_vectors(feats)` and `item_vectors(feats)` whose inner
 product ranks exactly like the training score, so one inner-product faiss index serves it.
 The training logit is that inner product times `logit_scale` (1/temperature for cosine).
+
+Hooks with defaults, so stage code never names a concrete class:
+- `batch_loss(...)`: the training loss of one batch (multi-task models sum per-task losses);
+- `artifacts(users, items)`: extra JSON files saved with the run (SENet's field weights);
+- `sub_retrievals()`: named column ranges of the serving vectors that are retrievals of their
+  own (a multi-task model's tasks), which `evaluate` scores separately;
+- `history_len` > 0: the user side reads a `history` feature ([batch, history_len] item ids).
 """
 
 from __future__ import annotations
@@ -11,10 +19,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from twotower_cli.models.blocks import FieldEmbedding, HistoryPool
+
 SIMILARITIES = ("cosine", "dot")
+HISTORY = "history"
 
 
 class TwoTower(nn.Module):
+    tasks: tuple[str, ...] = ()
+
     def __init__(self, similarity: str = "cosine", temperature: float = 0.05) -> None:
         super().__init__()
         if similarity not in SIMILARITIES:
@@ -23,6 +36,8 @@ class TwoTower(nn.Module):
             raise ValueError(f"model.temperature must be > 0, got {temperature}")
         self.similarity = similarity
         self.temperature = temperature
+        self.history_len = 0
+        self.history_pool: HistoryPool | None = None
 
     @property
     def logit_scale(self) -> float:
@@ -32,6 +47,50 @@ class TwoTower(nn.Module):
         """A tower's raw output -> its serving vector (L2-normalised under cosine)."""
         return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
 
+    # -- field embeddings shared by the variants ------------------------------------------
+    def build_fields(
+        self,
+        schema: dict[str, list],
+        embed_dim: int,
+        history: bool = False,
+        history_len: int = 20,
+        history_pooling: str = "mean",
+    ) -> None:
+        """`user_fields`, `item_fields` and, with `history`, a pooled history field that reads
+        the item tower's id embeddings (one table, trained by both towers)."""
+        self.user_fields = FieldEmbedding(schema["user"], embed_dim)
+        self.item_fields = FieldEmbedding(schema["item"], embed_dim)
+        if history:
+            if history_len < 1:
+                raise ValueError(f"model.history_len must be >= 1, got {history_len}")
+            if "item" not in self.item_fields.tables:
+                raise ValueError("model.history needs an item id field named 'item'")
+            self.history_len = history_len
+            self.history_pool = HistoryPool(embed_dim, history_pooling)
+
+    @property
+    def user_field_names(self) -> list[str]:
+        names = [f.name for f in self.user_fields.fields]
+        return names + [HISTORY] if self.history_pool is not None else names
+
+    @property
+    def n_user_fields(self) -> int:
+        return len(self.user_field_names)
+
+    def user_embeddings(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[batch, n_user_fields, dim]: the user's fields, then the pooled history if on."""
+        e = self.user_fields(feats)
+        if self.history_pool is None:
+            return e
+        if HISTORY not in feats:
+            raise ValueError("model.history is on but the user features carry no 'history'")
+        h = self.history_pool(feats[HISTORY], self.item_fields.tables["item"], e)
+        return torch.cat([e, h.unsqueeze(1)], dim=1)
+
+    def item_embeddings(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.item_fields(feats)
+
+    # -- the serving contract -------------------------------------------------------------
     def user_vectors(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -41,3 +100,27 @@ class TwoTower(nn.Module):
     def score(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Training logits of paired rows (u[i], v[i])."""
         return (u * v).sum(-1) * self.logit_scale
+
+    # -- hooks the stages call on any variant ---------------------------------------------
+    def batch_loss(
+        self,
+        loss_fn,
+        user_feats: dict[str, torch.Tensor],
+        item_feats: dict[str, torch.Tensor],
+        batch: dict[str, torch.Tensor],
+        log_q: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One batch's loss; `batch` holds the examples' columns (user, item, label, ...)."""
+        u, v = self.user_vectors(user_feats), self.item_vectors(item_feats)
+        return loss_fn(self.logit_scale, u, v, item=batch["item"], label=batch["label"],
+                       log_q=log_q)  # fmt: skip
+
+    def artifacts(
+        self, users: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
+    ) -> dict[str, object]:
+        """name -> JSON-able object, each saved as `<name>.json` next to the weights."""
+        return {}
+
+    def sub_retrievals(self) -> dict[str, tuple[int, int]]:
+        """name -> [start, stop) columns of the serving vectors that rank on their own."""
+        return {}

@@ -1,4 +1,5 @@
-"""Building blocks shared by every tower variant: field embeddings, MLP."""
+"""Building blocks shared by every tower variant: field embeddings, MLP, SENet, FM, cross
+network and the pooled user history."""
 
 from __future__ import annotations
 
@@ -64,3 +65,82 @@ class MLP(nn.Sequential):
             in_dim = width
         layers.append(nn.Linear(in_dim, out_dim))
         super().__init__(*layers)
+
+
+class SENet(nn.Module):
+    """Squeeze-excitation over fields (FiBiNET, Huang et al., RecSys 2019).
+
+    squeeze: each field's embedding -> its mean; excite: Linear(F, F/r) -> ReLU ->
+    Linear(F/r, F) -> sigmoid; each field's embedding is multiplied by its weight in (0, 1).
+    """
+
+    def __init__(self, n_fields: int, reduction: int = 2) -> None:
+        super().__init__()
+        hidden = -(-n_fields // reduction)  # ceil: a side with few fields keeps >= 1 unit
+        self.excite = nn.Sequential(
+            nn.Linear(n_fields, hidden), nn.ReLU(), nn.Linear(hidden, n_fields), nn.Sigmoid()
+        )
+        # field means start near 0, so with a random bias a ReLU fed by 2-5 fields can start
+        # (and stay) dead; a small positive bias keeps every unit alive at the start
+        nn.init.constant_(self.excite[0].bias, 0.1)
+
+    def weights(self, e: torch.Tensor) -> torch.Tensor:
+        """[batch, n_fields, dim] -> [batch, n_fields] field weights in (0, 1)."""
+        return self.excite(e.mean(-1))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return e * self.weights(e).unsqueeze(-1)
+
+
+def fm_interaction(e: torch.Tensor) -> torch.Tensor:
+    """Second-order FM interaction vector: sum_{i<j} e_i * e_j = ((sum e)^2 - sum e^2) / 2.
+
+    [batch, n_fields, dim] -> [batch, dim] (Rendle, ICDM 2010: linear time in the fields).
+    """
+    return 0.5 * (e.sum(1).pow(2) - e.pow(2).sum(1))
+
+
+class CrossNetwork(nn.Module):
+    """DCN-V2 cross layers (Wang et al., WWW 2021): x_{l+1} = x_0 * (W_l x_l + b_l) + x_l."""
+
+    def __init__(self, dim: int, n_layers: int = 2) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x
+
+
+class HistoryPool(nn.Module):
+    """The user's recent items -> one [batch, dim] field, from the item tower's id embeddings.
+
+    `history` is [batch, L] item ids (0 = padding, ignored). mean: the average of the present
+    items' embeddings; attention: softmax over the items of <embedding, query> / sqrt(dim), the
+    query a linear map of the user's other field embeddings (a two-tower user side never sees
+    the target item, so the target cannot be the query). A user with no history gets zeros.
+    """
+
+    def __init__(self, dim: int, pooling: str = "mean") -> None:
+        super().__init__()
+        if pooling not in ("mean", "attention"):
+            raise ValueError(f"model.history_pooling: {pooling!r} not in ('mean', 'attention')")
+        self.pooling = pooling
+        self.query = nn.Linear(dim, dim) if pooling == "attention" else None
+
+    def forward(
+        self, history: torch.Tensor, table: nn.Embedding, context: torch.Tensor
+    ) -> torch.Tensor:
+        h = table(history)
+        mask = history > 0
+        if self.query is None:
+            w = mask.float()
+            return (h * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1.0)
+        q = self.query(context.mean(1))
+        scores = (h @ q.unsqueeze(-1)).squeeze(-1) / h.shape[-1] ** 0.5
+        w = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+        # an empty history makes every score -inf and softmax NaN: those rows pool to zeros
+        w = torch.nan_to_num(w, nan=0.0)
+        return (h * w.unsqueeze(-1)).sum(1)

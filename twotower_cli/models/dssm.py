@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from twotower_cli.models.base import TwoTower
-from twotower_cli.models.blocks import MLP, FieldEmbedding
+from twotower_cli.models.blocks import MLP
 
 
 class DSSM(TwoTower):
@@ -18,16 +18,18 @@ class DSSM(TwoTower):
         dropout: float = 0.0,
         similarity: str = "cosine",
         temperature: float = 0.05,
+        history: bool = False,
+        history_len: int = 20,
+        history_pooling: str = "mean",
     ) -> None:
         super().__init__(similarity, temperature)
-        self.user_fields = FieldEmbedding(schema["user"], embed_dim)
-        self.item_fields = FieldEmbedding(schema["item"], embed_dim)
+        self.build_fields(schema, embed_dim, history, history_len, history_pooling)
         hidden = list(hidden)
-        self.user_mlp = MLP(self.user_fields.n_fields * embed_dim, hidden, out_dim, dropout)
+        self.user_mlp = MLP(self.n_user_fields * embed_dim, hidden, out_dim, dropout)
         self.item_mlp = MLP(self.item_fields.n_fields * embed_dim, hidden, out_dim, dropout)
 
     def user_vectors(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.finish(self.user_mlp(self.user_fields(feats).flatten(1)))
+        return self.finish(self.user_mlp(self.user_embeddings(feats).flatten(1)))
 
     def item_vectors(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.finish(self.item_mlp(self.item_fields(feats).flatten(1)))
+        return self.finish(self.item_mlp(self.item_embeddings(feats).flatten(1)))

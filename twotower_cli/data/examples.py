@@ -1,0 +1,141 @@
+"""Per-example extras that `twotower train` attaches to the sampler's examples, and per-user
+histories for `train` (validation) and `embed` (evaluation). Everything is vectorised.
+
+- task labels: a 0/1 column `task.<name>` per task, looked up by (user, item) in the
+  `tasks_train` rows of `twotower preprocess`; rows positive only for a task, not for the label,
+  are appended as extra positives (MovieLens: watched but not liked films for the `watch` task).
+- user history: `user.history`, the user's most recent `history_len` positives before the
+  example (never the example itself), right-aligned and 0-padded; the timeline is the label's
+  training positives, ordered like the split, (timestamp, item) per user.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from twotower_cli.samplers import pair_keys
+
+TASK_PREFIX = "task."
+HISTORY_KEY = "user.history"
+
+
+def attach_tasks(examples: pd.DataFrame, task_rows: pd.DataFrame, tasks: list[str],
+                 n_items: int) -> pd.DataFrame:  # fmt: skip
+    """examples (user, item, label) -> the same rows plus `task.<t>` labels and `timestamp`
+    (NaN for the sampler's negatives), then the task rows that are not yet among the
+    examples' positives, as extra positives."""
+    rows = task_rows.drop_duplicates(["user", "item"])
+    keys = pair_keys(rows["user"].to_numpy(), rows["item"].to_numpy(), n_items)
+    order = np.argsort(keys)
+    keys = keys[order]
+    ex_keys = pair_keys(examples["user"].to_numpy(), examples["item"].to_numpy(), n_items)
+    at = np.searchsorted(keys, ex_keys).clip(max=max(len(keys) - 1, 0))
+    found = (examples["label"].to_numpy() > 0) & (keys[at] == ex_keys if len(keys) else False)
+    src = order[at]
+    out = examples.copy()
+    out["timestamp"] = np.where(found, rows["timestamp"].to_numpy()[src], np.nan)
+    for t in tasks:
+        out[TASK_PREFIX + t] = np.where(found, rows[t].to_numpy()[src] > 0, False).astype(
+            np.float32
+        )
+    covered = np.zeros(len(rows), dtype=bool)
+    covered[src[found]] = True
+    extra = rows[~covered]
+    extra = pd.DataFrame(
+        {
+            "user": extra["user"].to_numpy(),
+            "item": extra["item"].to_numpy(),
+            "label": np.float32(1.0),
+            "timestamp": extra["timestamp"].to_numpy().astype(np.float64),
+            **{TASK_PREFIX + t: (extra[t].to_numpy() > 0).astype(np.float32) for t in tasks},
+        }
+    )
+    return pd.concat([out, extra], ignore_index=True)
+
+
+class Timeline:
+    """Positives sorted by (user, timestamp, item); `start[u]:start[u + 1]` are user u's rows."""
+
+    def __init__(self, positives: pd.DataFrame, n_users: int) -> None:
+        frame = positives.sort_values(["user", "timestamp", "item"], kind="stable")
+        self.users = frame["user"].to_numpy(np.int64)
+        self.items = frame["item"].to_numpy(np.int64)
+        self.times = frame["timestamp"].to_numpy(np.int64)
+        counts = np.bincount(self.users, minlength=n_users + 1)
+        self.start = np.concatenate([[0], np.cumsum(counts)])
+
+    def history(self, users: np.ndarray, positions: np.ndarray, length: int) -> np.ndarray:
+        """[n, length] item ids: user u's rows just before global row `positions` (exclusive),
+        most recent last, left-padded with 0."""
+        idx = positions[:, None] - length + np.arange(length)[None, :]
+        valid = idx >= self.start[users][:, None]
+        padded = np.concatenate([self.items, [0]])  # an empty timeline still indexes safely
+        return np.where(valid, padded[idx.clip(min=0, max=len(padded) - 1)], 0).astype(np.int64)
+
+    def per_user(self, n_users: int, length: int) -> np.ndarray:
+        """[n_users + 1, length]: each user's last `length` items (row 0 = padding)."""
+        users = np.arange(n_users + 1)
+        return self.history(users, self.start[1:], length)
+
+    def example_positions(self, examples: pd.DataFrame, n_items: int,
+                          rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+        """Global timeline row each example's history ends before: a positive on the timeline
+        -> its own row; a row with a timestamp -> the first of the user's rows at or after it;
+        a sampled negative -> a uniformly random point of its user's timeline."""
+        users = examples["user"].to_numpy(np.int64)
+        lo, hi = self.start[users], self.start[users + 1]
+        pos = lo + np.floor(rng.random(len(users)) * (hi - lo + 1)).astype(np.int64)
+        pos = np.minimum(pos, hi)
+        if "timestamp" in examples:
+            ts = examples["timestamp"].to_numpy(np.float64)
+            has = ~np.isnan(ts)
+            # (user, time rank) keys: dense time ranks fit in 32 bits whatever the time unit
+            _, ranks = np.unique(np.concatenate([self.times, ts[has].astype(np.int64)]),
+                                 return_inverse=True)  # fmt: skip
+            tl = self.users * (1 << 32) + ranks[: len(self.times)]
+            q = users[has] * (1 << 32) + ranks[len(self.times) :]
+            pos[has] = np.searchsorted(tl, q, side="left")
+        keys = pair_keys(self.users, self.items, n_items)
+        order = np.argsort(keys, kind="stable")
+        ex_keys = pair_keys(users, examples["item"].to_numpy(np.int64), n_items)
+        if len(keys):
+            at = order[np.searchsorted(keys[order], ex_keys).clip(max=len(keys) - 1)]
+            own = (keys[at] == ex_keys) & (examples["label"].to_numpy() > 0)
+            pos[own] = at[own]
+        return pos
+
+
+def example_histories(examples: pd.DataFrame, timeline: Timeline, n_items: int, length: int,
+                      seed: int) -> np.ndarray:  # fmt: skip
+    """[n_examples, length] history before each example (see `Timeline.example_positions`)."""
+    rng = np.random.default_rng(seed)
+    positions = timeline.example_positions(examples, n_items, rng)
+    return timeline.history(examples["user"].to_numpy(np.int64), positions, length)
+
+
+def training_examples(
+    examples: pd.DataFrame,
+    train: pd.DataFrame,
+    n_users: int,
+    n_items: int,
+    tasks: tuple[str, ...] = (),
+    task_rows: pd.DataFrame | None = None,
+    history_len: int = 0,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The columns training iterates over: user, item, label, then `task.<t>` per task and
+    `user.history` when history_len > 0."""
+    if tasks:
+        examples = attach_tasks(examples, task_rows, list(tasks), n_items)
+    elif history_len:
+        examples = examples.copy()
+    cols = ["user", "item", "label", *(TASK_PREFIX + t for t in tasks)]
+    out = {c: examples[c].to_numpy().copy() for c in cols}
+    if history_len:
+        if "timestamp" not in examples:
+            # a sampler positive's own row is found on the timeline; no timestamp needed
+            examples["timestamp"] = np.nan
+        timeline = Timeline(train, n_users)
+        out[HISTORY_KEY] = example_histories(examples, timeline, n_items, history_len, seed)
+    return out
