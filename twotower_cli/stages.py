@@ -63,12 +63,17 @@ def preprocess(cfg: DictConfig) -> dict:
 def sample(cfg: DictConfig) -> dict:
     prep_dir = require(cfg.paths.preprocess_dir, "preprocess")
     n_items = read_manifest(prep_dir)["figures"]["n_items"]
-    sampler = instantiate(cfg.sampler).fit(_read_split(prep_dir, "train"), n_items)
+    items = pd.read_parquet(prep_dir / "items.parquet")
+    sampler = instantiate(cfg.sampler).fit(_read_split(prep_dir, "train"), n_items, items)
     with StageOutput("sample", cfg.paths.sample_dir, _config(cfg), [prep_dir]) as out:
         examples = sampler.examples()
         examples.to_parquet(out.path("examples.parquet"), index=False)
         np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
-        out.figures = {"examples": len(examples), "loss": sampler.loss}
+        negatives = sampler.negatives()
+        if negatives is not None:  # [n_examples, n_neg]: row i holds example i's negatives
+            np.save(out.path("negatives.npy"), negatives)
+        n_neg = 0 if negatives is None else int(negatives.shape[1])
+        out.figures = {"examples": len(examples), "loss": sampler.loss, "n_neg": n_neg}
     print(f"sample: {json.dumps(out.figures)}")
     return out.figures
 
@@ -90,11 +95,16 @@ def train(cfg: DictConfig) -> dict:
     loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
     ex = pd.read_parquet(sample_dir / "examples.parquet")
     examples = {c: torch.from_numpy(ex[c].to_numpy().copy()) for c in ("user", "item", "label")}
+    if (sample_dir / "negatives.npy").exists():
+        examples["neg"] = torch.from_numpy(np.load(sample_dir / "negatives.npy"))
     log_q = torch.from_numpy(np.load(sample_dir / "item_log_q.npy"))
+    batch_fn = instantiate(cfg.sampler).batch_fn(log_q, cfg.seed)
     train_pos = _read_split(prep_dir, "train")
     valid = EvalSet.build(_read_split(prep_dir, "valid"), train_pos, n_items)
     settings = TrainSettings(**cfg.train, seed=cfg.seed)
-    history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings, log_q)
+    history = train_model(
+        model, loss_fn, examples, users, items, valid, n_items, settings, batch_fn
+    )
     with StageOutput("train", cfg.paths.train_dir, _config(cfg), [prep_dir, sample_dir]) as out:
         torch.save(
             {

@@ -50,6 +50,14 @@ def encode_all(model: TwoTower, table: dict[str, torch.Tensor], ids: np.ndarray,
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
+def negative_vectors(model: TwoTower, item_table: dict, batch: dict) -> torch.Tensor | None:
+    """Vectors of the batch's explicit or shared negatives (`neg` ids, any shape), if any."""
+    neg = batch.get("neg")
+    if neg is None:
+        return None
+    return model.item_vectors(gather(item_table, neg.reshape(-1))).view(*neg.shape, -1)
+
+
 def validate(model, user_table, item_table, ev: EvalSet, k: int, n_items: int) -> float:
     items = encode_all(model, item_table, np.arange(1, n_items + 1), "item")
     users = encode_all(model, user_table, ev.users, "user")
@@ -66,15 +74,19 @@ def train(
     valid: EvalSet,
     n_items: int,
     settings: TrainSettings,
-    item_log_q: torch.Tensor | None = None,
+    batch_fn=None,
 ) -> list[dict]:
-    """Train in place; leaves the best-validation weights in `model`; returns per-epoch history."""
+    """Train in place; leaves the best-validation weights in `model`; returns per-epoch history.
+
+    `examples` holds `user`, `item`, `label` and optionally `neg` ([n, n_neg] explicit negative
+    ids); `batch_fn(batch) -> batch`, from the sampler, does its per-batch work (shared
+    negatives, logQ columns); see samplers.py for the batch's keys.
+    """
     torch.manual_seed(settings.seed)
     device = settings.device
     model.to(device)
     user_table, item_table = to_device(user_table, device), to_device(item_table, device)
     examples = to_device(examples, device)
-    log_q = item_log_q.to(device) if item_log_q is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(settings.seed)
     n = len(examples["user"])
@@ -87,11 +99,12 @@ def train(
         perm = torch.randperm(n, generator=gen).to(device)
         for s in range(0, n, settings.batch_size):
             idx = perm[s : s + settings.batch_size]
-            user, item = examples["user"][idx], examples["item"][idx]
-            u = model.user_vectors(gather(user_table, user))
-            v = model.item_vectors(gather(item_table, item))
-            loss = loss_fn(model.logit_scale, u, v, item=item, label=examples["label"][idx],
-                           log_q=log_q)  # fmt: skip
+            batch = gather(examples, idx)
+            batch = batch_fn(batch) if batch_fn is not None else batch
+            u = model.user_vectors(gather(user_table, batch["user"]))
+            v = model.item_vectors(gather(item_table, batch["item"]))
+            loss = loss_fn(model.logit_scale, u, v, negative_vectors(model, item_table, batch),
+                           batch)  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
