@@ -40,7 +40,8 @@ SAMPLER_RUNS := "sampler=random" "sampler=random loss=sampled_softmax" "sampler=
 	"sampler=hard sampler.kind=mined sampler.source_run=inbatch/cmp-samplers-sampler-inbatch-s0"
 # extra overrides for every compared run, e.g. COMPARE_ARGS=threads=1 on a shared machine
 COMPARE_ARGS ?=
+SEEDS ?= 0 1 2
 
-compare-samplers: install ## samplers x metrics (3 seeds) -> outputs/compare/samplers.md
-	$(BIN)/python -m twotower_cli.compare --name samplers --seeds 0 1 2 \
+compare-samplers: install ## samplers x metrics (mean over SEEDS) -> outputs/compare/samplers.md
+	$(BIN)/python -m twotower_cli.compare --name samplers --seeds $(SEEDS) \
 		--runs $(SAMPLER_RUNS) -- $(COMPARE_ARGS)

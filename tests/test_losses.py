@@ -79,3 +79,14 @@ def test_explicit_losses_need_negatives_and_names_are_checked():
         resolve("hinge", "bce")
     assert resolve("auto", "bce")[1] == "bce"
     assert resolve("sampled_softmax", "bce")[1] == "sampled_softmax"
+
+
+def test_inbatch_softmax_masks_other_positives_of_the_same_user():
+    # rows 0 and 1 are both user 5 (items 1, 2), row 2 is user 6 (item 3); u = v = e_i, scale 1
+    # row 0: column 1 is user 5's positive too -> masked; logits [1, 0] -> log(1 + 1/e)
+    # row 2: nothing masked; logits [0, 0, 1] -> log(1 + 2/e)
+    eye = torch.eye(3)
+    batch = {"item": torch.tensor([1, 2, 3]), "user": torch.tensor([5, 5, 6])}
+    loss = inbatch_softmax(1.0, eye, eye, None, batch)
+    expected = (2 * math.log(1 + 1 / E) + math.log(1 + 2 / E)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)

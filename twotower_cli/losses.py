@@ -70,14 +70,18 @@ def inbatch_softmax(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
     negatives of mixed sampling, when present).
 
     logit[i, j] = scale * <u_i, v_j> - log Q_j  (Yi et al., RecSys 2019), Q_j the expected count
-    of column j's item among the negatives; a column holding row i's positive item other than
-    its own diagonal (the same id twice in a batch) is masked out, not a negative.
+    of column j's item among the negatives; a column off the diagonal that holds row i's
+    positive item, or another positive of row i's user, is masked out, not a negative.
     """
     item = batch["item"]
     logits = (u @ v.T) * scale
     if "log_q" in batch:
         logits = logits - batch["log_q"].unsqueeze(0)
     same = item.unsqueeze(0) == item.unsqueeze(1)
+    if "user" in batch:
+        # column j is a positive of user j: for a row of the same user it is a hit, too
+        user = batch["user"]
+        same |= user.unsqueeze(0) == user.unsqueeze(1)
     same.fill_diagonal_(False)
     logits = logits.masked_fill(same, NEG_INF)
     if v_neg is not None:
