@@ -239,6 +239,7 @@ def test_streaming_in_batch_fills_log_q_from_the_estimate():
 
 
 SAMPLERS = sorted(p.stem for p in (Path(CONFIG_DIR) / "sampler").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
@@ -264,13 +265,15 @@ def test_every_sampler_config_composes_and_instantiates(name: str):
     ],
     ids=lambda o: "-".join(o),
 )
-def test_sampler_runs_end_to_end(out_dir: Path, overrides: list[str]):
-    assert twotower("run", *SMALL, ONE_THREAD, f"paths.out={out_dir}", *overrides) == 0
+@pytest.mark.parametrize("model", MODELS)
+def test_sampler_runs_end_to_end_with_every_tower(out_dir: Path, overrides: list[str], model):
+    args = (*SMALL, ONE_THREAD, f"paths.out={out_dir}", f"model={model}", *overrides)
+    assert twotower("run", *args) == 0
     sampler = overrides[0].split("=")[1]
     root = out_dir / "synthetic" / "sample" / sampler
     sample = read_json(root / "manifest.json")["figures"]
     assert sample["n_neg"] == (4 if sampler in ("random", "popularity", "hard") else 0)
-    metrics = read_json(root / "dssm" / "evaluate" / "metrics.json")
+    metrics = read_json(root / model / "evaluate" / "metrics.json")
     assert metrics["model"]["recall@20"] > 0.5 * metrics["popularity"]["recall@20"]
 
 
@@ -285,3 +288,16 @@ def test_mined_hard_negatives_run_after_their_source_run(out_dir: Path, capsys):
         out_dir / "synthetic" / "sample" / "hard" / "dssm" / "train" / "manifest.json"
     )
     assert train["figures"]["loss"] == "bce"
+
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_overlay_composes_and_has_its_own_run_dir(name: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        plain = compose("config")
+        cfg = compose("config", overrides=[f"experiment={name}"])
+    assert cfg.paths.run == name
+    assert plain.paths.run != name
+    assert cfg.seed == plain.seed
