@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint clean compare-models compare-history
+.PHONY: help install run test lint clean compare-models compare-history compare-samplers
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -42,3 +42,17 @@ compare-history: install ## DSSM with/without the user-history feature -> output
 
 clean: ## delete outputs/ (always safe)
 	rm -rf outputs multirun
+
+# every sampler (and in-batch logQ exact/streaming/off) on MovieLens-100K; mined hard negatives
+# read the embeddings of the in-batch run made just before them
+SAMPLER_RUNS := "sampler=random" "sampler=random loss=sampled_softmax" "sampler=popularity" \
+	"sampler=popularity sampler.mode=rank" "sampler=hard" "sampler=inbatch sampler.logq=off" \
+	"sampler=inbatch" "sampler=inbatch sampler.logq=streaming" "sampler=mixed" \
+	"sampler=hard sampler.kind=mined sampler.source_run=inbatch/cmp-samplers-sampler-inbatch-s0"
+# extra overrides for every compared run, e.g. COMPARE_ARGS=threads=1 on a shared machine
+COMPARE_ARGS ?=
+SEEDS ?= 0 1 2
+
+compare-samplers: install ## samplers x metrics (mean over SEEDS) -> outputs/compare/samplers.md
+	$(BIN)/python -m twotower_cli.compare --name samplers --seeds $(SEEDS) \
+		--runs $(SAMPLER_RUNS) -- $(COMPARE_ARGS)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from twotower_cli.cli import CONFIG_DIR
@@ -30,6 +31,7 @@ SCHEMA = {
 def test_option_composes_and_instantiates(group: str, option: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"{group}={option}"], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # `${hydra:...}` paths resolve as in a run
     node = cfg[group]
     assert node is not None
     if group == "model":

@@ -188,16 +188,16 @@ def test_multitask_loss_is_the_weighted_sum_over_each_tasks_rows():
     (uw, ul), (vw, vl) = model.task_vectors(users, "user"), model.task_vectors(items, "item")
     like = batch["task.like"] > 0  # odd rows: a watched but not liked row is not a `like` row
     s = model.logit_scale
-    want = 0.5 * inbatch_softmax(s, uw, vw, batch["item"]) + 2.0 * inbatch_softmax(
-        s, ul[like], vl[like], batch["item"][like]
+    want = 0.5 * inbatch_softmax(s, uw, vw, None, batch) + 2.0 * inbatch_softmax(
+        s, ul[like], vl[like], None, {k: t[like] for k, t in batch.items()}
     )
     assert torch.allclose(got, want)
-    # with sampled negatives (label 0), every task keeps them as its negatives under bce
-    batch["label"] = (torch.arange(B) < 12).float()
-    got = model.batch_loss(bce, users, items, batch)
-    rows = (batch["label"] == 0) | like
-    y = batch["task.like"] * batch["label"]
-    want = 0.5 * bce(s, uw, vw, batch["label"]) + 2.0 * bce(s, ul[rows], vl[rows], y[rows])
+    # with explicit per-row negatives, every task scores its own rows against their negatives
+    batch["neg"] = (torch.arange(B * 2).view(B, 2) % (N_ITEMS - 1)) + 1
+    neg_feats = {"item": batch["neg"].reshape(-1), "genres": torch.randint(0, 6, (B * 2, 3))}
+    got = model.batch_loss(bce, users, items, batch, neg_feats)
+    nw, nl = (n.view(B, 2, -1) for n in model.task_vectors(neg_feats, "item"))
+    want = 0.5 * bce(s, uw, vw, nw, batch) + 2.0 * bce(s, ul[like], vl[like], nl[like], batch)
     assert torch.allclose(got, want)
 
 

@@ -1,6 +1,12 @@
-"""Losses: the loss decides the negatives (temperature comes from the model's logit_scale).
+"""Losses: the loss decides the negatives (`twotower train loss=...`).
 
-`loss: auto` follows the sampler: explicit negatives -> bce, none -> in-batch softmax.
+Temperature comes from the model's `logit_scale`. `loss: auto` follows the sampler: explicit
+negatives -> bce, none -> in-batch softmax. Every loss has the signature
+`loss(scale, u, v, v_neg, batch)`: u, v the [B, d] user and positive-item vectors, v_neg the
+negatives' vectors ([B, n, d] per row, [m, d] shared, or None) and `batch` the dict of id and
+logQ tensors described in samplers.py. logQ correction (subtract log Q from each column's logit)
+and accidental-hit masking (a column holding the row's own positive is not a negative) are done
+here; `StreamingFrequency` is Yi et al.'s streaming estimate of Q.
 """
 
 from __future__ import annotations
@@ -8,40 +14,127 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-LOSSES = ("auto", "bce", "inbatch_softmax")
+from twotower_cli.errors import TwoTowerError
+
+LOSSES = ("auto", "bce", "sampled_softmax", "inbatch_softmax")
+NEG_INF = float("-inf")
 
 
-def bce(scale: float, u: torch.Tensor, v: torch.Tensor, label: torch.Tensor, **_) -> torch.Tensor:
-    """Pointwise binary cross-entropy on the scaled similarity (classic DSSM, labels 1/0)."""
-    return F.binary_cross_entropy_with_logits((u * v).sum(-1) * scale, label)
+def _neg_logits(u: torch.Tensor, v_neg: torch.Tensor) -> torch.Tensor:
+    """[B, n] similarities of each row's user with per-row ([B, n, d]) or shared ([m, d])
+    negatives."""
+    if v_neg.dim() == 3:
+        return torch.einsum("bd,bnd->bn", u, v_neg)
+    return u @ v_neg.T
 
 
-def inbatch_softmax(
-    scale: float,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    item: torch.Tensor,
-    log_q: torch.Tensor | None = None,
-    **_,
-) -> torch.Tensor:
-    """Softmax of each user's positive against the batch's other items.
+def _expand(neg: torch.Tensor, rows: int) -> torch.Tensor:
+    """Negative ids (or their logQ) as [B, n], whether per row or shared."""
+    return neg if neg.dim() == 2 else neg.unsqueeze(0).expand(rows, -1)
 
-    logit[i, j] = scale * <u_i, v_j> - log Q(item_j)  (Yi et al., RecSys 2019); an item that is
-    also row i's positive (the same id at another column) is masked out, not a negative.
+
+def bce(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
+    """Pointwise binary cross-entropy (classic DSSM): label 1 for the positive, 0 for each of
+    its negatives, averaged over all B * (1 + n) pairs."""
+    if v_neg is None:
+        raise TwoTowerError(
+            "loss=bce needs explicit negatives: use sampler=random|popularity|hard"
+        )
+    pos = (u * v).sum(-1, keepdim=True) * scale
+    logits = torch.cat([pos, _neg_logits(u, v_neg) * scale], dim=1)
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1.0
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def sampled_softmax(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
+    """Softmax of each positive against its own (or the shared) sampled negatives, every
+    column corrected by - log Q when the batch carries logQ (Jean et al. 2015; Yi et al. 2019);
+    a negative equal to the row's positive is masked out."""
+    if v_neg is None:
+        raise TwoTowerError(
+            "loss=sampled_softmax needs explicit negatives: use sampler=random|popularity|hard"
+        )
+    pos = (u * v).sum(-1, keepdim=True) * scale
+    neg = _neg_logits(u, v_neg) * scale
+    if "log_q" in batch:
+        pos = pos - batch["log_q"].unsqueeze(1)
+        neg = neg - _expand(batch["neg_log_q"], len(u))
+    hit = _expand(batch["neg"], len(u)) == batch["item"].unsqueeze(1)
+    logits = torch.cat([pos, neg.masked_fill(hit, NEG_INF)], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long, device=u.device))
+
+
+def inbatch_softmax(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
+    """Softmax of each user's positive against the batch's other positives (and the shared
+    negatives of mixed sampling, when present).
+
+    logit[i, j] = scale * <u_i, v_j> - log Q_j  (Yi et al., RecSys 2019), Q_j the expected count
+    of column j's item among the negatives; a column off the diagonal that holds row i's
+    positive item, or another positive of row i's user, is masked out, not a negative.
     """
+    item = batch["item"]
     logits = (u @ v.T) * scale
-    if log_q is not None:
-        logits = logits - log_q[item].unsqueeze(0)
+    if "log_q" in batch:
+        logits = logits - batch["log_q"].unsqueeze(0)
     same = item.unsqueeze(0) == item.unsqueeze(1)
+    if "user" in batch:
+        # column j is a positive of user j: for a row of the same user it is a hit, too
+        user = batch["user"]
+        same |= user.unsqueeze(0) == user.unsqueeze(1)
     same.fill_diagonal_(False)
-    logits = logits.masked_fill(same, float("-inf"))
+    logits = logits.masked_fill(same, NEG_INF)
+    if v_neg is not None:
+        extra = _neg_logits(u, v_neg) * scale
+        if "neg_log_q" in batch:
+            extra = extra - _expand(batch["neg_log_q"], len(u))
+        extra = extra.masked_fill(_expand(batch["neg"], len(u)) == item.unsqueeze(1), NEG_INF)
+        logits = torch.cat([logits, extra], dim=1)
     target = torch.arange(len(u), device=u.device)
     return F.cross_entropy(logits, target)
 
 
 def resolve(loss: str, sampler_loss: str):
-    """The loss function for a config value (`auto` takes the sampler's)."""
+    """The loss function for a config value (`auto` takes the sampler's) and its name."""
     if loss not in LOSSES:
-        raise ValueError(f"loss: {loss!r} not in {LOSSES}")
+        raise TwoTowerError(f"loss: {loss!r} not in {LOSSES}")
     name = sampler_loss if loss == "auto" else loss
-    return {"bce": bce, "inbatch_softmax": inbatch_softmax}[name], name
+    fns = {"bce": bce, "sampled_softmax": sampled_softmax, "inbatch_softmax": inbatch_softmax}
+    return fns[name], name
+
+
+class StreamingFrequency:
+    """Yi et al. (RecSys 2019), Algorithm 2: per hash bucket, the step it was last seen (A) and
+    a moving average of the gap between sightings (B); B estimates 1 / P(item in a batch).
+
+    Items are dense ids, so the default hash is the identity modulo `n_buckets`. A bucket's
+    first sighting at step t takes t + 1 (the gap since the stream began) as its first gap.
+    """
+
+    def __init__(self, n_buckets: int, alpha: float = 0.05) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise TwoTowerError(f"sampler.alpha must be in (0, 1], got {alpha}")
+        self.n_buckets = n_buckets
+        self.alpha = alpha
+        self.step = 0
+        self.last = torch.full((n_buckets,), -1, dtype=torch.long)
+        self.gap = torch.ones(n_buckets, dtype=torch.float64)
+
+    def update(self, items: torch.Tensor) -> StreamingFrequency:
+        """Record one batch (each distinct bucket once), then advance the step."""
+        h = torch.unique(items.cpu() % self.n_buckets)
+        last = self.last[h]
+        gap = (self.step - last).to(torch.float64)
+        first = last < 0
+        gap[first] = float(self.step + 1)
+        self.gap[h] = torch.where(first, gap, (1 - self.alpha) * self.gap[h] + self.alpha * gap)
+        self.last[h] = self.step
+        self.step += 1
+        return self
+
+    def prob(self, items: torch.Tensor) -> torch.Tensor:
+        """Estimated probability that each item appears in a batch."""
+        return (1.0 / self.gap[items.cpu() % self.n_buckets]).to(torch.float32)
+
+    def log_prob(self, items: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.prob(items)).to(items.device)

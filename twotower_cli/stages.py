@@ -65,12 +65,17 @@ def preprocess(cfg: DictConfig) -> dict:
 def sample(cfg: DictConfig) -> dict:
     prep_dir = require(cfg.paths.preprocess_dir, "preprocess")
     n_items = read_manifest(prep_dir)["figures"]["n_items"]
-    sampler = instantiate(cfg.sampler).fit(_read_split(prep_dir, "train"), n_items)
+    items = pd.read_parquet(prep_dir / "items.parquet")
+    sampler = instantiate(cfg.sampler).fit(_read_split(prep_dir, "train"), n_items, items)
     with StageOutput("sample", cfg.paths.sample_dir, _config(cfg), [prep_dir]) as out:
         examples = sampler.examples()
         examples.to_parquet(out.path("examples.parquet"), index=False)
         np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
-        out.figures = {"examples": len(examples), "loss": sampler.loss}
+        negatives = sampler.negatives()
+        if negatives is not None:  # [n_examples, n_neg]: row i holds example i's negatives
+            np.save(out.path("negatives.npy"), negatives)
+        n_neg = 0 if negatives is None else int(negatives.shape[1])
+        out.figures = {"examples": len(examples), "loss": sampler.loss, "n_neg": n_neg}
     print(f"sample: {json.dumps(out.figures)}")
     return out.figures
 
@@ -111,6 +116,11 @@ def _examples(model, prep_dir: Path, sample_dir: Path, n_users: int, n_items: in
         n_users, n_items, tasks,
         _read_split(prep_dir, "tasks_train") if tasks else None, model.history_len, seed,
     )  # fmt: skip
+    if (sample_dir / "negatives.npy").exists():  # [n_examples, n_neg]: example i's negatives
+        neg = np.load(sample_dir / "negatives.npy")
+        # rows appended for task-only positives borrow the negatives of a sampled example
+        extra = np.arange(len(cols["user"]) - len(neg)) % len(neg)
+        cols["neg"] = np.concatenate([neg, neg[extra]])
     return {c: torch.from_numpy(v) for c, v in cols.items()}
 
 
@@ -125,11 +135,14 @@ def train(cfg: DictConfig) -> dict:
     n_users = len(users["user"]) - 1
     examples = _examples(model, prep_dir, sample_dir, n_users, n_items, cfg.seed)
     log_q = torch.from_numpy(np.load(sample_dir / "item_log_q.npy"))
+    batch_fn = instantiate(cfg.sampler).batch_fn(log_q, cfg.seed)
     train_pos = _read_split(prep_dir, "train")
     users = _with_history(model, users, train_pos)
     valid = EvalSet.build(_read_split(prep_dir, "valid"), train_pos, n_items)
     settings = TrainSettings(**cfg.train, seed=cfg.seed)
-    history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings, log_q)
+    history = train_model(
+        model, loss_fn, examples, users, items, valid, n_items, settings, batch_fn
+    )
     with StageOutput("train", cfg.paths.train_dir, _config(cfg), [prep_dir, sample_dir]) as out:
         torch.save(
             {

@@ -76,15 +76,19 @@ def train(
     valid: EvalSet,
     n_items: int,
     settings: TrainSettings,
-    item_log_q: torch.Tensor | None = None,
+    batch_fn=None,
 ) -> list[dict]:
-    """Train in place; leaves the best-validation weights in `model`; returns per-epoch history."""
+    """Train in place; leaves the best-validation weights in `model`; returns per-epoch history.
+
+    `examples` holds `user`, `item`, `label` and optionally `neg` ([n, n_neg] explicit negative
+    ids); `batch_fn(batch) -> batch`, from the sampler, does its per-batch work (shared
+    negatives, logQ columns); see samplers.py for the batch's keys.
+    """
     torch.manual_seed(settings.seed)
     device = settings.device
     model.to(device)
     user_table, item_table = to_device(user_table, device), to_device(item_table, device)
     examples = to_device(examples, device)
-    log_q = item_log_q.to(device) if item_log_q is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(settings.seed)
     n = len(examples["user"])
@@ -97,8 +101,12 @@ def train(
         perm = torch.randperm(n, generator=gen).to(device)
         for s in range(0, n, settings.batch_size):
             batch = gather(examples, perm[s : s + settings.batch_size])
+            batch = batch_fn(batch) if batch_fn is not None else batch
+            neg = batch.get("neg")
+            neg_feats = gather(item_table, neg.reshape(-1)) if neg is not None else None
             loss = model.batch_loss(loss_fn, user_features(user_table, batch),
-                                    gather(item_table, batch["item"]), batch, log_q)  # fmt: skip
+                                    gather(item_table, batch["item"]), batch,
+                                    neg_feats)  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

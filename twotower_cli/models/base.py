@@ -108,12 +108,13 @@ class TwoTower(nn.Module):
         user_feats: dict[str, torch.Tensor],
         item_feats: dict[str, torch.Tensor],
         batch: dict[str, torch.Tensor],
-        log_q: torch.Tensor | None = None,
+        neg_feats: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """One batch's loss; `batch` holds the examples' columns (user, item, label, ...)."""
+        """One batch's loss. `batch` holds the examples' columns and the sampler's per-batch
+        additions (see samplers.py); `neg_feats` are the features of `batch["neg"]`, flattened."""
         u, v = self.user_vectors(user_feats), self.item_vectors(item_feats)
-        return loss_fn(self.logit_scale, u, v, item=batch["item"], label=batch["label"],
-                       log_q=log_q)  # fmt: skip
+        v_neg = negative_vectors(self.item_vectors(neg_feats), batch) if neg_feats else None
+        return loss_fn(self.logit_scale, u, v, v_neg, batch)
 
     def artifacts(
         self, users: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
@@ -124,3 +125,15 @@ class TwoTower(nn.Module):
     def sub_retrievals(self) -> dict[str, tuple[int, int]]:
         """name -> [start, stop) columns of the serving vectors that rank on their own."""
         return {}
+
+
+def negative_vectors(flat: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Vectors of the flattened `batch["neg"]` ids back in its shape: [B, n, d] or [m, d]."""
+    return flat.view(*batch["neg"].shape, -1)
+
+
+def batch_rows(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The batch restricted to `rows`: per-row columns are indexed, shared negatives (1-d
+    `neg` / `neg_log_q`, one set for every row) are kept whole."""
+    shared = batch.get("neg") is not None and batch["neg"].dim() == 1
+    return {k: t if shared and k in ("neg", "neg_log_q") else t[rows] for k, t in batch.items()}

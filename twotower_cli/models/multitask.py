@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from twotower_cli.models.base import TwoTower
+from twotower_cli.models.base import TwoTower, batch_rows, negative_vectors
 from twotower_cli.models.blocks import MLP
 
 WEIGHTINGS = ("fixed", "uncertainty")
@@ -100,20 +100,23 @@ class MultiTaskTower(TwoTower):
         return sum(w * (u * v).sum(-1) for w, u, v in zip(self.fusion_weights, us, vs,
                                                            strict=True))  # fmt: skip
 
-    def batch_loss(self, loss_fn, user_feats, item_feats, batch, log_q=None) -> torch.Tensor:
-        """sum_t weight_t * loss_t. Task t trains on the rows that are its positives plus the
-        sampler's negatives (label 0); a positive of another task only (a watched but not liked
-        film for `like`) is left out of task t rather than made a negative."""
+    def batch_loss(self, loss_fn, user_feats, item_feats, batch, neg_feats=None) -> torch.Tensor:
+        """sum_t weight_t * loss_t. Task t trains on the rows that are its positives, with the
+        sampler's negatives; a positive of another task only (a watched but not liked film for
+        `like`) is left out of task t rather than made a negative."""
         us, vs = self.task_vectors(user_feats, "user"), self.task_vectors(item_feats, "item")
+        negs = self.task_vectors(neg_feats, "item") if neg_feats else [None] * len(self.tasks)
         label = batch["label"]
         total = torch.zeros((), device=label.device)
         for i, t in enumerate(self.tasks):
-            y = batch[f"task.{t}"].float() * (label > 0).float()
-            rows = (label <= 0) | (y > 0)
-            if not bool(rows.any()) or not bool((y[rows] > 0).any()):
+            rows = (batch[f"task.{t}"] > 0) & (label > 0)
+            if not bool(rows.any()):
                 continue
-            loss = loss_fn(self.logit_scale, us[i][rows], vs[i][rows], item=batch["item"][rows],
-                           label=y[rows], log_q=log_q)  # fmt: skip
+            v_neg = negative_vectors(negs[i], batch) if negs[i] is not None else None
+            if v_neg is not None and v_neg.dim() == 3:
+                v_neg = v_neg[rows]
+            loss = loss_fn(self.logit_scale, us[i][rows], vs[i][rows], v_neg,
+                           batch_rows(batch, rows))  # fmt: skip
             if self.weighting == "uncertainty":
                 # classification form: exp(-s) * L + s / 2, s = log sigma^2 (Kendall et al. 2018)
                 total = total + torch.exp(-self.log_vars[i]) * loss + 0.5 * self.log_vars[i]

@@ -1,0 +1,92 @@
+"""Losses on hand-worked batches: bce, sampled softmax, in-batch softmax with logQ, masks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from twotower_cli.errors import TwoTowerError
+from twotower_cli.losses import bce, inbatch_softmax, resolve, sampled_softmax
+
+E = math.e
+I2 = torch.eye(2)
+
+
+def test_inbatch_softmax_subtracts_log_q_per_column():
+    # u = v = identity, scale 1: sims [[1, 0], [0, 1]]; log Q = [log 2, 0] per column
+    # row 0: logits [1 - ln2, 0]  -> -log((e/2) / (e/2 + 1)) = log(1 + 2/e) = 0.5502
+    # row 1: logits [-ln2, 1]     -> -log(e / (1/2 + e))     = log(1 + 1/(2e)) = 0.1688
+    batch = {"item": torch.tensor([1, 2]), "log_q": torch.tensor([math.log(2), 0.0])}
+    loss = inbatch_softmax(1.0, I2, I2, None, batch)
+    expected = (math.log(1 + 2 / E) + math.log(1 + 1 / (2 * E))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # without logQ both rows are log(1 + 1/e) = 0.3133
+    loss = inbatch_softmax(1.0, I2, I2, None, {"item": torch.tensor([1, 2])})
+    assert loss.item() == pytest.approx(math.log(1 + 1 / E), rel=1e-5)
+
+
+def test_inbatch_softmax_masks_the_same_item_twice():
+    # both rows hold item 7: the other column is the row's own positive, not a negative, so
+    # each row's softmax has a single column and the loss is 0
+    batch = {"item": torch.tensor([7, 7])}
+    u = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert inbatch_softmax(5.0, u, u, None, batch).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_inbatch_softmax_with_shared_negatives_of_mixed_sampling():
+    # one row, u = v = [1, 0]; shared negatives [0, 1] (item 5) and [1, 0] (item 3 = its own
+    # positive, masked); neg log Q [0, 0]: logits [1, 0] -> log(1 + 1/e)
+    batch = {"item": torch.tensor([3]), "neg": torch.tensor([5, 3]),
+             "log_q": torch.tensor([0.0]), "neg_log_q": torch.tensor([0.0, 0.0])}  # fmt: skip
+    u = torch.tensor([[1.0, 0.0]])
+    v_neg = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    loss = inbatch_softmax(1.0, u, u, v_neg, batch)
+    assert loss.item() == pytest.approx(math.log(1 + 1 / E), rel=1e-5)
+
+
+def test_sampled_softmax_corrects_and_masks():
+    # u = v = [1, 0]; per-row negatives [0, 1] (item 9) and [1, 0] (item 4 = the positive)
+    # log Q: positive log 1 = 0, negatives [log(1/2), 0]
+    # logits [1, 0 - log(1/2) = ln2, masked] -> -log(e / (e + 2)) = log(1 + 2/e) = 0.5502
+    neg_log_q = torch.tensor([[math.log(0.5), 0.0]])
+    batch = {"item": torch.tensor([4]), "neg": torch.tensor([[9, 4]]),
+             "log_q": torch.tensor([0.0]), "neg_log_q": neg_log_q}  # fmt: skip
+    u = torch.tensor([[1.0, 0.0]])
+    v_neg = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    loss = sampled_softmax(1.0, u, u, v_neg, batch)
+    assert loss.item() == pytest.approx(math.log(1 + 2 / E), rel=1e-5)
+
+
+def test_bce_is_pointwise_over_positive_and_negatives():
+    # positive logit 2 * <u, v> = 2 -> softplus(-2) = 0.1269; negative logit 0 -> log 2 = 0.6931
+    # mean of the two = 0.4100
+    u = torch.tensor([[1.0, 0.0]])
+    v_neg = torch.tensor([[[0.0, 1.0]]])
+    loss = bce(2.0, u, u, v_neg, {"item": torch.tensor([1]), "neg": torch.tensor([[2]])})
+    expected = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_explicit_losses_need_negatives_and_names_are_checked():
+    batch = {"item": torch.tensor([1, 2])}
+    with pytest.raises(TwoTowerError, match="loss=sampled_softmax needs explicit negatives"):
+        sampled_softmax(1.0, I2, I2, None, batch)
+    with pytest.raises(TwoTowerError, match="loss=bce needs explicit negatives"):
+        bce(1.0, I2, I2, None, batch)
+    with pytest.raises(TwoTowerError, match="loss: 'hinge'"):
+        resolve("hinge", "bce")
+    assert resolve("auto", "bce")[1] == "bce"
+    assert resolve("sampled_softmax", "bce")[1] == "sampled_softmax"
+
+
+def test_inbatch_softmax_masks_other_positives_of_the_same_user():
+    # rows 0 and 1 are both user 5 (items 1, 2), row 2 is user 6 (item 3); u = v = e_i, scale 1
+    # row 0: column 1 is user 5's positive too -> masked; logits [1, 0] -> log(1 + 1/e)
+    # row 2: nothing masked; logits [0, 0, 1] -> log(1 + 2/e)
+    eye = torch.eye(3)
+    batch = {"item": torch.tensor([1, 2, 3]), "user": torch.tensor([5, 5, 6])}
+    loss = inbatch_softmax(1.0, eye, eye, None, batch)
+    expected = (2 * math.log(1 + 1 / E) + math.log(1 + 2 / E)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
