@@ -104,3 +104,32 @@ def draw_excluding(
         if len(todo) == 0:
             return items
     raise TwoTowerError("sampler: could not draw negatives; users have interacted with every item")
+
+
+# --- exposures: shown but not chosen, real negatives (`sampler.use_exposures=true`) ---
+# Generic over samplers: the rows are added after the sampler's own examples, so any sampler
+# whose loss takes explicit labelled negatives (bce) can mix them with its sampled ones.
+EXPOSURE_KEYS = ("use_exposures", "exposures_per_positive")
+
+
+def add_exposure_negatives(
+    examples: pd.DataFrame, sampler: Sampler, exposures_path, per_positive: float, seed: int
+) -> pd.DataFrame:
+    """examples + round(per_positive * positives) exposure rows with label 0, drawn without
+    replacement (all of them when there are fewer)."""
+    if sampler.loss != "bce":
+        raise TwoTowerError(
+            f"sampler.use_exposures: {type(sampler).__name__} trains with {sampler.loss}, "
+            "which takes no labelled negatives; use a sampler with explicit negatives"
+        )
+    if not exposures_path.exists():
+        raise TwoTowerError(
+            f"{exposures_path}: no exposures (every row of the log is a positive); "
+            "sampler.use_exposures needs shown-but-not-chosen rows"
+        )
+    exposures = pd.read_parquet(exposures_path, columns=["user", "item"])
+    n_pos = int((examples["label"].to_numpy() > 0).sum())
+    n = min(len(exposures), int(round(per_positive * n_pos)))
+    pick = np.sort(np.random.default_rng(seed).choice(len(exposures), n, replace=False))
+    neg = exposures.iloc[pick].assign(label=np.float32(0.0))
+    return pd.concat([examples, neg], ignore_index=True)

@@ -25,6 +25,7 @@ from twotower_cli.retrieval import (
     evaluate_ranked,
     popularity_ranking,
 )
+from twotower_cli.samplers import EXPOSURE_KEYS, add_exposure_negatives
 from twotower_cli.trainer import TrainSettings, encode_all
 from twotower_cli.trainer import train as train_model
 
@@ -63,9 +64,16 @@ def preprocess(cfg: DictConfig) -> dict:
 def sample(cfg: DictConfig) -> dict:
     prep_dir = require(cfg.paths.preprocess_dir, "preprocess")
     n_items = read_manifest(prep_dir)["figures"]["n_items"]
-    sampler = instantiate(cfg.sampler).fit(_read_split(prep_dir, "train"), n_items)
+    conf = OmegaConf.to_container(cfg.sampler, resolve=True)
+    exposure = {k: conf.pop(k) for k in EXPOSURE_KEYS if k in conf}
+    sampler = instantiate(conf).fit(_read_split(prep_dir, "train"), n_items)
     with StageOutput("sample", cfg.paths.sample_dir, _config(cfg), [prep_dir]) as out:
         examples = sampler.examples()
+        if exposure.get("use_exposures"):
+            examples = add_exposure_negatives(
+                examples, sampler, prep_dir / "exposures.parquet",
+                exposure.get("exposures_per_positive", 1.0), cfg.seed,
+            )  # fmt: skip
         examples.to_parquet(out.path("examples.parquet"), index=False)
         np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
         out.figures = {"examples": len(examples), "loss": sampler.loss}
@@ -119,6 +127,8 @@ def embed(cfg: DictConfig) -> dict:
     model, _ = _load_model(train_dir)
     _, users, items = _tables(prep_dir)
     item_ids = np.arange(1, len(next(iter(items.values()))), dtype=np.int64)
+    if (prep_dir / "candidates.npy").exists():
+        item_ids = np.load(prep_dir / "candidates.npy")  # evaluation ranks only these
     user_ids = np.unique(_read_split(prep_dir, "test")["user"].to_numpy())
     with StageOutput("embed", cfg.paths.embed_dir, _config(cfg), [prep_dir, train_dir]) as out:
         np.save(out.path("item_vectors.npy"), encode_all(model, items, item_ids, "item"))
@@ -151,7 +161,8 @@ def evaluate(cfg: DictConfig) -> dict:
     index_dir = require(cfg.paths.index_dir, "index")
     idx = faiss.read_index(str(index_dir / "items.faiss"))
     set_search_params(idx, cfg.index.nprobe, cfg.index.ef_search)
-    n_items = idx.ntotal
+    n_items = read_manifest(prep_dir)["figures"]["n_items"]
+    item_ids = np.load(embed_dir / "item_ids.npy")  # the index's rows (candidates or all)
     test = _read_split(prep_dir, "test")
     seen = pd.concat([_read_split(prep_dir, "train"), _read_split(prep_dir, "valid")])
     ev = EvalSet.build(test, seen, n_items)
@@ -160,11 +171,11 @@ def evaluate(cfg: DictConfig) -> dict:
         raise TwoTowerError(f"{embed_dir}: user vectors do not match the test users; rerun embed")
     ks = list(cfg.eval.ks)
     counts = np.bincount(seen["item"].to_numpy(), minlength=n_items + 1)[1:]
-    depth = min(n_items, max(ks) + ev.max_exclude)
+    depth = min(len(item_ids), max(ks) + ev.max_exclude)
     metrics = {
-        "model": evaluate_index(idx, u, ev, ks, n_items),
+        "model": evaluate_index(idx, u, ev, ks, n_items, ids=item_ids),
         "popularity": evaluate_ranked(
-            popularity_ranking(counts, len(ev.users), depth), ev, ks, n_items
+            popularity_ranking(counts, len(ev.users), depth, item_ids), ev, ks, n_items
         ),  # fmt: skip
     }
     with StageOutput("evaluate", cfg.paths.evaluate_dir, _config(cfg),
