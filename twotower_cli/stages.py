@@ -48,7 +48,8 @@ def _tables(prep_dir: Path) -> tuple[dict, dict, dict]:
 
 
 def preprocess(cfg: DictConfig) -> dict:
-    raw = instantiate(cfg.dataset.load)
+    # partial, then call: Hydra would wrap the loader's TwoTowerError in its own exception
+    raw = instantiate(cfg.dataset.load, _partial_=True)()
     enc, parts, counts = preprocess_tables(
         raw, cfg.dataset.label, SplitSettings(**cfg.dataset.split)
     )
