@@ -62,8 +62,11 @@ def write_news(raw_dir: Path, n_users: int = 400, per_day: int = 40, seed: int =
     ctime_s = START + doc_day * DAY + rng.integers(0, DAY - 3600, n_docs)
     cate_idx = rng.integers(0, len(CATES), n_docs)
     aid = np.array([f"{300000 + i}" for i in range(n_docs)])
-    words = [f"词{c}_{j}:{w:.3f},热点:{w / 2:.3f}" for c, j, w in
-             zip(cate_idx, rng.integers(0, 5, n_docs), rng.random(n_docs), strict=True)]  # fmt: skip
+    word_idx, weight = rng.integers(0, 5, n_docs), rng.random(n_docs)
+    words = [
+        f"词{c}_{j}:{w:.3f},热点:{w / 2:.3f}"
+        for c, j, w in zip(cate_idx, word_idx, weight, strict=True)
+    ]
     docs = pd.DataFrame(
         {
             "article_id": aid,
@@ -88,6 +91,8 @@ def write_news(raw_dir: Path, n_users: int = 400, per_day: int = 40, seed: int =
     docs.loc[[120, 121, 122], "sub_cate"] = None
     docs.loc[[130, 131, 132], "title"] = None
     docs.loc[[140], "key_words"] = None
+    # a section that starts on the test day: unknown to the vocabularies fitted on train
+    docs.loc[np.flatnonzero(doc_day == DAYS - 1)[::10], "sub_cate"] = "突发/0"
     # dirty and dropped: extra articles whose ctime holds text or nothing
     bad_ids = ["900001", "900002", "900003", "900004", "900005"]
     bad = pd.DataFrame(

@@ -166,7 +166,7 @@ BAD = {
     "wrong type": ["log.csv", "column 'stars' must be numeric", "row 7", "'five'"],
     "wrong feature type": ["users.tsv", "column 'age' must be numeric", "'old'"],
     "empty log": ["log.csv", "empty"],
-    "unknown ids, strict": ["log.csv", "column 'user_id'", "users.tsv", "'stranger'"],
+    "unknown ids, strict": ["log.csv", "column 'uid'", "users.tsv", "'stranger'"],
     "no test users": ["log.csv", "no test users", "column 'uid'", ">= 100", "column 'stars'"],
     "temporal without time": ["log.csv", "temporal needs a time_col"],
 }
@@ -198,8 +198,8 @@ def test_movielens_as_plain_csv_gives_the_same_tables(tmp_path: Path, out_dir: P
     raw.items.assign(genres=raw.items["genres"].str.join("|")).to_csv(src / "items.csv",
                                                                       index=False)  # fmt: skip
     assert twotower("preprocess", f"paths.out={out_dir}") == 0
-    files = [f"dataset.load.{k}={src / f}" for k, f in
-             (("interactions", "ratings.csv"), ("users", "users.csv"), ("items", "items.csv"))]  # fmt: skip
+    names = {"interactions": "ratings.csv", "users": "users.csv", "items": "items.csv"}
+    files = [f"dataset.load.{key}={src / name}" for key, name in names.items()]
     assert twotower("preprocess", "dataset=ml100k_csv", *files, f"paths.out={out_dir}") == 0
     a, b = out_dir / "ml100k" / "preprocess", out_dir / "ml100k_csv" / "preprocess"
     for name in ("users", "items"):

@@ -108,12 +108,12 @@ def feature_table(path, frame: pd.DataFrame, key: str, feats: list[dict]) -> pd.
     return out
 
 
-def _check_known(log, path, col, ids, table_path, strict, counts, name) -> np.ndarray:
+def _check_known(ids, path, col, table_ids, table_path, strict, counts, name) -> np.ndarray:
     """Rows whose id is in the table; unknown ones counted (or an error when strict)."""
-    known = log[col].isin(ids).to_numpy()
+    known = ids.isin(table_ids).to_numpy()
     counts[name] = int((~known).sum())
     if strict and not known.all():
-        example = log.loc[~known, col].iloc[0]
+        example = ids[~known].iloc[0]
         raise TwoTowerError(
             f"{path}: column {col!r}: {int((~known).sum())} rows with ids absent from "
             f"{table_path} (e.g. {example!r}); strict=false drops and counts them"
@@ -181,8 +181,8 @@ def load(
             dup = table["id"].duplicated()
             counts[f"{side}s_dropped_duplicate"] = int(dup.sum())
             table = table[~dup].reset_index(drop=True)
-            keep &= _check_known(inter, interactions, f"{side}_id", table["id"], path, strict,
-                                 counts, f"dropped_{side}_not_in_{side}s")  # fmt: skip
+            keep &= _check_known(inter[f"{side}_id"], interactions, col, table["id"], path,
+                                 strict, counts, f"dropped_{side}_not_in_{side}s")  # fmt: skip
         elif feats:
             raise TwoTowerError(f"dataset.load.{side}_features given but no {side}s table")
         else:

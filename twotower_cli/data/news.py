@@ -73,8 +73,10 @@ def top_keywords(key_words: pd.Series, k: int) -> pd.Series:
     out = pd.Series([[] for _ in range(len(key_words))], index=key_words.index, dtype=object)
     if parts.empty or parts.shape[1] < 2:
         return out
-    frame = pd.DataFrame({"row": parts.index, "word": parts[0].str.strip().to_numpy(),
-                          "w": pd.to_numeric(parts[1], errors="coerce").fillna(0.0).to_numpy()})  # fmt: skip
+    weight = pd.to_numeric(parts[1], errors="coerce").fillna(0.0).to_numpy()
+    frame = pd.DataFrame(
+        {"row": parts.index, "word": parts[0].str.strip().to_numpy(), "w": weight}
+    )
     frame = frame[frame["word"] != ""].sort_values(["row", "w"], ascending=[True, False],
                                                   kind="stable")  # fmt: skip
     frame = frame[frame.groupby("row").cumcount() < k]
