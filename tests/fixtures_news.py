@@ -2,7 +2,7 @@
 
 `write_news(raw_dir)` writes user_info_data_5w.csv, doc_info.txt and train_data_5w.csv and
 returns how many dirty rows of each kind it planted. Planted preference: every user has a home
-category and clicks its articles ten times as often as others; a user's home category shows in
+category and clicks its articles 30 times as often as others; a user's home category shows in
 no user feature, so a model must learn it from the clicks.
 """
 

@@ -160,7 +160,7 @@ def load(
             "item_id": log[item_col].astype(object),
             "timestamp": as_seconds(log[time_col], interactions, time_col)
             if time_col
-            else np.zeros(len(log), np.int64),
+            else np.arange(len(log), dtype=np.int64),  # no times: file order is time order
         }
     )
     if label_col:
