@@ -144,6 +144,7 @@ def test_use_exposures_needs_explicit_negatives(prepared, capsys):
     n_pos = len(pd.read_parquet(prep / "train.parquet"))
     # random: 4 sampled negatives per positive, plus one exposure per positive
     assert figures["examples"] == n_pos * (1 + 4 + 1)
+    assert figures["exposure_negatives"] == n_pos
 
 
 def test_candidate_ids_map_index_rows_and_restrict_popularity():

@@ -70,6 +70,7 @@ def sample(cfg: DictConfig) -> dict:
     sampler = instantiate(conf).fit(_read_split(prep_dir, "train"), n_items)
     with StageOutput("sample", cfg.paths.sample_dir, _config(cfg), [prep_dir]) as out:
         examples = sampler.examples()
+        sampled = len(examples)
         if exposure.get("use_exposures"):
             examples = add_exposure_negatives(
                 examples, sampler, prep_dir / "exposures.parquet",
@@ -77,7 +78,8 @@ def sample(cfg: DictConfig) -> dict:
             )  # fmt: skip
         examples.to_parquet(out.path("examples.parquet"), index=False)
         np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
-        out.figures = {"examples": len(examples), "loss": sampler.loss}
+        out.figures = {"examples": len(examples), "loss": sampler.loss,
+                       "exposure_negatives": len(examples) - sampled}  # fmt: skip
     print(f"sample: {json.dumps(out.figures)}")
     return out.figures
 
