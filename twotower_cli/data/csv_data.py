@@ -27,9 +27,10 @@ def read_any(path: str | Path, sep: str | None, text_cols: list[str]) -> pd.Data
     try:
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)
-            present = [c for c in text_cols if c in frame.columns]
-            frame[present] = frame[present].astype("string").astype(object)
-            return frame.where(frame.notna(), None) if present else frame
+            for col in (c for c in text_cols if c in frame.columns):
+                text = frame[col].astype("string").astype(object)
+                frame[col] = text.where(frame[col].notna(), None)
+            return frame
         sep = sep or SUFFIX_SEP.get(path.suffix.lower(), ",")
         header = pd.read_csv(path, sep=sep, nrows=0).columns
         dtypes = {c: str for c in text_cols if c in header}
