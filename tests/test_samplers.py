@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import SMALL, read_json, twotower
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from twotower_cli.cli import CONFIG_DIR
 from twotower_cli.errors import TwoTowerError
@@ -25,6 +24,7 @@ from twotower_cli.samplers import (
     pair_keys,
     popularity_probs,
 )
+from twotower_cli.stages import _sampler
 
 N_ITEMS = 40
 # one torch thread: on a small data set, more threads only contend with each other
@@ -249,8 +249,9 @@ def test_every_sampler_config_composes_and_instantiates(name: str):
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)
-    sampler = instantiate(cfg.sampler)
+    sampler, exposure = _sampler(cfg)  # the exposure keys every sampler accepts come off first
     assert hasattr(sampler, "fit") and hasattr(sampler, "batch_fn")
+    assert exposure == {"use_exposures": False, "exposures_per_positive": 1.0}
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "run")
 # faiss announces which SIMD build it loaded at INFO; not news to a user
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+# Hydra's flags that take a value (`--config-dir DIR` adds a directory of the user's configs)
+VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
 USAGE = f"usage: twotower {{{'|'.join(STAGE_WORDS)}}} [key=value ...] [-m] [--cfg job]"
 
 
@@ -50,8 +52,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"twotower: unknown stage {stage!r}; {USAGE}", file=sys.stderr)
         sys.exit(2)
     # argparse takes overrides as one positional run: flags go first, the stage word next
-    flags = [a for a in argv if a in ("-m", "--multirun")]
-    rest = [a for a in argv if a not in flags]
+    flags, rest = [], []
+    while argv:
+        arg = argv.pop(0)
+        if arg in ("-m", "--multirun") or arg.split("=")[0] in VALUE_FLAGS:
+            flags.append(arg)
+            if arg in VALUE_FLAGS and argv:  # `--config-dir DIR`: the value travels along
+                flags.append(argv.pop(0))
+        else:
+            rest.append(arg)
     sys.argv = [sys.argv[0], *flags, f"stage={stage}", *rest]
     app()
 

@@ -59,12 +59,16 @@ class EvalSet:
         return cls(users, truth, n_truth, exclude, int(per_user.max(initial=0)))
 
 
-def search(index, u: np.ndarray, depth: int, chunk: int = 4096) -> np.ndarray:
-    """Top-`depth` item ids per query row (faiss row i = item id i + 1; -1 = none)."""
+def search(
+    index, u: np.ndarray, depth: int, chunk: int = 4096, ids: np.ndarray | None = None
+) -> np.ndarray:
+    """Top-`depth` item ids per query row (faiss row i = item id ids[i], default i + 1; -1 =
+    none). `ids` lets an index hold a subset of the catalogue (evaluation candidates)."""
     out = np.empty((len(u), depth), dtype=np.int64)
     for start in range(0, len(u), chunk):
         _, I = index.search(np.ascontiguousarray(u[start : start + chunk], np.float32), depth)
-        out[start : start + chunk] = np.where(I >= 0, I + 1, -1)
+        item = I + 1 if ids is None else ids[I.clip(min=0)]
+        out[start : start + chunk] = np.where(I >= 0, item, -1)
     return out
 
 
@@ -73,13 +77,20 @@ def evaluate_ranked(ranked: np.ndarray, ev: EvalSet, ks: list[int], n_items: int
     return ranking_metrics(top, ev.truth, ev.n_truth, ks, n_items)
 
 
-def evaluate_index(index, u: np.ndarray, ev: EvalSet, ks: list[int], n_items: int) -> dict:
-    """Search deep enough that max(ks) items survive dropping each user's seen items."""
-    depth = min(n_items, max(ks) + ev.max_exclude)
-    return evaluate_ranked(search(index, u, depth), ev, ks, n_items)
+def evaluate_index(
+    index, u: np.ndarray, ev: EvalSet, ks: list[int], n_items: int, ids: np.ndarray | None = None
+) -> dict:
+    """Search deep enough that max(ks) items survive dropping each user's seen items; `ids`:
+    the item id of each index row when the index holds only candidates."""
+    depth = min(index.ntotal, max(ks) + ev.max_exclude)
+    return evaluate_ranked(search(index, u, depth, ids=ids), ev, ks, n_items)
 
 
-def popularity_ranking(counts: np.ndarray, n_users: int, depth: int) -> np.ndarray:
-    """The same most-popular-first list for every user (ties broken by item id)."""
-    order = np.lexsort((np.arange(len(counts)), -counts))[:depth] + 1
+def popularity_ranking(
+    counts: np.ndarray, n_users: int, depth: int, ids: np.ndarray | None = None
+) -> np.ndarray:
+    """The same most-popular-first list for every user (ties broken by item id). counts[i] is
+    item i + 1's count; `ids` restricts the list to those item ids (evaluation candidates)."""
+    ids = np.arange(1, len(counts) + 1) if ids is None else np.asarray(ids)
+    order = ids[np.lexsort((ids, -counts[ids - 1]))[:depth]]
     return np.broadcast_to(order, (n_users, len(order)))

@@ -27,6 +27,7 @@ from twotower_cli.retrieval import (
     evaluate_ranked,
     popularity_ranking,
 )
+from twotower_cli.samplers import EXPOSURE_KEYS, add_exposure_negatives
 from twotower_cli.trainer import TrainSettings, encode_all
 from twotower_cli.trainer import train as train_model
 
@@ -49,7 +50,8 @@ def _tables(prep_dir: Path) -> tuple[dict, dict, dict]:
 
 
 def preprocess(cfg: DictConfig) -> dict:
-    raw = instantiate(cfg.dataset.load)
+    # partial, then call: Hydra would wrap the loader's TwoTowerError in its own exception
+    raw = instantiate(cfg.dataset.load, _partial_=True)()
     enc, parts, counts = preprocess_tables(
         raw, cfg.dataset.label, SplitSettings(**cfg.dataset.split), cfg.dataset.get("tasks") or ()
     )
@@ -62,20 +64,34 @@ def preprocess(cfg: DictConfig) -> dict:
     return out.figures
 
 
+def _sampler(cfg: DictConfig):
+    """The configured sampler, and the exposure settings every sampler accepts (config.yaml)."""
+    conf = OmegaConf.to_container(cfg.sampler, resolve=True)
+    exposure = {k: conf.pop(k) for k in EXPOSURE_KEYS if k in conf}
+    return instantiate(conf), exposure
+
+
 def sample(cfg: DictConfig) -> dict:
     prep_dir = require(cfg.paths.preprocess_dir, "preprocess")
     n_items = read_manifest(prep_dir)["figures"]["n_items"]
+    sampler, exposure = _sampler(cfg)
     items = pd.read_parquet(prep_dir / "items.parquet")
-    sampler = instantiate(cfg.sampler).fit(_read_split(prep_dir, "train"), n_items, items)
+    sampler.fit(_read_split(prep_dir, "train"), n_items, items)
     with StageOutput("sample", cfg.paths.sample_dir, _config(cfg), [prep_dir]) as out:
         examples = sampler.examples()
         examples.to_parquet(out.path("examples.parquet"), index=False)
         np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
-        negatives = sampler.negatives()
+        negatives, n_exposures = sampler.negatives(), 0
+        if exposure.get("use_exposures"):
+            negatives, n_exposures = add_exposure_negatives(
+                examples, negatives, prep_dir / "exposures.parquet",
+                exposure.get("exposures_per_positive", 1.0), cfg.seed,
+            )  # fmt: skip
         if negatives is not None:  # [n_examples, n_neg]: row i holds example i's negatives
             np.save(out.path("negatives.npy"), negatives)
         n_neg = 0 if negatives is None else int(negatives.shape[1])
-        out.figures = {"examples": len(examples), "loss": sampler.loss, "n_neg": n_neg}
+        out.figures = {"examples": len(examples), "loss": sampler.loss, "n_neg": n_neg,
+                       "exposure_negatives": n_exposures}  # fmt: skip
     print(f"sample: {json.dumps(out.figures)}")
     return out.figures
 
@@ -135,7 +151,7 @@ def train(cfg: DictConfig) -> dict:
     n_users = len(users["user"]) - 1
     examples = _examples(model, prep_dir, sample_dir, n_users, n_items, cfg.seed)
     log_q = torch.from_numpy(np.load(sample_dir / "item_log_q.npy"))
-    batch_fn = instantiate(cfg.sampler).batch_fn(log_q, cfg.seed)
+    batch_fn = _sampler(cfg)[0].batch_fn(log_q, cfg.seed)
     train_pos = _read_split(prep_dir, "train")
     users = _with_history(model, users, train_pos)
     valid = EvalSet.build(_read_split(prep_dir, "valid"), train_pos, n_items)
@@ -171,6 +187,8 @@ def embed(cfg: DictConfig) -> dict:
     seen = pd.concat([_read_split(prep_dir, "train"), _read_split(prep_dir, "valid")])
     users = _with_history(model, users, seen)
     item_ids = np.arange(1, len(next(iter(items.values()))), dtype=np.int64)
+    if (prep_dir / "candidates.npy").exists():
+        item_ids = np.load(prep_dir / "candidates.npy")  # evaluation ranks only these
     user_ids = np.unique(_read_split(prep_dir, "test")["user"].to_numpy())
     with StageOutput("embed", cfg.paths.embed_dir, _config(cfg), [prep_dir, train_dir]) as out:
         np.save(out.path("item_vectors.npy"), encode_all(model, items, item_ids, "item"))
@@ -203,7 +221,8 @@ def evaluate(cfg: DictConfig) -> dict:
     index_dir = require(cfg.paths.index_dir, "index")
     idx = faiss.read_index(str(index_dir / "items.faiss"))
     set_search_params(idx, cfg.index.nprobe, cfg.index.ef_search)
-    n_items = idx.ntotal
+    n_items = read_manifest(prep_dir)["figures"]["n_items"]
+    item_ids = np.load(embed_dir / "item_ids.npy")  # the index's rows (candidates or all)
     test = _read_split(prep_dir, "test")
     seen = pd.concat([_read_split(prep_dir, "train"), _read_split(prep_dir, "valid")])
     ev = EvalSet.build(test, seen, n_items)
@@ -212,11 +231,11 @@ def evaluate(cfg: DictConfig) -> dict:
         raise TwoTowerError(f"{embed_dir}: user vectors do not match the test users; rerun embed")
     ks = list(cfg.eval.ks)
     counts = np.bincount(seen["item"].to_numpy(), minlength=n_items + 1)[1:]
-    depth = min(n_items, max(ks) + ev.max_exclude)
+    depth = min(len(item_ids), max(ks) + ev.max_exclude)
     metrics = {
-        "model": evaluate_index(idx, u, ev, ks, n_items),
+        "model": evaluate_index(idx, u, ev, ks, n_items, ids=item_ids),
         "popularity": evaluate_ranked(
-            popularity_ranking(counts, len(ev.users), depth), ev, ks, n_items
+            popularity_ranking(counts, len(ev.users), depth, item_ids), ev, ks, n_items
         ),  # fmt: skip
     }
     metrics.update(_sub_retrieval_metrics(cfg.paths.train_dir, prep_dir, embed_dir, ks, n_items))

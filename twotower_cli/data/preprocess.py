@@ -1,4 +1,11 @@
-"""Raw tables -> encoded feature tables and a split of positives (`twotower preprocess`)."""
+"""Raw tables -> encoded feature tables and a split of positives (`twotower preprocess`).
+
+Two splits: `per_user` (each user's latest positives held out) and `temporal` (the last
+`test_days` of the log are the test period, the `valid_days` before it validation, the rest
+train; vocabularies and numeric statistics then come from the training period only). Rows whose
+label is not positive are kept, from before each user's held-out period, as `exposures`: shown
+but not chosen, real negatives a sampler may use.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +14,36 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from twotower_cli.data.split import per_user_split
+from twotower_cli.data.split import per_user_split, temporal_bounds, temporal_split
 from twotower_cli.data.tables import Encoded, RawData, encode_side, encode_values
 from twotower_cli.errors import TwoTowerError
+
+SPLIT_KINDS = ("per_user", "temporal")
 
 
 @dataclass
 class SplitSettings:
+    kind: str = "per_user"
     test_fraction: float = 0.2
     valid_fraction: float = 0.2
     min_positives: int = 5
+    # temporal: days counted back from the window's end (fractions allowed: 0.5 = 12 hours)
+    test_days: float = 1.0
+    valid_days: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SPLIT_KINDS:
+            raise TwoTowerError(f"dataset.split.kind: {self.kind!r} not in {SPLIT_KINDS}")
 
 
-def encode(raw: RawData) -> Encoded:
-    users, user_vocabs, user_specs = encode_side(raw.users, "user_id", raw.user_fields, "user")
-    items, item_vocabs, item_specs = encode_side(raw.items, "item_id", raw.item_fields, "item")
+def encode(raw: RawData, fit_users=None, fit_items=None) -> Encoded:
+    """Encode both sides; fit_users/fit_items (raw ids) restrict what vocabularies learn from."""
+    users, user_vocabs, user_specs = encode_side(
+        raw.users, "user_id", raw.user_fields, "user", fit_users
+    )
+    items, item_vocabs, item_specs = encode_side(
+        raw.items, "item_id", raw.item_fields, "item", fit_items
+    )
     return Encoded(
         users=users,
         items=items,
@@ -30,16 +52,16 @@ def encode(raw: RawData) -> Encoded:
     )
 
 
-def encode_interactions(
+def encode_log(
     raw: RawData, enc: Encoded, label: str, tasks: tuple[str, ...] = ()
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Positives (label > 0, or > 0 for any of `tasks`) with dense user/item ids; rows with
-    unknown ids dropped, counted. `positives` counts the label's positives."""
+    """Every interaction with dense user/item ids; rows with unknown ids dropped, counted."""
     inter = raw.interactions
     for col in (label, *tasks):
         if col not in inter.columns:
             kind = "label" if col == label else "task"
-            raise TwoTowerError(f"interactions: no {kind} column {col!r}")
+            name = raw.column_names.get("label", label) if col == label else col
+            raise TwoTowerError(f"{raw.source}: no {kind} column {name!r}")
     frame = pd.DataFrame(
         {
             "user": encode_values(inter["user_id"], enc.vocabs["user"]["user"]),
@@ -51,12 +73,47 @@ def encode_interactions(
         frame[col] = inter[col].to_numpy()
     known = (frame["user"] > 0) & (frame["item"] > 0)
     counts = {"interactions": len(frame), "dropped_unknown_id": int((~known).sum())}
-    wanted = frame[label] > 0
-    for task in tasks:
-        wanted |= frame[task] > 0
-    frame = frame[known & wanted].reset_index(drop=True)
-    counts["positives"] = int((frame[label] > 0).sum())
-    return frame, counts
+    return frame[known].reset_index(drop=True), counts
+
+
+def encode_interactions(
+    raw: RawData, enc: Encoded, label: str
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Positives (label > 0) with dense user/item ids; rows with unknown ids dropped, counted."""
+    log, counts = encode_log(raw, enc, label)
+    positives = log[log[label] > 0].reset_index(drop=True)
+    counts["positives"] = len(positives)
+    return positives, counts
+
+
+def exposures_before_holdout(
+    negatives: pd.DataFrame, parts: dict[str, pd.DataFrame], n_items: int
+) -> pd.DataFrame:
+    """Non-positive rows usable as training negatives: before the user's first held-out
+    positive (no peeking at the evaluation period) and never a positive of that user."""
+    held = pd.concat([parts["valid"], parts["test"]])
+    first = held.groupby("user")["timestamp"].min()
+    cutoff = first.reindex(negatives["user"]).to_numpy(dtype=np.float64)
+    early = np.isnan(cutoff) | (negatives["timestamp"].to_numpy() < cutoff)
+    pos = pd.concat([parts["train"], held])
+    keys = pos["user"].to_numpy() * (n_items + 1) + pos["item"].to_numpy()
+    mine = negatives["user"].to_numpy() * (n_items + 1) + negatives["item"].to_numpy()
+    return negatives[early & ~np.isin(mine, keys)].reset_index(drop=True)
+
+
+def _no_test_users(raw: RawData, split: SplitSettings, label: str) -> TwoTowerError:
+    col = raw.column_names.get
+    if split.kind == "temporal":
+        why = (
+            f"column {col('timestamp', 'timestamp')!r}: no positive in the last "
+            f"{split.test_days:g} day(s) of the window"
+        )
+    else:
+        why = (
+            f"column {col('user_id', 'user_id')!r}: no user has >= {split.min_positives} "
+            f"positives in column {col('label', label)!r}"
+        )
+    return TwoTowerError(f"{raw.source}: split leaves no test users: {why}")
 
 
 def split_task_rows(
@@ -90,22 +147,51 @@ def preprocess(
 ) -> tuple[Encoded, dict[str, pd.DataFrame], dict[str, int]]:
     """Encode features, keep positives, split them; return tables, splits and row counts.
 
+    The returned tables are train/valid/test, plus `exposures` when the log has rows whose
+    label is not positive. Encoded.candidates is set when the loader names candidate items.
     With `tasks` (multi-task labels), the splits of the label's positives are unchanged and
     `tasks_train/valid/test` add every row positive for some task (see `split_task_rows`).
     """
-    enc = encode(raw)
     tasks = tuple(tasks)
-    rows, counts = encode_interactions(raw, enc, label, tasks)
-    positives = rows[rows[label] > 0].reset_index(drop=True) if tasks else rows
-    parts = per_user_split(
-        positives, split.test_fraction, split.valid_fraction, split.min_positives
-    )
-    if parts["test"].empty:
-        raise TwoTowerError(
-            f"split leaves no test users: no user has >= {split.min_positives} positives"
+    if raw.interactions.empty:
+        raise TwoTowerError(f"{raw.source}: the interaction log is empty")
+    if split.kind == "temporal":
+        valid_start, test_start, end = temporal_bounds(
+            raw.interactions["timestamp"], split.valid_days, split.test_days, raw.window_end
         )
+        early = raw.interactions[raw.interactions["timestamp"].to_numpy() < valid_start]
+        enc = encode(raw, early["user_id"], early["item_id"])
+    else:
+        enc = encode(raw)
+    log, counts = encode_log(raw, enc, label, tasks)
+    positive = log[label].to_numpy() > 0
+    positives = log[positive].reset_index(drop=True)
+    counts["positives"] = len(positives)
+    if split.kind == "temporal":
+        parts = temporal_split(positives, valid_start, test_start, end)
+        counts["positives_outside_window"] = len(positives) - sum(len(p) for p in parts.values())
+    else:
+        parts = per_user_split(
+            positives, split.test_fraction, split.valid_fraction, split.min_positives
+        )
+    if raw.candidates is not None:
+        cand = np.unique(encode_values(raw.candidates, enc.vocabs["item"]["item"]))
+        enc.candidates = cand[cand > 0]
+        test = parts["test"]
+        keep = np.isin(test["item"].to_numpy(), enc.candidates)
+        counts["test_dropped_not_candidate"] = int((~keep).sum())
+        parts["test"] = test[keep].reset_index(drop=True)
+        counts["candidates"] = len(enc.candidates)
+    if parts["test"].empty:
+        raise _no_test_users(raw, split, label)
     if tasks:
-        parts.update(split_task_rows(rows, label, parts))
+        wanted = positive | (log[list(tasks)].to_numpy() > 0).any(axis=1)
+        parts.update(split_task_rows(log[wanted].reset_index(drop=True), label, parts))
+    negatives = log[~positive]
+    if split.kind == "temporal":
+        negatives = negatives[negatives["timestamp"].to_numpy() < valid_start]
+    if len(negatives):
+        parts["exposures"] = exposures_before_holdout(negatives, parts, enc.n_items)
     counts.update({name: len(df) for name, df in parts.items()})
     counts["test_users"] = int(parts["test"]["user"].nunique())
     return enc, parts, {**raw.counts, **counts}

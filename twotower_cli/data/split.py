@@ -30,3 +30,30 @@ def per_user_split(
     rest, test = hold_out_last(positives, test_fraction, min_positives)
     train, valid = hold_out_last(rest, valid_fraction, min_positives)
     return {"train": train, "valid": valid, "test": test}
+
+
+DAY = 86_400
+
+
+def temporal_bounds(
+    timestamps: pd.Series, valid_days: float, test_days: float, end: int | None = None
+) -> tuple[int, int, int]:
+    """(valid_start, test_start, end) in epoch seconds: test is the last `test_days` before
+    `end` (default: the last timestamp + 1), validation the `valid_days` before that."""
+    end = int(timestamps.max()) + 1 if end is None else int(end)
+    test_start = end - int(round(test_days * DAY))
+    return test_start - int(round(valid_days * DAY)), test_start, end
+
+
+def temporal_split(
+    positives: pd.DataFrame, valid_start: int, test_start: int, end: int
+) -> dict[str, pd.DataFrame]:
+    """Positives by time: train before valid_start, validation up to test_start, test up to
+    end (exclusive); rows outside [.., end) belong to no split."""
+    ts = positives["timestamp"].to_numpy()
+    pick = lambda m: positives[m].reset_index(drop=True)  # noqa: E731
+    return {
+        "train": pick(ts < valid_start),
+        "valid": pick((ts >= valid_start) & (ts < test_start)),
+        "test": pick((ts >= test_start) & (ts < end)),
+    }

@@ -46,6 +46,15 @@ class RawData:
     user_fields: dict[str, str]
     item_fields: dict[str, str]
     counts: dict = field(default_factory=dict)
+    # optional: the end (exclusive, epoch seconds) of the log's window; temporal splits count
+    # days back from it (None: last timestamp + 1)
+    window_end: int | None = None
+    # optional: raw ids of the items evaluation may rank (None: the whole catalogue)
+    candidates: pd.Series | None = None
+    # for error messages: where the log came from, and its raw column names by role
+    # (user_id, item_id, timestamp, label -> the name in the user's file)
+    source: str = "interactions"
+    column_names: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,6 +65,8 @@ class Encoded:
     items: pd.DataFrame
     vocabs: dict[str, list]
     schema: dict[str, list[Field]]
+    # optional: sorted item ids evaluation ranks (saved as candidates.npy); None = all items
+    candidates: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -101,10 +112,19 @@ def encode_multihot(lists: pd.Series, vocab: list, max_len: int) -> np.ndarray:
 
 
 def encode_side(
-    frame: pd.DataFrame, key: str, fields: dict[str, str], id_name: str
+    frame: pd.DataFrame,
+    key: str,
+    fields: dict[str, str],
+    id_name: str,
+    fit_keys: pd.Series | np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, dict[str, list], list[Field]]:
-    """Encode one side's table. Row order = id order: the entity with id i sits at row i - 1."""
+    """Encode one side's table. Row order = id order: the entity with id i sits at row i - 1.
+
+    fit_keys: when given, vocabularies and numeric statistics come only from the rows with
+    these keys (a temporal split's training entities); other values become unknown (0).
+    """
     frame = frame.drop_duplicates(key).reset_index(drop=True)
+    fit = np.ones(len(frame), bool) if fit_keys is None else frame[key].isin(fit_keys).to_numpy()
     id_vocab = [_plain(v) for v in frame[key]]
     out = pd.DataFrame({id_name: np.arange(1, len(frame) + 1, dtype=np.int64)})
     vocabs = {id_name: id_vocab}
@@ -114,17 +134,20 @@ def encode_side(
             continue
         col = frame[name]
         if kind == "categorical":
-            vocab = build_vocab(col)
+            vocab = build_vocab(col[fit])
             out[name] = encode_values(col, vocab)
             specs.append(Field(name, kind, len(vocab) + 1))
         elif kind == "multihot":
-            vocab = build_vocab(col.explode())
+            vocab = build_vocab(col[fit].explode())
             width = max(1, int(col.str.len().fillna(0).max()))
             out[name] = list(encode_multihot(col.reset_index(drop=True), vocab, width))
             specs.append(Field(name, kind, len(vocab) + 1, width))
         else:
             values = pd.to_numeric(col, errors="coerce").astype("float64")
-            mean, std = float(values.mean()), float(values.std() or 1.0)
+            mean, std = float(values[fit].mean()), float(values[fit].std())
+            # a constant or empty column: centre it and leave the scale alone
+            mean = mean if np.isfinite(mean) else 0.0
+            std = std if np.isfinite(std) and std > 0 else 1.0
             out[name] = ((values - mean) / std).fillna(0.0).astype("float32")
             vocab = [mean, std]
             specs.append(Field(name, kind))
@@ -139,7 +162,11 @@ def save_encoded(enc: Encoded, out_dir: Path) -> list[str]:
     (out_dir / "vocabs.json").write_text(json.dumps(enc.vocabs, ensure_ascii=False))
     schema = {side: [asdict(f) for f in fs] for side, fs in enc.schema.items()}
     (out_dir / "schema.json").write_text(json.dumps(schema, indent=1))
-    return ["users.parquet", "items.parquet", "vocabs.json", "schema.json"]
+    names = ["users.parquet", "items.parquet", "vocabs.json", "schema.json"]
+    if enc.candidates is not None:
+        np.save(out_dir / "candidates.npy", enc.candidates.astype(np.int64))
+        names.append("candidates.npy")
+    return names
 
 
 def load_schema(prep_dir: Path) -> dict[str, list[Field]]:
