@@ -20,6 +20,9 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "run")
 # faiss announces which SIMD build it loaded at INFO; not news to a user
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+# idle OpenMP threads (torch, faiss) sleep instead of spinning: on a shared, oversubscribed
+# machine spinning made training steps ~20x slower; set before torch is first imported
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 USAGE = f"usage: twotower {{{'|'.join(STAGE_WORDS)}}} [key=value ...] [-m] [--cfg job]"
 
 
