@@ -53,15 +53,16 @@ def reference_train(
     dataset: RowDataset,
     batch_size: int,
     steps: int,
-    lr: float,
+    make_optimizers,
     log_q: torch.Tensor | None,
     seed: int = 0,
 ) -> int:
     """`steps` optimiser steps through DataLoader(shuffle=True) with the default collate;
-    returns the number of examples processed."""
+    `make_optimizers(model)` gives the same optimisers the trainer uses. Returns the number of
+    examples processed."""
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opts = make_optimizers(model)
     model.train()
     seen = 0
     for step, batch in enumerate(loader):
@@ -70,9 +71,11 @@ def reference_train(
         user, item = split_batch(batch)
         u, v = model.user_vectors(user), model.item_vectors(item)
         loss = loss_fn(model.logit_scale, u, v, item=item["item"], label=None, log_q=log_q)
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        for opt in opts:
+            opt.step()
         seen += len(item["item"])
     return seen
 

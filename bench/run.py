@@ -35,7 +35,7 @@ from twotower_cli.data.preprocess import SplitSettings, preprocess
 from twotower_cli.data.tables import feature_tensors
 from twotower_cli.models.dssm import DSSM
 from twotower_cli.retrieval import EvalSet, build_index, evaluate_index, exact_top_unseen
-from twotower_cli.trainer import TrainSettings, encode_all, train
+from twotower_cli.trainer import TrainSettings, encode_all, optimizers, train
 
 KS = [10, 20, 50]
 # ANN vectors: unit vectors around N_CENTRES random centres with noise SPREAD per dimension:
@@ -52,6 +52,8 @@ class Sizes:
     data: dict = field(default_factory=lambda: {"n_users": 50_000, "n_items": 20_000,
                                                 "n_interactions": 1_000_000})  # fmt: skip
     batch_size: int = 1024
+    # both sides of the train comparison and the scale runs use the lazy Adam on embeddings
+    sparse_embeddings: bool = True
     train_steps: int = 40
     reference_users: int = 2000
     ann_items: int = 1_000_000
@@ -61,7 +63,7 @@ class Sizes:
     )
     scale: tuple = (1_000_000, 3_000_000, 10_000_000)
     scale_items: int = 50_000
-    scale_epochs: int = 2
+    scale_epochs: int = 1
     repeats: int = 3
 
 
@@ -124,7 +126,12 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
     dataset = reference.RowDataset(pos["user"].to_numpy(), pos["item"].to_numpy(),
                                    data.users, data.items)  # fmt: skip
     init = copy.deepcopy(data.model.state_dict())
-    settings = TrainSettings(epochs=1, batch_size=sizes.batch_size, patience=1)
+    settings = TrainSettings(epochs=1, batch_size=sizes.batch_size, patience=1,
+                             sparse_embeddings=sizes.sparse_embeddings)  # fmt: skip
+
+    def make_optimizers(model):
+        return optimizers(model, settings)
+
     ours, theirs = [], []
     for rep in range(sizes.repeats):
         for side in ("reference", "twotower") if rep % 2 == 0 else ("twotower", "reference"):
@@ -137,13 +144,17 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
             else:
                 t = median_time(lambda: reference.reference_train(
                     data.model, losses.inbatch_softmax, dataset, sizes.batch_size,
-                    sizes.train_steps, settings.lr, data.log_q))  # fmt: skip
+                    sizes.train_steps, make_optimizers, data.log_q))  # fmt: skip
+                for table in data.model.modules():
+                    if isinstance(table, torch.nn.Embedding):
+                        table.sparse = False
                 theirs.append(n / t)
             log(f"train: {side} {n / t:.0f} samples/s")
     ours_m, theirs_m = float(np.median(ours)), float(np.median(theirs))
     return {"train_samples_per_s": ours_m, "train_reference_samples_per_s": theirs_m,
             "train_speedup": ours_m / theirs_m, "train_steps": sizes.train_steps,
-            "train_batch_size": sizes.batch_size}  # fmt: skip
+            "train_batch_size": sizes.batch_size,
+            "train_sparse_embeddings": sizes.sparse_embeddings}  # fmt: skip
 
 
 def bench_eval(data: Data, sizes: Sizes) -> dict:
@@ -244,6 +255,7 @@ def run_pipeline(n: int, sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
     overrides = ["dataset=synthetic", f"dataset.load.n_interactions={n}",
                  f"dataset.load.n_users={n // 20}", f"dataset.load.n_items={sizes.scale_items}",
                  f"dataset.load.cache_dir={cache_dir}", f"train.epochs={sizes.scale_epochs}",
+                 f"train.sparse_embeddings={str(sizes.sparse_embeddings).lower()}",
                  f"paths.out={run_out}"]  # fmt: skip
     script = Path(sys.executable).with_name("twotower")
     log(f"scale: twotower run {' '.join(overrides)}")
@@ -275,6 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--cache-dir", default="data/synthetic")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="add to the existing bench.json instead of starting afresh",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     sizes = copy.deepcopy(QUICK if args.quick else Sizes())
@@ -285,9 +302,12 @@ def main(argv: list[str] | None = None) -> None:
     ann.set_threads(args.threads)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict = {"quick": args.quick, "threads": args.threads,
+    old = out_dir / "bench.json"
+    results: dict = json.loads(old.read_text()) if args.update and old.exists() else {}
+    results |= {"quick": args.quick, "threads": args.threads,
                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-    ann_rows: list = []
+    ann_path = out_dir / "ann.json"
+    ann_rows: list = json.loads(ann_path.read_text()) if args.update and ann_path.exists() else []
     if {"train", "eval"} & set(sections):
         data = Data(sizes, args.cache_dir)
         if "train" in sections:
@@ -297,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     if "ann" in sections:
         ann_results, ann_rows = bench_ann(sizes)
         results.update(ann_results)
+        ann_path.write_text(json.dumps(ann_rows, indent=1))
     if "scale" in sections:
         for n in sizes.scale:
             results.update(run_pipeline(n, sizes, out_dir, args.cache_dir))

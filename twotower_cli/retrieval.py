@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from twotower_cli.metrics import drop_excluded, ranking_metrics, row_keys, sorted_unique
 
@@ -97,7 +98,8 @@ def exact_top_unseen(
     # 64..1024 users per chunk: fewer starves the matrix multiply, more only costs memory
     chunk = int(np.clip((4 * CHUNK_ELEMS) // max(n, 1), 64, 1024))
     scores = torch.empty(min(chunk, len(U)), n)
-    with torch.no_grad():
+    rows = tqdm(total=len(U), desc="search", unit="user", leave=False, mininterval=1.0)
+    with torch.no_grad(), rows:
         for s in range(0, len(U), chunk):
             e = min(s + chunk, len(U))
             sc = scores[: e - s]
@@ -109,6 +111,7 @@ def exact_top_unseen(
             ids = idx.numpy() + 1
             ids[np.isneginf(val.numpy())] = -1
             out[s:e, :k_eff] = ids
+            rows.update(e - s)
     return out
 
 
@@ -125,6 +128,7 @@ def top_unseen(fetch, ev: EvalSet, k: int, n_items: int) -> np.ndarray:
     order = np.argsort(per_user, kind="stable")
     out = np.full((len(ev.users), k), -1, dtype=np.int64)
     s = 0
+    progress = tqdm(total=len(order), desc="search", unit="user", leave=False, mininterval=1.0)
     while s < len(order):
         e = min(len(order), s + 4096)
         depth = min(n_items, k + int(per_user[order[e - 1]]))
@@ -133,7 +137,9 @@ def top_unseen(fetch, ev: EvalSet, k: int, n_items: int) -> np.ndarray:
             depth = min(n_items, k + int(per_user[order[e - 1]]))
         rows = order[s:e]
         out[rows] = drop_excluded(fetch(rows, depth), ev.exclude, n_items, k, rows=rows)
+        progress.update(e - s)
         s = e
+    progress.close()
     return out
 
 
