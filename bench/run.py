@@ -54,8 +54,9 @@ class Sizes:
     batch_size: int = 1024
     # both sides of the train comparison and the scale runs use the lazy Adam on embeddings
     sparse_embeddings: bool = True
-    train_steps: int = 40
-    reference_users: int = 2000
+    train_steps: int = 6
+    train_rounds: int = 10
+    reference_users: int = 1000
     ann_items: int = 1_000_000
     ann_queries: int = 10_000
     ann_candidates: dict = field(
@@ -69,7 +70,8 @@ class Sizes:
 
 QUICK = Sizes(
     data={"n_users": 5000, "n_items": 3000, "n_interactions": 100_000},
-    train_steps=8,
+    train_steps=3,
+    train_rounds=4,
     reference_users=300,
     ann_items=100_000,
     ann_queries=2000,
@@ -111,48 +113,50 @@ class Data:
 
 
 def bench_train(data: Data, sizes: Sizes) -> dict:
-    """Samples/s of trainer.train (one epoch over steps * batch examples, its end-of-epoch
-    validation on 200 users included) against reference.reference_train, same model init,
-    batch size, loss and steps."""
-    n = sizes.train_steps * sizes.batch_size
+    """Samples/s of trainer.train against reference.reference_train: same model init, loss,
+    optimisers, batch size and steps. The sides alternate in `train_rounds` rounds of
+    `train_steps` steps each (fresh positives every round), so both see the same machine load;
+    twotower's time includes its end-of-epoch validation (200 users) and set-up every round."""
+    per_round = sizes.train_steps * sizes.batch_size
+    rounds = sizes.train_rounds
     rng = np.random.default_rng(0)
-    pos = data.parts["train"].iloc[rng.choice(len(data.parts["train"]), n, replace=False)]
-    examples = {"user": torch.from_numpy(pos["user"].to_numpy(copy=True)),
-                "item": torch.from_numpy(pos["item"].to_numpy(copy=True)),
-                "label": torch.ones(n)}  # fmt: skip
+    train_pos = data.parts["train"]
+    pos = train_pos.iloc[rng.choice(len(train_pos), per_round * rounds, replace=False)]
+    users, items = pos["user"].to_numpy(copy=True), pos["item"].to_numpy(copy=True)
     valid = data.parts["valid"]
     some = np.sort(valid["user"].unique())[:200]
-    valid_set = EvalSet.build(valid[valid["user"].isin(some)], data.parts["train"], data.n_items)
-    dataset = reference.RowDataset(pos["user"].to_numpy(), pos["item"].to_numpy(),
-                                   data.users, data.items)  # fmt: skip
-    init = copy.deepcopy(data.model.state_dict())
+    valid_set = EvalSet.build(valid[valid["user"].isin(some)], train_pos, data.n_items)
     settings = TrainSettings(epochs=1, batch_size=sizes.batch_size, patience=1,
                              sparse_embeddings=sizes.sparse_embeddings)  # fmt: skip
-
-    def make_optimizers(model):
-        return optimizers(model, settings)
-
-    ours, theirs = [], []
-    for rep in range(sizes.repeats):
-        for side in ("reference", "twotower") if rep % 2 == 0 else ("twotower", "reference"):
-            data.model.load_state_dict(init)
+    models = {"twotower": data.model, "reference": copy.deepcopy(data.model)}
+    seconds: dict[str, list[float]] = {"twotower": [], "reference": []}
+    for r in range(rounds):
+        part = slice(r * per_round, (r + 1) * per_round)
+        examples = {"user": torch.from_numpy(users[part]), "item": torch.from_numpy(items[part]),
+                    "label": torch.ones(per_round)}  # fmt: skip
+        dataset = reference.RowDataset(users[part], items[part], data.users, data.items)
+        for side in ("reference", "twotower") if r % 2 == 0 else ("twotower", "reference"):
+            model = models[side]
+            start = time.perf_counter()
             if side == "twotower":
-                t = median_time(lambda: train(data.model, losses.inbatch_softmax, examples,
-                                              data.users, data.items, valid_set, data.n_items,
-                                              settings, data.log_q))  # fmt: skip
-                ours.append(n / t)
+                train(model, losses.inbatch_softmax, examples, data.users, data.items,
+                      valid_set, data.n_items, settings, data.log_q)  # fmt: skip
             else:
-                t = median_time(lambda: reference.reference_train(
-                    data.model, losses.inbatch_softmax, dataset, sizes.batch_size,
-                    sizes.train_steps, make_optimizers, data.log_q))  # fmt: skip
-                for table in data.model.modules():
-                    if isinstance(table, torch.nn.Embedding):
-                        table.sparse = False
-                theirs.append(n / t)
-            log(f"train: {side} {n / t:.0f} samples/s")
-    ours_m, theirs_m = float(np.median(ours)), float(np.median(theirs))
-    return {"train_samples_per_s": ours_m, "train_reference_samples_per_s": theirs_m,
-            "train_speedup": ours_m / theirs_m, "train_steps": sizes.train_steps,
+                reference.reference_train(
+                    model, losses.inbatch_softmax, dataset, sizes.batch_size, sizes.train_steps,
+                    lambda m: optimizers(m, settings), data.log_q, r)  # fmt: skip
+            seconds[side].append(time.perf_counter() - start)
+            for table in model.modules():  # what trainer.train does on its way out
+                if isinstance(table, torch.nn.Embedding):
+                    table.sparse = False
+        log(f"train: round {r + 1}/{rounds}: twotower {per_round / seconds['twotower'][-1]:.0f}"
+            f" samples/s, reference {per_round / seconds['reference'][-1]:.0f}")  # fmt: skip
+    ours, theirs = np.array(seconds["twotower"]), np.array(seconds["reference"])
+    return {"train_samples_per_s": per_round / float(np.median(ours)),
+            "train_reference_samples_per_s": per_round / float(np.median(theirs)),
+            "train_speedup": float(np.median(theirs / ours)),
+            "train_speedup_total": float(theirs.sum() / ours.sum()),
+            "train_rounds": rounds, "train_steps_per_round": sizes.train_steps,
             "train_batch_size": sizes.batch_size,
             "train_sparse_embeddings": sizes.sparse_embeddings}  # fmt: skip
 
@@ -193,26 +197,28 @@ def bench_eval(data: Data, sizes: Sizes) -> dict:
            "eval_users": len(users), "eval_items": data.n_items,
            "eval_max_abs_diff": diff, "eval_equal": bool(diff <= 1e-6)}  # fmt: skip
 
-    # throughput: every test user against the whole catalogue
+    # throughput: every test user against the whole catalogue, chunk by chunk as the search
+    # runs; per chunk the plain torch.mm and the whole masked search alternate
     u_all = encode_all(model, data.users, all_users, "user")
     ev_all = EvalSet.build(test, seen, data.n_items)
     flops = 2.0 * len(u_all) * items.shape[0] * items.shape[1]
-    chunk = _chunk_rows(items.shape[0])
+    chunk, width = _chunk_rows(items.shape[0]), data.n_items + 1
     Vt, U = torch.from_numpy(items).T, torch.from_numpy(u_all)
     buf = torch.empty(min(chunk, len(U)), items.shape[0])
-
-    def gemm():
-        for s in range(0, len(U), chunk):
-            torch.mm(U[s : s + chunk], Vt, out=buf[: min(chunk, len(U) - s)])
-
-    search_t, gemm_t = [], []
+    search_t, gemm_t = np.zeros(sizes.repeats), np.zeros(sizes.repeats)
     for rep in range(sizes.repeats):
-        for side in ("gemm", "search") if rep % 2 == 0 else ("search", "gemm"):
-            if side == "gemm":
-                gemm_t.append(median_time(gemm))
-            else:
-                search_t.append(median_time(lambda: exact_top_unseen(
-                    items, u_all, ev_all.exclude, max(KS), data.n_items)))  # fmt: skip
+        for s in range(0, len(U), chunk):
+            e = min(len(U), s + chunk)
+            lo, hi = np.searchsorted(ev_all.exclude, [s * width, e * width])
+            exclude = ev_all.exclude[lo:hi] - s * width
+            for side in ("gemm", "search") if (s // chunk) % 2 == 0 else ("search", "gemm"):
+                start = time.perf_counter()
+                if side == "gemm":
+                    torch.mm(U[s:e], Vt, out=buf[: e - s])
+                    gemm_t[rep] += time.perf_counter() - start
+                else:
+                    exact_top_unseen(items, u_all[s:e], exclude, max(KS), data.n_items)
+                    search_t[rep] += time.perf_counter() - start
     out["eval_gflops"] = flops / float(np.median(search_t)) / 1e9
     out["gemm_gflops"] = flops / float(np.median(gemm_t)) / 1e9
     out["eval_gemm_fraction"] = out["eval_gflops"] / out["gemm_gflops"]
@@ -287,17 +293,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--cache-dir", default="data/synthetic")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument(
         "--update",
         action="store_true",
         help="add to the existing bench.json instead of starting afresh",
+    )
+    parser.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also take the results of another run's output folder",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     sizes = copy.deepcopy(QUICK if args.quick else Sizes())
     if args.repeats:
         sizes.repeats = args.repeats
-    sections = args.sections.split(",")
+    if args.train_steps:
+        sizes.train_steps = args.train_steps
+    sections = [s for s in args.sections.split(",") if s]
     torch.set_num_threads(args.threads)
     ann.set_threads(args.threads)
     out_dir = Path(args.out)
@@ -308,6 +324,11 @@ def main(argv: list[str] | None = None) -> None:
                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     ann_path = out_dir / "ann.json"
     ann_rows: list = json.loads(ann_path.read_text()) if args.update and ann_path.exists() else []
+    for other in map(Path, args.merge):
+        results |= {k: v for k, v in json.loads((other / "bench.json").read_text()).items()
+                    if k not in ("quick", "threads", "started")}  # fmt: skip
+        if (other / "ann.json").exists():
+            ann_rows = json.loads((other / "ann.json").read_text())
     if {"train", "eval"} & set(sections):
         data = Data(sizes, args.cache_dir)
         if "train" in sections:
