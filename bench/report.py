@@ -84,6 +84,10 @@ def write(results: dict, ann_rows: list[dict], out_dir: Path, command: str) -> N
     lines = ["# twotower benchmark", "", f"Command: `{command}`; threads: {results['threads']}; "
              f"started {results['started']}; quick: {results['quick']}.", "",
              "## Targets", "", "| key | value | target | met |", "|---|---|---|---|"]  # fmt: skip
+    if "eval_equal" in results:
+        diff = results["eval_max_abs_diff"]
+        lines.append(f"| eval metrics equal to 1e-6 | max diff {diff:.2g} | <= 1e-06 | "
+                     f"{'yes' if results['eval_equal'] else 'NO'} |")  # fmt: skip
     for key, op, bar in TARGETS:
         if key in results:
             v = results[key]
@@ -105,6 +109,6 @@ def write(results: dict, ann_rows: list[dict], out_dir: Path, command: str) -> N
                   + ", ".join(f"{s} {g:.2f}" for s, g in growth(results).items()), ""]  # fmt: skip
         if plot(results, out_dir / "scale.png"):
             lines += ["![seconds per stage against data size](scale.png)", ""]
-    lines += ["## All keys", "", "| key | value |", "|---|---|"]
+    lines += ["", "## All keys", "", "| key | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in results.items() if not isinstance(v, list)]
     (out_dir / "bench.md").write_text("\n".join(lines) + "\n")
