@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint clean compare-models compare-history compare-samplers
+.PHONY: help install run test lint bench clean compare-models compare-history compare-samplers
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -26,8 +26,13 @@ test: install ## the whole test suite (the real MovieLens run included)
 	$(BIN)/pytest -q
 
 lint: install ## ruff format check and lint
-	$(BIN)/ruff format --check twotower_cli tests
-	$(BIN)/ruff check twotower_cli tests
+	$(BIN)/ruff format --check twotower_cli tests bench
+	$(BIN)/ruff check twotower_cli tests bench
+
+# BENCH_ARGS=--quick for a few minutes; --sections train,eval,ann,scale picks parts
+BENCH_ARGS ?=
+bench: install ## speed and scale benchmark -> outputs/bench/bench.{json,md}, scale.png (long)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 compare-models: install ## the four tower variants on MovieLens-100K, one sampler -> outputs/compare/models.md
 	$(BIN)/python -m twotower_cli.compare --name models \

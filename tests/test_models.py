@@ -317,7 +317,7 @@ def test_user_features_take_per_example_columns_over_the_table():
 
 def test_senet_with_history_runs_end_to_end_and_saves_field_weights(out_dir: Path):
     args = [*SMALL, f"paths.out={out_dir}", "model=senet", "model.history=true",
-            "model.history_len=10"]  # fmt: skip
+            "model.history_len=10", "train.epochs=6"]  # fmt: skip
     assert twotower("run", *args) == 0
     root = out_dir / "synthetic" / "sample" / "inbatch" / "senet"
     weights = read_json(root / "train" / "field_weights.json")

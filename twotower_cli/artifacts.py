@@ -78,6 +78,7 @@ class StageOutput:
             "config": self.config,
         }
         (self.out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+        print(f"{self.stage}: done in {manifest['seconds']:.1f} s", flush=True)
 
 
 def prune_empty(path: str | Path, stop: str | Path) -> None:

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import pandas as pd
+import torch
+from tqdm import tqdm
 
-from twotower_cli.metrics import drop_excluded, ranking_metrics, row_keys
+from twotower_cli.metrics import drop_excluded, ranking_metrics, row_keys, sorted_unique
 
 
 def build_index(items: np.ndarray, factory: str, nprobe: int = 16, ef_search: int = 128):
@@ -48,7 +50,7 @@ class EvalSet:
 
     @classmethod
     def build(cls, held_out: pd.DataFrame, seen: pd.DataFrame, n_items: int) -> EvalSet:
-        users = np.unique(held_out["user"].to_numpy())
+        users = sorted_unique(held_out["user"].to_numpy())
         rows_of = lambda u: np.searchsorted(users, u)  # noqa: E731
         h_rows = rows_of(held_out["user"].to_numpy())
         truth = row_keys(h_rows, held_out["item"].to_numpy(), n_items)
@@ -72,18 +74,104 @@ def search(
     return out
 
 
+# ids/scores held at once while evaluating (elements): bounds memory on large catalogues
+CHUNK_ELEMS = 1 << 24
+
+
+def exact_vectors(index) -> np.ndarray | None:
+    """The stored item vectors of an exact inner-product index (a zero-copy view), else None."""
+    if not isinstance(index, faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return None
+    flat = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d)
+    return flat.reshape(index.ntotal, index.d)
+
+
+def exact_top_unseen(
+    items: np.ndarray, u: np.ndarray, exclude: np.ndarray, k: int, n_items: int
+) -> np.ndarray:
+    """Exact top-k item ids per user row, each user's excluded items masked out *before* the
+    top-k (so the search never goes deeper than k): scores by torch.mm in chunks of users,
+    excluded pairs set to -inf, torch.topk. Rows with fewer than k unseen items pad with -1."""
+    V = torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32))
+    U = torch.from_numpy(np.ascontiguousarray(u, dtype=np.float32))
+    n, width = len(V), n_items + 1
+    out = np.full((len(U), k), -1, dtype=np.int64)
+    k_eff = min(k, n)
+    if k_eff == 0 or len(U) == 0:
+        return out
+    # 64..1024 users per chunk: fewer starves the matrix multiply, more only costs memory
+    chunk = int(np.clip((4 * CHUNK_ELEMS) // max(n, 1), 64, 1024))
+    scores = torch.empty(min(chunk, len(U)), n)
+    rows = tqdm(total=len(U), desc="search", unit="user", leave=False, mininterval=1.0)
+    with torch.no_grad(), rows:
+        for s in range(0, len(U), chunk):
+            e = min(s + chunk, len(U))
+            sc = scores[: e - s]
+            torch.mm(U[s:e], V.T, out=sc)
+            lo, hi = np.searchsorted(exclude, [s * width, e * width])
+            keys = exclude[lo:hi]
+            sc[torch.from_numpy(keys // width - s), torch.from_numpy(keys % width - 1)] = -np.inf
+            val, idx = torch.topk(sc, k_eff)
+            ids = idx.numpy() + 1
+            ids[np.isneginf(val.numpy())] = -1
+            out[s:e, :k_eff] = ids
+            rows.update(e - s)
+    return out
+
+
+def top_unseen(fetch, ev: EvalSet, k: int, n_items: int) -> np.ndarray:
+    """The first k unseen items per user from rankings fetched chunk by chunk.
+
+    `fetch(rows, depth)` returns the top-`depth` ids of those user rows. Users are taken in
+    order of how many items they must skip, and each chunk is searched only as deep as its
+    heaviest user needs (k + that user's seen items), with chunk * depth <= CHUNK_ELEMS: one
+    heavy user no longer makes every user's search deep (and the memory users * depth).
+    """
+    width = n_items + 1
+    per_user = np.bincount(ev.exclude // width, minlength=len(ev.users))
+    order = np.argsort(per_user, kind="stable")
+    out = np.full((len(ev.users), k), -1, dtype=np.int64)
+    s = 0
+    progress = tqdm(total=len(order), desc="search", unit="user", leave=False, mininterval=1.0)
+    while s < len(order):
+        e = min(len(order), s + 4096)
+        depth = min(n_items, k + int(per_user[order[e - 1]]))
+        while e - s > 1 and (e - s) * depth > CHUNK_ELEMS:
+            e = s + max(1, CHUNK_ELEMS // depth)
+            depth = min(n_items, k + int(per_user[order[e - 1]]))
+        rows = order[s:e]
+        out[rows] = drop_excluded(fetch(rows, depth), ev.exclude, n_items, k, rows=rows)
+        progress.update(e - s)
+        s = e
+    progress.close()
+    return out
+
+
 def evaluate_ranked(ranked: np.ndarray, ev: EvalSet, ks: list[int], n_items: int) -> dict:
-    top = drop_excluded(ranked, ev.exclude, n_items, max(ks))
+    """Metrics of precomputed rankings (rows = ev.users), deep enough to skip seen items."""
+    top = top_unseen(lambda rows, depth: ranked[rows, :depth], ev, max(ks), n_items)
     return ranking_metrics(top, ev.truth, ev.n_truth, ks, n_items)
 
 
 def evaluate_index(
     index, u: np.ndarray, ev: EvalSet, ks: list[int], n_items: int, ids: np.ndarray | None = None
 ) -> dict:
-    """Search deep enough that max(ks) items survive dropping each user's seen items; `ids`:
-    the item id of each index row when the index holds only candidates."""
-    depth = min(index.ntotal, max(ks) + ev.max_exclude)
-    return evaluate_ranked(search(index, u, depth, ids=ids), ev, ks, n_items)
+    """Metrics of an index's rankings with each user's seen items removed.
+
+    Exact indexes over the whole catalogue mask seen items before a top-max(ks)
+    (exact_top_unseen); approximate ones, and indexes over a subset (`ids`: the item id of each
+    index row, e.g. evaluation candidates), search per chunk only as deep as that chunk's users
+    need (top_unseen).
+    """
+    items = exact_vectors(index) if ids is None else None
+    if items is not None:
+        top = exact_top_unseen(items, u, ev.exclude, max(ks), n_items)
+    else:
+        top = top_unseen(
+            lambda rows, depth: search(index, u[rows], min(depth, index.ntotal), ids=ids),
+            ev, max(ks), n_items,
+        )  # fmt: skip
+    return ranking_metrics(top, ev.truth, ev.n_truth, ks, n_items)
 
 
 def popularity_ranking(

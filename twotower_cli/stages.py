@@ -20,6 +20,7 @@ from twotower_cli.data.preprocess import SplitSettings
 from twotower_cli.data.preprocess import preprocess as preprocess_tables
 from twotower_cli.data.tables import feature_tensors, load_schema, save_encoded
 from twotower_cli.errors import TwoTowerError
+from twotower_cli.metrics import sorted_unique
 from twotower_cli.retrieval import (
     EvalSet,
     build_index,
@@ -189,7 +190,7 @@ def embed(cfg: DictConfig) -> dict:
     item_ids = np.arange(1, len(next(iter(items.values()))), dtype=np.int64)
     if (prep_dir / "candidates.npy").exists():
         item_ids = np.load(prep_dir / "candidates.npy")  # evaluation ranks only these
-    user_ids = np.unique(_read_split(prep_dir, "test")["user"].to_numpy())
+    user_ids = sorted_unique(_read_split(prep_dir, "test")["user"].to_numpy())
     with StageOutput("embed", cfg.paths.embed_dir, _config(cfg), [prep_dir, train_dir]) as out:
         np.save(out.path("item_vectors.npy"), encode_all(model, items, item_ids, "item"))
         np.save(out.path("item_ids.npy"), item_ids)

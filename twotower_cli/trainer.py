@@ -25,6 +25,9 @@ class TrainSettings:
     patience: int = 4
     device: str = "cpu"
     seed: int = 0
+    # embedding tables get sparse gradients and a lazy Adam (torch.optim.SparseAdam: only the
+    # batch's rows and their moments move), so a step costs O(batch), not O(users + items)
+    sparse_embeddings: bool = False
 
 
 def gather(table: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -67,6 +70,24 @@ def validate(model, user_table, item_table, ev: EvalSet, k: int, n_items: int) -
     return evaluate_index(index, users, ev, [k], n_items)[f"recall@{k}"]
 
 
+def optimizers(model: torch.nn.Module, settings: TrainSettings) -> list[torch.optim.Optimizer]:
+    """Adam over every parameter; with sparse_embeddings, SparseAdam over the nn.Embedding
+    tables (switched to sparse gradients; weight decay applies to the dense rest only)."""
+    if not settings.sparse_embeddings:
+        return [torch.optim.Adam(model.parameters(), lr=settings.lr,
+                                 weight_decay=settings.weight_decay)]  # fmt: skip
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    for table in tables:
+        table.sparse = True
+    sparse_ids = {id(t.weight) for t in tables}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+    opts: list[torch.optim.Optimizer] = [torch.optim.SparseAdam([t.weight for t in tables],
+                                                                lr=settings.lr)]  # fmt: skip
+    if dense:
+        opts.append(torch.optim.Adam(dense, lr=settings.lr, weight_decay=settings.weight_decay))
+    return opts
+
+
 def train(
     model: TwoTower,
     loss_fn,
@@ -89,7 +110,7 @@ def train(
     model.to(device)
     user_table, item_table = to_device(user_table, device), to_device(item_table, device)
     examples = to_device(examples, device)
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    opts = optimizers(model, settings)
     gen = torch.Generator().manual_seed(settings.seed)
     n = len(examples["user"])
     k = settings.early_stop_k
@@ -99,7 +120,9 @@ def train(
         model.train()
         start, total = time.perf_counter(), 0.0
         perm = torch.randperm(n, generator=gen).to(device)
-        for s in range(0, n, settings.batch_size):
+        batches = tqdm(range(0, n, settings.batch_size), desc=f"epoch {epoch + 1}",
+                       unit="batch", leave=False, mininterval=1.0)  # fmt: skip
+        for s in batches:
             batch = gather(examples, perm[s : s + settings.batch_size])
             batch = batch_fn(batch) if batch_fn is not None else batch
             neg = batch.get("neg")
@@ -107,9 +130,11 @@ def train(
             loss = model.batch_loss(loss_fn, user_features(user_table, batch),
                                     gather(item_table, batch["item"]), batch,
                                     neg_feats)  # fmt: skip
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            for opt in opts:
+                opt.step()
             total += loss.item() * len(batch["user"])
         score = validate(model, user_table, item_table, valid, k, n_items)
         history.append({"epoch": epoch + 1, "loss": total / n, f"valid_recall@{k}": score,
@@ -123,5 +148,8 @@ def train(
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    for table in model.modules():
+        if isinstance(table, torch.nn.Embedding) and settings.sparse_embeddings:
+            table.sparse = False  # the model leaves training as it came
     model.cpu()
     return history

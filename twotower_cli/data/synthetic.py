@@ -1,18 +1,32 @@
-"""A synthetic interaction log generated from config (`dataset=synthetic`).
+"""A synthetic interaction log generated from config (`dataset=synthetic`, any `twotower` stage
+that reads raw data, i.e. `twotower preprocess`).
 
 Items have Zipf-like popularity and belong to latent interest clusters; users have a long-tailed
 activity and a home cluster; features reveal the clusters only partly, so a trained model beats
-popularity and quality stays measurable at any size. Fully vectorised.
+popularity and quality stays measurable at any size. Fully vectorised (10M interactions in
+seconds) and cached as parquet under `cache_dir/<hash of the parameters>/`.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from twotower_cli.data.tables import RawData
+from twotower_cli.metrics import sorted_unique
 
 DAY = 86_400
+# bump when the generator changes, so stale caches are never read
+VERSION = 2
+USER_FIELDS = {"region": "categorical", "age": "categorical"}
+ITEM_FIELDS = {"category": "categorical", "tags": "multihot"}
+TABLES = ("interactions", "users", "items")
 
 
 def _noisy(truth: np.ndarray, keep: float, n_values: int, rng: np.random.Generator):
@@ -21,18 +35,28 @@ def _noisy(truth: np.ndarray, keep: float, n_values: int, rng: np.random.Generat
     return np.where(rng.random(len(truth)) < keep, truth, noise)
 
 
-def load(
-    n_users: int = 5000,
-    n_items: int = 2000,
-    n_interactions: int = 100_000,
-    n_clusters: int = 20,
-    zipf: float = 1.0,
-    in_cluster: float = 0.8,
-    feature_noise: float = 0.4,
-    days: int = 30,
-    seed: int = 0,
-    **_: object,
-) -> RawData:
+def _draw(weights: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` indexes drawn with probability proportional to weights (inverse CDF: much faster
+    than Generator.choice(p=...) for millions of draws)."""
+    cum = np.cumsum(weights)
+    # sorted queries keep searchsorted in cache (3x faster on 10M); the shuffle undoes the order
+    out = np.searchsorted(cum, np.sort(rng.random(size)) * cum[-1], side="right")
+    rng.shuffle(out)
+    return out.clip(max=len(cum) - 1)
+
+
+def generate(
+    n_users: int,
+    n_items: int,
+    n_interactions: int,
+    n_clusters: int,
+    zipf: float,
+    in_cluster: float,
+    feature_noise: float,
+    days: int,
+    seed: int,
+) -> dict[str, pd.DataFrame]:
+    """The three raw tables (interactions, users, items) for these parameters."""
     rng = np.random.default_rng(seed)
     item_cluster = rng.integers(0, n_clusters, n_items)
     popularity = 1.0 / np.arange(1, n_items + 1) ** zipf
@@ -40,7 +64,7 @@ def load(
     user_cluster = rng.integers(0, n_clusters, n_users)
     activity = rng.pareto(1.5, n_users) + 1.0
 
-    users = rng.choice(n_users, n_interactions, p=activity / activity.sum())
+    users = _draw(activity, n_interactions, rng)
     # in-cluster draws: items sorted by cluster, one global cumulative weight, a draw lands in
     # its cluster's span of that cumulative sum
     order = np.argsort(item_cluster, kind="stable")
@@ -51,16 +75,18 @@ def load(
     c = user_cluster[users]
     r = lo[c] + rng.random(n_interactions) * (hi[c] - lo[c])
     local = order[np.searchsorted(cum, r, side="right").clip(max=n_items - 1)]
-    glob = rng.choice(n_items, n_interactions, p=popularity / popularity.sum())
+    glob = _draw(popularity, n_interactions, rng)
     items = np.where(rng.random(n_interactions) < in_cluster, local, glob)
+    # repeated (user, item) pairs collapse to one interaction; keys come back sorted by user
+    keys = sorted_unique(users.astype(np.int64) * n_items + items)
     inter = pd.DataFrame(
         {
-            "user_id": users,
-            "item_id": items,
-            "timestamp": rng.integers(0, days * DAY, n_interactions),
-            "click": np.int8(1),
+            "user_id": keys // n_items,
+            "item_id": keys % n_items,
+            "timestamp": rng.integers(0, days * DAY, len(keys)),
+            "click": np.ones(len(keys), dtype=np.int8),
         }
-    ).drop_duplicates(["user_id", "item_id"], ignore_index=True)
+    )
 
     keep = 1.0 - feature_noise
     user_table = pd.DataFrame(
@@ -77,15 +103,63 @@ def load(
         {
             "item_id": np.arange(n_items),
             "category": _noisy(item_cluster, keep, n_clusters, rng),
-            "tags": list(tags),
+            "tags": pd.Series(list(tags), dtype=object),
         }
     )
-    item_table["tags"] = item_table["tags"].apply(list)
+    return {"interactions": inter, "users": user_table, "items": item_table}
+
+
+def _cached(params: dict, cache_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """Read the tables for these parameters from the cache, generating them on a miss."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(cache_dir) / digest
+    if all((folder / f"{t}.parquet").exists() for t in TABLES):
+        return {t: pd.read_parquet(folder / f"{t}.parquet") for t in TABLES}
+    tables = generate(**{k: v for k, v in params.items() if k != "version"})
+    # written aside and renamed, so a crash never leaves a half cache that looks complete
+    tmp = folder.with_name(f".{digest}-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        frame.to_parquet(tmp / f"{name}.parquet", index=False)
+    (tmp / "params.json").write_text(json.dumps(params, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return tables
+
+
+def load(
+    n_users: int = 5000,
+    n_items: int = 2000,
+    n_interactions: int = 100_000,
+    n_clusters: int = 20,
+    zipf: float = 1.0,
+    in_cluster: float = 0.8,
+    feature_noise: float = 0.4,
+    days: int = 30,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    **_: object,
+) -> RawData:
+    """The generated data set; cached under cache_dir (None: generated every time)."""
+    params = {
+        "n_users": int(n_users), "n_items": int(n_items),
+        "n_interactions": int(n_interactions), "n_clusters": int(n_clusters),
+        "zipf": float(zipf), "in_cluster": float(in_cluster),
+        "feature_noise": float(feature_noise), "days": int(days), "seed": int(seed),
+    }  # fmt: skip
+    if cache_dir is None:
+        tables = generate(**params)
+    else:
+        tables = _cached({**params, "version": VERSION}, cache_dir)
     return RawData(
-        interactions=inter,
-        users=user_table,
-        items=item_table,
-        user_fields={"region": "categorical", "age": "categorical"},
-        item_fields={"category": "categorical", "tags": "multihot"},
-        counts={"generated": n_interactions, "interactions_unique": len(inter)},
+        interactions=tables["interactions"],
+        users=tables["users"],
+        items=tables["items"],
+        user_fields=dict(USER_FIELDS),
+        item_fields=dict(ITEM_FIELDS),
+        counts={
+            "generated": int(n_interactions),
+            "interactions_unique": len(tables["interactions"]),
+        },  # fmt: skip
     )

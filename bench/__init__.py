@@ -1,0 +1,1 @@
+"""The speed and scale benchmark (`make bench`); see bench/run.py."""

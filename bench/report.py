@@ -1,0 +1,114 @@
+"""bench.json -> bench.md (readable tables) and scale.png (seconds per stage against data size),
+written by `make bench`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGES = ("preprocess", "sample", "train", "embed", "index", "evaluate")
+TARGETS = [
+    ("train_speedup", ">=", 5.0),
+    ("eval_speedup", ">=", 20.0),
+    ("eval_gemm_fraction", ">=", 0.5),
+    ("ann_recall@50", ">=", 0.95),
+    ("ann_qps_ratio", ">=", 10.0),
+    ("peak_rss_gib", "<=", 6.0),
+]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+    return str(v)
+
+
+def scale_table(results: dict) -> list[str]:
+    sizes = results.get("scale_sizes", [])
+    if not sizes:
+        return []
+    head = "| interactions | positives | " + " | ".join(f"{s} s" for s in STAGES)
+    lines = [head + " | wall s | peak RSS GiB | recall@20 |", "|---" * (len(STAGES) + 6) + "|"]
+    for n in sizes:
+        p = f"scale/{n}/"
+        cells = [f"{n:,}", f"{results[p + 'positives']:,}"]
+        cells += [f"{results[p + s + '_s']:.1f}" for s in STAGES]
+        cells += [f"{results[p + 'wall_s']:.1f}", f"{results[p + 'peak_rss_gib']:.2f}",
+                  f"{results[p + 'recall@20']:.4f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def growth(results: dict) -> dict[str, float]:
+    """Each stage's cost ratio per data-size ratio between the smallest and largest run
+    (1.0 = linear, above = worse than linear)."""
+    sizes = results.get("scale_sizes", [])
+    if len(sizes) < 2:
+        return {}
+    lo, hi = sizes[0], sizes[-1]
+    out = {}
+    for s in STAGES:
+        a, b = results[f"scale/{lo}/{s}_s"], results[f"scale/{hi}/{s}_s"]
+        out[s] = (b / max(a, 1e-9)) / (hi / lo)
+    return out
+
+
+def plot(results: dict, path: Path) -> bool:
+    sizes = results.get("scale_sizes", [])
+    if not sizes:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in STAGES:
+        ax.plot(sizes, [results[f"scale/{n}/{s}_s"] for n in sizes], marker="o", label=s)
+    wall = [results[f"scale/{n}/wall_s"] for n in sizes]
+    ax.plot(sizes, wall, marker="s", color="black", label="whole run (wall)")
+    ax.plot(sizes, [wall[0] * n / sizes[0] for n in sizes], ls="--", color="grey",
+            label="linear from the first run")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("interactions")
+    ax.set_ylabel("seconds")
+    ax.set_title("twotower run: seconds per stage against data size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(results: dict, ann_rows: list[dict], out_dir: Path, command: str) -> None:
+    lines = ["# twotower benchmark", "", f"Command: `{command}`; threads: {results['threads']}; "
+             f"started {results['started']}; quick: {results['quick']}.", "",
+             "## Targets", "", "| key | value | target | met |", "|---|---|---|---|"]  # fmt: skip
+    if "eval_equal" in results:
+        diff = results["eval_max_abs_diff"]
+        lines.append(f"| eval metrics equal to 1e-6 | max diff {diff:.2g} | <= 1e-06 | "
+                     f"{'yes' if results['eval_equal'] else 'NO'} |")  # fmt: skip
+    for key, op, bar in TARGETS:
+        if key in results:
+            v = results[key]
+            met = v >= bar if op == ">=" else v <= bar
+            lines.append(f"| {key} | {_fmt(v)} | {op} {bar} | {'yes' if met else 'NO'} |")
+    if ann_rows:
+        lines += ["", f"## ANN on {results['ann_items']:,} items ({results['ann_queries']:,} "
+                  "queries, k = 50)", "",
+                  "| index | search param | build s | recall@50 | queries/s | x Flat |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in ann_rows:
+            cells = [r["index"], r["param"], f"{r['build_s']:.1f}", f"{r['recall']:.4f}",
+                     f"{r['qps']:.0f}", f"{r['qps_ratio']:.1f}"]  # fmt: skip
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+    table = scale_table(results)
+    if table:
+        lines += ["", "## Scale: `twotower run` per data size", "", *table, "",
+                  "Cost growth per size growth, smallest to largest run (1.0 = linear): "
+                  + ", ".join(f"{s} {g:.2f}" for s, g in growth(results).items()), ""]  # fmt: skip
+        if plot(results, out_dir / "scale.png"):
+            lines += ["![seconds per stage against data size](scale.png)", ""]
+    lines += ["", "## All keys", "", "| key | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in results.items() if not isinstance(v, list)]
+    (out_dir / "bench.md").write_text("\n".join(lines) + "\n")

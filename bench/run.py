@@ -1,0 +1,355 @@
+"""The speed and scale benchmark: `make bench` (or `python -m bench.run [--quick]`).
+
+Sections (pick with --sections): `train` (twotower's trainer against a per-row Dataset /
+DataLoader loop), `eval` (twotower's evaluation against a per-user Python loop, and its exact
+search against a plain matrix multiply), `ann` (faiss indexes on a large catalogue) and `scale`
+(the whole pipeline at growing sizes, one `twotower run` subprocess each). Both sides of every
+comparison run in this process, alternating, and the medians of the repeats are reported.
+Writes outputs/bench/bench.json (flat keys), bench.md and scale.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# idle OpenMP threads sleep instead of spinning: on a shared, oversubscribed machine spinning
+# made each training step ~20x slower (measured: 2.2 s vs 0.13 s per step on 2 threads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from bench import ann, reference, report
+from twotower_cli import losses
+from twotower_cli.data import synthetic
+from twotower_cli.data.preprocess import SplitSettings, preprocess
+from twotower_cli.data.tables import feature_tensors
+from twotower_cli.models.dssm import DSSM
+from twotower_cli.retrieval import EvalSet, build_index, evaluate_index, exact_top_unseen
+from twotower_cli.samplers import InBatchSampler
+from twotower_cli.trainer import TrainSettings, encode_all, optimizers, train
+
+KS = [10, 20, 50]
+# ANN vectors: unit vectors around N_CENTRES random centres with noise SPREAD per dimension:
+# the noise (norm ~7.2) nearly matches the centre (norm ~8), so neighbour lists cross clusters
+# (at 0.8 IVF reached recall 0.9998 with 4 probes: too easy; at 1.0, 0.5: hardly clustered)
+N_CENTRES, SPREAD = 1000, 0.9
+STAGES = ("preprocess", "sample", "train", "embed", "index", "evaluate")
+
+
+@dataclass
+class Sizes:
+    """How big each section runs; --quick shrinks everything to a couple of minutes."""
+
+    data: dict = field(default_factory=lambda: {"n_users": 50_000, "n_items": 20_000,
+                                                "n_interactions": 1_000_000})  # fmt: skip
+    batch_size: int = 1024
+    # both sides of the train comparison and the scale runs use the lazy Adam on embeddings
+    sparse_embeddings: bool = True
+    train_steps: int = 20
+    train_rounds: int = 8
+    reference_users: int = 1000
+    ann_items: int = 1_000_000
+    ann_queries: int = 10_000
+    ann_candidates: dict = field(
+        default_factory=lambda: {"IVF1024,Flat": [4, 8, 16, 32], "HNSW16": [64, 128]}
+    )
+    scale: tuple = (1_000_000, 3_000_000, 10_000_000)
+    scale_items: int = 50_000
+    scale_epochs: int = 1
+    repeats: int = 3
+
+
+QUICK = Sizes(
+    data={"n_users": 5000, "n_items": 3000, "n_interactions": 100_000},
+    train_steps=3,
+    train_rounds=4,
+    reference_users=300,
+    ann_items=100_000,
+    ann_queries=2000,
+    ann_candidates={"IVF256,Flat": [4, 8, 16], "HNSW16": [64]},
+    scale=(30_000, 100_000, 300_000),
+    scale_items=5000,
+    scale_epochs=1,
+    repeats=3,
+)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def median_time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class Data:
+    """The synthetic data set both sides of the train and eval comparisons use."""
+
+    def __init__(self, sizes: Sizes, cache_dir: str) -> None:
+        raw = synthetic.load(**sizes.data, n_clusters=20, seed=0, cache_dir=cache_dir)
+        enc, parts, _ = preprocess(raw, "click", SplitSettings())
+        self.schema = {s: [vars(f) for f in fs] for s, fs in enc.schema.items()}
+        self.users = feature_tensors(enc.users, enc.schema["user"])
+        self.items = feature_tensors(enc.items, enc.schema["item"])
+        self.n_items = enc.n_items
+        self.parts = parts
+        train_pos = parts["train"]
+        self.log_q = torch.from_numpy(
+            np.log(np.bincount(train_pos["item"], minlength=self.n_items + 1).clip(0.5)
+                   / len(train_pos)).astype(np.float32)
+        )  # fmt: skip
+        self.model = DSSM(self.schema, embed_dim=32, hidden=[256], out_dim=64, dropout=0.1)
+
+
+def bench_train(data: Data, sizes: Sizes) -> dict:
+    """Samples/s of trainer.train against reference.reference_train: same model init, loss,
+    optimisers, batch size and steps. The sides alternate in `train_rounds` rounds of
+    `train_steps` steps each (fresh positives every round), so both see the same machine load;
+    twotower's time includes its end-of-epoch validation (200 users) and set-up every round."""
+    per_round = sizes.train_steps * sizes.batch_size
+    rounds = sizes.train_rounds
+    rng = np.random.default_rng(0)
+    train_pos = data.parts["train"]
+    pos = train_pos.iloc[rng.choice(len(train_pos), per_round * rounds, replace=False)]
+    users, items = pos["user"].to_numpy(copy=True), pos["item"].to_numpy(copy=True)
+    valid = data.parts["valid"]
+    some = np.sort(valid["user"].unique())[:200]
+    valid_set = EvalSet.build(valid[valid["user"].isin(some)], train_pos, data.n_items)
+    settings = TrainSettings(epochs=1, batch_size=sizes.batch_size, patience=1,
+                             sparse_embeddings=sizes.sparse_embeddings)  # fmt: skip
+    models = {"twotower": data.model, "reference": copy.deepcopy(data.model)}
+    seconds: dict[str, list[float]] = {"twotower": [], "reference": []}
+    for r in range(rounds):
+        part = slice(r * per_round, (r + 1) * per_round)
+        examples = {"user": torch.from_numpy(users[part]), "item": torch.from_numpy(items[part]),
+                    "label": torch.ones(per_round)}  # fmt: skip
+        dataset = reference.RowDataset(users[part], items[part], data.users, data.items)
+        for side in ("reference", "twotower") if r % 2 == 0 else ("twotower", "reference"):
+            model = models[side]
+            start = time.perf_counter()
+            if side == "twotower":
+                train(model, losses.inbatch_softmax, examples, data.users, data.items,
+                      valid_set, data.n_items, settings,
+                      InBatchSampler().batch_fn(data.log_q))  # fmt: skip
+            else:
+                reference.reference_train(
+                    model, losses.inbatch_softmax, dataset, sizes.batch_size, sizes.train_steps,
+                    lambda m: optimizers(m, settings), data.log_q, r)  # fmt: skip
+            seconds[side].append(time.perf_counter() - start)
+            for table in model.modules():  # what trainer.train does on its way out
+                if isinstance(table, torch.nn.Embedding):
+                    table.sparse = False
+        log(f"train: round {r + 1}/{rounds}: twotower {per_round / seconds['twotower'][-1]:.0f}"
+            f" samples/s, reference {per_round / seconds['reference'][-1]:.0f}")  # fmt: skip
+    ours, theirs = np.array(seconds["twotower"]), np.array(seconds["reference"])
+    return {"train_samples_per_s": per_round / float(np.median(ours)),
+            "train_reference_samples_per_s": per_round / float(np.median(theirs)),
+            "train_speedup": float(np.median(theirs / ours)),
+            "train_speedup_total": float(theirs.sum() / ours.sum()),
+            "train_rounds": rounds, "train_steps_per_round": sizes.train_steps,
+            "train_batch_size": sizes.batch_size,
+            "train_sparse_embeddings": sizes.sparse_embeddings}  # fmt: skip
+
+
+def bench_eval(data: Data, sizes: Sizes) -> dict:
+    """evaluate_index (Flat) against reference.reference_evaluate on the same embeddings and
+    users; then the exact search's GFLOP/s beside torch.mm of the same chunk shapes."""
+    test = data.parts["test"]
+    seen = pd.concat([data.parts["train"], data.parts["valid"]])
+    model = data.model
+    items = encode_all(model, data.items, np.arange(1, data.n_items + 1), "item")
+    all_users = np.unique(test["user"].to_numpy())
+    users = all_users[: sizes.reference_users]
+    held = test[test["user"].isin(users)]
+    u = encode_all(model, data.users, users, "user")
+    index = build_index(items, "Flat")
+
+    def ours_fn():
+        ev = EvalSet.build(held, seen, data.n_items)
+        return evaluate_index(index, u, ev, KS, data.n_items)
+
+    def ref_fn():
+        return reference.reference_evaluate(items, u, users, held, seen, KS, data.n_items)
+
+    ours_t, ref_t = [], []
+    for rep in range(sizes.repeats):
+        for side in ("reference", "twotower") if rep % 2 == 0 else ("twotower", "reference"):
+            start = time.perf_counter()
+            if side == "twotower":
+                ours_m = ours_fn()
+                ours_t.append(time.perf_counter() - start)
+            else:
+                ref_m = ref_fn()
+                ref_t.append(time.perf_counter() - start)
+            log(f"eval: {side} {time.perf_counter() - start:.2f}s for {len(users)} users")
+    diff = max(abs(ours_m[k] - ref_m[k]) for k in ref_m)
+    out = {"eval_speedup": float(np.median(ref_t) / np.median(ours_t)),
+           "eval_users": len(users), "eval_items": data.n_items,
+           "eval_max_abs_diff": diff, "eval_equal": bool(diff <= 1e-6)}  # fmt: skip
+
+    # throughput: every test user against the whole catalogue; the whole search (as evaluate
+    # runs it: one scores buffer, masking, top-k) alternates with torch.mm over the same chunks
+    u_all = encode_all(model, data.users, all_users, "user")
+    ev_all = EvalSet.build(test, seen, data.n_items)
+    flops = 2.0 * len(u_all) * items.shape[0] * items.shape[1]
+    chunk = _chunk_rows(items.shape[0])
+    Vt, U = torch.from_numpy(items).T, torch.from_numpy(u_all)
+    buf = torch.empty(min(chunk, len(U)), items.shape[0])
+
+    def gemm():
+        for s in range(0, len(U), chunk):
+            torch.mm(U[s : s + chunk], Vt, out=buf[: min(chunk, len(U) - s)])
+
+    def exact():
+        exact_top_unseen(items, u_all, ev_all.exclude, max(KS), data.n_items)
+
+    search_t, gemm_t = [], []
+    for rep in range(sizes.repeats + 2):
+        for side in ("gemm", "search") if rep % 2 == 0 else ("search", "gemm"):
+            (gemm_t if side == "gemm" else search_t).append(
+                median_time(gemm if side == "gemm" else exact)
+            )
+    out["eval_gflops"] = flops / float(np.median(search_t)) / 1e9
+    out["gemm_gflops"] = flops / float(np.median(gemm_t)) / 1e9
+    out["eval_gemm_fraction"] = out["eval_gflops"] / out["gemm_gflops"]
+    out["eval_gflops_users"] = len(u_all)
+    log(f"eval: search {out['eval_gflops']:.1f} GFLOP/s, gemm {out['gemm_gflops']:.1f}")
+    return out
+
+
+def _chunk_rows(n_items: int) -> int:
+    from twotower_cli.retrieval import CHUNK_ELEMS
+
+    return int(np.clip((4 * CHUNK_ELEMS) // max(n_items, 1), 64, 1024))
+
+
+def bench_ann(sizes: Sizes, k: int = 50, recall_bar: float = 0.95) -> tuple[dict, list]:
+    rng = np.random.default_rng(0)
+    # items and queries (users) share the interest centres
+    centres = rng.standard_normal((N_CENTRES, 64)).astype(np.float32)
+    items = ann.clustered_vectors(sizes.ann_items, centres, SPREAD, rng)
+    queries = ann.clustered_vectors(sizes.ann_queries, centres, SPREAD, rng)
+    log(f"ann: {len(items)} items, {len(queries)} queries")
+    rows = ann.sweep(items, queries, sizes.ann_candidates, k, sizes.repeats, log=log)
+    best = ann.best_meeting(rows, recall_bar)
+    out = {"ann_items": len(items), "ann_queries": len(queries),
+           "ann_flat_qps": rows[0]["qps"]}  # fmt: skip
+    for r in rows[1:]:
+        key = f"ann/{r['index']}/{r['param']}"
+        out.update({f"{key}/recall@{k}": r["recall"], f"{key}/qps": r["qps"],
+                    f"{key}/build_s": r["build_s"]})  # fmt: skip
+    if best is not None:
+        out.update({f"ann_recall@{k}": best["recall"], "ann_qps_ratio": best["qps_ratio"],
+                    "ann_index": f"{best['index']} @ {best['param']}"})  # fmt: skip
+    return out, rows
+
+
+def run_pipeline(n: int, sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
+    """`twotower run` on synthetic data with n interactions in a subprocess: per-stage seconds
+    from the manifests, the process's peak RSS from wait4."""
+    run_out = out_dir / "scale" / str(n)
+    overrides = ["dataset=synthetic", f"dataset.load.n_interactions={n}",
+                 f"dataset.load.n_users={n // 20}", f"dataset.load.n_items={sizes.scale_items}",
+                 f"dataset.load.cache_dir={cache_dir}", f"train.epochs={sizes.scale_epochs}",
+                 f"train.sparse_embeddings={str(sizes.sparse_embeddings).lower()}",
+                 f"paths.out={run_out}"]  # fmt: skip
+    script = Path(sys.executable).with_name("twotower")
+    log(f"scale: twotower run {' '.join(overrides)}")
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(script), "run", *overrides])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scale run at {n} interactions failed ({proc.returncode})")
+    root = run_out / "synthetic"
+    dirs = {"preprocess": root / "preprocess", "sample": root / "sample" / "inbatch"}
+    dirs.update({s: root / "sample" / "inbatch" / "dssm" / s for s in STAGES[2:]})
+    out = {f"scale/{n}/wall_s": time.perf_counter() - start,
+           f"scale/{n}/peak_rss_gib": usage.ru_maxrss / 2**20}  # fmt: skip
+    for stage, d in dirs.items():
+        manifest = json.loads((d / "manifest.json").read_text())
+        out[f"scale/{n}/{stage}_s"] = manifest["seconds"]
+        if stage == "preprocess":
+            out[f"scale/{n}/positives"] = manifest["figures"]["positives"]
+        if stage == "evaluate":
+            out[f"scale/{n}/recall@20"] = manifest["figures"]["model/recall@20"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
+    parser.add_argument("--sections", default="train,eval,ann,scale")
+    parser.add_argument("--out", default="outputs/bench")
+    parser.add_argument("--cache-dir", default="data/synthetic")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--train-steps", type=int, default=None)
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="add to the existing bench.json instead of starting afresh",
+    )
+    parser.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also take the results of another run's output folder",
+    )
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    sizes = copy.deepcopy(QUICK if args.quick else Sizes())
+    if args.repeats:
+        sizes.repeats = args.repeats
+    if args.train_steps:
+        sizes.train_steps = args.train_steps
+    sections = [s for s in args.sections.split(",") if s]
+    torch.set_num_threads(args.threads)
+    ann.set_threads(args.threads)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    old = out_dir / "bench.json"
+    results: dict = json.loads(old.read_text()) if args.update and old.exists() else {}
+    results |= {"quick": args.quick, "threads": args.threads,
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    ann_path = out_dir / "ann.json"
+    ann_rows: list = json.loads(ann_path.read_text()) if args.update and ann_path.exists() else []
+    for other in map(Path, args.merge):
+        results |= {k: v for k, v in json.loads((other / "bench.json").read_text()).items()
+                    if k not in ("quick", "threads", "started")}  # fmt: skip
+        if (other / "ann.json").exists():
+            ann_rows = json.loads((other / "ann.json").read_text())
+    if {"train", "eval"} & set(sections):
+        data = Data(sizes, args.cache_dir)
+        if "train" in sections:
+            results.update(bench_train(data, sizes))
+        if "eval" in sections:
+            results.update(bench_eval(data, sizes))
+    if "ann" in sections:
+        ann_results, ann_rows = bench_ann(sizes)
+        results.update(ann_results)
+        ann_path.write_text(json.dumps(ann_rows, indent=1))
+    if "scale" in sections:
+        for n in sizes.scale:
+            results.update(run_pipeline(n, sizes, out_dir, args.cache_dir))
+        results["peak_rss_gib"] = results[f"scale/{sizes.scale[-1]}/peak_rss_gib"]
+        results["scale_sizes"] = list(sizes.scale)
+    (out_dir / "bench.json").write_text(json.dumps(results, indent=1))
+    report.write(results, ann_rows, out_dir, " ".join(sys.argv))
+    log(f"bench: wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}")
+
+
+if __name__ == "__main__":
+    main()
