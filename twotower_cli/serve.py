@@ -73,11 +73,16 @@ class UserQuery:
 
 
 def _lookup(vocab: list) -> dict:
-    """Raw value -> id (position + 1). A JSON client may send 7 for "7" or the reverse, so the
-    string form of every value maps too (the value itself wins a clash)."""
+    """Raw value -> id (position + 1); the string form of every value maps too, see _code."""
     out = {str(v): i + 1 for i, v in enumerate(vocab)}
     out.update({v: i + 1 for i, v in enumerate(vocab)})
     return out
+
+
+def _code(lookup: dict, value: Any) -> int:
+    """A raw value's id; 0 when unseen. 7 finds "7" and the reverse (JSON clients differ)."""
+    i = lookup.get(value)
+    return i if i is not None else lookup.get(str(value), 0)
 
 
 def _scalar(value: Any) -> bool:
@@ -118,12 +123,12 @@ class UserEncoder:
         if not isinstance(raw, str | int) or isinstance(raw, bool):
             raise RequestError("user.user_id", f"expected a string or an integer, got "
                                f"{type(raw).__name__}")  # fmt: skip
-        return self.user_ids.get(raw, 0)
+        return _code(self.user_ids, raw)
 
     def dense_items(self, raw: list) -> np.ndarray:
         """Raw item ids -> dense ids; unknown ones are dropped (they cannot be excluded or
         embedded anyway)."""
-        ids = np.fromiter((self.item_ids.get(v, 0) for v in raw), np.int64, len(raw))
+        ids = np.fromiter((_code(self.item_ids, v) for v in raw), np.int64, len(raw))
         return ids[ids > 0]
 
     def encode(self, queries: list[UserQuery], stored_history) -> dict[str, torch.Tensor]:
@@ -154,11 +159,11 @@ class UserEncoder:
         if f.kind == "multihot":
             if not isinstance(value, list) or not all(_scalar(v) for v in value):
                 raise RequestError(where, "expected a list of strings or numbers")
-            ids = [i for i in (lookup.get(v, 0) for v in value) if i][: f.max_len]
+            ids = [i for i in (_code(lookup, v) for v in value) if i][: f.max_len]
             return torch.tensor(ids + [0] * (f.max_len - len(ids)), dtype=torch.int64)
         if not _scalar(value):
             raise RequestError(where, f"expected one value, got {type(value).__name__}")
-        return lookup.get(value, 0)
+        return _code(lookup, value)
 
     def _history(self, queries: list[UserQuery], dense: np.ndarray, stored) -> torch.Tensor:
         """[batch, history_len] dense item ids, the most recent history_len, left-aligned,
@@ -313,7 +318,7 @@ def _items(bundle: Bundle, dense: np.ndarray, scores: np.ndarray) -> list[dict]:
 
 def similar_items(bundle: Bundle, raw_item: str | int, k: int) -> list[dict]:
     """The k nearest items to one item's vector (itself left out)."""
-    dense = bundle.encoder.item_ids.get(raw_item, 0)
+    dense = _code(bundle.encoder.item_ids, raw_item)
     if not dense:
         raise RequestError("item_id", f"unknown item {raw_item!r}", status=404)
     q = bundle.item_vectors[dense - 1 : dense]
