@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint clean
+.PHONY: help install run test lint clean loadtest
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ test: install ## the whole test suite (the real MovieLens run included)
 lint: install ## ruff format check and lint
 	$(BIN)/ruff format --check twotower_cli tests
 	$(BIN)/ruff check twotower_cli tests
+
+loadtest: install ## 32 clients on 127.0.0.1 against `twotower serve` -> outputs/loadtest.json
+	test -f outputs/ml100k/sample/inbatch/dssm/index/manifest.json || $(BIN)/twotower run
+	$(BIN)/python -m twotower_cli.loadtest --requests 20000 --concurrency 32 --max-seconds 120
 
 clean: ## delete outputs/ (always safe)
 	rm -rf outputs multirun

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from twotower_cli import serve
 from twotower_cli.data.tables import feature_tensors, load_schema
+from twotower_cli.export import export_onnx
 from twotower_cli.stages import _load_model
 
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
@@ -44,6 +45,23 @@ def test_onnx_user_tower_matches_pytorch(exported, batch):
         u_torch = model.user_vectors(feats).numpy()
     assert u_onnx.shape == (batch, 64)
     np.testing.assert_allclose(u_onnx, u_torch, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_gives_the_same_vectors(exported, tmp_path):
+    root = exported.joinpath(*ROOT)
+    prep = exported / "synthetic" / "preprocess"
+    model, _ = _load_model(root / "train")
+    fields = load_schema(prep)["user"]
+    feats = feature_tensors(pd.read_parquet(prep / "users.parquet"), fields)
+    names = [f.name for f in fields]
+    export_onnx(model, {k: v[1:3] for k, v in feats.items()}, names, tmp_path / "u.onnx", True)
+    batch = {k: v[1:40] for k, v in feats.items()}
+    (u_onnx,) = ort.InferenceSession(str(tmp_path / "u.onnx")).run(
+        None, {k: v.numpy() for k, v in batch.items()}
+    )
+    with torch.no_grad():
+        np.testing.assert_allclose(u_onnx, model.user_vectors(batch).numpy(), rtol=0, atol=1e-5)
 
 
 def test_serving_json_describes_the_graph_and_the_bundle_is_complete(exported):

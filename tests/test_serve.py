@@ -248,6 +248,7 @@ def test_user_encoder_follows_the_saved_vocabularies_and_scaling():
         enc.encode([serve.UserQuery({"income": "rich"})], None)
 
 
+@pytest.mark.slow
 def test_reload_swaps_to_new_artifacts_and_keeps_serving_when_they_are_broken(run_dir, tmp_path):
     # a private copy of the run, so retraining it does not disturb the module's fixtures
     import shutil

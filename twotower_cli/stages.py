@@ -206,7 +206,8 @@ def serve(cfg: DictConfig) -> dict:
         p.run, cfg.index.nprobe, cfg.index.ef_search,
     )  # fmt: skip
     state = serving.ServeState(partial(serving.load_bundle, dirs, _load_model))
-    serving.run_server(state, serving.ServeSettings(**cfg.serve))
+    settings = {k: v for k, v in cfg.serve.items() if k != "export_dynamo"}
+    serving.run_server(state, serving.ServeSettings(**settings))
     return {}
 
 
@@ -221,7 +222,7 @@ def export(cfg: DictConfig) -> dict:
     inputs = [prep_dir, train_dir, embed_dir, index_dir]
     with StageOutput("export", cfg.paths.export_dir, _config(cfg), inputs) as out:
         out.figures = export_bundle(model, ckpt, prep_dir, embed_dir, index_dir, out.tmp,
-                                    cfg.paths.run)  # fmt: skip
+                                    cfg.paths.run, cfg.serve.export_dynamo)  # fmt: skip
     print(f"export: {cfg.paths.export_dir} {json.dumps(out.figures)}")
     return out.figures
 
