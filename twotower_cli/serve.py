@@ -9,6 +9,7 @@ they started with, and a bundle that fails to load is never served.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
@@ -283,9 +284,12 @@ def _top(D: np.ndarray, I: np.ndarray, exclude_keys: np.ndarray, n_items: int, k
     return np.take_along_axis(items, order, axis=1), np.take_along_axis(D, order, axis=1), keep
 
 
-def recommend(bundle: Bundle, queries: list[UserQuery], k: int) -> list[list[dict]]:
-    """Top-k items per query: user vectors from the tower, searched in the index, each user's
-    seen items (train+valid, if asked) and requested exclusions dropped."""
+def recommend(bundle: Bundle, queries: list[UserQuery], k: int | list[int]) -> list[list[dict]]:
+    """Top-k items per query (k: one for all or one per query): user vectors from the tower,
+    searched in the index, each user's seen items (train+valid, if asked) and requested
+    exclusions dropped."""
+    ks = [k] * len(queries) if isinstance(k, int) else k
+    k = max(ks)
     enc = bundle.encoder
     u = bundle.user_vectors(enc.encode(queries, bundle.seen))
     ptr, seen_items = bundle.seen
@@ -308,7 +312,8 @@ def recommend(bundle: Bundle, queries: list[UserQuery], k: int) -> list[list[dic
         return [_items(bundle, items[keep][:k], D[0][keep][:k])]
     keys = [pair_keys(np.full(len(e), row), e, n) for row, e in enumerate(excluded)]
     items, scores, keep = _top(D, I, np.unique(np.concatenate(keys)), n, k)
-    return [_items(bundle, r[m], d[m]) for r, d, m in zip(items, scores, keep, strict=True)]
+    return [_items(bundle, r[m][:kq], d[m][:kq])
+            for r, d, m, kq in zip(items, scores, keep, ks, strict=True)]  # fmt: skip
 
 
 def _items(bundle: Bundle, dense: np.ndarray, scores: np.ndarray) -> list[dict]:
@@ -326,6 +331,46 @@ def similar_items(bundle: Bundle, raw_item: str | int, k: int) -> list[dict]:
     key = pair_keys(np.zeros(1), np.array([dense]), bundle.n_items)
     items, scores, keep = _top(D, I, key, bundle.n_items, k)
     return _items(bundle, items[0][keep[0]], scores[0][keep[0]])
+
+
+class MicroBatcher:
+    """Single /recommend requests that arrive together share one forward pass and one search.
+
+    A request queues its query and awaits a future; the first one queued schedules `_flush` on
+    the event loop's next turn, which answers every query queued by then. A lone request waits
+    for nothing; under load the tower's fixed per-call cost is paid once per turn, not once per
+    request (TF-Serving and Triton call this dynamic batching)."""
+
+    def __init__(self, state: ServeState, max_batch: int) -> None:
+        self.state = state
+        self.max_batch = max_batch
+        self.pending: list = []
+
+    def submit(self, query: UserQuery, k: int) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        fut = loop.create_future()
+        self.pending.append((query, k, fut))
+        return fut
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, []
+        bundle = self.state.bundle  # the whole turn answers from one bundle
+        for start in range(0, len(pending), self.max_batch):
+            chunk = pending[start : start + self.max_batch]
+            try:
+                results = recommend(bundle, [q for q, _, _ in chunk], [k for _, k, _ in chunk])
+            except RequestError:  # one bad query: answer each alone so only it fails
+                results = None
+            for row, (query, k, fut) in enumerate(chunk):
+                if fut.done():  # the client went away
+                    continue
+                try:
+                    items = results[row] if results else recommend(bundle, [query], k)[0]
+                    fut.set_result((items, bundle))
+                except Exception as err:  # noqa: BLE001 -- delivered to the request's handler
+                    fut.set_exception(err)
 
 
 class ServeState:
@@ -362,6 +407,8 @@ class ServeSettings:
     port: int = 8000
     max_k: int = 1000
     max_batch: int = 256
+    # answer concurrent single requests with one forward pass per event-loop turn
+    micro_batch: bool = True
     # one request is a tiny forward pass: more torch/faiss threads only add hand-off cost
     threads: int = 1
     log_level: str = "warning"
@@ -413,6 +460,7 @@ def _field(loc: tuple) -> str:
 def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
     """The HTTP API over a ServeState (see docs/serving.md)."""
     app = FastAPI(title="twotower", docs_url="/docs", redoc_url=None)
+    batcher = MicroBatcher(state, settings.max_batch) if settings.micro_batch else None
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_: Request, exc: RequestValidationError) -> Response:
@@ -439,9 +487,12 @@ def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
     @app.post("/recommend")
     async def recommend_one(body: RecommendBody) -> Response:
         start = time.perf_counter()
-        bundle = state.bundle  # one reference for the whole request (see ServeState)
-        check_k(body.k, bundle)
-        items = recommend(bundle, [body.query()], body.k)[0]
+        check_k(body.k, state.bundle)
+        if batcher is not None:
+            items, bundle = await batcher.submit(body.query(), body.k)
+        else:
+            bundle = state.bundle  # one reference for the whole request (see ServeState)
+            items = recommend(bundle, [body.query()], body.k)[0]
         took = round((time.perf_counter() - start) * 1000, 3)
         return _json({"items": items, "run": bundle.run, "took_ms": took,
                       **history_note(bundle, [body])})  # fmt: skip
