@@ -248,6 +248,21 @@ def test_user_encoder_follows_the_saved_vocabularies_and_scaling():
         enc.encode([serve.UserQuery({"income": "rich"})], None)
 
 
+def test_history_input_comes_from_the_request_or_the_stored_items():
+    fields = [Field("user", "categorical", 3)]
+    users = pd.DataFrame({"user": [1, 2]})
+    enc = serve.UserEncoder(fields, {"user": ["u1", "u2"]}, users, ["a", "b", "c", "d"], 3)
+    # stored (oldest first): u1 saw items 2, 4, 1, 3 (dense ids); u2 nothing
+    seen = pd.DataFrame({"user": [1, 1, 1, 1], "item": [2, 4, 1, 3], "timestamp": [1, 2, 3, 4]})
+    stored = serve._csr(seen, 2)
+    queries = [serve.UserQuery({"user_id": "u1"}), serve.UserQuery({"user_id": "u2"}),
+               serve.UserQuery({"user_id": "u1"}, history=["d", "zz", "a"])]  # fmt: skip
+    hist = enc.encode(queries, stored)[serve.HISTORY]
+    # the latest three, left-aligned: u1 -> 4, 1, 3; u2 -> none; the request's history
+    # replaces the stored one, unknown "zz" dropped: d=4, a=1
+    assert hist.tolist() == [[4, 1, 3], [0, 0, 0], [4, 1, 0]]
+
+
 @pytest.mark.slow
 def test_reload_swaps_to_new_artifacts_and_keeps_serving_when_they_are_broken(run_dir, tmp_path):
     # a private copy of the run, so retraining it does not disturb the module's fixtures
