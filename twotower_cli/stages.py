@@ -203,10 +203,10 @@ def serve(cfg: DictConfig) -> dict:
     p = cfg.paths
     dirs = serving.ServeDirs(
         *(Path(d) for d in (p.preprocess_dir, p.train_dir, p.embed_dir, p.index_dir)),
-        p.run, cfg.index.nprobe, cfg.index.ef_search,
+        p.run, cfg.index.nprobe, cfg.index.ef_search, cfg.serve.runtime,
     )  # fmt: skip
     state = serving.ServeState(partial(serving.load_bundle, dirs, _load_model))
-    settings = {k: v for k, v in cfg.serve.items() if k != "export_dynamo"}
+    settings = {k: v for k, v in cfg.serve.items() if k not in ("export_dynamo", "runtime")}
     serving.run_server(state, serving.ServeSettings(**settings))
     return {}
 
