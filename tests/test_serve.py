@@ -3,6 +3,7 @@ request encoding, reload on SIGHUP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -145,6 +146,26 @@ def test_cold_start_user_gets_the_tower_vector_of_its_profile(run_dir, client, s
     unseen = client.post("/recommend", json={"user": {"region": "nowhere", "age": 2}, "k": 10})
     missing = client.post("/recommend", json={"user": {"region": None, "age": "2"}, "k": 10})
     assert unseen.json()["items"] == missing.json()["items"]
+
+
+def test_micro_batched_requests_get_their_own_answers_and_errors(run_dir, state):
+    user_raw = raw_ids(run_dir, "user")
+    queries = [serve.UserQuery({"user_id": u}) for u in user_raw[:5]]
+    queries.append(serve.UserQuery({"colour": "red"}))
+    ks = [3, 5, 1, 4, 2, 3]
+    alone = [
+        serve.recommend(state.bundle, [q], k)[0] for q, k in zip(queries[:5], ks, strict=False)
+    ]
+
+    async def together():
+        batcher = serve.MicroBatcher(state, max_batch=4)  # two chunks: 4 + 2
+        futures = [batcher.submit(q, k) for q, k in zip(queries, ks, strict=True)]
+        assert len(batcher.pending) == 6  # nothing answered before the loop's next turn
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    got = asyncio.run(together())
+    assert [items for items, _ in got[:5]] == alone
+    assert isinstance(got[5], serve.RequestError) and got[5].field == "user.colour"
 
 
 def test_history_is_accepted_and_said_to_be_ignored_by_a_model_without_it(client):

@@ -68,11 +68,13 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], names: list[
     args = tuple(example[n] for n in names)
     if dynamo:
         batch = torch.export.Dim("batch")
-        torch.onnx.export(
-            tower, args, str(path), input_names=names, output_names=[OUTPUT],
-            dynamic_shapes=(tuple({0: batch} for _ in names),), dynamo=True,
-            external_data=False, verbose=False,
-        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # axis-naming notices
+            torch.onnx.export(
+                tower, args, str(path), input_names=names, output_names=[OUTPUT],
+                dynamic_shapes=(tuple({0: batch} for _ in names),), dynamo=True,
+                external_data=False, verbose=False,
+            )  # fmt: skip
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own notice

@@ -406,13 +406,15 @@ class MicroBatcher:
             chunk = pending[start : start + self.max_batch]
             try:
                 results = recommend(bundle, [q for q, _, _ in chunk], [k for _, k, _ in chunk])
-            except RequestError:  # one bad query: answer each alone so only it fails
-                results = None
+            except Exception:  # noqa: BLE001 -- e.g. one bad query: answer each alone, so
+                results = None  # only the bad one fails
             for row, (query, k, fut) in enumerate(chunk):
                 if fut.done():  # the client went away
                     continue
                 try:
-                    items = results[row] if results else recommend(bundle, [query], k)[0]
+                    items = (
+                        results[row] if results is not None else recommend(bundle, [query], k)[0]
+                    )
                     fut.set_result((items, bundle))
                 except Exception as err:  # noqa: BLE001 -- delivered to the request's handler
                     fut.set_exception(err)
