@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -222,6 +223,14 @@ def test_bad_batch_and_similar_requests_get_a_4xx(client):
     assert resp.status_code == 422 and resp.json()["error"].startswith("k:")
     resp = client.get(f"/items/{1}/similar?k=0")
     assert resp.status_code == 422 and resp.json()["error"].startswith("k:")
+
+
+def test_openapi_document_describes_the_request_bodies(client):
+    doc = client.get("/openapi.json").json()
+    text = json.dumps(doc)
+    refs = {r.split("/")[-1] for r in re.findall(r'"#/components/schemas/([^"]+)"', text)}
+    assert {"RecommendBody", "BatchBody", "UserBody"} <= refs <= set(doc["components"]["schemas"])
+    assert "k" in doc["components"]["schemas"]["RecommendBody"]["properties"]
 
 
 def test_similar_items_rank_by_inner_product_without_the_item_itself(run_dir, client):

@@ -28,7 +28,14 @@ import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+)
 
 from twotower_cli.artifacts import read_manifest, require
 from twotower_cli.data.tables import Field, feature_tensors, load_schema
@@ -499,6 +506,41 @@ def _json(payload: dict, status: int = 200) -> Response:
     return Response(json.dumps(payload), status_code=status, media_type="application/json")
 
 
+def _parse(model: type[BaseModel], raw: bytes) -> Any:
+    """The request body parsed and validated in one pass by pydantic-core (FastAPI's body
+    dependency decodes the JSON first, then validates). Errors take FastAPI's route
+    (RequestValidationError), so every 4xx looks the same."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+_BODY_MODELS: dict[str, dict] = {}
+
+
+def _body_doc(model: type[BaseModel]) -> dict:
+    """The OpenAPI request body of a route that parses its body itself; the model's schema (and
+    the ones it nests) join the document's components in `_openapi`."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    _BODY_MODELS.update(schema.pop("$defs", {}))
+    _BODY_MODELS[model.__name__] = schema
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict]:
+    build = app.openapi
+
+    def openapi() -> dict:
+        doc = build()
+        doc.setdefault("components", {}).setdefault("schemas", {}).update(_BODY_MODELS)
+        return doc
+
+    return openapi
+
+
 def _field(loc: tuple) -> str:
     parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else loc
     return ".".join(str(p) for p in parts) or str(loc[0] if loc else "body")
@@ -506,7 +548,10 @@ def _field(loc: tuple) -> str:
 
 def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
     """The HTTP API over a ServeState (see docs/serving.md)."""
-    app = FastAPI(title="twotower", docs_url="/docs", redoc_url=None)
+    # FastAPI's built-in OpenTelemetry hooks check the global providers on every request; a
+    # deployment that wants traces wraps the app itself
+    off = {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="twotower", docs_url="/docs", redoc_url=None, telemetry=off)
     batcher = MicroBatcher(state, settings.max_batch) if settings.micro_batch else None
 
     @app.exception_handler(RequestValidationError)
@@ -531,9 +576,10 @@ def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
             return {}
         return {"note": "history ignored: this model has no history input"}
 
-    @app.post("/recommend")
-    async def recommend_one(body: RecommendBody) -> Response:
+    @app.post("/recommend", openapi_extra=_body_doc(RecommendBody))
+    async def recommend_one(request: Request) -> Response:
         start = time.perf_counter()
+        body = _parse(RecommendBody, await request.body())
         check_k(body.k, state.bundle)
         if batcher is not None:
             items, bundle = await batcher.submit(body.query(), body.k)
@@ -544,9 +590,10 @@ def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
         return _json({"items": items, "run": bundle.run, "took_ms": took,
                       **history_note(bundle, [body])})  # fmt: skip
 
-    @app.post("/recommend/batch")
-    async def recommend_many(body: BatchBody) -> Response:
+    @app.post("/recommend/batch", openapi_extra=_body_doc(BatchBody))
+    async def recommend_many(request: Request) -> Response:
         start = time.perf_counter()
+        body = _parse(BatchBody, await request.body())
         bundle = state.bundle
         check_k(body.k, bundle)
         if not 1 <= len(body.users) <= settings.max_batch:
@@ -581,6 +628,7 @@ def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
             "last_reload": state.last_reload, "sources": bundle.sources,
         })  # fmt: skip
 
+    app.openapi = _openapi(app)
     return app
 
 
