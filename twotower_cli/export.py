@@ -70,6 +70,7 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], names: list[
         batch = torch.export.Dim("batch")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # axis-naming notices
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree notice
             torch.onnx.export(
                 tower, args, str(path), input_names=names, output_names=[OUTPUT],
                 dynamic_shapes=(tuple({0: batch} for _ in names),), dynamo=True,
