@@ -25,11 +25,9 @@ ROOT = ("synthetic", "sample", "inbatch", "dssm")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "outputs"
-    assert twotower("run", *SMALL, f"paths.out={out}") == 0
-    assert twotower("export", *SMALL, f"paths.out={out}") == 0
-    return out
+def exported(small_run: Path) -> Path:
+    assert twotower("export", *SMALL, f"paths.out={small_run}") == 0
+    return small_run
 
 
 @pytest.mark.parametrize("batch", [1, 17, 300])

@@ -34,10 +34,8 @@ RUN = ("synthetic", "sample", "inbatch", "dssm")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("serve") / "outputs"
-    assert twotower("run", *SMALL, f"paths.out={out}") == 0
-    return out
+def run_dir(small_run: Path) -> Path:
+    return small_run
 
 
 def _dirs(out: Path) -> serve.ServeDirs:
