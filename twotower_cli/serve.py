@@ -455,7 +455,7 @@ class ServeState:
 
 @dataclass
 class ServeSettings:
-    """`conf/serve/default.yaml`: where to listen and the request limits."""
+    """`conf/serve/default.yaml`: where to listen, the request limits, how to run the tower."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -465,7 +465,9 @@ class ServeSettings:
     micro_batch: bool = True
     # one request is a tiny forward pass: more torch/faiss threads only add hand-off cost
     threads: int = 1
+    runtime: str = "auto"  # who runs the user tower (fast_user_tower); read by load_bundle
     log_level: str = "warning"
+    export_dynamo: bool = False  # `twotower export`'s ONNX exporter (export.export_onnx)
 
 
 def _item_id(value: Any) -> str | int:

@@ -201,13 +201,13 @@ def serve(cfg: DictConfig) -> dict:
     from twotower_cli import serve as serving
 
     p = cfg.paths
+    settings = serving.ServeSettings(**cfg.serve)
     dirs = serving.ServeDirs(
         *(Path(d) for d in (p.preprocess_dir, p.train_dir, p.embed_dir, p.index_dir)),
-        p.run, cfg.index.nprobe, cfg.index.ef_search, cfg.serve.runtime,
+        p.run, cfg.index.nprobe, cfg.index.ef_search, settings.runtime,
     )  # fmt: skip
     state = serving.ServeState(partial(serving.load_bundle, dirs, _load_model))
-    settings = {k: v for k, v in cfg.serve.items() if k not in ("export_dynamo", "runtime")}
-    serving.run_server(state, serving.ServeSettings(**settings))
+    serving.run_server(state, settings)
     return {}
 
 
