@@ -369,3 +369,29 @@ def test_installed_serve_answers_reloads_on_sighup_and_stops_cleanly(run_dir):
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "SIGHUP reloads" in out
+
+
+def test_load_test_bodies_mix_known_users_and_cold_starts(run_dir):
+    from twotower_cli.loadtest import request_bodies
+
+    bodies = [json.loads(b) for b in request_bodies(run_dir / "synthetic" / "preprocess", 16,
+                                                    cold_every=8, k=5, seed=0)]  # fmt: skip
+    cold = [b for b in bodies if "user_id" not in b["user"]]
+    # every 8th of 16: two cold starts with every profile feature, the rest a user id alone
+    assert len(cold) == 2 and all(set(b["user"]) == {"region", "age"} for b in cold)
+    assert all(set(b["user"]) == {"user_id"} and b["k"] == 5 for b in bodies if b not in cold)
+
+
+@pytest.mark.slow
+def test_load_test_drives_a_real_server_and_writes_its_report(run_dir, tmp_path):
+    from twotower_cli.loadtest import main as loadtest
+
+    report = tmp_path / "loadtest.json"
+    loadtest(["--requests", "300", "--concurrency", "8", "--warmup", "20", "--max-seconds",
+              "60", "--preprocess-dir", str(run_dir / "synthetic" / "preprocess"),
+              "--out", str(report), *SMALL, f"paths.out={run_dir}"])  # fmt: skip
+    r = json.loads(report.read_text())
+    assert r["requests"] == 300 and r["errors"] == 0 and r["hit_deadline"] is False
+    assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
+    assert r["requests_per_s"] > 0 and r["server_cpu_ms_per_request"] > 0
+    assert r["run"] == "dssm" and r["items"] == 200
