@@ -286,9 +286,9 @@ def test_history_input_comes_from_the_request_or_the_stored_items():
     queries = [serve.UserQuery({"user_id": "u1"}), serve.UserQuery({"user_id": "u2"}),
                serve.UserQuery({"user_id": "u1"}, history=["d", "zz", "a"])]  # fmt: skip
     hist = enc.encode(queries, stored)[serve.HISTORY]
-    # the latest three, left-aligned: u1 -> 4, 1, 3; u2 -> none; the request's history
-    # replaces the stored one, unknown "zz" dropped: d=4, a=1
-    assert hist.tolist() == [[4, 1, 3], [0, 0, 0], [4, 1, 0]]
+    # the latest three, most recent last, left-padded: u1 -> 4, 1, 3; u2 -> none; the request's
+    # history replaces the stored one, unknown "zz" dropped: d=4, a=1
+    assert hist.tolist() == [[4, 1, 3], [0, 0, 0], [0, 4, 1]]
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from twotower_cli.data.tables import feature_tensors, load_schema
-from twotower_cli.serve import HISTORY
+from twotower_cli.serve import HISTORY, history_length
 
 ONNX_NAME = "user_tower.onnx"
 OUTPUT = "user_vector"
@@ -53,7 +53,7 @@ def _inputs(fields: list, history_len: int) -> list[dict]:
         out.append({"name": HISTORY, "kind": "history", "dtype": "int64",
                     "shape": ["batch", history_len],
                     "encoding": "the user's latest item ids (vocabs.json[item][item] positions "
-                                "+ 1), oldest first, left-aligned, 0-padded"})  # fmt: skip
+                                "+ 1), most recent last, left-padded with 0"})  # fmt: skip
     return out
 
 
@@ -91,7 +91,7 @@ def export_bundle(
 ) -> dict:  # fmt: skip
     """Write the bundle into out_dir; return figures for the manifest."""
     fields = load_schema(prep_dir)["user"]
-    history_len = int(ckpt["model"].get("history_len", 50)) if ckpt["model"].get("history") else 0
+    history_len = history_length(model)
     users = pd.read_parquet(prep_dir / "users.parquet")
     example = {k: v[1:3] for k, v in feature_tensors(users, fields).items()}
     names = [f.name for f in fields]

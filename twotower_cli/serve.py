@@ -44,9 +44,13 @@ from twotower_cli.metrics import is_member
 from twotower_cli.samplers import pair_keys
 
 log = logging.getLogger("twotower.serve")
-# the user tower's optional behaviour input (the item ids a user interacted with, oldest first);
-# a model declares it with `history: true` (and `history_len`) in its checkpointed config
+# the user tower's optional behaviour input (the item ids a user interacted with, most recent
+# last); a model that reads it has `history_len` > 0 (`model.history: true`)
 HISTORY = "history"
+
+
+def history_length(model: torch.nn.Module) -> int:
+    return int(getattr(model, "history_len", 0) or 0)
 
 
 class RequestError(ValueError):
@@ -176,8 +180,9 @@ class UserEncoder:
         return _code(lookup, value)
 
     def _history(self, queries: list[UserQuery], dense: np.ndarray, stored) -> torch.Tensor:
-        """[batch, history_len] dense item ids, the most recent history_len, left-aligned,
-        0-padded; the request's history replaces the stored one."""
+        """[batch, history_len] dense item ids: the latest history_len, most recent last,
+        left-padded with 0 (the layout training uses); the request's history replaces the
+        stored one."""
         ptr, items = stored
         out = np.zeros((len(queries), self.history_len), dtype=np.int64)
         for row, q in enumerate(queries):
@@ -186,7 +191,7 @@ class UserEncoder:
             else:
                 ids = items[ptr[dense[row]] : ptr[dense[row] + 1]]
             ids = ids[-self.history_len :]
-            out[row, : len(ids)] = ids
+            out[row, self.history_len - len(ids) :] = ids
         return torch.from_numpy(out)
 
 
@@ -234,10 +239,10 @@ def load_bundle(dirs: ServeDirs, load_model: Callable[[Path], tuple]) -> Bundle:
     train_dir = require(dirs.train_dir, "train")
     embed_dir = require(dirs.embed_dir, "embed")
     index_dir = require(dirs.index_dir, "index")
-    model, ckpt = load_model(train_dir)
+    model, _ = load_model(train_dir)
     schema = load_schema(prep_dir)
     vocabs = json.loads((prep_dir / "vocabs.json").read_text())
-    history_len = int(ckpt["model"].get("history_len", 50)) if ckpt["model"].get("history") else 0
+    history_len = history_length(model)
     users = pd.read_parquet(prep_dir / "users.parquet")
     encoder = UserEncoder(schema["user"], vocabs["user"], users, vocabs["item"]["item"],
                           history_len)  # fmt: skip
