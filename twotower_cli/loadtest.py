@@ -28,6 +28,7 @@ import numpy as np
 from twotower_cli.data.tables import load_schema
 
 HOST = "127.0.0.1"  # loopback only: the load test never leaves this machine
+REQUEST_TIMEOUT_S = 10.0  # so a run lasts at most --max-seconds plus this
 
 
 def request_bodies(prep_dir: Path, n: int, cold_every: int, k: int, seed: int) -> list[bytes]:
@@ -57,6 +58,18 @@ def _http_request(body: bytes) -> bytes:
     return head.encode() + body
 
 
+async def _exchange(reader, writer, body: bytes) -> bool:
+    writer.write(_http_request(body))
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    payload = await reader.readexactly(length)
+    return status == 200 and payload.startswith(b'{"items": [')
+
+
 async def _client(port: int, bodies: list[bytes], deadline: float, out: list) -> None:
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
@@ -64,15 +77,8 @@ async def _client(port: int, bodies: list[bytes], deadline: float, out: list) ->
             if time.perf_counter() > deadline:
                 break
             start = time.perf_counter()
-            writer.write(_http_request(body))
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            payload = await reader.readexactly(length)
-            ok = status == 200 and payload.startswith(b'{"items": [')
+            # a request that never answers ends this client (an error) instead of the run
+            ok = await asyncio.wait_for(_exchange(reader, writer, body), REQUEST_TIMEOUT_S)
             out.append((time.perf_counter() - start, ok))
     finally:
         writer.close()
