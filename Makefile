@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint bench clean compare-models compare-history compare-samplers
+.PHONY: help install run test lint bench loadtest clean compare-models compare-history compare-samplers
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ compare-history: install ## DSSM with/without the user-history feature -> output
 		--runs "model=dssm" "model=dssm model.history=true" \
 		"model=dssm model.history=true model.history_pooling=attention" --seeds 0 \
 		-- sampler=inbatch
+
+loadtest: install ## 32 clients on 127.0.0.1 against `twotower serve` -> outputs/loadtest.json
+	test -f outputs/ml100k/sample/inbatch/dssm/index/manifest.json || $(BIN)/twotower run
+	$(BIN)/python -m twotower_cli.loadtest --requests 20000 --concurrency 32 --max-seconds 120
 
 clean: ## delete outputs/ (always safe)
 	rm -rf outputs multirun

@@ -35,5 +35,14 @@ def out_dir(tmp_path: Path) -> Path:
     return tmp_path / "outputs"
 
 
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """paths.out of one finished `twotower run` on SMALL, shared by tests that read it (they may
+    add stages, e.g. export, but must not rewrite it; copy it to change it)."""
+    out = tmp_path_factory.mktemp("small_run") / "outputs"
+    assert twotower("run", *SMALL, f"paths.out={out}") == 0
+    return out
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())

@@ -4,6 +4,7 @@ artifacts and a manifest. `twotower <stage>` runs `STAGES[stage](cfg)`."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -297,4 +298,36 @@ def run(cfg: DictConfig) -> dict:
     return evaluate(cfg)
 
 
-STAGES = {f.__name__: f for f in (preprocess, sample, train, embed, index, evaluate, run)}
+def serve(cfg: DictConfig) -> dict:
+    from twotower_cli import serve as serving
+
+    p = cfg.paths
+    settings = serving.ServeSettings(**cfg.serve)
+    dirs = serving.ServeDirs(
+        *(Path(d) for d in (p.preprocess_dir, p.train_dir, p.embed_dir, p.index_dir)),
+        p.run, cfg.index.nprobe, cfg.index.ef_search, settings.runtime,
+    )  # fmt: skip
+    state = serving.ServeState(partial(serving.load_bundle, dirs, _load_model))
+    serving.run_server(state, settings)
+    return {}
+
+
+def export(cfg: DictConfig) -> dict:
+    from twotower_cli.export import export_bundle
+
+    prep_dir = require(cfg.paths.preprocess_dir, "preprocess")
+    train_dir = require(cfg.paths.train_dir, "train")
+    embed_dir = require(cfg.paths.embed_dir, "embed")
+    index_dir = require(cfg.paths.index_dir, "index")
+    model, ckpt = _load_model(train_dir)
+    inputs = [prep_dir, train_dir, embed_dir, index_dir]
+    with StageOutput("export", cfg.paths.export_dir, _config(cfg), inputs) as out:
+        out.figures = export_bundle(model, ckpt, prep_dir, embed_dir, index_dir, out.tmp,
+                                    cfg.paths.run, cfg.serve.export_dynamo)  # fmt: skip
+    print(f"export: {cfg.paths.export_dir} {json.dumps(out.figures)}")
+    return out.figures
+
+
+STAGES = {
+    f.__name__: f for f in (preprocess, sample, train, embed, index, evaluate, run, serve, export)
+}

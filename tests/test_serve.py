@@ -1,0 +1,397 @@
+"""`twotower serve`: the HTTP API on a small trained run, online == offline, bad requests,
+request encoding, reload on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from functools import partial
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import SMALL, twotower
+from fastapi.testclient import TestClient
+
+from twotower_cli import serve
+from twotower_cli.data.tables import Field
+from twotower_cli.metrics import drop_excluded
+from twotower_cli.retrieval import EvalSet, search
+from twotower_cli.stages import _load_model
+
+RUN = ("synthetic", "sample", "inbatch", "dssm")
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_run: Path) -> Path:
+    return small_run
+
+
+def _dirs(out: Path) -> serve.ServeDirs:
+    root = out.joinpath(*RUN)
+    return serve.ServeDirs(out / "synthetic" / "preprocess", root / "train", root / "embed",
+                           root / "index", "dssm")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def state(run_dir: Path) -> serve.ServeState:
+    return serve.ServeState(partial(serve.load_bundle, _dirs(run_dir), _load_model))
+
+
+@pytest.fixture(scope="module")
+def client(state) -> TestClient:
+    return TestClient(serve.create_app(state, serve.ServeSettings(max_batch=64)))
+
+
+def offline_top(out: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """evaluate's retrieval: test users' vectors from embed, searched in the index, train+valid
+    items dropped (the same functions `twotower evaluate` calls)."""
+    prep = out / "synthetic" / "preprocess"
+    root = out.joinpath(*RUN)
+    idx = faiss.read_index(str(root / "index" / "items.faiss"))
+    split = {s: pd.read_parquet(prep / f"{s}.parquet") for s in ("train", "valid", "test")}
+    ev = EvalSet.build(split["test"], pd.concat([split["train"], split["valid"]]), idx.ntotal)
+    u = np.load(root / "embed" / "user_vectors.npy")
+    ranked = search(idx, u, min(idx.ntotal, k + ev.max_exclude))
+    return ev.users, drop_excluded(ranked, ev.exclude, idx.ntotal, k)
+
+
+def raw_ids(out: Path, side: str) -> list:
+    vocabs = json.loads((out / "synthetic" / "preprocess" / "vocabs.json").read_text())
+    return vocabs[side][side]
+
+
+def test_online_equals_offline_for_every_test_user(run_dir, client):
+    k = 20
+    users, top = offline_top(run_dir, k)
+    user_raw, item_raw = raw_ids(run_dir, "user"), raw_ids(run_dir, "item")
+    expected = [[item_raw[i - 1] for i in row if i > 0] for row in top]
+    online = []
+    for start in range(0, len(users), 64):
+        body = {"users": [{"user": {"user_id": user_raw[u - 1]}} for u in users[start:start + 64]],
+                "k": k}  # fmt: skip
+        resp = client.post("/recommend/batch", json=body)
+        assert resp.status_code == 200, resp.text
+        online += [[it["item_id"] for it in r["items"]] for r in resp.json()["results"]]
+    assert online == expected
+    # the single-request path (no batch bookkeeping) agrees too
+    for row in range(0, len(users), 7):
+        resp = client.post("/recommend", json={"user": {"user_id": user_raw[users[row] - 1]}})
+        assert [it["item_id"] for it in resp.json()["items"]] == expected[row]
+
+
+def test_scores_are_the_inner_products_of_the_served_vectors(run_dir, client, state):
+    root = run_dir.joinpath(*RUN)
+    u_off = np.load(root / "embed" / "user_vectors.npy")
+    user_ids = np.load(root / "embed" / "user_ids.npy")
+    v = np.load(root / "embed" / "item_vectors.npy")
+    raw = raw_ids(run_dir, "user")[user_ids[0] - 1]
+    items = client.post("/recommend", json={"user": {"user_id": raw}, "k": 5}).json()["items"]
+    item_dense = {r: i + 1 for i, r in enumerate(raw_ids(run_dir, "item"))}
+    expected = v[[item_dense[it["item_id"]] - 1 for it in items]] @ u_off[0]
+    np.testing.assert_allclose([it["score"] for it in items], expected, atol=1e-5)
+    assert [it["score"] for it in items] == sorted((it["score"] for it in items), reverse=True)
+
+
+def test_known_user_excludes_seen_items_unless_asked(run_dir, client, state):
+    uid = raw_ids(run_dir, "user")[0]
+    ptr, seen = state.bundle.seen
+    seen_raw = {raw_ids(run_dir, "item")[i - 1] for i in seen[ptr[1] : ptr[2]]}
+    assert seen_raw
+    n = state.bundle.n_items
+    got = client.post("/recommend", json={"user": {"user_id": uid}, "k": n - len(seen_raw)})
+    assert not {it["item_id"] for it in got.json()["items"]} & seen_raw
+    everything = client.post(
+        "/recommend", json={"user": {"user_id": uid}, "k": n, "exclude_seen": False}
+    ).json()["items"]  # fmt: skip
+    assert {it["item_id"] for it in everything} >= seen_raw
+    assert len(everything) == n
+    top = everything[0]["item_id"]
+    again = client.post("/recommend", json={"user": {"user_id": uid}, "k": 3,
+                                            "exclude_seen": False, "exclude": [top]})  # fmt: skip
+    assert top not in [it["item_id"] for it in again.json()["items"]]
+    assert [it["item_id"] for it in again.json()["items"]] == [
+        it["item_id"] for it in everything[1:4]
+    ]
+
+
+def test_cold_start_user_gets_the_tower_vector_of_its_profile(run_dir, client, state):
+    profile = {"region": 3, "age": 2}
+    resp = client.post("/recommend", json={"user": profile, "k": 10})
+    assert resp.status_code == 200
+    items = resp.json()["items"]
+    assert len(items) == 10
+    # the same vector by hand: id 0 (unknown user), the vocabulary ids of region 3 and age 2
+    vocabs = json.loads((run_dir / "synthetic" / "preprocess" / "vocabs.json").read_text())
+    feats = {"user": torch.tensor([0]),
+             "region": torch.tensor([vocabs["user"]["region"].index(3) + 1]),
+             "age": torch.tensor([vocabs["user"]["age"].index(2) + 1])}  # fmt: skip
+    with torch.no_grad():
+        u = state.bundle.model.user_vectors(feats).numpy()
+    _, I = state.bundle.index.search(u, 10)
+    assert [it["item_id"] for it in items] == [raw_ids(run_dir, "item")[i] for i in I[0]]
+    # an unseen value encodes as unknown (0), exactly like a missing one; "3" matches 3
+    unseen = client.post("/recommend", json={"user": {"region": "nowhere", "age": 2}, "k": 10})
+    missing = client.post("/recommend", json={"user": {"region": None, "age": "2"}, "k": 10})
+    assert unseen.json()["items"] == missing.json()["items"]
+
+
+def test_micro_batched_requests_get_their_own_answers_and_errors(run_dir, state):
+    user_raw = raw_ids(run_dir, "user")
+    queries = [serve.UserQuery({"user_id": u}) for u in user_raw[:5]]
+    queries.append(serve.UserQuery({"colour": "red"}))
+    ks = [3, 5, 1, 4, 2, 3]
+    alone = [
+        serve.recommend(state.bundle, [q], k)[0] for q, k in zip(queries[:5], ks, strict=False)
+    ]
+
+    async def together():
+        batcher = serve.MicroBatcher(state, max_batch=4)  # two chunks: 4 + 2
+        futures = [batcher.submit(q, k) for q, k in zip(queries, ks, strict=True)]
+        assert len(batcher.pending) == 6  # nothing answered before the loop's next turn
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    got = asyncio.run(together())
+    assert [items for items, _ in got[:5]] == alone
+    assert isinstance(got[5], serve.RequestError) and got[5].field == "user.colour"
+
+
+def test_history_is_accepted_and_said_to_be_ignored_by_a_model_without_it(client):
+    resp = client.post("/recommend", json={"user": {"age": 1}, "history": [1, 2, "x"], "k": 3})
+    assert resp.status_code == 200
+    assert resp.json()["note"] == "history ignored: this model has no history input"
+    assert "note" not in client.post("/recommend", json={"user": {"age": 1}}).json()
+
+
+BAD = [
+    # (body or raw text, status, field named in the message)
+    ('{"user": {"user_id": 1', 400, "body"),
+    ("[1, 2]", 422, "body"),
+    ({"k": 5}, 422, "user"),
+    ({"user": {"user_id": 1}, "k": 0}, 422, "k"),
+    ({"user": {"user_id": 1}, "k": 10**6}, 422, "k"),
+    ({"user": {"user_id": 1}, "k": "20"}, 422, "k"),
+    ({"user": {"user_id": 1}, "k": 2.5}, 422, "k"),
+    ({"user": {"colour": "red"}}, 422, "user.colour"),
+    ({"user": {"age": [1, 2]}}, 422, "user.age"),
+    ({"user": {"age": {"a": 1}}}, 422, "user.age"),
+    ({"user": {"user_id": [1]}}, 422, "user.user_id"),
+    ({"user": {"user_id": True}}, 422, "user.user_id"),
+    ({"user": "someone"}, 422, "user"),
+    ({"user": {}, "history": "1,2"}, 422, "history"),
+    ({"user": {}, "exclude": [1.5]}, 422, "exclude.0"),
+    ({"user": {}, "exclude_seen": "no"}, 422, "exclude_seen"),
+    ({"user": {}, "limit": 3}, 422, "limit"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "field"), BAD)
+def test_bad_request_gets_a_4xx_naming_the_field(client, body, status, field):
+    if isinstance(body, str):
+        resp = client.post("/recommend", content=body,
+                           headers={"content-type": "application/json"})  # fmt: skip
+    else:
+        resp = client.post("/recommend", json=body)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"].startswith(f"{field}:"), resp.json()
+
+
+def test_bad_batch_and_similar_requests_get_a_4xx(client):
+    too_many = {"users": [{"user": {}}] * 65, "k": 5}
+    resp = client.post("/recommend/batch", json=too_many)
+    assert resp.status_code == 413 and resp.json()["error"].startswith("users: must hold 1 to 64")
+    resp = client.post("/recommend/batch", json={"users": [], "k": 5})
+    assert resp.status_code == 422 and resp.json()["field"] == "users"
+    resp = client.post("/recommend/batch", json={"users": [{"user": {"x": 1}}]})
+    assert resp.status_code == 422 and resp.json()["field"] == "user.x"
+    resp = client.get("/items/not-an-item/similar")
+    assert resp.status_code == 404 and resp.json()["error"].startswith("item_id:")
+    resp = client.get(f"/items/{1}/similar?k=abc")
+    assert resp.status_code == 422 and resp.json()["error"].startswith("k:")
+    resp = client.get(f"/items/{1}/similar?k=0")
+    assert resp.status_code == 422 and resp.json()["error"].startswith("k:")
+
+
+def test_openapi_document_describes_the_request_bodies(client):
+    doc = client.get("/openapi.json").json()
+    text = json.dumps(doc)
+    refs = {r.split("/")[-1] for r in re.findall(r'"#/components/schemas/([^"]+)"', text)}
+    assert {"RecommendBody", "BatchBody", "UserBody"} <= refs <= set(doc["components"]["schemas"])
+    assert "k" in doc["components"]["schemas"]["RecommendBody"]["properties"]
+
+
+def test_similar_items_rank_by_inner_product_without_the_item_itself(run_dir, client):
+    root = run_dir.joinpath(*RUN)
+    v = np.load(root / "embed" / "item_vectors.npy")
+    item_raw = raw_ids(run_dir, "item")
+    resp = client.get(f"/items/{item_raw[4]}/similar?k=5").json()
+    scores = v @ v[4]
+    scores[4] = -np.inf
+    expected = [item_raw[i] for i in np.argsort(-scores, kind="stable")[:5]]
+    assert [it["item_id"] for it in resp["items"]] == expected
+    np.testing.assert_allclose([it["score"] for it in resp["items"]],
+                               np.sort(scores)[::-1][:5], atol=1e-5)  # fmt: skip
+
+
+def test_health_reports_the_run_and_sizes(client, state):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["run"] == "dssm"
+    assert h["items"] == state.bundle.n_items == 200
+    assert h["users"] == 300 and h["dim"] == 64 and h["history_input"] is False
+
+
+def test_user_encoder_follows_the_saved_vocabularies_and_scaling():
+    fields = [Field("user", "categorical", 3), Field("city", "categorical", 3),
+              Field("tags", "multihot", 4, 3), Field("income", "numeric")]  # fmt: skip
+    vocabs = {"user": [10, 20], "city": ["7", "Oslo"], "tags": ["a", "b", "c"],
+              "income": [100.0, 20.0]}  # fmt: skip
+    users = pd.DataFrame({"user": [1, 2], "city": [2, 1], "tags": [[1, 2, 0], [3, 0, 0]],
+                          "income": np.array([0.5, -1.0], np.float32)})  # fmt: skip
+    enc = serve.UserEncoder(fields, vocabs, users, ["i1", "i2"])
+    queries = [serve.UserQuery({"user_id": 20}),
+               serve.UserQuery({"user_id": 10, "city": 7, "tags": ["c", "zz", "a"],
+                                "income": 130}),
+               serve.UserQuery({"city": "Bergen", "income": None})]  # fmt: skip
+    feats = enc.encode(queries, None)
+    # row 0: user 20's stored profile as it is; row 1: user 10 with every value replaced
+    # (7 -> "7" = id 1; unseen "zz" dropped; (130 - 100) / 20 = 1.5); row 2: all unknown
+    assert feats["user"].tolist() == [2, 1, 0]
+    assert feats["city"].tolist() == [1, 1, 0]
+    assert feats["tags"].tolist() == [[3, 0, 0], [3, 1, 0], [0, 0, 0]]
+    assert feats["income"].tolist() == [-1.0, 1.5, 0.0]
+    # the stored profile itself is untouched by request overrides
+    assert enc.profiles["city"].tolist() == [0, 2, 1]
+    with pytest.raises(serve.RequestError, match="user.income: expected a number"):
+        enc.encode([serve.UserQuery({"income": "rich"})], None)
+
+
+def test_history_input_comes_from_the_request_or_the_stored_items():
+    fields = [Field("user", "categorical", 3)]
+    users = pd.DataFrame({"user": [1, 2]})
+    enc = serve.UserEncoder(fields, {"user": ["u1", "u2"]}, users, ["a", "b", "c", "d"], 3)
+    # stored (oldest first): u1 saw items 2, 4, 1, 3 (dense ids); u2 nothing
+    seen = pd.DataFrame({"user": [1, 1, 1, 1], "item": [2, 4, 1, 3], "timestamp": [1, 2, 3, 4]})
+    stored = serve._csr(seen, 2)
+    queries = [serve.UserQuery({"user_id": "u1"}), serve.UserQuery({"user_id": "u2"}),
+               serve.UserQuery({"user_id": "u1"}, history=["d", "zz", "a"])]  # fmt: skip
+    hist = enc.encode(queries, stored)[serve.HISTORY]
+    # the latest three, most recent last, left-padded: u1 -> 4, 1, 3; u2 -> none; the request's
+    # history replaces the stored one, unknown "zz" dropped: d=4, a=1
+    assert hist.tolist() == [[4, 1, 3], [0, 0, 0], [0, 4, 1]]
+
+
+@pytest.mark.slow
+def test_reload_swaps_to_new_artifacts_and_keeps_serving_when_they_are_broken(run_dir, tmp_path):
+    # a private copy of the run, so retraining it does not disturb the module's fixtures
+    import shutil
+
+    out = tmp_path / "outputs"
+    shutil.copytree(run_dir, out)
+    state = serve.ServeState(partial(serve.load_bundle, _dirs(out), _load_model))
+    app = TestClient(serve.create_app(state, serve.ServeSettings()))
+    body = {"user": {"user_id": raw_ids(out, "user")[0]}, "k": 10}
+    old_bundle = state.bundle
+    before = app.post("/recommend", json=body).json()["items"]
+    for stage in ("train", "embed", "index"):  # one epoch from another seed: other vectors
+        assert twotower(stage, *SMALL, f"paths.out={out}", "seed=7", "train.epochs=1") == 0
+    assert state.reload() is True
+    assert state.generation == 2 and state.bundle is not old_bundle
+    after = app.post("/recommend", json=body).json()["items"]
+    assert after != before
+    # a request holding the old bundle still answers from it (what in-flight requests use)
+    q = [serve.UserQuery(body["user"])]
+    assert [it["item_id"] for it in serve.recommend(old_bundle, q, 10)[0]] == [
+        it["item_id"] for it in before
+    ]
+    (out.joinpath(*RUN) / "index" / "manifest.json").unlink()
+    assert state.reload() is False
+    health = app.get("/health").json()
+    assert health["generation"] == 2 and health["last_reload"]["ok"] is False
+    assert "run `twotower index` first" in health["last_reload"]["error"]
+    assert app.post("/recommend", json=body).json()["items"] == after
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.slow
+def test_installed_serve_answers_reloads_on_sighup_and_stops_cleanly(run_dir):
+    port = _free_port()
+    script = Path(sys.executable).with_name("twotower")
+    proc = subprocess.Popen(
+        [str(script), "serve", *SMALL, f"paths.out={run_dir}", f"serve.port={port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                health = _get(f"{base}/health")
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.1)
+        assert health["generation"] == 1
+        req = urllib.request.Request(
+            f"{base}/recommend", data=json.dumps({"user": {"age": 1}, "k": 4}).encode(),
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert len(json.loads(resp.read())["items"]) == 4
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(300):
+            if _get(f"{base}/health")["generation"] == 2:
+                break
+            time.sleep(0.1)
+        assert _get(f"{base}/health")["generation"] == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "SIGHUP reloads" in out
+
+
+def test_load_test_bodies_mix_known_users_and_cold_starts(run_dir):
+    from twotower_cli.loadtest import request_bodies
+
+    bodies = [json.loads(b) for b in request_bodies(run_dir / "synthetic" / "preprocess", 16,
+                                                    cold_every=8, k=5, seed=0)]  # fmt: skip
+    cold = [b for b in bodies if "user_id" not in b["user"]]
+    # every 8th of 16: two cold starts with every profile feature, the rest a user id alone
+    assert len(cold) == 2 and all(set(b["user"]) == {"region", "age"} for b in cold)
+    assert all(set(b["user"]) == {"user_id"} and b["k"] == 5 for b in bodies if b not in cold)
+
+
+@pytest.mark.slow
+def test_load_test_drives_a_real_server_and_writes_its_report(run_dir, tmp_path):
+    from twotower_cli.loadtest import main as loadtest
+
+    report = tmp_path / "loadtest.json"
+    loadtest(["--requests", "300", "--concurrency", "8", "--warmup", "20", "--max-seconds",
+              "60", "--preprocess-dir", str(run_dir / "synthetic" / "preprocess"),
+              "--out", str(report), *SMALL, f"paths.out={run_dir}"])  # fmt: skip
+    r = json.loads(report.read_text())
+    assert r["requests"] == 300 and r["errors"] == 0 and r["hit_deadline"] is False
+    assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
+    assert r["requests_per_s"] > 0 and r["server_cpu_ms_per_request"] > 0
+    assert r["run"] == "dssm" and r["items"] == 200

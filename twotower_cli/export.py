@@ -1,0 +1,125 @@
+"""A serving bundle another stack can use without twotower (`twotower export`).
+
+Writes the user tower as ONNX (one input per user feature, dynamic batch axis), a copy of the
+faiss item index, the vocabularies, the faiss row -> raw item id map, and `serving.json`, which
+says how to turn raw values into the ONNX inputs and what comes out.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from twotower_cli.data.tables import feature_tensors, load_schema
+from twotower_cli.serve import HISTORY, history_length
+
+ONNX_NAME = "user_tower.onnx"
+OUTPUT = "user_vector"
+
+
+class UserTower(nn.Module):
+    """The user half of a TwoTower model with positional inputs, as ONNX wants them."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model.user_vectors(dict(zip(self.names, inputs, strict=True)))
+
+
+def _inputs(fields: list, history_len: int) -> list[dict]:
+    """serving.json's description of each ONNX input, in the graph's order."""
+    encoding = {
+        "categorical": "1 + position of the raw value in vocabs.json[user][name]; 0 = unknown",
+        "multihot": "ids as for categorical, left-aligned, 0-padded to max_len",
+        "numeric": "(value - mean) / std with [mean, std] = vocabs.json[user][name]; 0 = missing",
+    }
+    out = []
+    for f in fields:
+        shape = ["batch", f.max_len] if f.kind == "multihot" else ["batch"]
+        dtype = "float32" if f.kind == "numeric" else "int64"
+        out.append({"name": f.name, "kind": f.kind, "dtype": dtype, "shape": shape,
+                    "encoding": encoding[f.kind]})  # fmt: skip
+    if history_len:
+        out.append({"name": HISTORY, "kind": "history", "dtype": "int64",
+                    "shape": ["batch", history_len],
+                    "encoding": "the user's latest item ids (vocabs.json[item][item] positions "
+                                "+ 1), most recent last, left-padded with 0"})  # fmt: skip
+    return out
+
+
+def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], names: list[str],
+                path: Path, dynamo: bool = False) -> None:  # fmt: skip
+    """The user tower to ONNX with a dynamic batch axis on every input and the output.
+
+    dynamo=False uses the TorchScript exporter: deprecated since PyTorch 2.9 but about ten times
+    faster to export this graph; dynamo=True (torch.export + onnxscript) gives the same vectors
+    (tests/test_export.py checks both against PyTorch)."""
+    tower = UserTower(model.eval(), names).eval()
+    args = tuple(example[n] for n in names)
+    if dynamo:
+        batch = torch.export.Dim("batch")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # axis-naming notices
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree notice
+            torch.onnx.export(
+                tower, args, str(path), input_names=names, output_names=[OUTPUT],
+                dynamic_shapes=(tuple({0: batch} for _ in names),), dynamo=True,
+                external_data=False, verbose=False,
+            )  # fmt: skip
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own notice
+        torch.onnx.export(
+            tower, args, str(path), input_names=names, output_names=[OUTPUT],
+            dynamic_axes={n: {0: "batch"} for n in [*names, OUTPUT]}, dynamo=False,
+        )  # fmt: skip
+
+
+def export_bundle(
+    model: nn.Module, ckpt: dict, prep_dir: Path, embed_dir: Path, index_dir: Path,
+    out_dir: Path, run: str, dynamo: bool = False,
+) -> dict:  # fmt: skip
+    """Write the bundle into out_dir; return figures for the manifest."""
+    fields = load_schema(prep_dir)["user"]
+    history_len = history_length(model)
+    users = pd.read_parquet(prep_dir / "users.parquet")
+    example = {k: v[1:3] for k, v in feature_tensors(users, fields).items()}
+    names = [f.name for f in fields]
+    if history_len:
+        example[HISTORY] = torch.zeros((len(example[names[0]]), history_len), dtype=torch.int64)
+        names.append(HISTORY)
+    export_onnx(model, example, names, out_dir / ONNX_NAME, dynamo)
+    with torch.inference_mode():
+        dim = int(model.user_vectors(example).shape[1])
+    vocabs = json.loads((prep_dir / "vocabs.json").read_text())
+    item_ids = np.load(embed_dir / "item_ids.npy")
+    raw_items = [vocabs["item"]["item"][i - 1] for i in item_ids.tolist()]
+    (out_dir / "item_ids.json").write_text(json.dumps(raw_items))
+    shutil.copyfile(prep_dir / "vocabs.json", out_dir / "vocabs.json")
+    shutil.copyfile(index_dir / "items.faiss", out_dir / "items.faiss")
+    spec = {
+        "run": run,
+        "user_tower": ONNX_NAME,
+        "inputs": _inputs(fields, history_len),
+        "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", dim]},
+        "index": {
+            "file": "items.faiss",
+            "metric": "inner_product",
+            "rows": "row i holds item_ids.json[i]",
+        },  # fmt: skip
+        "similarity": ckpt["model"].get("similarity", "dot"),
+        "vocabularies": "vocabs.json: {side: {feature: [raw values]}}; id = position + 1",
+        "user_id_feature": fields[0].name,
+    }
+    (out_dir / "serving.json").write_text(json.dumps(spec, indent=1))
+    return {"inputs": len(names), "dim": dim, "items": len(raw_items)}
