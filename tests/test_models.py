@@ -79,7 +79,7 @@ def test_every_model_yaml_trains_a_step_and_gradients_reach_every_parameter(name
     no_grad = [n for n, p in model.named_parameters()
                if p.grad is None or float(p.grad.abs().sum()) == 0.0]  # fmt: skip
     assert no_grad == []
-    assert model.history_len == (5 * 4 if history else 0)  # the YAML's history_len: 20
+    assert model.history_len == (20 if history else 0)  # the YAMLs' history_len
 
 
 def test_history_is_required_when_on_and_ignored_when_off():
