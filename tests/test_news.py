@@ -218,8 +218,10 @@ def test_dssm_beats_popularity_on_day_seven(news_dir, tmp_path: Path):
         "dataset=news", f"dataset.load.raw_dir={raw}", f"paths.out={out}",
         # fresh news: the three days before the window's end are the candidates
         "dataset.load.candidate_days=3", "sampler=random", "sampler.use_exposures=true",
-        "train.epochs=8", "train.batch_size=128", "model.embed_dim=16", "model.hidden=[64]",
-        "model.out_dim=32",
+        # exposures as extra negative columns: validation dips for a few epochs before it
+        # climbs, so no early stop here
+        "train.epochs=30", "train.patience=30", "train.batch_size=32", "model.embed_dim=16",
+        "model.hidden=[64]", "model.out_dim=32", "threads=1",
     ]  # fmt: skip
     assert twotower("run", *args) == 0
     metrics = read_json(out / "news" / "sample" / "random" / "dssm" / "evaluate" / "metrics.json")

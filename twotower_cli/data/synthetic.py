@@ -23,7 +23,7 @@ from twotower_cli.metrics import sorted_unique
 
 DAY = 86_400
 # bump when the generator changes, so stale caches are never read
-VERSION = 2
+VERSION = 3
 USER_FIELDS = {"region": "categorical", "age": "categorical"}
 ITEM_FIELDS = {"category": "categorical", "tags": "multihot"}
 TABLES = ("interactions", "users", "items")
@@ -106,6 +106,11 @@ def generate(
             "tags": pd.Series(list(tags), dtype=object),
         }
     )
+    # a second task for multi-task towers: in-cluster clicks are mostly liked, others rarely
+    # (its own generator, so adding it left every other table as it was)
+    liked = np.random.default_rng(seed + 1).random(len(inter))
+    home = user_cluster[inter["user_id"].to_numpy()] == item_cluster[inter["item_id"].to_numpy()]
+    inter["like"] = (liked < np.where(home, 0.7, 0.2)).astype(np.int8)
     return {"interactions": inter, "users": user_table, "items": item_table}
 
 
