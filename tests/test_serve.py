@@ -38,10 +38,10 @@ def run_dir(small_run: Path) -> Path:
     return small_run
 
 
-def _dirs(out: Path) -> serve.ServeDirs:
-    root = out.joinpath(*RUN)
+def _dirs(out: Path, run: tuple[str, ...] = RUN) -> serve.ServeDirs:
+    root = out.joinpath(*run)
     return serve.ServeDirs(out / "synthetic" / "preprocess", root / "train", root / "embed",
-                           root / "index", "dssm")  # fmt: skip
+                           root / "index", run[-1])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +54,11 @@ def client(state) -> TestClient:
     return TestClient(serve.create_app(state, serve.ServeSettings(max_batch=64)))
 
 
-def offline_top(out: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
+def offline_top(out: Path, k: int, run: tuple[str, ...] = RUN) -> tuple[np.ndarray, np.ndarray]:
     """evaluate's retrieval: test users' vectors from embed, searched in the index, train+valid
     items dropped (the same functions `twotower evaluate` calls)."""
     prep = out / "synthetic" / "preprocess"
-    root = out.joinpath(*RUN)
+    root = out.joinpath(*run)
     idx = faiss.read_index(str(root / "index" / "items.faiss"))
     split = {s: pd.read_parquet(prep / f"{s}.parquet") for s in ("train", "valid", "test")}
     ev = EvalSet.build(split["test"], pd.concat([split["train"], split["valid"]]), idx.ntotal)
@@ -89,6 +89,26 @@ def test_online_equals_offline_for_every_test_user(run_dir, client):
     for row in range(0, len(users), 7):
         resp = client.post("/recommend", json={"user": {"user_id": user_raw[users[row] - 1]}})
         assert [it["item_id"] for it in resp.json()["items"]] == expected[row]
+
+
+def test_online_equals_offline_with_the_user_history_feature(tmp_path: Path):
+    # the user tower reads the history at request time: serve must build it as embed did
+    out, run = tmp_path / "outputs", ("synthetic", "sample", "inbatch", "hist")
+    args = [*SMALL, f"paths.out={out}", "model.history=true", "model.history_len=10",
+            "paths.run=hist"]  # fmt: skip
+    assert twotower("run", *args) == 0
+    state = serve.ServeState(partial(serve.load_bundle, _dirs(out, run), _load_model))
+    client = TestClient(serve.create_app(state, serve.ServeSettings(max_batch=64)))
+    assert client.get("/health").status_code == 200
+    users, top = offline_top(out, 10, run)
+    user_raw, item_raw = raw_ids(out, "user"), raw_ids(out, "item")
+    for row in range(0, len(users), 5):
+        resp = client.post("/recommend", json={"user": {"user_id": user_raw[users[row] - 1]},
+                                                "k": 10})  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        assert "note" not in resp.json()  # history is used, not ignored
+        expected = [item_raw[i - 1] for i in top[row] if i > 0]
+        assert [it["item_id"] for it in resp.json()["items"]] == expected
 
 
 def test_scores_are_the_inner_products_of_the_served_vectors(run_dir, client, state):
