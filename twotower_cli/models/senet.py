@@ -9,32 +9,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from twotower_cli.models.base import TwoTower
-from twotower_cli.models.blocks import MLP, SENet
+from twotower_cli.models.blocks import SENet
+from twotower_cli.models.dssm import DSSM
 
 
-class SENetTower(TwoTower):
-    def __init__(
-        self,
-        schema: dict[str, list],
-        embed_dim: int = 32,
-        hidden: list[int] | tuple[int, ...] = (256,),
-        out_dim: int = 64,
-        dropout: float = 0.0,
-        reduction: int = 2,
-        similarity: str = "cosine",
-        temperature: float = 0.05,
-        history: bool = False,
-        history_len: int = 20,
-        history_pooling: str = "mean",
-    ) -> None:
-        super().__init__(similarity, temperature)
-        self.build_fields(schema, embed_dim, history, history_len, history_pooling)
-        hidden = list(hidden)
+class SENetTower(DSSM):
+    """DSSM's fields and MLPs, with a SENet between them on each side."""
+
+    def __init__(self, schema: dict[str, list], reduction: int = 2, **dssm) -> None:
+        super().__init__(schema, **dssm)
         self.user_se = SENet(self.n_user_fields, reduction)
         self.item_se = SENet(self.item_fields.n_fields, reduction)
-        self.user_mlp = MLP(self.n_user_fields * embed_dim, hidden, out_dim, dropout)
-        self.item_mlp = MLP(self.item_fields.n_fields * embed_dim, hidden, out_dim, dropout)
 
     def user_vectors(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.finish(self.user_mlp(self.user_se(self.user_embeddings(feats)).flatten(1)))
