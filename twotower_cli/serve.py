@@ -10,6 +10,7 @@ they started with, and a bundle that fails to load is never served.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -651,6 +652,10 @@ def run_server(state: ServeState, settings: ServeSettings) -> None:
         threading.Thread(target=state.reload, name="reload", daemon=True).start()
 
     signal.signal(signal.SIGHUP, on_hup)
+    # everything loaded so far lives as long as the server: keep it out of the cyclic GC, whose
+    # full collections over it stalled every request in flight for ~110 ms (measured)
+    gc.collect()
+    gc.freeze()
     print(f"serve: {state.bundle.run} ({state.bundle.n_items} items) on "
           f"http://{settings.host}:{settings.port}; SIGHUP reloads", flush=True)  # fmt: skip
     uvicorn.run(create_app(state, settings), host=settings.host, port=settings.port,
