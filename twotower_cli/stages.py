@@ -7,6 +7,7 @@ import json
 from functools import partial
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pandas as pd
 import torch
@@ -28,12 +29,11 @@ from twotower_cli.retrieval import (
     evaluate_index,
     evaluate_ranked,
     popularity_ranking,
+    set_search_params,
 )
 from twotower_cli.samplers import EXPOSURE_KEYS, add_exposure_negatives
 from twotower_cli.trainer import TrainSettings, encode_all
 from twotower_cli.trainer import train as train_model
-
-SPLITS = ("train", "valid", "test")
 
 
 def _config(cfg: DictConfig) -> dict:
@@ -42,6 +42,13 @@ def _config(cfg: DictConfig) -> dict:
 
 def _read_split(prep_dir: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(prep_dir / f"{name}.parquet")
+
+
+def _seen(prep_dir: Path, prefix: str = "") -> pd.DataFrame:
+    """Each user's train + validation rows: what evaluation masks and history reads."""
+    return pd.concat(
+        [_read_split(prep_dir, f"{prefix}train"), _read_split(prep_dir, f"{prefix}valid")]
+    )
 
 
 def _tables(prep_dir: Path) -> tuple[dict, dict, dict]:
@@ -186,8 +193,7 @@ def embed(cfg: DictConfig) -> dict:
     train_dir = require(cfg.paths.train_dir, "train")
     model, _ = _load_model(train_dir)
     _, users, items = _tables(prep_dir)
-    seen = pd.concat([_read_split(prep_dir, "train"), _read_split(prep_dir, "valid")])
-    users = _with_history(model, users, seen)
+    users = _with_history(model, users, _seen(prep_dir))
     item_ids = np.arange(1, len(next(iter(items.values()))), dtype=np.int64)
     if (prep_dir / "candidates.npy").exists():
         item_ids = np.load(prep_dir / "candidates.npy")  # evaluation ranks only these
@@ -203,8 +209,6 @@ def embed(cfg: DictConfig) -> dict:
 
 def index(cfg: DictConfig) -> dict:
     embed_dir = require(cfg.paths.embed_dir, "embed")
-    import faiss
-
     vectors = np.load(embed_dir / "item_vectors.npy")
     idx = build_index(vectors, cfg.index.factory, cfg.index.nprobe, cfg.index.ef_search)
     with StageOutput("index", cfg.paths.index_dir, _config(cfg), [embed_dir]) as out:
@@ -214,10 +218,6 @@ def index(cfg: DictConfig) -> dict:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    import faiss
-
-    from twotower_cli.retrieval import set_search_params
-
     prep_dir = require(cfg.paths.preprocess_dir, "preprocess")
     embed_dir = require(cfg.paths.embed_dir, "embed")
     index_dir = require(cfg.paths.index_dir, "index")
@@ -226,7 +226,7 @@ def evaluate(cfg: DictConfig) -> dict:
     n_items = read_manifest(prep_dir)["figures"]["n_items"]
     item_ids = np.load(embed_dir / "item_ids.npy")  # the index's rows (candidates or all)
     test = _read_split(prep_dir, "test")
-    seen = pd.concat([_read_split(prep_dir, "train"), _read_split(prep_dir, "valid")])
+    seen = _seen(prep_dir)
     ev = EvalSet.build(test, seen, n_items)
     user_ids, u = np.load(embed_dir / "user_ids.npy"), np.load(embed_dir / "user_vectors.npy")
     if not np.array_equal(user_ids, ev.users):
@@ -262,7 +262,7 @@ def _sub_retrieval_metrics(train_dir: str, prep_dir: Path, embed_dir: Path, ks: 
     if not (prep_dir / "tasks_test.parquet").exists():
         raise TwoTowerError(f"{prep_dir}: no tasks_test.parquet; rerun `twotower preprocess`")
     test = _read_split(prep_dir, "tasks_test")
-    seen = pd.concat([_read_split(prep_dir, "tasks_train"), _read_split(prep_dir, "tasks_valid")])
+    seen = _seen(prep_dir, "tasks_")
     user_ids, u = np.load(embed_dir / "user_ids.npy"), np.load(embed_dir / "user_vectors.npy")
     v = np.load(embed_dir / "item_vectors.npy")
     out = {}
@@ -291,11 +291,11 @@ def format_table(metrics: dict, ks: list[int]) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
-    for stage in (preprocess, sample, train, embed, index):
+    """All six stages in order; returns evaluate's metrics."""
+    for stage in (preprocess, sample, train, embed, index, evaluate):
         mark_stage_start()
-        stage(cfg)
-    mark_stage_start()
-    return evaluate(cfg)
+        result = stage(cfg)
+    return result
 
 
 def serve(cfg: DictConfig) -> dict:
