@@ -68,3 +68,17 @@ def test_popularity_ranking_breaks_ties_by_id():
 def test_bad_factory_string_is_a_value_error():
     with pytest.raises(ValueError, match="not a faiss factory string"):
         build_index(np.eye(4, dtype=np.float32), "NotAnIndex")
+
+
+def test_top_k_columns_matches_torch_topk_and_pads_with_minus_one():
+    import torch
+
+    from twotower_cli.retrieval import top_k_columns
+
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(37, 500, generator=gen)
+    scores[3, 2:] = float("-inf")  # row 3 has only 2 finite scores
+    ids = top_k_columns(scores.numpy(), 10)
+    want = torch.topk(scores, 10).indices.numpy()
+    assert (ids[np.arange(37) != 3] == want[np.arange(37) != 3]).all()
+    assert ids[3].tolist() == [int(scores[3, :2].argmax()), int(scores[3, :2].argmin())] + [-1] * 8
