@@ -177,7 +177,7 @@ def test_sparse_embeddings_move_only_the_rows_in_the_batch(small):
     for sparse in (False, True):
         torch.manual_seed(0)
         model = DSSM(schema, embed_dim=8, hidden=[16], out_dim=8, dropout=0.0)
-        opts = optimizers(model, TrainSettings(lr=0.01, sparse_embeddings=sparse))
+        opts = optimizers(model, TrainSettings(lr=0.01, batch_size=3, sparse_embeddings=sparse))
         table = model.user_fields.tables["user"]
         assert table.sparse is sparse
         for batch in ([1, 2, 3], [4, 5, 6]):  # user 1 is only in the first batch

@@ -90,3 +90,56 @@ def test_inbatch_softmax_masks_other_positives_of_the_same_user():
     loss = inbatch_softmax(1.0, eye, eye, None, batch)
     expected = (2 * math.log(1 + 1 / E) + math.log(1 + 2 / E)) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("with_log_q", [False, True])
+def test_fused_inbatch_softmax_equals_the_plain_formula_and_its_gradients(shared, with_log_q):
+    # the in-place DiagonalSoftmaxLoss against cross_entropy of the masked, corrected logits,
+    # on a batch with repeated items and users (so both masks fire)
+    from torch.nn import functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    B, m, d = 48, 12, 6
+    u = torch.randn(B, d, generator=gen, requires_grad=True)
+    v = torch.randn(B, d, generator=gen, requires_grad=True)
+    v_neg = torch.randn(m, d, generator=gen, requires_grad=True) if shared else None
+    item = torch.randint(1, 15, (B,), generator=gen)
+    user = torch.randint(1, 20, (B,), generator=gen)
+    batch = {"item": item, "user": user}
+    cols, col_items = (torch.cat([v, v_neg]), item) if shared else (v, item)
+    if shared:
+        batch["neg"] = torch.randint(1, 15, (m,), generator=gen)
+    if with_log_q:
+        batch["log_q"] = torch.randn(B, generator=gen)
+        if shared:
+            batch["neg_log_q"] = torch.randn(m, generator=gen)
+    params = [u, v] + ([v_neg] if shared else [])
+    loss = inbatch_softmax(8.0, u, v, v_neg, batch)
+    grads = torch.autograd.grad(loss, params)
+
+    logits = (u @ cols.T) * 8.0
+    if with_log_q:
+        log_q = [batch["log_q"]] + ([batch["neg_log_q"]] if shared else [])
+        logits = logits - torch.cat(log_q)
+    hit = (item[:, None] == col_items[None]) | (user[:, None] == user[None])
+    hit.fill_diagonal_(False)
+    if shared:
+        hit = torch.cat([hit, batch["neg"][None] == item[:, None]], dim=1)
+    assert hit.sum() > 0
+    expected = F.cross_entropy(logits.masked_fill(hit, float("-inf")), torch.arange(B))
+    expected_grads = torch.autograd.grad(expected, params)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+def test_equal_pairs_are_the_off_diagonal_equalities_of_the_first_rows():
+    from twotower_cli.losses import equal_pairs
+
+    keys = torch.tensor([4, 2, 4, 9, 2, 4, 7, 9])
+    r, c = equal_pairs(keys, rows=5)
+    got = sorted(zip(r.tolist(), c.tolist(), strict=True))
+    dense = (keys[:5, None] == keys[None]).fill_diagonal_(False)
+    assert got == sorted(map(tuple, dense.nonzero().tolist()))
+    assert (0, 5) in got and (5, 0) not in got  # rows stop at 5, columns do not

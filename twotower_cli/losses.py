@@ -74,24 +74,89 @@ def inbatch_softmax(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
     positive item, or another positive of row i's user, is masked out, not a negative.
     """
     item = batch["item"]
-    logits = (u @ v.T) * scale
-    if "log_q" in batch:
-        logits = logits - batch["log_q"].unsqueeze(0)
-    same = item.unsqueeze(0) == item.unsqueeze(1)
+    rows = len(u)
+    shared = v_neg is not None and v_neg.dim() == 2
+    # shared negatives (mixed sampling) are more columns of the same product: one matmul
+    cols = torch.cat([v, v_neg]) if shared else v
+    # accidental hits, as (row, column) pairs: a column holding the row's positive item (a
+    # shared negative included), or another positive of the row's user
+    hits = [equal_pairs(torch.cat([item, batch["neg"]]) if shared else item, rows)]
     if "user" in batch:
-        # column j is a positive of user j: for a row of the same user it is a hit, too
-        user = batch["user"]
-        same |= user.unsqueeze(0) == user.unsqueeze(1)
-    same.fill_diagonal_(False)
-    logits = logits.masked_fill(same, NEG_INF)
-    if v_neg is not None:
-        extra = _neg_logits(u, v_neg) * scale
-        if "neg_log_q" in batch:
-            extra = extra - _expand(batch["neg_log_q"], len(u))
-        extra = extra.masked_fill(_expand(batch["neg"], len(u)) == item.unsqueeze(1), NEG_INF)
-        logits = torch.cat([logits, extra], dim=1)
-    target = torch.arange(len(u), device=u.device)
-    return F.cross_entropy(logits, target)
+        hits.append(equal_pairs(batch["user"], rows))
+    hit = (torch.cat([h[0] for h in hits]), torch.cat([h[1] for h in hits]))
+    log_q = None
+    if "log_q" in batch:
+        log_q = torch.cat([batch["log_q"], batch["neg_log_q"]]) if shared else batch["log_q"]
+    if v_neg is None or shared:
+        return DiagonalSoftmaxLoss.apply(u * scale, cols, log_q, hit)
+    # per-row negatives ([B, n, d]): extra columns of their own
+    logits = (u @ v.T) * scale
+    if log_q is not None:
+        logits = logits - log_q.unsqueeze(0)
+    extra = torch.einsum("bd,bnd->bn", u, v_neg) * scale
+    if "neg_log_q" in batch:
+        extra = extra - batch["neg_log_q"]
+    extra = extra.masked_fill(batch["neg"] == item.unsqueeze(1), NEG_INF)
+    logits = torch.cat([logits.index_put(hit, torch.tensor(NEG_INF)), extra], dim=1)
+    return F.cross_entropy(logits, torch.arange(rows, device=u.device))
+
+
+def equal_pairs(keys: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r, c) with keys[r] == keys[c], r != c and r < rows: the true entries off the diagonal of
+    the [rows, len(keys)] equality matrix, found by sorting, in O(n log n + pairs) instead of a
+    [rows, n] comparison (which, with the masked_fill it feeds, cost ~2 ms per step)."""
+    order = torch.argsort(keys, stable=True)
+    _, counts = torch.unique_consecutive(keys[order], return_counts=True)
+    first = (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+    size = counts.repeat_interleave(counts)  # per sorted position: the size of its group
+    pos = torch.nonzero(size > 1).squeeze(1)  # sorted positions whose key repeats
+    each = size[pos]
+    r = pos.repeat_interleave(each)
+    offset = torch.arange(len(r), device=keys.device) - (
+        torch.cumsum(each, 0) - each
+    ).repeat_interleave(each)
+    c = first[pos].repeat_interleave(each) + offset
+    r, c = order[r], order[c]
+    keep = (r != c) & (r < rows)
+    return r[keep], c[keep]
+
+
+class DiagonalSoftmaxLoss(torch.autograd.Function):
+    """mean_i -log softmax(L)[i, i] for L = a @ b.T - log_q (per column), with L[hit] = -inf
+    (`hit`: (rows, columns) index tensors).
+
+    The same value and gradients as `F.cross_entropy((a @ b.T - log_q).masked_fill(mask,
+    -inf), arange(B))`, computed in one [B, C] buffer: the softmax is formed in place and is,
+    minus 1 on the diagonal, the logits' gradient. The autograd chain of matmul, subtract,
+    masked_fill and log_softmax makes ~12 passes over the [B, C] logits; this makes 6, which
+    took a DSSM step at batch 1024 from 29 to ~22 ms (docs/bench.md).
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, log_q, hit):
+        logits = a @ b.T
+        if log_q is not None:
+            logits.sub_(log_q)  # (an addmm with the broadcast log_q was slower)
+        logits.index_put_(hit, torch.tensor(NEG_INF))
+        top = logits.amax(dim=1, keepdim=True)
+        diagonal = logits.diagonal() - top.squeeze(1)
+        probs = logits.sub_(top).exp_()
+        total = probs.sum(dim=1, keepdim=True)
+        probs.div_(total)
+        ctx.save_for_backward(a, b, probs)
+        return (total.squeeze(1).log() - diagonal).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        a, b, probs = ctx.saved_tensors
+        # d loss / d logits = (softmax - onehot(diagonal)) / B, built in the saved buffer
+        probs.diagonal().sub_(1.0)
+        probs.mul_(grad / len(a))
+        grad_a = probs @ b if ctx.needs_input_grad[0] else None
+        # (a.T @ probs).T: a transposed [B, C] operand made mm copy it (~2 ms at batch 1024)
+        grad_b = (a.T @ probs).T if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b, None, None
 
 
 def resolve(loss: str, sampler_loss: str):

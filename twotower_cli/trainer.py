@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from twotower_cli.models.base import TwoTower
+from twotower_cli.optim import LazyAdam
 from twotower_cli.retrieval import EvalSet, build_index, evaluate_index
 
 
@@ -25,8 +26,8 @@ class TrainSettings:
     patience: int = 4
     device: str = "cpu"
     seed: int = 0
-    # embedding tables get sparse gradients and a lazy Adam (torch.optim.SparseAdam: only the
-    # batch's rows and their moments move), so a step costs O(batch), not O(users + items)
+    # embedding tables get sparse gradients and a lazy Adam (optim.LazyAdam: only the batch's
+    # rows and their moments move), so a step costs O(batch), not O(users + items)
     sparse_embeddings: bool = False
 
 
@@ -71,20 +72,29 @@ def validate(model, user_table, item_table, ev: EvalSet, k: int, n_items: int) -
 
 
 def optimizers(model: torch.nn.Module, settings: TrainSettings) -> list[torch.optim.Optimizer]:
-    """Adam over every parameter; with sparse_embeddings, SparseAdam over the nn.Embedding
-    tables (switched to sparse gradients; weight decay applies to the dense rest only)."""
+    """Adam over every parameter; with sparse_embeddings, LazyAdam over the nn.Embedding
+    tables with more rows than a batch has examples (switched to sparse gradients; weight decay
+    applies to the dense rest only). A smaller table has most of its rows in every batch, so
+    it stays with the dense Adam, where it costs less than a lazy update."""
+    dense_adam = lambda params: torch.optim.Adam(  # noqa: E731
+        params, lr=settings.lr, weight_decay=settings.weight_decay, foreach=True
+    )
     if not settings.sparse_embeddings:
-        return [torch.optim.Adam(model.parameters(), lr=settings.lr,
-                                 weight_decay=settings.weight_decay)]  # fmt: skip
-    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+        return [dense_adam(model.parameters())]
+    tables = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Embedding) and m.num_embeddings > settings.batch_size
+    ]
     for table in tables:
         table.sparse = True
     sparse_ids = {id(t.weight) for t in tables}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
-    opts: list[torch.optim.Optimizer] = [torch.optim.SparseAdam([t.weight for t in tables],
-                                                                lr=settings.lr)]  # fmt: skip
+    opts: list[torch.optim.Optimizer] = []
+    if tables:
+        opts.append(LazyAdam([t.weight for t in tables], lr=settings.lr))
     if dense:
-        opts.append(torch.optim.Adam(dense, lr=settings.lr, weight_decay=settings.weight_decay))
+        opts.append(dense_adam(dense))
     return opts
 
 
