@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from bench import ann, reference, report
 from twotower_cli import losses
@@ -119,7 +120,12 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
     """Samples/s of trainer.train against reference.reference_train: same model init, loss,
     optimisers, batch size and steps. The sides alternate in `train_rounds` rounds of
     `train_steps` steps each (fresh positives every round), so both see the same machine load;
-    twotower's time includes its end-of-epoch validation (200 users) and set-up every round."""
+    twotower's time includes its end-of-epoch validation (200 users) and set-up every round.
+
+    Each round also times the reference's DataLoader alone (same rows, no model): reference
+    time minus that is its model step, which twotower shares, so `train_speedup_ceiling` =
+    reference / (reference - loader) is the ratio a trainer whose data path and validation
+    cost nothing would reach."""
     per_round = sizes.train_steps * sizes.batch_size
     rounds = sizes.train_rounds
     rng = np.random.default_rng(0)
@@ -132,7 +138,7 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
     settings = TrainSettings(epochs=1, batch_size=sizes.batch_size, patience=1,
                              sparse_embeddings=sizes.sparse_embeddings)  # fmt: skip
     models = {"twotower": data.model, "reference": copy.deepcopy(data.model)}
-    seconds: dict[str, list[float]] = {"twotower": [], "reference": []}
+    seconds: dict[str, list[float]] = {"twotower": [], "reference": [], "loader": []}
     for r in range(rounds):
         part = slice(r * per_round, (r + 1) * per_round)
         examples = {"user": torch.from_numpy(users[part]), "item": torch.from_numpy(items[part]),
@@ -153,10 +159,21 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
             for table in model.modules():  # what trainer.train does on its way out
                 if isinstance(table, torch.nn.Embedding):
                     table.sparse = False
+        start = time.perf_counter()
+        loader = DataLoader(dataset, batch_size=sizes.batch_size, shuffle=True)
+        for step, _ in enumerate(loader):
+            if step + 1 == sizes.train_steps:
+                break
+        seconds["loader"].append(time.perf_counter() - start)
         log(f"train: round {r + 1}/{rounds}: twotower {per_round / seconds['twotower'][-1]:.0f}"
             f" samples/s, reference {per_round / seconds['reference'][-1]:.0f}")  # fmt: skip
     ours, theirs = np.array(seconds["twotower"]), np.array(seconds["reference"])
+    loader = np.array(seconds["loader"])
+    ms = lambda t: float(np.median(t)) / sizes.train_steps * 1e3  # noqa: E731
     return {"train_samples_per_s": per_round / float(np.median(ours)),
+            "train_ms_per_batch": ms(ours), "train_reference_ms_per_batch": ms(theirs),
+            "train_reference_loader_ms_per_batch": ms(loader),
+            "train_speedup_ceiling": float(np.median(theirs / np.maximum(theirs - loader, 1e-9))),
             "train_reference_samples_per_s": per_round / float(np.median(theirs)),
             "train_speedup": float(np.median(theirs / ours)),
             "train_speedup_total": float(theirs.sum() / ours.sum()),
