@@ -97,7 +97,9 @@ def inbatch_softmax(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
     if "neg_log_q" in batch:
         extra = extra - batch["neg_log_q"]
     extra = extra.masked_fill(batch["neg"] == item.unsqueeze(1), NEG_INF)
-    logits = torch.cat([logits.index_put(hit, torch.tensor(NEG_INF)), extra], dim=1)
+    logits = torch.cat(
+        [logits.index_put(hit, torch.tensor(NEG_INF, device=u.device)), extra], dim=1
+    )
     return F.cross_entropy(logits, torch.arange(rows, device=u.device))
 
 
@@ -137,7 +139,7 @@ class DiagonalSoftmaxLoss(torch.autograd.Function):
         logits = a @ b.T
         if log_q is not None:
             logits.sub_(log_q)  # (an addmm with the broadcast log_q was slower)
-        logits.index_put_(hit, torch.tensor(NEG_INF))
+        logits.index_put_(hit, torch.tensor(NEG_INF, device=logits.device))
         top = logits.amax(dim=1, keepdim=True)
         diagonal = logits.diagonal() - top.squeeze(1)
         probs = logits.sub_(top).exp_()
