@@ -39,6 +39,7 @@ from pydantic import (
 )
 
 from twotower_cli.artifacts import read_manifest, require
+from twotower_cli.data.split import user_time_order
 from twotower_cli.data.tables import Field, feature_tensors, load_schema
 from twotower_cli.errors import TwoTowerError
 from twotower_cli.metrics import is_member
@@ -106,7 +107,7 @@ def _scalar(value: Any) -> bool:
 
 def _csr(frame: pd.DataFrame, n_users: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-user item lists, oldest first: items[ptr[u]:ptr[u + 1]] for dense user id u."""
-    frame = frame.sort_values(["user", "timestamp", "item"], kind="stable")
+    frame = frame.take(user_time_order(frame))
     ptr = np.zeros(n_users + 2, dtype=np.int64)
     np.cumsum(np.bincount(frame["user"].to_numpy(), minlength=n_users + 1), out=ptr[1:])
     return ptr, frame["item"].to_numpy(np.int64)

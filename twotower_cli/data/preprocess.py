@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from twotower_cli.data.split import per_user_split, temporal_bounds, temporal_split
+from twotower_cli.data.split import (
+    per_user_split,
+    temporal_bounds,
+    temporal_split,
+    user_time_order,
+)
 from twotower_cli.data.tables import Encoded, RawData, encode_side, encode_values
 from twotower_cli.errors import TwoTowerError
 
@@ -131,14 +136,17 @@ def split_task_rows(
     valid_from = users.map(first["valid"]).fillna(np.inf).to_numpy()
     valid_from = np.minimum(valid_from, test_from)
     ts = rows["timestamp"].to_numpy()
-    where = np.where(ts >= test_from, "test", np.where(ts >= valid_from, "valid", "train"))
-    other = rows[(rows[label] <= 0).to_numpy()]
-    where = where[(rows[label] <= 0).to_numpy()]
+    names = ("train", "valid", "test")
+    where = np.where(ts >= test_from, 2, np.where(ts >= valid_from, 1, 0))  # index in names
+    not_label = (rows[label] <= 0).to_numpy()
+    other, where = rows[not_label], where[not_label]
+    tables = {
+        name: pd.concat([parts[name], other[where == i]], ignore_index=True)
+        for i, name in enumerate(names)
+    }
     return {
-        f"tasks_{name}": pd.concat([parts[name], other[where == name]], ignore_index=True)
-        .sort_values(["user", "timestamp", "item"], kind="stable")
-        .reset_index(drop=True)
-        for name in ("train", "valid", "test")
+        f"tasks_{name}": t.take(user_time_order(t)).reset_index(drop=True)
+        for name, t in tables.items()
     }
 
 
