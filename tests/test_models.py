@@ -293,6 +293,46 @@ def test_history_is_the_items_before_each_example_never_the_target():
     assert {tuple(h) for h in hist.tolist()} == prefixes  # 50 draws hit all 5 cut points
 
 
+def test_leave_one_out_history_is_the_latest_items_less_the_example():
+    # user 1's training timeline: 10@1, 11@2, 12@3, 14@5 (user 2: 20@1)
+    train = pd.DataFrame({"user": [1, 1, 1, 1, 2], "item": [12, 10, 14, 11, 20],
+                          "timestamp": [3, 1, 5, 2, 1]})  # fmt: skip
+    examples = pd.DataFrame({"user": [1, 1, 1, 1, 2, 1, 1], "item": [12, 10, 14, 11, 20, 13, 13],
+                             "label": [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0],
+                             "timestamp": [np.nan] * 6 + [4.0]})  # fmt: skip
+    cols = training_examples(examples, train, 2, 30, history_len=3,
+                             history_mode="leave_one_out")  # fmt: skip
+    # the latest 4 are 10, 11, 12, 14; each positive drops itself and keeps the latest 3 others;
+    # user 2 has nothing but the example; a negative (13) and an off-timeline positive (13 at
+    # t=4) drop nothing: the latest 3, as serving reads them
+    assert cols["user.history"].tolist() == [
+        [10, 11, 14], [11, 12, 14], [10, 11, 12], [10, 12, 14], [0, 0, 0],
+        [11, 12, 14], [11, 12, 14]]  # fmt: skip
+    with pytest.raises(ValueError, match="history_mode"):
+        training_examples(examples, train, 2, 30, history_len=3, history_mode="future")
+
+
+def test_leave_one_out_history_matches_a_reference_loop_on_random_timelines():
+    rng = np.random.default_rng(0)
+    n_users, n_items, length = 6, 40, 4
+    train = pd.DataFrame(
+        {
+            "user": rng.integers(1, n_users + 1, 120),
+            "item": rng.integers(1, n_items + 1, 120),
+            "timestamp": rng.integers(0, 30, 120),
+        }
+    ).drop_duplicates(["user", "item"])
+    examples = train.sample(frac=1.0, random_state=0)[["user", "item"]].assign(label=1.0)
+    hist = training_examples(examples, train, n_users, n_items, history_len=length,
+                             history_mode="leave_one_out")["user.history"]  # fmt: skip
+    timeline = train.sort_values(["user", "timestamp", "item"])
+    for (user, item), row in zip(examples[["user", "item"]].values, hist, strict=True):
+        others = [i for i in timeline.loc[timeline["user"] == user, "item"] if i != item]
+        expected = [0] * length + others
+        assert row.tolist() == expected[-length:]
+        assert item not in row.tolist()
+
+
 def test_attach_tasks_labels_examples_and_appends_task_only_positives():
     rows = pd.DataFrame({"user": [1, 1, 1], "item": [10, 11, 12], "timestamp": [1, 2, 3],
                          "like": [1, 0, 1], "watch": [1, 1, 1]})  # fmt: skip
