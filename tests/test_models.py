@@ -20,7 +20,7 @@ from twotower_cli.data.examples import Timeline, attach_tasks, training_examples
 from twotower_cli.data.preprocess import SplitSettings, preprocess
 from twotower_cli.data.tables import RawData
 from twotower_cli.losses import bce, inbatch_softmax
-from twotower_cli.models.blocks import SENet, fm_interaction
+from twotower_cli.models.blocks import HistoryPool, SENet, fm_interaction
 from twotower_cli.models.multitask import MultiTaskTower
 from twotower_cli.models.parallel import ParallelTower
 from twotower_cli.models.senet import SENetTower
@@ -64,10 +64,12 @@ def compose_model(name: str, *overrides: str):
     return instantiate(cfg.model, schema=SCHEMA)
 
 
-@pytest.mark.parametrize("history", ["", "mean", "attention"])
+@pytest.mark.parametrize("history", ["", "mean", "attention", "mean,2", "attention,2"])
 @pytest.mark.parametrize("name", MODEL_YAMLS)
 def test_every_model_yaml_trains_a_step_and_gradients_reach_every_parameter(name, history):
-    extra = ["model.history=true", f"model.history_pooling={history}"] if history else []
+    pooling, _, decay = history.partition(",")
+    extra = ["model.history=true", f"model.history_pooling={pooling}",
+             f"model.history_decay={decay or 0}"] if history else []  # fmt: skip
     model = compose_model(name, *extra)
     users, items, batch = features()
     u, v = model.user_vectors(users), model.item_vectors(items)
@@ -100,6 +102,27 @@ def test_history_pooling_shares_the_item_id_table():
     # a history of the single item 7 pools (mean) to item 7's own id embedding
     expected = model.item_fields.tables["item"].weight[7]
     assert torch.allclose(e[:, -1], expected.expand(B, -1))
+
+
+def test_history_decay_weighs_each_item_by_its_recency():
+    table = torch.nn.Embedding(4, 2, padding_idx=0)
+    with torch.no_grad():
+        table.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    history = torch.tensor([[0, 1, 2], [0, 0, 3], [0, 0, 0]])
+    context = torch.zeros(3, 1, 2)
+    pooled = HistoryPool(2, "mean", decay=1.0)(history, table, context)
+    # row 0: item 2 is the latest (weight 1), item 1 one step older (weight e^-1 = 0.3679):
+    # (0.3679 * [1, 0] + 1 * [0, 1]) / 1.3679 = [0.2689, 0.7311]; padding (0) is ignored
+    e = float(np.exp(-1.0))
+    assert torch.allclose(pooled[0], torch.tensor([e, 1.0]) / (1 + e))
+    assert pooled[1].tolist() == [1.0, 1.0] and pooled[2].tolist() == [0.0, 0.0]
+    # decay 0 is the plain mean of the present items
+    assert HistoryPool(2, "mean")(history, table, context)[0].tolist() == [0.5, 0.5]
+    # under attention the prior adds -age / decay to the scores: a tiny decay keeps the latest
+    att = HistoryPool(2, "attention", decay=0.01)(history, table, context)
+    assert torch.allclose(att[0], torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="history_decay must be >= 0"):
+        HistoryPool(2, "mean", decay=-1.0)
 
 
 def test_fm_interaction_equals_the_pairwise_sum_on_a_hand_worked_example():
@@ -291,6 +314,46 @@ def test_history_is_the_items_before_each_example_never_the_target():
     hist = training_examples(neg, train, 2, 30, history_len=4, seed=1)["user.history"]
     prefixes = {(0, 0, 0, 0), (0, 0, 0, 10), (0, 0, 10, 11), (0, 10, 11, 12), (10, 11, 12, 14)}
     assert {tuple(h) for h in hist.tolist()} == prefixes  # 50 draws hit all 5 cut points
+
+
+def test_leave_one_out_history_is_the_latest_items_less_the_example():
+    # user 1's training timeline: 10@1, 11@2, 12@3, 14@5 (user 2: 20@1)
+    train = pd.DataFrame({"user": [1, 1, 1, 1, 2], "item": [12, 10, 14, 11, 20],
+                          "timestamp": [3, 1, 5, 2, 1]})  # fmt: skip
+    examples = pd.DataFrame({"user": [1, 1, 1, 1, 2, 1, 1], "item": [12, 10, 14, 11, 20, 13, 13],
+                             "label": [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0],
+                             "timestamp": [np.nan] * 6 + [4.0]})  # fmt: skip
+    cols = training_examples(examples, train, 2, 30, history_len=3,
+                             history_mode="leave_one_out")  # fmt: skip
+    # the latest 4 are 10, 11, 12, 14; each positive drops itself and keeps the latest 3 others;
+    # user 2 has nothing but the example; a negative (13) and an off-timeline positive (13 at
+    # t=4) drop nothing: the latest 3, as serving reads them
+    assert cols["user.history"].tolist() == [
+        [10, 11, 14], [11, 12, 14], [10, 11, 12], [10, 12, 14], [0, 0, 0],
+        [11, 12, 14], [11, 12, 14]]  # fmt: skip
+    with pytest.raises(ValueError, match="history_mode"):
+        training_examples(examples, train, 2, 30, history_len=3, history_mode="future")
+
+
+def test_leave_one_out_history_matches_a_reference_loop_on_random_timelines():
+    rng = np.random.default_rng(0)
+    n_users, n_items, length = 6, 40, 4
+    train = pd.DataFrame(
+        {
+            "user": rng.integers(1, n_users + 1, 120),
+            "item": rng.integers(1, n_items + 1, 120),
+            "timestamp": rng.integers(0, 30, 120),
+        }
+    ).drop_duplicates(["user", "item"])
+    examples = train.sample(frac=1.0, random_state=0)[["user", "item"]].assign(label=1.0)
+    hist = training_examples(examples, train, n_users, n_items, history_len=length,
+                             history_mode="leave_one_out")["user.history"]  # fmt: skip
+    timeline = train.sort_values(["user", "timestamp", "item"])
+    for (user, item), row in zip(examples[["user", "item"]].values, hist, strict=True):
+        others = [i for i in timeline.loc[timeline["user"] == user, "item"] if i != item]
+        expected = [0] * length + others
+        assert row.tolist() == expected[-length:]
+        assert item not in row.tolist()
 
 
 def test_attach_tasks_labels_examples_and_appends_task_only_positives():

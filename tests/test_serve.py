@@ -93,8 +93,10 @@ def test_online_equals_offline_for_every_test_user(run_dir, client):
 
 def test_online_equals_offline_with_the_user_history_feature(tmp_path: Path):
     # the user tower reads the history at request time: serve must build it as embed did
+    # (with the recency prior; training histories leave-one-out: serving is the same either way)
     out, run = tmp_path / "outputs", ("synthetic", "sample", "inbatch", "hist")
     args = [*SMALL, f"paths.out={out}", "model.history=true", "model.history_len=10",
+            "model.history_decay=2", "train.history_mode=leave_one_out",
             "paths.run=hist"]  # fmt: skip
     assert twotower("run", *args) == 0
     state = serve.ServeState(partial(serve.load_bundle, _dirs(out, run), _load_model))

@@ -130,7 +130,7 @@ def _with_history(model, users: dict, seen: pd.DataFrame) -> dict:
 
 
 def _examples(model, prep_dir: Path, sample_dir: Path, n_users: int, n_items: int,
-              seed: int) -> dict[str, torch.Tensor]:  # fmt: skip
+              seed: int, history_mode: str) -> dict[str, torch.Tensor]:  # fmt: skip
     """The sampler's examples plus what the model reads per example (task labels, history)."""
     tasks = tuple(model.tasks)
     if tasks and not (prep_dir / "tasks_train.parquet").exists():
@@ -140,6 +140,7 @@ def _examples(model, prep_dir: Path, sample_dir: Path, n_users: int, n_items: in
         pd.read_parquet(sample_dir / "examples.parquet"), _read_split(prep_dir, "train"),
         n_users, n_items, tasks,
         _read_split(prep_dir, "tasks_train") if tasks else None, model.history_len, seed,
+        history_mode,
     )  # fmt: skip
     if (sample_dir / "negatives.npy").exists():  # [n_examples, n_neg]: example i's negatives
         neg = np.load(sample_dir / "negatives.npy")
@@ -158,13 +159,15 @@ def train(cfg: DictConfig) -> dict:
     model = _build_model(cfg.model, {s: [vars(f) for f in fs] for s, fs in schema.items()})
     loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
     n_users = len(users["user"]) - 1
-    examples = _examples(model, prep_dir, sample_dir, n_users, n_items, cfg.seed)
+    train_cfg = OmegaConf.to_container(cfg.train, resolve=True)
+    history_mode = train_cfg.pop("history_mode", "causal")  # builds examples; not the loop's
+    examples = _examples(model, prep_dir, sample_dir, n_users, n_items, cfg.seed, history_mode)
     log_q = torch.from_numpy(np.load(sample_dir / "item_log_q.npy"))
     batch_fn = _sampler(cfg)[0].batch_fn(log_q, cfg.seed)
     train_pos = _read_split(prep_dir, "train")
     users = _with_history(model, users, train_pos)
     valid = EvalSet.build(_read_split(prep_dir, "valid"), train_pos, n_items)
-    settings = TrainSettings(**cfg.train, seed=cfg.seed)
+    settings = TrainSettings(**train_cfg, seed=cfg.seed)
     history = train_model(
         model, loss_fn, examples, users, items, valid, n_items, settings, batch_fn
     )

@@ -4,9 +4,11 @@ histories for `train` (validation) and `embed` (evaluation). Everything is vecto
 - task labels: a 0/1 column `task.<name>` per task, looked up by (user, item) in the
   `tasks_train` rows of `twotower preprocess`; rows positive only for a task, not for the label,
   are appended as extra positives (MovieLens: watched but not liked films for the `watch` task).
-- user history: `user.history`, the user's most recent `history_len` positives before the
-  example (never the example itself), right-aligned and 0-padded; the timeline is the label's
-  training positives, ordered like the split, (timestamp, item) per user.
+- user history: `user.history`, right-aligned and 0-padded, never the example's own item; the
+  timeline is the label's training positives, ordered like the split, (timestamp, item) per
+  user. `history_mode`: `causal`, the user's most recent `history_len` positives before the
+  example; `leave_one_out`, the user's most recent `history_len` positives other than the
+  example itself, i.e. what serving reads, less the target.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from twotower_cli.samplers import pair_keys
 
 TASK_PREFIX = "task."
 HISTORY_KEY = "user.history"
+HISTORY_MODES = ("causal", "leave_one_out")
 
 
 def attach_tasks(examples: pd.DataFrame, task_rows: pd.DataFrame, tasks: list[str],
@@ -96,22 +99,47 @@ class Timeline:
             tl = self.users * (1 << 32) + ranks[: len(self.times)]
             q = users[has] * (1 << 32) + ranks[len(self.times) :]
             pos[has] = np.searchsorted(tl, q, side="left")
+        own = self.own_rows(examples, n_items)
+        return np.where(own >= 0, own, pos)
+
+    def own_rows(self, examples: pd.DataFrame, n_items: int) -> np.ndarray:
+        """Global timeline row of each positive example's own (user, item); -1 for a row that
+        is not on the timeline (a sampled negative, a task-only positive)."""
+        users = examples["user"].to_numpy(np.int64)
         keys = pair_keys(self.users, self.items, n_items)
         order = np.argsort(keys, kind="stable")
         ex_keys = pair_keys(users, examples["item"].to_numpy(np.int64), n_items)
+        rows = np.full(len(users), -1, dtype=np.int64)
         if len(keys):
             at = order[np.searchsorted(keys[order], ex_keys).clip(max=len(keys) - 1)]
             own = (keys[at] == ex_keys) & (examples["label"].to_numpy() > 0)
-            pos[own] = at[own]
-        return pos
+            rows[own] = at[own]
+        return rows
+
+    def leave_one_out(self, users: np.ndarray, own: np.ndarray, length: int) -> np.ndarray:
+        """[n, length] item ids: user u's most recent `length` rows other than global row
+        `own` (-1: none), most recent last, left-padded with 0."""
+        end = self.start[users + 1]
+        window = self.history(users, end, length + 1)  # the last length + 1 rows
+        # the own row's place in that window; 0 (drop the oldest) when it is not in it
+        k = own - (end - length - 1)
+        k = np.where((own >= 0) & (k >= 0), k, 0)
+        j = np.arange(length)[None, :]
+        return np.take_along_axis(window, j + (j >= k[:, None]), axis=1)
 
 
 def example_histories(examples: pd.DataFrame, timeline: Timeline, n_items: int, length: int,
-                      seed: int) -> np.ndarray:  # fmt: skip
-    """[n_examples, length] history before each example (see `Timeline.example_positions`)."""
+                      seed: int, mode: str = "causal") -> np.ndarray:  # fmt: skip
+    """[n_examples, length] history of each example: `causal`, the rows before it (see
+    `Timeline.example_positions`); `leave_one_out`, the user's latest rows less its own."""
+    if mode not in HISTORY_MODES:
+        raise ValueError(f"train.history_mode: {mode!r} not in {HISTORY_MODES}")
+    users = examples["user"].to_numpy(np.int64)
+    if mode == "leave_one_out":
+        return timeline.leave_one_out(users, timeline.own_rows(examples, n_items), length)
     rng = np.random.default_rng(seed)
     positions = timeline.example_positions(examples, n_items, rng)
-    return timeline.history(examples["user"].to_numpy(np.int64), positions, length)
+    return timeline.history(users, positions, length)
 
 
 def training_examples(
@@ -123,6 +151,7 @@ def training_examples(
     task_rows: pd.DataFrame | None = None,
     history_len: int = 0,
     seed: int = 0,
+    history_mode: str = "causal",
 ) -> dict[str, np.ndarray]:
     """The columns training iterates over: user, item, label, then `task.<t>` per task and
     `user.history` when history_len > 0."""
@@ -137,5 +166,6 @@ def training_examples(
             # a sampler positive's own row is found on the timeline; no timestamp needed
             examples["timestamp"] = np.nan
         timeline = Timeline(train, n_users)
-        out[HISTORY_KEY] = example_histories(examples, timeline, n_items, history_len, seed)
+        out[HISTORY_KEY] = example_histories(examples, timeline, n_items, history_len, seed,
+                                             history_mode)  # fmt: skip
     return out

@@ -55,6 +55,7 @@ class TwoTower(nn.Module):
         history: bool = False,
         history_len: int = 20,
         history_pooling: str = "mean",
+        history_decay: float = 0.0,
     ) -> None:
         """`user_fields`, `item_fields` and, with `history`, a pooled history field that reads
         the item tower's id embeddings (one table, trained by both towers)."""
@@ -66,7 +67,7 @@ class TwoTower(nn.Module):
             if "item" not in self.item_fields.tables:
                 raise ValueError("model.history needs an item id field named 'item'")
             self.history_len = history_len
-            self.history_pool = HistoryPool(embed_dim, history_pooling)
+            self.history_pool = HistoryPool(embed_dim, history_pooling, history_decay)
 
     @property
     def user_field_names(self) -> list[str]:

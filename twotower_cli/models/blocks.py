@@ -144,17 +144,23 @@ class CrossNetwork(nn.Module):
 class HistoryPool(nn.Module):
     """The user's recent items -> one [batch, dim] field, from the item tower's id embeddings.
 
-    `history` is [batch, L] item ids (0 = padding, ignored). mean: the average of the present
-    items' embeddings; attention: softmax over the items of <embedding, query> / sqrt(dim), the
-    query a linear map of the user's other field embeddings (a two-tower user side never sees
-    the target item, so the target cannot be the query). A user with no history gets zeros.
+    `history` is [batch, length] item ids, most recent last (0 = padding, ignored). mean: the
+    average of the present items' embeddings; attention: softmax over the items of
+    <embedding, query> / sqrt(dim), the query a linear map of the user's other field embeddings
+    (a two-tower user side never sees the target item, so the target cannot be the query).
+    `decay` > 0 adds a recency prior: the item `a` steps before the most recent one (a = 0 for
+    the last column) has its weight multiplied by exp(-a / decay), before normalising (mean) or
+    inside the softmax (attention). A user with no history gets zeros.
     """
 
-    def __init__(self, dim: int, pooling: str = "mean") -> None:
+    def __init__(self, dim: int, pooling: str = "mean", decay: float = 0.0) -> None:
         super().__init__()
         if pooling not in ("mean", "attention"):
             raise ValueError(f"model.history_pooling: {pooling!r} not in ('mean', 'attention')")
+        if decay < 0:
+            raise ValueError(f"model.history_decay must be >= 0 (0 = off), got {decay}")
         self.pooling = pooling
+        self.decay = decay
         self.query = nn.Linear(dim, dim) if pooling == "attention" else None
 
     def forward(
@@ -162,11 +168,15 @@ class HistoryPool(nn.Module):
     ) -> torch.Tensor:
         h = table(history)
         mask = history > 0
+        # log of each column's recency weight (right-aligned: the last column is the latest)
+        age = torch.arange(history.shape[1] - 1, -1, -1, device=h.device, dtype=h.dtype)
+        log_recency = -age / self.decay if self.decay > 0 else torch.zeros_like(age)
         if self.query is None:
-            w = mask.float()
-            return (h * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1.0)
+            w = mask.to(h.dtype) * log_recency.exp()
+            # the latest item weighs 1, so a non-empty history sums to >= 1
+            return (h * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-30)
         q = self.query(context.mean(1))
-        scores = (h @ q.unsqueeze(-1)).squeeze(-1) / h.shape[-1] ** 0.5
+        scores = (h @ q.unsqueeze(-1)).squeeze(-1) / h.shape[-1] ** 0.5 + log_recency
         w = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
         # an empty history makes every score -inf and softmax NaN: those rows pool to zeros
         w = torch.nan_to_num(w, nan=0.0)

@@ -21,9 +21,10 @@ class DSSM(TwoTower):
         history: bool = False,
         history_len: int = 20,
         history_pooling: str = "mean",
+        history_decay: float = 0.0,
     ) -> None:
         super().__init__(similarity, temperature)
-        self.build_fields(schema, embed_dim, history, history_len, history_pooling)
+        self.build_fields(schema, embed_dim, history, history_len, history_pooling, history_decay)
         hidden = list(hidden)
         self.user_mlp = MLP(self.n_user_fields * embed_dim, hidden, out_dim, dropout)
         self.item_mlp = MLP(self.item_fields.n_fields * embed_dim, hidden, out_dim, dropout)

@@ -52,6 +52,7 @@ class MultiTaskTower(TwoTower):
         history: bool = False,
         history_len: int = 20,
         history_pooling: str = "mean",
+        history_decay: float = 0.0,
     ) -> None:
         super().__init__(similarity, temperature)
         tasks = list(tasks or [])
@@ -73,7 +74,7 @@ class MultiTaskTower(TwoTower):
         self.register_buffer("fusion_weights", torch.tensor(fusion))
         # log sigma^2 per task, learned under `uncertainty` (no parameter at all under `fixed`)
         self.log_vars = nn.Parameter(torch.zeros(len(tasks))) if weighting != "fixed" else None
-        self.build_fields(schema, embed_dim, history, history_len, history_pooling)
+        self.build_fields(schema, embed_dim, history, history_len, history_pooling, history_decay)
         hidden = list(hidden)
         n_user, n_item = self.n_user_fields * embed_dim, self.item_fields.n_fields * embed_dim
         self.user_heads = nn.ModuleDict({t: MLP(n_user, hidden, out_dim, dropout) for t in tasks})

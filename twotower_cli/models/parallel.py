@@ -63,6 +63,7 @@ class ParallelTower(TwoTower):
         history: bool = False,
         history_len: int = 20,
         history_pooling: str = "mean",
+        history_decay: float = 0.0,
     ) -> None:
         super().__init__(similarity, temperature)
         channels = list(channels)
@@ -71,7 +72,7 @@ class ParallelTower(TwoTower):
             raise ValueError(f"model.channels: {channels} must be distinct names from {CHANNELS}")
         self.channels = channels
         self.out_dim = out_dim
-        self.build_fields(schema, embed_dim, history, history_len, history_pooling)
+        self.build_fields(schema, embed_dim, history, history_len, history_pooling, history_decay)
 
         def make(name: str, n_fields: int) -> nn.Module:
             if name == "dnn":
