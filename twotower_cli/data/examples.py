@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from twotower_cli.data.split import user_time_order
 from twotower_cli.samplers import pair_keys
 
 TASK_PREFIX = "task."
@@ -61,7 +62,7 @@ class Timeline:
     """Positives sorted by (user, timestamp, item); `start[u]:start[u + 1]` are user u's rows."""
 
     def __init__(self, positives: pd.DataFrame, n_users: int) -> None:
-        frame = positives.sort_values(["user", "timestamp", "item"], kind="stable")
+        frame = positives.take(user_time_order(positives))
         self.users = frame["user"].to_numpy(np.int64)
         self.items = frame["item"].to_numpy(np.int64)
         self.times = frame["timestamp"].to_numpy(np.int64)
