@@ -32,7 +32,7 @@ lint: install ## ruff format check and lint
 # BENCH_ARGS=--quick for a few minutes; --sections train,eval,ann,scale picks parts
 BENCH_ARGS ?=
 bench: install ## speed and scale benchmark -> outputs/bench/bench.{json,md}, scale.png (long)
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 compare-models: install ## the four tower variants on MovieLens-100K, one sampler -> outputs/compare/models.md
 	$(BIN)/python -m twotower_cli.compare --name models \

@@ -23,9 +23,6 @@ STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "r
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # Hydra's flags that take a value (`--config-dir DIR` adds a directory of the user's configs)
 VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
-# idle OpenMP threads (torch, faiss) sleep instead of spinning: on a shared, oversubscribed
-# machine spinning made training steps ~20x slower; set before torch is first imported
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 USAGE = f"usage: twotower {{{'|'.join(STAGE_WORDS)}}} [key=value ...] [-m] [--cfg job]"
 
 
