@@ -64,3 +64,15 @@ def test_installed_script_runs_the_whole_pipeline(out_dir: Path):
 def test_unknown_stage_word_exits_non_zero(capsys):
     assert twotower("fit") == 2
     assert "unknown stage 'fit'" in capsys.readouterr().err
+
+
+def test_bad_index_factory_fails_before_training(out_dir: Path, capsys):
+    paths = f"paths.out={out_dir}"
+    assert twotower("preprocess", *SMALL, paths) == 0
+    assert twotower("sample", *SMALL, paths) == 0
+    capsys.readouterr()
+    # PQ7 cannot split the DSSM's 64-d vectors into 7 parts; the check names the key, one line
+    assert twotower("train", *SMALL, paths, "index.factory=PQ7") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "index.factory: 'PQ7'" in err[0] and "64-d" in err[0], err
+    assert not (out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "train").exists()

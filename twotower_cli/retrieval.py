@@ -15,13 +15,22 @@ from tqdm import tqdm
 from twotower_cli.metrics import drop_excluded, ranking_metrics, row_keys, sorted_unique
 
 
+def empty_index(factory: str, dim: int):
+    """An untrained, empty inner-product faiss index; ValueError naming `index.factory` when
+    faiss cannot build that string for `dim`-dimensional vectors. Cheap, so `train` calls it
+    before training, not only `index` after it."""
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise ValueError(
+            f"index.factory: {factory!r} is not a faiss factory string for {dim}-d vectors"
+        ) from err
+
+
 def build_index(items: np.ndarray, factory: str, nprobe: int = 16, ef_search: int = 128):
     """A faiss index over item vectors (rows = item ids 1..n in order), inner-product metric."""
     items = np.ascontiguousarray(items, dtype=np.float32)
-    try:
-        index = faiss.index_factory(items.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as err:
-        raise ValueError(f"index.factory: {factory!r} is not a faiss factory string") from err
+    index = empty_index(factory, items.shape[1])
     if not index.is_trained:
         index.train(items)
     index.add(items)

@@ -26,6 +26,7 @@ from twotower_cli.metrics import sorted_unique
 from twotower_cli.retrieval import (
     EvalSet,
     build_index,
+    empty_index,
     evaluate_index,
     evaluate_ranked,
     popularity_ranking,
@@ -158,6 +159,8 @@ def train(cfg: DictConfig) -> dict:
     n_items = len(next(iter(items.values()))) - 1
     model = _build_model(cfg.model, {s: [vars(f) for f in fs] for s, fs in schema.items()})
     loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
+    # an index the vectors cannot go into fails now, not at `twotower index` after training
+    empty_index(cfg.index.factory, encode_all(model, items, np.ones(1, np.int64), "item").shape[1])
     n_users = len(users["user"]) - 1
     train_cfg = OmegaConf.to_container(cfg.train, resolve=True)
     history_mode = train_cfg.pop("history_mode", "causal")  # builds examples; not the loop's
