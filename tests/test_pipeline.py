@@ -76,3 +76,16 @@ def test_bad_index_factory_fails_before_training(out_dir: Path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "index.factory: 'PQ7'" in err[0] and "64-d" in err[0], err
     assert not (out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "train").exists()
+
+
+def test_a_sample_made_with_other_sampler_settings_is_not_reused(out_dir: Path, capsys):
+    # sample_dir is keyed by the sampler's name: the second config would train on the first's
+    paths = f"paths.out={out_dir}"
+    assert twotower("preprocess", *SMALL, paths) == 0
+    assert twotower("sample", *SMALL, paths, "sampler=random", "sampler.n_neg=2") == 0
+    capsys.readouterr()
+    assert twotower("train", *SMALL, paths, "sampler=random", "sampler.n_neg=3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sampler.n_neg=2, not 3" in err[0] and "`twotower sample`" in err[0]
+    # another seed reuses the sample (seeds are not compared); so does the same setting
+    assert twotower("train", *SMALL, paths, "sampler=random", "sampler.n_neg=2", "seed=1") == 0

@@ -41,6 +41,11 @@ def _config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def _made_with(cfg: DictConfig, *sections: str) -> dict:
+    """The resolved config sections an earlier stage's output must have been made with."""
+    return {name: OmegaConf.to_container(cfg[name], resolve=True) for name in sections}
+
+
 def _read_split(prep_dir: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(prep_dir / f"{name}.parquet")
 
@@ -82,7 +87,7 @@ def _sampler(cfg: DictConfig):
 
 
 def sample(cfg: DictConfig) -> dict:
-    prep_dir = require(cfg.paths.preprocess_dir, "preprocess")
+    prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
     n_items = read_manifest(prep_dir)["figures"]["n_items"]
     sampler, exposure = _sampler(cfg)
     items = pd.read_parquet(prep_dir / "items.parquet")
@@ -152,8 +157,8 @@ def _examples(model, prep_dir: Path, sample_dir: Path, n_users: int, n_items: in
 
 
 def train(cfg: DictConfig) -> dict:
-    prep_dir = require(cfg.paths.preprocess_dir, "preprocess")
-    sample_dir = require(cfg.paths.sample_dir, "sample")
+    prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
+    sample_dir = require(cfg.paths.sample_dir, "sample", _made_with(cfg, "dataset", "sampler"))
     torch.manual_seed(cfg.seed)
     schema, users, items = _tables(prep_dir)
     n_items = len(next(iter(items.values()))) - 1
@@ -195,7 +200,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 def embed(cfg: DictConfig) -> dict:
-    prep_dir = require(cfg.paths.preprocess_dir, "preprocess")
+    prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
     train_dir = require(cfg.paths.train_dir, "train")
     model, _ = _load_model(train_dir)
     _, users, items = _tables(prep_dir)
@@ -224,7 +229,7 @@ def index(cfg: DictConfig) -> dict:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    prep_dir = require(cfg.paths.preprocess_dir, "preprocess")
+    prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
     embed_dir = require(cfg.paths.embed_dir, "embed")
     index_dir = require(cfg.paths.index_dir, "index")
     idx = faiss.read_index(str(index_dir / "items.faiss"))
@@ -321,7 +326,7 @@ def serve(cfg: DictConfig) -> dict:
 def export(cfg: DictConfig) -> dict:
     from twotower_cli.export import export_bundle
 
-    prep_dir = require(cfg.paths.preprocess_dir, "preprocess")
+    prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
     train_dir = require(cfg.paths.train_dir, "train")
     embed_dir = require(cfg.paths.embed_dir, "embed")
     index_dir = require(cfg.paths.index_dir, "index")
