@@ -11,6 +11,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from twotower_cli.errors import TwoTowerError
 
 MANIFEST = "manifest.json"
@@ -61,6 +63,19 @@ def _first_difference(then, now, key: str) -> tuple[str, object, object] | None:
 
 def read_manifest(stage_dir: str | Path) -> dict:
     return json.loads((Path(stage_dir) / MANIFEST).read_text())
+
+
+def read_split(prep_dir: Path, name: str) -> pd.DataFrame:
+    """One table `twotower preprocess` wrote: `train`, `valid`, `test`, `tasks_train`, ..."""
+    return pd.read_parquet(Path(prep_dir) / f"{name}.parquet")
+
+
+def seen_rows(prep_dir: Path, prefix: str = "") -> pd.DataFrame:
+    """Each user's train + validation rows: what evaluation and serving mask, and what the
+    history feature reads at evaluation and serving time."""
+    return pd.concat(
+        [read_split(prep_dir, f"{prefix}train"), read_split(prep_dir, f"{prefix}valid")]
+    )
 
 
 class StageOutput:

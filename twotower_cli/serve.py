@@ -38,7 +38,7 @@ from pydantic import (
     ValidationError,
 )
 
-from twotower_cli.artifacts import read_manifest, require
+from twotower_cli.artifacts import read_manifest, require, seen_rows
 from twotower_cli.data.split import user_time_order
 from twotower_cli.data.tables import Field, feature_tensors, load_schema
 from twotower_cli.errors import TwoTowerError
@@ -256,7 +256,7 @@ def load_bundle(dirs: ServeDirs, load_model: Callable[[Path], tuple]) -> Bundle:
     if not np.array_equal(item_ids, np.arange(1, index.ntotal + 1)):
         raise TwoTowerError(f"{index_dir}: index does not match {embed_dir}; rerun index")
     item_raw = np.array([None, *vocabs["item"]["item"]], dtype=object)
-    seen = pd.concat([pd.read_parquet(prep_dir / f"{s}.parquet") for s in ("train", "valid")])
+    seen = seen_rows(prep_dir)
     sources = {name: str(d) for name, d in (("train", train_dir), ("index", index_dir))}
     sources["trained"] = read_manifest(train_dir).get("figures", {})
     seen_csr = _csr(seen, len(users))

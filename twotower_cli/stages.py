@@ -16,7 +16,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from twotower_cli import losses
-from twotower_cli.artifacts import StageOutput, mark_stage_start, read_manifest, require
+from twotower_cli.artifacts import (
+    StageOutput,
+    mark_stage_start,
+    read_manifest,
+    read_split,
+    require,
+    seen_rows,
+)
 from twotower_cli.data.examples import Timeline, training_examples
 from twotower_cli.data.preprocess import SplitSettings
 from twotower_cli.data.preprocess import preprocess as preprocess_tables
@@ -44,17 +51,6 @@ def _config(cfg: DictConfig) -> dict:
 def _made_with(cfg: DictConfig, *sections: str) -> dict:
     """The resolved config sections an earlier stage's output must have been made with."""
     return {name: OmegaConf.to_container(cfg[name], resolve=True) for name in sections}
-
-
-def _read_split(prep_dir: Path, name: str) -> pd.DataFrame:
-    return pd.read_parquet(prep_dir / f"{name}.parquet")
-
-
-def _seen(prep_dir: Path, prefix: str = "") -> pd.DataFrame:
-    """Each user's train + validation rows: what evaluation masks and history reads."""
-    return pd.concat(
-        [_read_split(prep_dir, f"{prefix}train"), _read_split(prep_dir, f"{prefix}valid")]
-    )
 
 
 def _tables(prep_dir: Path) -> tuple[dict, dict, dict]:
@@ -91,7 +87,7 @@ def sample(cfg: DictConfig) -> dict:
     n_items = read_manifest(prep_dir)["figures"]["n_items"]
     sampler, exposure = _sampler(cfg)
     items = pd.read_parquet(prep_dir / "items.parquet")
-    sampler.fit(_read_split(prep_dir, "train"), n_items, items)
+    sampler.fit(read_split(prep_dir, "train"), n_items, items)
     with StageOutput("sample", cfg.paths.sample_dir, _config(cfg), [prep_dir]) as out:
         examples = sampler.examples()
         examples.to_parquet(out.path("examples.parquet"), index=False)
@@ -143,9 +139,9 @@ def _examples(model, prep_dir: Path, sample_dir: Path, n_users: int, n_items: in
         raise TwoTowerError(f"{prep_dir}: no tasks_train.parquet; set dataset.tasks={list(tasks)}"
                             " and rerun `twotower preprocess`")  # fmt: skip
     cols = training_examples(
-        pd.read_parquet(sample_dir / "examples.parquet"), _read_split(prep_dir, "train"),
+        pd.read_parquet(sample_dir / "examples.parquet"), read_split(prep_dir, "train"),
         n_users, n_items, tasks,
-        _read_split(prep_dir, "tasks_train") if tasks else None, model.history_len, seed,
+        read_split(prep_dir, "tasks_train") if tasks else None, model.history_len, seed,
         history_mode,
     )  # fmt: skip
     if (sample_dir / "negatives.npy").exists():  # [n_examples, n_neg]: example i's negatives
@@ -172,9 +168,9 @@ def train(cfg: DictConfig) -> dict:
     examples = _examples(model, prep_dir, sample_dir, n_users, n_items, cfg.seed, history_mode)
     log_q = torch.from_numpy(np.load(sample_dir / "item_log_q.npy"))
     batch_fn = _sampler(cfg)[0].batch_fn(log_q, cfg.seed)
-    train_pos = _read_split(prep_dir, "train")
+    train_pos = read_split(prep_dir, "train")
     users = _with_history(model, users, train_pos)
-    valid = EvalSet.build(_read_split(prep_dir, "valid"), train_pos, n_items)
+    valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
     settings = TrainSettings(**train_cfg, seed=cfg.seed)
     history = train_model(
         model, loss_fn, examples, users, items, valid, n_items, settings, batch_fn
@@ -204,11 +200,11 @@ def embed(cfg: DictConfig) -> dict:
     train_dir = require(cfg.paths.train_dir, "train")
     model, _ = _load_model(train_dir)
     _, users, items = _tables(prep_dir)
-    users = _with_history(model, users, _seen(prep_dir))
+    users = _with_history(model, users, seen_rows(prep_dir))
     item_ids = np.arange(1, len(next(iter(items.values()))), dtype=np.int64)
     if (prep_dir / "candidates.npy").exists():
         item_ids = np.load(prep_dir / "candidates.npy")  # evaluation ranks only these
-    user_ids = sorted_unique(_read_split(prep_dir, "test")["user"].to_numpy())
+    user_ids = sorted_unique(read_split(prep_dir, "test")["user"].to_numpy())
     with StageOutput("embed", cfg.paths.embed_dir, _config(cfg), [prep_dir, train_dir]) as out:
         np.save(out.path("item_vectors.npy"), encode_all(model, items, item_ids, "item"))
         np.save(out.path("item_ids.npy"), item_ids)
@@ -236,8 +232,8 @@ def evaluate(cfg: DictConfig) -> dict:
     set_search_params(idx, cfg.index.nprobe, cfg.index.ef_search)
     n_items = read_manifest(prep_dir)["figures"]["n_items"]
     item_ids = np.load(embed_dir / "item_ids.npy")  # the index's rows (candidates or all)
-    test = _read_split(prep_dir, "test")
-    seen = _seen(prep_dir)
+    test = read_split(prep_dir, "test")
+    seen = seen_rows(prep_dir)
     ev = EvalSet.build(test, seen, n_items)
     user_ids, u = np.load(embed_dir / "user_ids.npy"), np.load(embed_dir / "user_vectors.npy")
     if not np.array_equal(user_ids, ev.users):
@@ -272,8 +268,8 @@ def _sub_retrieval_metrics(train_dir: str, prep_dir: Path, embed_dir: Path, ks: 
         return {}
     if not (prep_dir / "tasks_test.parquet").exists():
         raise TwoTowerError(f"{prep_dir}: no tasks_test.parquet; rerun `twotower preprocess`")
-    test = _read_split(prep_dir, "tasks_test")
-    seen = _seen(prep_dir, "tasks_")
+    test = read_split(prep_dir, "tasks_test")
+    seen = seen_rows(prep_dir, "tasks_")
     user_ids, u = np.load(embed_dir / "user_ids.npy"), np.load(embed_dir / "user_vectors.npy")
     v = np.load(embed_dir / "item_vectors.npy")
     out = {}
