@@ -335,6 +335,20 @@ def test_leave_one_out_history_is_the_latest_items_less_the_example():
         training_examples(examples, train, 2, 30, history_len=3, history_mode="future")
 
 
+def test_a_repeated_user_item_pair_drops_its_own_row_not_the_first_copy():
+    # user 1's timeline: 10@1, 12@2, 11@3, 12@4 (the log repeats (1, 12)); examples in split
+    # order, so the first (1, 12) example is the row at t=2 and the second the row at t=4
+    train = pd.DataFrame({"user": [1, 1, 1, 1], "item": [10, 12, 11, 12],
+                          "timestamp": [1, 2, 3, 4]})  # fmt: skip
+    examples = train[["user", "item"]].assign(label=1.0)
+    loo = training_examples(examples, train, 1, 20, history_len=3,
+                            history_mode="leave_one_out")["user.history"]  # fmt: skip
+    # t=2 keeps the other 12 (t=4); t=4 drops itself: 10, 12 (t=2), 11
+    assert loo[[1, 3]].tolist() == [[10, 11, 12], [10, 12, 11]]
+    causal = training_examples(examples, train, 1, 20, history_len=3)["user.history"]
+    assert causal.tolist() == [[0, 0, 0], [0, 0, 10], [0, 10, 12], [10, 12, 11]]
+
+
 def test_leave_one_out_history_matches_a_reference_loop_on_random_timelines():
     rng = np.random.default_rng(0)
     n_users, n_items, length = 6, 40, 4

@@ -4,9 +4,10 @@ histories for `train` (validation) and `embed` (evaluation). Everything is vecto
 - task labels: a 0/1 column `task.<name>` per task, looked up by (user, item) in the
   `tasks_train` rows of `twotower preprocess`; rows positive only for a task, not for the label,
   are appended as extra positives (MovieLens: watched but not liked films for the `watch` task).
-- user history: `user.history`, right-aligned and 0-padded, never the example's own item; the
-  timeline is the label's training positives, ordered like the split, (timestamp, item) per
-  user. `history_mode`: `causal`, the user's most recent `history_len` positives before the
+- user history: `user.history`, right-aligned and 0-padded, never the example's own row (a log
+  that repeats a (user, item) pair keeps the pair's other rows; the k-th example of a pair is
+  its k-th row); the timeline is the label's training positives, ordered like the split,
+  (timestamp, item) per user. `history_mode`: `causal`, the user's most recent `history_len` positives before the
   example; `leave_one_out`, the user's most recent `history_len` positives other than the
   example itself, i.e. what serving reads, less the target.
 """
@@ -108,13 +109,16 @@ class Timeline:
         is not on the timeline (a sampled negative, a task-only positive)."""
         users = examples["user"].to_numpy(np.int64)
         keys = pair_keys(self.users, self.items, n_items)
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys, kind="stable")  # within a pair: timeline (time) order
         ex_keys = pair_keys(users, examples["item"].to_numpy(np.int64), n_items)
         rows = np.full(len(users), -1, dtype=np.int64)
         if len(keys):
-            at = order[np.searchsorted(keys[order], ex_keys).clip(max=len(keys) - 1)]
-            own = (keys[at] == ex_keys) & (examples["label"].to_numpy() > 0)
-            rows[own] = at[own]
+            first = np.searchsorted(keys[order], ex_keys, side="left")
+            stop = np.searchsorted(keys[order], ex_keys, side="right")
+            # a log may repeat a (user, item): its k-th example is its k-th timeline row
+            at = np.minimum(first + occurrence_rank(ex_keys), stop - 1)
+            own = (stop > first) & (examples["label"].to_numpy() > 0)
+            rows[own] = order[at[own]]
         return rows
 
     def leave_one_out(self, users: np.ndarray, own: np.ndarray, length: int) -> np.ndarray:
@@ -127,6 +131,17 @@ class Timeline:
         k = np.where((own >= 0) & (k >= 0), k, 0)
         j = np.arange(length)[None, :]
         return np.take_along_axis(window, j + (j >= k[:, None]), axis=1)
+
+
+def occurrence_rank(keys: np.ndarray) -> np.ndarray:
+    """How many earlier entries of `keys` equal each entry (0 for a first occurrence)."""
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    starts = np.flatnonzero(np.concatenate([[True], ranked[1:] != ranked[:-1]]))
+    sizes = np.diff(np.append(starts, len(keys)))
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[order] = np.arange(len(keys)) - np.repeat(starts, sizes)
+    return rank
 
 
 def example_histories(examples: pd.DataFrame, timeline: Timeline, n_items: int, length: int,
@@ -156,6 +171,8 @@ def training_examples(
 ) -> dict[str, np.ndarray]:
     """The columns training iterates over: user, item, label, then `task.<t>` per task and
     `user.history` when history_len > 0."""
+    if history_mode not in HISTORY_MODES:
+        raise ValueError(f"train.history_mode: {history_mode!r} not in {HISTORY_MODES}")
     if tasks:
         examples = attach_tasks(examples, task_rows, list(tasks), n_items)
     elif history_len:
