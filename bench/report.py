@@ -100,7 +100,7 @@ def write(results: dict, ann_rows: list[dict], out_dir: Path, command: str) -> N
         lines += ["", f"Train, per batch of {results['train_batch_size']}: twotower "
                   f"{ms['']:.1f} ms, reference {ms['reference_']:.1f} ms, of which its "
                   f"DataLoader {ms['reference_loader_']:.1f} ms; a trainer with a free data path "
-                  f"would reach train_speedup {results['train_speedup_ceiling']:.2f} "
+                  f"would reach about train_speedup {results['train_speedup_ceiling']:.2f} "
                   "(`train_speedup_ceiling`)."]  # fmt: skip
     if ann_rows:
         lines += ["", f"## ANN on {results['ann_items']:,} items ({results['ann_queries']:,} "

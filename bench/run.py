@@ -124,8 +124,8 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
 
     Each round also times the reference's DataLoader alone (same rows, no model): reference
     time minus that is its model step, which twotower shares, so `train_speedup_ceiling` =
-    reference / (reference - loader) is the ratio a trainer whose data path and validation
-    cost nothing would reach."""
+    reference / (reference - loader) estimates the ratio a trainer whose data path and
+    validation cost nothing would reach (separately timed parts: an estimate, not a bound)."""
     per_round = sizes.train_steps * sizes.batch_size
     rounds = sizes.train_rounds
     rng = np.random.default_rng(0)

@@ -143,3 +143,11 @@ def test_equal_pairs_are_the_off_diagonal_equalities_of_the_first_rows():
     dense = (keys[:5, None] == keys[None]).fill_diagonal_(False)
     assert got == sorted(map(tuple, dense.nonzero().tolist()))
     assert (0, 5) in got and (5, 0) not in got  # rows stop at 5, columns do not
+
+
+def test_fused_inbatch_softmax_keeps_the_inputs_dtype():
+    u = torch.eye(3, dtype=torch.float64, requires_grad=True)
+    batch = {"item": torch.tensor([1, 1, 2])}  # rows 0 and 1 share an item: a masked pair
+    loss = inbatch_softmax(2.0, u, u, None, batch)
+    loss.backward()
+    assert loss.dtype == torch.float64 and u.grad.dtype == torch.float64

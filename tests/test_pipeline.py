@@ -89,3 +89,18 @@ def test_a_sample_made_with_other_sampler_settings_is_not_reused(out_dir: Path, 
     assert len(err) == 1 and "sampler.n_neg=2, not 3" in err[0] and "`twotower sample`" in err[0]
     # another seed reuses the sample (seeds are not compared); so does the same setting
     assert twotower("train", *SMALL, paths, "sampler=random", "sampler.n_neg=2", "seed=1") == 0
+    # settings only training reads (mixed: n_uniform, alpha) reuse the sample, too
+    assert twotower("sample", *SMALL, paths, "sampler=mixed") == 0
+    assert twotower("train", *SMALL, paths, "sampler=mixed", "sampler.n_uniform=64") == 0
+
+
+def test_embeddings_of_an_older_preprocess_are_not_scored_against_a_new_split(out_dir, capsys):
+    paths = f"paths.out={out_dir}"
+    for stage in ("preprocess", "sample", "train", "embed", "index"):
+        assert twotower(stage, *SMALL, paths) == 0, stage
+    split = "dataset.split.test_fraction=0.3"
+    assert twotower("preprocess", *SMALL, paths, split) == 0
+    capsys.readouterr()
+    assert twotower("evaluate", *SMALL, paths, split) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embed was made with dataset.split.test_fraction=0.2" in err[0]

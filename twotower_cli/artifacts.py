@@ -25,20 +25,23 @@ def mark_stage_start() -> None:
     _stage_start = time.perf_counter()
 
 
-def require(stage_dir: str | Path, command: str, made_with: dict | None = None) -> Path:
+def require(
+    stage_dir: str | Path, command: str, made_with: dict | None = None, ignore: tuple = ()
+) -> Path:
     """The directory of an earlier stage, or a one-line error naming the command to run first.
 
     `made_with` ({section: resolved config}) must match the config that stage ran with: paths
     are keyed by group choices only, so `sampler.kind=mined` would otherwise train on a
-    `kind=rule` sample. Keys named `seed` (a sweep over seeds may reuse one sample) and
-    `*_dir` (where inputs were read from, not what they hold) are not compared.
+    `kind=rule` sample. Keys named `seed` (a sweep over seeds may reuse one sample), `*_dir`
+    (where inputs were read from, not what they hold) and the dotted keys in `ignore` are not
+    compared.
     """
     stage_dir = Path(stage_dir)
     if not (stage_dir / MANIFEST).exists():
         raise TwoTowerError(f"{stage_dir} has no finished output: run `twotower {command}` first")
     then = read_manifest(stage_dir).get("config", {})
     for section, now in (made_with or {}).items():
-        diff = _first_difference(then.get(section), now, section)
+        diff = _first_difference(then.get(section), now, section, ignore)
         if diff is not None:
             key, old, new = diff
             raise TwoTowerError(
@@ -48,13 +51,13 @@ def require(stage_dir: str | Path, command: str, made_with: dict | None = None) 
     return stage_dir
 
 
-def _first_difference(then, now, key: str) -> tuple[str, object, object] | None:
+def _first_difference(then, now, key: str, ignore: tuple = ()) -> tuple | None:
     """(dotted key, old value, new value) of the first difference between two configs."""
     if isinstance(then, dict) and isinstance(now, dict):
         for k in sorted(set(then) | set(now), key=str):
-            if k == "seed" or str(k).endswith("_dir"):
+            if k == "seed" or str(k).endswith("_dir") or f"{key}.{k}" in ignore:
                 continue
-            diff = _first_difference(then.get(k), now.get(k), f"{key}.{k}")
+            diff = _first_difference(then.get(k), now.get(k), f"{key}.{k}", ignore)
             if diff is not None:
                 return diff
         return None

@@ -97,9 +97,7 @@ def inbatch_softmax(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
     if "neg_log_q" in batch:
         extra = extra - batch["neg_log_q"]
     extra = extra.masked_fill(batch["neg"] == item.unsqueeze(1), NEG_INF)
-    logits = torch.cat(
-        [logits.index_put(hit, torch.tensor(NEG_INF, device=u.device)), extra], dim=1
-    )
+    logits = torch.cat([logits.index_put(hit, logits.new_tensor(NEG_INF)), extra], dim=1)
     return F.cross_entropy(logits, torch.arange(rows, device=u.device))
 
 
@@ -131,7 +129,8 @@ class DiagonalSoftmaxLoss(torch.autograd.Function):
     -inf), arange(B))`, computed in one [B, C] buffer: the softmax is formed in place and is,
     minus 1 on the diagonal, the logits' gradient. The autograd chain of matmul, subtract,
     masked_fill and log_softmax makes ~12 passes over the [B, C] logits; this makes 6, which
-    took a DSSM step at batch 1024 from 29 to ~22 ms (docs/bench.md).
+    took a DSSM step at batch 1024 from 29 to ~22 ms (docs/bench.md). Backward reuses the saved
+    buffer, so the graph cannot be backpropagated twice (`retain_graph=True` raises).
     """
 
     @staticmethod
@@ -139,7 +138,7 @@ class DiagonalSoftmaxLoss(torch.autograd.Function):
         logits = a @ b.T
         if log_q is not None:
             logits.sub_(log_q)  # (an addmm with the broadcast log_q was slower)
-        logits.index_put_(hit, torch.tensor(NEG_INF, device=logits.device))
+        logits.index_put_(hit, logits.new_tensor(NEG_INF))
         top = logits.amax(dim=1, keepdim=True)
         diagonal = logits.diagonal() - top.squeeze(1)
         probs = logits.sub_(top).exp_()

@@ -52,10 +52,13 @@ def _check_logq(logq: str) -> str:
 
 
 class Sampler:
-    """Base: positives only. `loss` is the loss used when the config says `loss: auto`."""
+    """Base: positives only. `loss` is the loss used when the config says `loss: auto`;
+    `train_only` names the parameters only `batch_fn` reads, at train time: a sample made with
+    other values of them is still the right one."""
 
     loss = "inbatch_softmax"
     logq = "exact"
+    train_only: tuple[str, ...] = ()
 
     def fit(self, train: pd.DataFrame, n_items: int, items: pd.DataFrame | None = None) -> Sampler:
         """Learn from the training positives (`items`: the encoded item table, for samplers
@@ -103,6 +106,8 @@ class InBatchSampler(Sampler):
     far; `alpha` is its moving-average rate) | off.
     """
 
+    train_only = ("alpha",)
+
     def __init__(self, logq: str = "exact", alpha: float = 0.05) -> None:
         self.logq = _check_logq(logq)
         self.alpha = alpha
@@ -122,6 +127,8 @@ class MixedSampler(InBatchSampler):
     B * Q(item) from the batch (Q exact or streaming) plus n_uniform / n_items from the uniform
     draw, so the two sources are corrected on one scale.
     """
+
+    train_only = ("alpha", "n_uniform")
 
     def __init__(self, n_uniform: int = 1024, logq: str = "exact", alpha: float = 0.05) -> None:
         super().__init__(logq, alpha)

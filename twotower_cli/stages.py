@@ -154,7 +154,9 @@ def _examples(model, prep_dir: Path, sample_dir: Path, n_users: int, n_items: in
 
 def train(cfg: DictConfig) -> dict:
     prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
-    sample_dir = require(cfg.paths.sample_dir, "sample", _made_with(cfg, "dataset", "sampler"))
+    sampler = _sampler(cfg)[0]
+    sample_dir = require(cfg.paths.sample_dir, "sample", _made_with(cfg, "dataset", "sampler"),
+                         tuple(f"sampler.{k}" for k in sampler.train_only))  # fmt: skip
     torch.manual_seed(cfg.seed)
     schema, users, items = _tables(prep_dir)
     n_items = len(next(iter(items.values()))) - 1
@@ -167,7 +169,7 @@ def train(cfg: DictConfig) -> dict:
     history_mode = train_cfg.pop("history_mode", "causal")  # builds examples; not the loop's
     examples = _examples(model, prep_dir, sample_dir, n_users, n_items, cfg.seed, history_mode)
     log_q = torch.from_numpy(np.load(sample_dir / "item_log_q.npy"))
-    batch_fn = _sampler(cfg)[0].batch_fn(log_q, cfg.seed)
+    batch_fn = sampler.batch_fn(log_q, cfg.seed)
     train_pos = read_split(prep_dir, "train")
     users = _with_history(model, users, train_pos)
     valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
@@ -197,7 +199,7 @@ def train(cfg: DictConfig) -> dict:
 
 def embed(cfg: DictConfig) -> dict:
     prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
-    train_dir = require(cfg.paths.train_dir, "train")
+    train_dir = require(cfg.paths.train_dir, "train", _made_with(cfg, "dataset"))
     model, _ = _load_model(train_dir)
     _, users, items = _tables(prep_dir)
     users = _with_history(model, users, seen_rows(prep_dir))
@@ -215,7 +217,7 @@ def embed(cfg: DictConfig) -> dict:
 
 
 def index(cfg: DictConfig) -> dict:
-    embed_dir = require(cfg.paths.embed_dir, "embed")
+    embed_dir = require(cfg.paths.embed_dir, "embed", _made_with(cfg, "dataset"))
     vectors = np.load(embed_dir / "item_vectors.npy")
     idx = build_index(vectors, cfg.index.factory, cfg.index.nprobe, cfg.index.ef_search)
     with StageOutput("index", cfg.paths.index_dir, _config(cfg), [embed_dir]) as out:
@@ -226,8 +228,8 @@ def index(cfg: DictConfig) -> dict:
 
 def evaluate(cfg: DictConfig) -> dict:
     prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
-    embed_dir = require(cfg.paths.embed_dir, "embed")
-    index_dir = require(cfg.paths.index_dir, "index")
+    embed_dir = require(cfg.paths.embed_dir, "embed", _made_with(cfg, "dataset"))
+    index_dir = require(cfg.paths.index_dir, "index", _made_with(cfg, "dataset"))
     idx = faiss.read_index(str(index_dir / "items.faiss"))
     set_search_params(idx, cfg.index.nprobe, cfg.index.ef_search)
     n_items = read_manifest(prep_dir)["figures"]["n_items"]
@@ -323,9 +325,9 @@ def export(cfg: DictConfig) -> dict:
     from twotower_cli.export import export_bundle
 
     prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
-    train_dir = require(cfg.paths.train_dir, "train")
-    embed_dir = require(cfg.paths.embed_dir, "embed")
-    index_dir = require(cfg.paths.index_dir, "index")
+    train_dir = require(cfg.paths.train_dir, "train", _made_with(cfg, "dataset"))
+    embed_dir = require(cfg.paths.embed_dir, "embed", _made_with(cfg, "dataset"))
+    index_dir = require(cfg.paths.index_dir, "index", _made_with(cfg, "dataset"))
     model, ckpt = _load_model(train_dir)
     inputs = [prep_dir, train_dir, embed_dir, index_dir]
     with StageOutput("export", cfg.paths.export_dir, _config(cfg), inputs) as out:

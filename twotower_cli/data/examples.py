@@ -7,9 +7,9 @@ histories for `train` (validation) and `embed` (evaluation). Everything is vecto
 - user history: `user.history`, right-aligned and 0-padded, never the example's own row (a log
   that repeats a (user, item) pair keeps the pair's other rows; the k-th example of a pair is
   its k-th row); the timeline is the label's training positives, ordered like the split,
-  (timestamp, item) per user. `history_mode`: `causal`, the user's most recent `history_len` positives before the
-  example; `leave_one_out`, the user's most recent `history_len` positives other than the
-  example itself, i.e. what serving reads, less the target.
+  (timestamp, item) per user. `history_mode`: `causal`, the user's most recent `history_len`
+  positives before the example; `leave_one_out`, the user's most recent `history_len`
+  positives other than the example itself, i.e. what serving reads, less the target.
 """
 
 from __future__ import annotations
