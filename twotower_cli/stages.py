@@ -48,9 +48,11 @@ def _config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def _made_with(cfg: DictConfig, *sections: str) -> dict:
-    """The resolved config sections an earlier stage's output must have been made with."""
-    return {name: OmegaConf.to_container(cfg[name], resolve=True) for name in sections}
+def _earlier(cfg: DictConfig, stage: str, sections: tuple = ("dataset",), ignore: tuple = ()):
+    """The output dir of an earlier `stage` for this config, made with the same settings in
+    `sections` (artifacts.require: else a one-line error naming the command to run)."""
+    made_with = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in sections}
+    return require(cfg.paths[f"{stage}_dir"], stage, made_with, ignore)
 
 
 def _tables(prep_dir: Path) -> tuple[dict, dict, dict]:
@@ -83,7 +85,7 @@ def _sampler(cfg: DictConfig):
 
 
 def sample(cfg: DictConfig) -> dict:
-    prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
+    prep_dir = _earlier(cfg, "preprocess")
     n_items = read_manifest(prep_dir)["figures"]["n_items"]
     sampler, exposure = _sampler(cfg)
     items = pd.read_parquet(prep_dir / "items.parquet")
@@ -153,10 +155,10 @@ def _examples(model, prep_dir: Path, sample_dir: Path, n_users: int, n_items: in
 
 
 def train(cfg: DictConfig) -> dict:
-    prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
+    prep_dir = _earlier(cfg, "preprocess")
     sampler = _sampler(cfg)[0]
-    sample_dir = require(cfg.paths.sample_dir, "sample", _made_with(cfg, "dataset", "sampler"),
-                         tuple(f"sampler.{k}" for k in sampler.train_only))  # fmt: skip
+    sample_dir = _earlier(cfg, "sample", ("dataset", "sampler"),
+                          tuple(f"sampler.{k}" for k in sampler.train_only))  # fmt: skip
     torch.manual_seed(cfg.seed)
     schema, users, items = _tables(prep_dir)
     n_items = len(next(iter(items.values()))) - 1
@@ -198,8 +200,8 @@ def train(cfg: DictConfig) -> dict:
 
 
 def embed(cfg: DictConfig) -> dict:
-    prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
-    train_dir = require(cfg.paths.train_dir, "train", _made_with(cfg, "dataset"))
+    prep_dir = _earlier(cfg, "preprocess")
+    train_dir = _earlier(cfg, "train")
     model, _ = _load_model(train_dir)
     _, users, items = _tables(prep_dir)
     users = _with_history(model, users, seen_rows(prep_dir))
@@ -217,7 +219,7 @@ def embed(cfg: DictConfig) -> dict:
 
 
 def index(cfg: DictConfig) -> dict:
-    embed_dir = require(cfg.paths.embed_dir, "embed", _made_with(cfg, "dataset"))
+    embed_dir = _earlier(cfg, "embed")
     vectors = np.load(embed_dir / "item_vectors.npy")
     idx = build_index(vectors, cfg.index.factory, cfg.index.nprobe, cfg.index.ef_search)
     with StageOutput("index", cfg.paths.index_dir, _config(cfg), [embed_dir]) as out:
@@ -227,9 +229,9 @@ def index(cfg: DictConfig) -> dict:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
-    embed_dir = require(cfg.paths.embed_dir, "embed", _made_with(cfg, "dataset"))
-    index_dir = require(cfg.paths.index_dir, "index", _made_with(cfg, "dataset"))
+    prep_dir = _earlier(cfg, "preprocess")
+    embed_dir = _earlier(cfg, "embed")
+    index_dir = _earlier(cfg, "index")
     idx = faiss.read_index(str(index_dir / "items.faiss"))
     set_search_params(idx, cfg.index.nprobe, cfg.index.ef_search)
     n_items = read_manifest(prep_dir)["figures"]["n_items"]
@@ -324,10 +326,10 @@ def serve(cfg: DictConfig) -> dict:
 def export(cfg: DictConfig) -> dict:
     from twotower_cli.export import export_bundle
 
-    prep_dir = require(cfg.paths.preprocess_dir, "preprocess", _made_with(cfg, "dataset"))
-    train_dir = require(cfg.paths.train_dir, "train", _made_with(cfg, "dataset"))
-    embed_dir = require(cfg.paths.embed_dir, "embed", _made_with(cfg, "dataset"))
-    index_dir = require(cfg.paths.index_dir, "index", _made_with(cfg, "dataset"))
+    prep_dir = _earlier(cfg, "preprocess")
+    train_dir = _earlier(cfg, "train")
+    embed_dir = _earlier(cfg, "embed")
+    index_dir = _earlier(cfg, "index")
     model, ckpt = _load_model(train_dir)
     inputs = [prep_dir, train_dir, embed_dir, index_dir]
     with StageOutput("export", cfg.paths.export_dir, _config(cfg), inputs) as out:
