@@ -35,8 +35,14 @@ from twotower_cli.data import synthetic
 from twotower_cli.data.preprocess import SplitSettings, preprocess
 from twotower_cli.data.tables import feature_tensors
 from twotower_cli.models.dssm import DSSM
-from twotower_cli.retrieval import EvalSet, build_index, evaluate_index, exact_top_unseen
-from twotower_cli.samplers import InBatchSampler
+from twotower_cli.retrieval import (
+    EvalSet,
+    build_index,
+    evaluate_index,
+    exact_top_unseen,
+    search_chunk_rows,
+)
+from twotower_cli.samplers import InBatchSampler, item_log_frequency
 from twotower_cli.trainer import TrainSettings, encode_all, optimizers, train
 
 KS = [10, 20, 50]
@@ -109,10 +115,10 @@ class Data:
         self.n_items = enc.n_items
         self.parts = parts
         train_pos = parts["train"]
+        # what `twotower sample` writes for the in-batch sampler
         self.log_q = torch.from_numpy(
-            np.log(np.bincount(train_pos["item"], minlength=self.n_items + 1).clip(0.5)
-                   / len(train_pos)).astype(np.float32)
-        )  # fmt: skip
+            item_log_frequency(train_pos["item"].to_numpy(), self.n_items)
+        )
         self.model = DSSM(self.schema, embed_dim=32, hidden=[256], out_dim=64, dropout=0.1)
 
 
@@ -223,7 +229,7 @@ def bench_eval(data: Data, sizes: Sizes) -> dict:
     u_all = encode_all(model, data.users, all_users, "user")
     ev_all = EvalSet.build(test, seen, data.n_items)
     flops = 2.0 * len(u_all) * items.shape[0] * items.shape[1]
-    chunk = _chunk_rows(items.shape[0])
+    chunk = search_chunk_rows(items.shape[0])
     Vt, U = torch.from_numpy(items).T, torch.from_numpy(u_all)
     buf = torch.empty(min(chunk, len(U)), items.shape[0])
 
@@ -246,12 +252,6 @@ def bench_eval(data: Data, sizes: Sizes) -> dict:
     out["eval_gflops_users"] = len(u_all)
     log(f"eval: search {out['eval_gflops']:.1f} GFLOP/s, gemm {out['gemm_gflops']:.1f}")
     return out
-
-
-def _chunk_rows(n_items: int) -> int:
-    from twotower_cli.retrieval import CHUNK_ELEMS
-
-    return int(np.clip((4 * CHUNK_ELEMS) // max(n_items, 1), 64, 1024))
 
 
 def bench_ann(sizes: Sizes, k: int = 50, recall_bar: float = 0.95) -> tuple[dict, list]:

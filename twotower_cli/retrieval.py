@@ -114,6 +114,12 @@ def top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:
     return ids
 
 
+def search_chunk_rows(n_items: int) -> int:
+    """Users per chunk of the exact search: 64..1024, fewer starves the matrix multiply, more
+    only costs memory (the benchmark times torch.mm over the same chunks)."""
+    return int(np.clip((4 * CHUNK_ELEMS) // max(n_items, 1), 64, 1024))
+
+
 def exact_top_unseen(
     items: np.ndarray, u: np.ndarray, exclude: np.ndarray, k: int, n_items: int
 ) -> np.ndarray:
@@ -128,8 +134,7 @@ def exact_top_unseen(
     k_eff = min(k, n)
     if k_eff == 0 or len(U) == 0:
         return out
-    # 64..1024 users per chunk: fewer starves the matrix multiply, more only costs memory
-    chunk = int(np.clip((4 * CHUNK_ELEMS) // max(n, 1), 64, 1024))
+    chunk = search_chunk_rows(n)
     scores = torch.empty(min(chunk, len(U)), n)
     rows = tqdm(total=len(U), desc="search", unit="user", leave=False, mininterval=1.0)
     with torch.no_grad(), rows:
