@@ -8,6 +8,7 @@ import time
 import faiss
 import numpy as np
 
+from twotower_cli.keys import is_member
 from twotower_cli.retrieval import build_index, exact_top_unseen, set_search_params
 
 
@@ -33,8 +34,7 @@ def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     rows = np.arange(len(found))[:, None] * width
     true_keys = np.sort((rows + truth + 1)[truth >= 0])
     keys = rows + found + 1
-    pos = np.searchsorted(true_keys, keys).clip(max=max(len(true_keys) - 1, 0))
-    hits = (found >= 0) & (true_keys[pos] == keys) if len(true_keys) else found < -1
+    hits = (found >= 0) & is_member(keys, true_keys)
     return float(hits.sum() / (len(found) * k))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from twotower_cli.cli import main
+from twotower_cli.cli import CONFIG_DIR, main
 
 # ~2k positives: every stage runs in a second or two
 SMALL = [
@@ -19,6 +19,12 @@ SMALL = [
     "train.epochs=3",
     "train.batch_size=256",
 ]
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group (`_name.yaml` files are shared bases, not options)."""
+    files = (Path(CONFIG_DIR) / group).glob("*.yaml")
+    return sorted(p.stem for p in files if not p.stem.startswith("_"))
 
 
 def twotower(*args: str) -> int:

@@ -18,7 +18,7 @@ from bench import ann, reference  # noqa: E402
 from twotower_cli.data import synthetic  # noqa: E402
 from twotower_cli.data.preprocess import SplitSettings, preprocess  # noqa: E402
 from twotower_cli.data.tables import feature_tensors  # noqa: E402
-from twotower_cli.metrics import sorted_unique  # noqa: E402
+from twotower_cli.keys import sorted_unique  # noqa: E402
 from twotower_cli.retrieval import (  # noqa: E402
     EvalSet,
     build_index,

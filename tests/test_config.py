@@ -1,24 +1,26 @@
-"""Every option of every config group composes, and its `_target_` instantiates."""
+"""Every option of every config group composes and builds what reads it; bad values are one
+line naming the key, at composition (types) or before the stage runs (bounds)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import fields
 
 import pytest
+from conftest import options, twotower
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from twotower_cli import checkpoint, config
 from twotower_cli.cli import CONFIG_DIR
-from twotower_cli.data.tables import load_schema  # noqa: F401  (import check)
-from twotower_cli.stages import _sampler
+from twotower_cli.errors import ConfigError
+from twotower_cli.layout import STAGE_DIRS, Layout
+from twotower_cli.settings import EvalSettings, IndexSettings, TrainSettings
 
-GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "paths"]
-OPTIONS = [
-    (group, path.stem)
-    for group in GROUPS
-    for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))
-]
+GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "serve", "paths"]
+# `_name.yaml` files are shared bases of a group's options (conf/model/_tower.yaml), not options
+OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 SCHEMA = {
     "user": [{"name": "user", "kind": "categorical", "vocab_size": 5, "max_len": 1}],
     "item": [
@@ -28,22 +30,71 @@ SCHEMA = {
 }
 
 
-@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_and_instantiates(group: str, option: str):
+def composed(*overrides: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"{group}={option}"], return_hydra_config=True)
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)  # `${hydra:...}` paths resolve as in a run
-    node = cfg[group]
-    assert node is not None
+    return cfg
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_builds(group: str, option: str):
+    cfg = composed(f"{group}={option}")
+    node = OmegaConf.to_container(cfg[group], resolve=True)
+    config.check(cfg)
     if group == "model":
-        model = instantiate(node, schema=SCHEMA)
-        assert model.logit_scale > 0
+        model = checkpoint.build(*checkpoint.model_args(node), SCHEMA)
+        assert model.logit_scale > 0 and model.tower.embed_dim == node["embed_dim"]
     elif group == "sampler":
-        assert hasattr(_sampler(cfg)[0], "fit")
+        sampler = instantiate(cfg.sampler)
+        assert hasattr(sampler, "fit") and hasattr(sampler, "batch_fn")
     elif group == "dataset":
-        assert node.load._target_.startswith("twotower_cli.data.")
-        assert {"label", "split"} <= set(node)
+        load = instantiate(cfg.dataset.load, _partial_=True)
+        assert callable(load) and {"label", "split"} <= set(node)
+    elif group == "serve":
+        from twotower_cli.serve import ServeSettings
+
+        assert ServeSettings(**node).port == node["port"]
+    elif group == "paths":
+        layout = Layout.of(cfg.paths)
+        dirs = {getattr(layout, s) for s in STAGE_DIRS}
+        assert len(dirs) == len(STAGE_DIRS) and layout.model.parent == layout.train
+    else:
+        settings = {"train": TrainSettings, "index": IndexSettings, "eval": EvalSettings}[group]
+        built = settings(**node)
+        assert {f.name for f in fields(built)} == set(node)
 
 
 def test_every_group_has_an_option():
     assert {g for g, _ in OPTIONS} == set(GROUPS)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=fast", "train.lr: Value 'fast' of type 'str' could not be converted to Float"),
+        ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
+        ("train.epochs=-5", "train.epochs must be >= 1, got -5"),
+        ("train.lr=0", "train.lr must be > 0.0, got 0.0"),
+        ("model.embed_dim=0", "model.embed_dim must be >= 1, got 0"),
+        ("model.dropout=1.0", "model.dropout must be < 1.0, got 1.0"),
+        ("model.similarity=euclid", "model.similarity: 'euclid' not in ('cosine', 'dot')"),
+        ("dataset.split.test_fraction=1.5", "dataset.split.test_fraction must be < 1.0, got 1.5"),
+        ("eval.ks=[10,0]", "eval.ks: need a non-empty list of values >= 1, got [10, 0]"),
+        ("serve.port=70001", "serve.port must be an integer in 1..65535, got 70001"),
+        ("threads=0", "threads must be null (every core) or an integer >= 1, got 0"),
+        ("train.device=cuda:7", "train.device: 'cuda:7' is not available on this machine"),
+        ("train.no_such_key=1", "train.no_such_key: Key 'no_such_key' not in 'TrainSettings'"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_key(override, message, tmp_path, capsys):
+    assert twotower("train", override, f"paths.out={tmp_path}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"twotower train: error: {message}"]
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_check_passes_the_defaults_and_raises_config_error():
+    config.check(composed())
+    with pytest.raises(ConfigError, match="loss"):
+        config.check(composed("loss=hinge"))

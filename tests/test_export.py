@@ -17,9 +17,9 @@ from conftest import SMALL, read_json, twotower
 from fastapi.testclient import TestClient
 
 from twotower_cli import serve
+from twotower_cli.checkpoint import load_dir as _load_model
 from twotower_cli.data.tables import feature_tensors, load_schema
 from twotower_cli.export import export_onnx
-from twotower_cli.stages import _load_model
 
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
 

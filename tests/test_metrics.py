@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from twotower_cli.errors import ConfigError
+from twotower_cli.keys import pair_keys
 from twotower_cli.metrics import drop_excluded, ranking_metrics
 from twotower_cli.retrieval import EvalSet, build_index, evaluate_index, popularity_ranking
-from twotower_cli.samplers import pair_keys
 
 N_ITEMS = 10
 
@@ -66,7 +67,7 @@ def test_popularity_ranking_breaks_ties_by_id():
 
 
 def test_bad_factory_string_is_a_value_error():
-    with pytest.raises(ValueError, match="not a faiss factory string"):
+    with pytest.raises(ConfigError, match="not a faiss factory string"):
         build_index(np.eye(4, dtype=np.float32), "NotAnIndex")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SMALL, read_json, twotower
+from conftest import SMALL, options, read_json, twotower
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -19,6 +19,7 @@ from twotower_cli.cli import CONFIG_DIR
 from twotower_cli.data.examples import Timeline, attach_tasks, training_examples
 from twotower_cli.data.preprocess import SplitSettings, preprocess
 from twotower_cli.data.tables import RawData
+from twotower_cli.errors import ConfigError
 from twotower_cli.losses import bce, inbatch_softmax
 from twotower_cli.models.blocks import HistoryPool, SENet, fm_interaction
 from twotower_cli.models.multitask import MultiTaskTower
@@ -26,7 +27,7 @@ from twotower_cli.models.parallel import ParallelTower
 from twotower_cli.models.senet import SENetTower
 from twotower_cli.trainer import user_features
 
-MODEL_YAMLS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+MODEL_YAMLS = options("model")
 N_USERS, N_ITEMS, B, L = 30, 40, 16, 5
 SCHEMA = {
     "user": [
@@ -121,7 +122,7 @@ def test_history_decay_weighs_each_item_by_its_recency():
     # under attention the prior adds -age / decay to the scores: a tiny decay keeps the latest
     att = HistoryPool(2, "attention", decay=0.01)(history, table, context)
     assert torch.allclose(att[0], torch.tensor([0.0, 1.0]))
-    with pytest.raises(ValueError, match="history_decay must be >= 0"):
+    with pytest.raises(ConfigError, match="history_decay must be >= 0"):
         HistoryPool(2, "mean", decay=-1.0)
 
 
@@ -248,12 +249,12 @@ def test_multitask_uncertainty_weighting_learns_a_log_variance_per_task():
      ({"tasks": ["a"], "fusion_weights": [0.0]}, "all zero")],
 )  # fmt: skip
 def test_multitask_bad_settings_name_the_key(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         MultiTaskTower(SCHEMA, **kwargs)
 
 
 def test_parallel_rejects_unknown_channels():
-    with pytest.raises(ValueError, match="model.channels"):
+    with pytest.raises(ConfigError, match="model.channels"):
         ParallelTower(SCHEMA, channels=["dnn", "gbdt"])
 
 
@@ -331,7 +332,7 @@ def test_leave_one_out_history_is_the_latest_items_less_the_example():
     assert cols["user.history"].tolist() == [
         [10, 11, 14], [11, 12, 14], [10, 11, 12], [10, 12, 14], [0, 0, 0],
         [11, 12, 14], [11, 12, 14]]  # fmt: skip
-    with pytest.raises(ValueError, match="history_mode"):
+    with pytest.raises(ConfigError, match="history_mode"):
         training_examples(examples, train, 2, 30, history_len=3, history_mode="future")
 
 

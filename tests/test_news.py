@@ -141,10 +141,10 @@ def test_exposures_are_earlier_non_clicks_and_mix_in_as_negatives(prepared, tmp_
 def test_use_exposures_needs_explicit_negatives(prepared, capsys):
     prep, _ = prepared
     out = prep.parent.parent
-    args = ["dataset=news", f"paths.out={out}", "sampler.use_exposures=true"]
+    args = ["dataset=news", f"paths.out={out}", "exposures.use=true"]
     assert twotower("sample", *args, "sampler=inbatch") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "sampler.use_exposures" in err[0]
+    assert len(err) == 1 and "exposures.use" in err[0]
     assert not (out / "news" / "sample" / "inbatch").exists()
     assert twotower("sample", *args, "sampler=random") == 0
     figures = read_json(out / "news" / "sample" / "random" / "manifest.json")["figures"]
@@ -217,7 +217,7 @@ def test_dssm_beats_popularity_on_day_seven(news_dir, tmp_path: Path):
     args = [
         "dataset=news", f"dataset.load.raw_dir={raw}", f"paths.out={out}",
         # fresh news: the three days before the window's end are the candidates
-        "dataset.load.candidate_days=3", "sampler=random", "sampler.use_exposures=true",
+        "dataset.load.candidate_days=3", "sampler=random", "exposures.use=true",
         # exposures as extra negative columns: validation dips for a few epochs before it
         # climbs, so no early stop here
         "train.epochs=30", "train.patience=30", "train.batch_size=32", "model.embed_dim=16",

@@ -44,7 +44,22 @@ def test_model_sweep_reuses_the_same_preprocess(out_dir: Path):
     assert twotower("train", *SMALL, paths, "-m", "model.out_dim=16,32") == 0
     after = (out_dir / "synthetic" / "preprocess" / "manifest.json").stat().st_mtime_ns
     assert before == after
-    assert (out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "train" / "model.pt").exists()
+    sample = out_dir / "synthetic" / "sample" / "inbatch"
+    for dim in (16, 32):  # each job of the sweep trains into its own run dir
+        assert (sample / f"dssm-model.out_dim={dim}" / "train" / "model.pt").exists()
+
+
+def test_readme_sweep_keeps_every_jobs_metrics(out_dir: Path):
+    paths = f"paths.out={out_dir}"
+    sweep = ("-m", "model.temperature=0.05,0.1", "seed=0,1")
+    assert twotower("run", *SMALL, "train.epochs=1", "threads=1", paths, *sweep) == 0
+    sample = out_dir / "synthetic" / "sample" / "inbatch"
+    runs = sorted(p.parent.parent.name for p in sample.glob("*/evaluate/metrics.json"))
+    assert runs == [f"dssm-model.temperature={t},seed={s}" for t in ("0.05", "0.1")
+                    for s in (0, 1)]  # fmt: skip
+    recalls = {r: read_json(sample / r / "evaluate" / "metrics.json")["model"]["recall@20"]
+               for r in runs}  # fmt: skip
+    assert len(set(recalls.values())) == 4  # four different models, none overwritten
 
 
 def test_installed_script_runs_the_whole_pipeline(out_dir: Path):
@@ -103,4 +118,4 @@ def test_embeddings_of_an_older_preprocess_are_not_scored_against_a_new_split(ou
     capsys.readouterr()
     assert twotower("evaluate", *SMALL, paths, split) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "embed was made with dataset.split.test_fraction=0.2" in err[0]
+    assert len(err) == 1 and "was made with dataset.split.test_fraction=0.2" in err[0]

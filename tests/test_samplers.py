@@ -9,22 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SMALL, read_json, twotower
+from conftest import SMALL, options, read_json, twotower
 from hydra import compose, initialize_config_dir
 
 from twotower_cli.cli import CONFIG_DIR
 from twotower_cli.errors import TwoTowerError
+from twotower_cli.keys import pair_keys
 from twotower_cli.losses import StreamingFrequency
+from twotower_cli.mining import mined_band
 from twotower_cli.samplers import (
     HardNegativeSampler,
     InBatchSampler,
     MixedSampler,
     PopularitySampler,
     RandomNegativeSampler,
-    pair_keys,
     popularity_probs,
 )
-from twotower_cli.stages import _sampler
 
 N_ITEMS = 40
 # one torch thread: on a small data set, more threads only contend with each other
@@ -77,16 +77,29 @@ def test_popularity_draws_match_the_intended_distribution(mode: str):
     assert np.abs(counts[~never] / expected[~never] - 1).max() < 0.1
 
 
+class _Fitting:
+    """A sampler whose `fit` is handed the mined band when it needs one (as the sample stage
+    does)."""
+
+    def __init__(self, sampler, source: Path, band: tuple[int, int]) -> None:
+        self.sampler, self.source, self.band = sampler, source, band
+
+    def fit(self, train, n_items, items=None):
+        extra = {}
+        if getattr(self.sampler, "needs_band", False):
+            extra["band_items"] = mined_band(str(self.source), None, n_items, self.band)
+        return self.sampler.fit(train, n_items, items, **extra)
+
+
 def _all_explicit(train: pd.DataFrame, items: pd.DataFrame, source: Path, seed: int = 0):
-    return [
+    samplers = [
         RandomNegativeSampler(n_neg=8, seed=seed),
         PopularitySampler(n_neg=8, mode="power", seed=seed),
         PopularitySampler(n_neg=8, mode="rank", seed=seed),
         HardNegativeSampler(n_neg=8, kind="rule", hard_ratio=0.75, seed=seed),
-        HardNegativeSampler(
-            n_neg=8, kind="mined", source_dir=str(source), band=(3, 20), seed=seed
-        ),  # fmt: skip
+        HardNegativeSampler(n_neg=8, kind="mined", seed=seed),
     ]
+    return [_Fitting(s, source, (3, 20)) for s in samplers]
 
 
 def item_table() -> pd.DataFrame:
@@ -151,8 +164,9 @@ def test_rule_hard_negatives_share_a_genre_with_their_positive():
 def test_mined_hard_negatives_come_from_the_users_band(tmp_path: Path):
     src = fake_embeddings(tmp_path)
     train = make_train()
-    s = HardNegativeSampler(n_neg=2, kind="mined", hard_ratio=0.5, source_dir=str(src),
-                            band=(3, 10), seed=0).fit(train, N_ITEMS)  # fmt: skip
+    band = mined_band(str(src), None, N_ITEMS, (3, 10))
+    s = HardNegativeSampler(n_neg=2, kind="mined", hard_ratio=0.5, seed=0)
+    s.fit(train, N_ITEMS, band_items=band)
     scores = np.load(src / "user_vectors.npy") @ np.load(src / "item_vectors.npy").T
     order = np.argsort(-scores, axis=1) + 1  # item ids by score, per user (row = user - 1)
     band = order[:, 2:10]
@@ -162,10 +176,8 @@ def test_mined_hard_negatives_come_from_the_users_band(tmp_path: Path):
 
 
 def test_mined_without_the_earlier_run_says_which_command_to_run(tmp_path: Path):
-    s = HardNegativeSampler(kind="mined", source_run="inbatch/dssm",
-                            source_dir=str(tmp_path / "nope"))  # fmt: skip
     with pytest.raises(TwoTowerError) as err:
-        s.fit(make_train(), N_ITEMS)
+        mined_band(str(tmp_path / "nope"), "inbatch/dssm", N_ITEMS, (101, 500))
     msg = str(err.value)
     assert "\n" not in msg
     assert str(tmp_path / "nope") in msg
@@ -238,20 +250,7 @@ def test_streaming_in_batch_fills_log_q_from_the_estimate():
     assert out == pytest.approx([np.log(1 / 1.5)] * 2)
 
 
-SAMPLERS = sorted(p.stem for p in (Path(CONFIG_DIR) / "sampler").glob("*.yaml"))
-MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("name", SAMPLERS)
-def test_every_sampler_config_composes_and_instantiates(name: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"sampler={name}"], return_hydra_config=True)
-    from hydra.core.hydra_config import HydraConfig
-
-    HydraConfig.instance().set_config(cfg)
-    sampler, exposure = _sampler(cfg)  # the exposure keys every sampler accepts come off first
-    assert hasattr(sampler, "fit") and hasattr(sampler, "batch_fn")
-    assert exposure == {"use_exposures": False, "exposures_per_positive": 1.0}
+MODELS = options("model")
 
 
 @pytest.mark.slow
@@ -291,7 +290,7 @@ def test_mined_hard_negatives_run_after_their_source_run(out_dir: Path, capsys):
     assert train["figures"]["loss"] == "bce"
 
 
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+EXPERIMENTS = options("experiment")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -301,5 +300,5 @@ def test_experiment_overlay_composes_and_has_its_own_run_dir(name: str):
         cfg = compose("config", overrides=[f"experiment={name}"])
     assert cfg.paths.run == name
     # the plain config's run name follows the model choice (a Hydra interpolation)
-    assert plain.paths._get_node("run")._value() == "${hydra:runtime.choices.model}"
+    assert plain.paths._get_node("run")._value() == "${run_name:${hydra:runtime.choices.model}}"
     assert cfg.seed == plain.seed

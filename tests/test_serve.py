@@ -25,10 +25,10 @@ from conftest import SMALL, twotower
 from fastapi.testclient import TestClient
 
 from twotower_cli import serve
+from twotower_cli.checkpoint import load_dir as _load_model
 from twotower_cli.data.tables import Field
 from twotower_cli.metrics import drop_excluded
 from twotower_cli.retrieval import EvalSet, search
-from twotower_cli.stages import _load_model
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
 

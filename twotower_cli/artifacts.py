@@ -1,14 +1,28 @@
-"""Stage outputs: written aside and moved into place on success, with a manifest.json last.
+"""Stage outputs you can trust: one writer per stage dir, written aside and moved into place only
+when complete, a manifest with each output's content hash and the lineage of what it was made
+from, checked again by every stage that reads it.
 
-A stage that fails leaves nothing behind; a stage's outputs are complete when its manifest exists.
+- `StageOutput` wraps a whole stage: it takes the stage dir's lock (a second writer fails fast),
+  removes what dead writers left (`.partial-*`), writes into a fresh `.partial-<pid>-<random>`
+  dir, and on success hashes the outputs, moves them into place and writes `manifest.json` last.
+  A stage that fails removes only what it made.
+- A manifest's `id` names that one output; `upstream` maps every earlier stage of the chain
+  (preprocess -> sample -> train -> embed -> index) to the id it was made from.
+- `require` returns an earlier stage's dir after checking that it is complete, made with the same
+  settings, and that its files hash to what its manifest lists; `check_chain` that several dirs
+  read together come from one chain.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import resource
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -16,13 +30,44 @@ import pandas as pd
 from twotower_cli.errors import TwoTowerError
 
 MANIFEST = "manifest.json"
-_stage_start = time.perf_counter()
+LOCK = ".lock"
+PARTIAL = ".partial-"
+CHAIN = ("preprocess", "sample", "train", "embed", "index")
+# what to run after an earlier stage's output changed
+NEXT = {"preprocess": "sample", "sample": "train", "train": "embed", "embed": "index",
+        "index": "evaluate"}  # fmt: skip
+_verified: dict[tuple, dict] = {}  # (dir, manifest mtime_ns, size) -> manifest, hashes checked
 
 
-def mark_stage_start() -> None:
-    """Called as a stage begins: the manifest's `seconds` count the whole stage, not the write."""
-    global _stage_start
-    _stage_start = time.perf_counter()
+def file_hash(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks (~1.5 GB/s here)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, GiB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+
+
+def read_manifest(stage_dir: str | Path) -> dict:
+    path = Path(stage_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TwoTowerError(f"{path}: unreadable ({type(err).__name__}); rerun the stage that "
+                            "writes it") from None  # fmt: skip
+    if not isinstance(manifest, dict) or "stage" not in manifest:
+        raise TwoTowerError(f"{path}: not a twotower manifest; rerun the stage that writes it")
+    return manifest
+
+
+def lineage(manifest: dict) -> dict[str, str]:
+    """stage -> id of every output in this one's chain, itself included."""
+    return {**manifest.get("upstream", {}), manifest["stage"]: manifest.get("id", "")}
 
 
 def require(
@@ -30,18 +75,17 @@ def require(
 ) -> Path:
     """The directory of an earlier stage, or a one-line error naming the command to run first.
 
-    `made_with` ({section: resolved config}) must match the config that stage ran with: paths
-    are keyed by group choices only, so `sampler.kind=mined` would otherwise train on a
-    `kind=rule` sample. Keys named `seed` (a sweep over seeds may reuse one sample), `*_dir`
-    (where inputs were read from, not what they hold) and the dotted keys in `ignore` are not
-    compared.
+    Complete (a manifest), intact (every output hashes to what the manifest lists) and made
+    with the same settings: `made_with` ({section: resolved config}) must match the config that
+    stage ran with. Keys named `seed` (a sweep over seeds may reuse one sample), `*_dir` (where
+    inputs were read from, not what they hold) and the dotted keys in `ignore` are not compared.
     """
     stage_dir = Path(stage_dir)
     if not (stage_dir / MANIFEST).exists():
         raise TwoTowerError(f"{stage_dir} has no finished output: run `twotower {command}` first")
-    then = read_manifest(stage_dir).get("config", {})
+    then = verify(stage_dir, command).get("config", {})
     for section, now in (made_with or {}).items():
-        diff = _first_difference(then.get(section), now, section, ignore)
+        diff = first_difference(then.get(section), now, section, ignore)
         if diff is not None:
             key, old, new = diff
             raise TwoTowerError(
@@ -51,21 +95,83 @@ def require(
     return stage_dir
 
 
-def _first_difference(then, now, key: str, ignore: tuple = ()) -> tuple | None:
+def verify(stage_dir: Path, command: str) -> dict:
+    """The dir's manifest, after checking each listed output's size and sha256 (once per
+    process for an unchanged manifest)."""
+    stat = (stage_dir / MANIFEST).stat()
+    key = (str(stage_dir.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key in _verified:
+        return _verified[key]
+    manifest = read_manifest(stage_dir)
+    outputs = manifest.get("outputs")
+    if not isinstance(outputs, dict):
+        raise TwoTowerError(f"{stage_dir / MANIFEST}: lists no output hashes (an older "
+                            f"twotower wrote it): rerun `twotower {command}`")  # fmt: skip
+    for name, want in outputs.items():
+        path = stage_dir / name
+        if (
+            not path.is_file()
+            or path.stat().st_size != want["bytes"]
+            or (file_hash(path) != want["sha256"])
+        ):
+            raise TwoTowerError(f"{path}: missing, truncated or changed since `twotower "
+                                f"{command}` wrote it: rerun `twotower {command}`")  # fmt: skip
+    _verified[key] = manifest
+    return manifest
+
+
+def is_current(out_dir: Path, sections: dict, inputs: list[Path]) -> bool:
+    """Whether a stage's output is complete, intact, made with these config `sections` and
+    from the outputs now in `inputs` (what `run` skips, as make would)."""
+    if not (out_dir / MANIFEST).exists() or not all((d / MANIFEST).exists() for d in inputs):
+        return False
+    try:
+        manifest = verify(out_dir, "")
+        upstream = {}
+        for d in inputs:
+            upstream.update(lineage(read_manifest(d)))
+    except TwoTowerError:
+        return False
+    then = manifest.get("config", {})
+    return manifest.get("upstream") == upstream and all(
+        then.get(k) == v for k, v in sections.items()
+    )
+
+
+def check_chain(dirs: list[Path]) -> None:
+    """Several finished dirs read together must come from one chain: wherever two of them name
+    the same earlier stage, they name the same output of it."""
+    seen: dict[str, tuple[str, Path]] = {}
+    for d in dirs:
+        for stage, ident in lineage(read_manifest(d)).items():
+            if stage not in seen:
+                seen[stage] = (ident, d)
+                continue
+            other_id, other = seen[stage]
+            if ident != other_id:
+                a, b = sorted((d, other), key=lambda p: _depth(read_manifest(p)["stage"]))
+                stale = read_manifest(a)["stage"]
+                raise TwoTowerError(
+                    f"{b} was made from another {stage} output than {a} holds: rerun "
+                    f"`twotower {NEXT.get(stale, stale)}` and the stages after it"
+                )
+
+
+def _depth(stage: str) -> int:
+    return CHAIN.index(stage) if stage in CHAIN else len(CHAIN)
+
+
+def first_difference(then, now, key: str, ignore: tuple = ()) -> tuple | None:
     """(dotted key, old value, new value) of the first difference between two configs."""
     if isinstance(then, dict) and isinstance(now, dict):
         for k in sorted(set(then) | set(now), key=str):
             if k == "seed" or str(k).endswith("_dir") or f"{key}.{k}" in ignore:
                 continue
-            diff = _first_difference(then.get(k), now.get(k), f"{key}.{k}", ignore)
+            diff = first_difference(then.get(k), now.get(k), f"{key}.{k}", ignore)
             if diff is not None:
                 return diff
         return None
     return None if then == now else (key, then, now)
-
-
-def read_manifest(stage_dir: str | Path) -> dict:
-    return json.loads((Path(stage_dir) / MANIFEST).read_text())
 
 
 def read_split(prep_dir: Path, name: str) -> pd.DataFrame:
@@ -82,48 +188,87 @@ def seen_rows(prep_dir: Path, prefix: str = "") -> pd.DataFrame:
 
 
 class StageOutput:
-    """`with StageOutput("train", out_dir, config, inputs) as out:` write to `out.path(name)`."""
+    """`with StageOutput("train", out_dir, config, inputs) as out:` around a whole stage; write
+    to `out.path(name)`, set `out.figures`. `inputs` are the finished dirs the stage read."""
 
     def __init__(self, stage: str, out_dir: str | Path, config: dict, inputs: list) -> None:
         self.stage = stage
         self.out_dir = Path(out_dir)
         self.config = config
-        self.inputs = [str(p) for p in inputs]
+        self.inputs = [Path(p) for p in inputs]
         self.figures: dict = {}
-        self.tmp = self.out_dir / f".partial-{os.getpid()}"
+        self.tmp = self.out_dir / f"{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def path(self, name: str) -> Path:
         return self.tmp / name
 
     def __enter__(self) -> StageOutput:
-        self.out_dir_existed = self.out_dir.exists()
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.start = time.perf_counter()
+        self.made_dir = not self.out_dir.exists()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = open(self.out_dir / LOCK, "a")  # noqa: SIM115 -- held until __exit__
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.lock.close()
+            raise TwoTowerError(f"{self.out_dir}: another twotower process is writing it; "
+                                "wait for it or use another paths.out") from None  # fmt: skip
+        for stale in self.out_dir.glob(f"{PARTIAL}*"):  # their writers are dead: we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        self.tmp.mkdir()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        failed = exc_type is not None
+        try:
+            if not failed:
+                self._publish()
+        except BaseException:
+            failed = True
+            raise
+        finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            if not self.out_dir_existed or not any(self.out_dir.iterdir()):
-                shutil.rmtree(self.out_dir, ignore_errors=True)
-            return
+            if failed:
+                self._roll_back()
+            self.lock.close()
+
+    def _roll_back(self) -> None:
+        """Leave the stage dir as it was: the lock goes when nothing else is in the dir, and the
+        dir itself when this process made it and it is empty (what else is there, is kept)."""
+        if {p.name for p in self.out_dir.iterdir()} <= {LOCK}:
+            (self.out_dir / LOCK).unlink(missing_ok=True)
+            if self.made_dir:
+                self.out_dir.rmdir()
+
+    def _publish(self) -> None:
+        names = sorted(p.name for p in self.tmp.iterdir())
+        outputs = {n: {"sha256": file_hash(self.tmp / n), "bytes": (self.tmp / n).stat().st_size}
+                   for n in names}  # fmt: skip
+        upstream: dict[str, str] = {}
+        for d in self.inputs:
+            upstream.update(lineage(read_manifest(d)))
         # the old manifest goes first, so a crash mid-move never leaves a stale "complete" mark
         (self.out_dir / MANIFEST).unlink(missing_ok=True)
-        outputs = sorted(p.name for p in self.tmp.iterdir())
-        for name in outputs:
+        for name in names:
             target = self.out_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
             (self.tmp / name).replace(target)
-        self.tmp.rmdir()
         manifest = {
             "stage": self.stage,
-            "inputs": self.inputs,
+            "id": uuid.uuid4().hex,
+            "upstream": upstream,
+            "inputs": [str(p) for p in self.inputs],
             "outputs": outputs,
-            "seconds": round(time.perf_counter() - _stage_start, 3),
+            "seconds": round(time.perf_counter() - self.start, 3),
+            "peak_rss_gib": peak_rss_gib(),
             "figures": self.figures,
             "config": self.config,
         }
-        (self.out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+        part = self.out_dir / f"{MANIFEST}.{os.getpid()}"
+        part.write_text(json.dumps(manifest, indent=1, default=str))
+        part.replace(self.out_dir / MANIFEST)
+        self.manifest = manifest
         print(f"{self.stage}: done in {manifest['seconds']:.1f} s", flush=True)
 
 

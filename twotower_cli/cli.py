@@ -1,10 +1,10 @@
 """The front door: `twotower <stage> [hydra overrides]`. It only routes: the stage word becomes
-the `stage=` override and Hydra does the rest (overrides, -m sweeps, --cfg job)."""
+the `stage=` override and Hydra does the rest (overrides, -m sweeps, --cfg job). A config that
+does not compose, or a value out of bounds, is one line naming the key (config.py)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -12,7 +12,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from twotower_cli.artifacts import mark_stage_start, prune_empty
+from twotower_cli import config
+from twotower_cli.artifacts import prune_empty
+from twotower_cli.config import swept_keys
 from twotower_cli.errors import TwoTowerError
 
 # absolute: a relative config_path becomes a package path once installed as a script
@@ -23,7 +25,9 @@ STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "r
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # Hydra's flags that take a value (`--config-dir DIR` adds a directory of the user's configs)
 VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
-USAGE = f"usage: twotower {{{'|'.join(STAGE_WORDS)}}} [key=value ...] [-m] [--cfg job]"
+USAGE = (f"usage: twotower {{{'|'.join(STAGE_WORDS)}}} [key=value ...] [-m] [--cfg job] "
+         "[--force]")  # fmt: skip
+config.register()
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -32,15 +36,48 @@ def app(cfg: DictConfig) -> None:
 
     from twotower_cli.stages import STAGES
 
-    threads = cfg.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
     try:
-        mark_stage_start()
+        config.check(cfg)
+        torch.set_num_threads(config.threads(cfg))
         STAGES[cfg.stage](cfg)
-    except (TwoTowerError, ValueError, FileNotFoundError) as err:
+    except TwoTowerError as err:
         prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)
         print(f"twotower {cfg.stage}: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _composes(stage: str, flags: list[str], overrides: list[str]) -> None:
+    """Compose the config once before Hydra runs (single runs only: a sweep's `a=1,2` is not a
+    value), so that a type error or an unknown key is one line naming it, not Hydra's report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(f.split("=")[0] in VALUE_FLAGS[2:] for f in flags):
+        return  # another primary config: Hydra's own report
+    dirs = []
+    for i, f in enumerate(flags):
+        name, _, value = f.partition("=")
+        if name in ("--config-dir", "-cd"):
+            dirs.append(value or (flags[i + 1] if i + 1 < len(flags) else "."))
+    paths = ",".join(f"file://{Path(d).resolve()}" for d in dirs)
+    searchpath = [f"hydra.searchpath=[{paths}]"] if dirs else []
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            compose("config", overrides=[*searchpath, *overrides])
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"twotower {stage}: error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line(err: Exception) -> str:
+    """Hydra's and OmegaConf's multi-line messages as one line: the message and the key."""
+    cause = err.__cause__ or err
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
+    detail = ("full_key:", "object_type", "reference_type")
+    message = next((ln for ln in lines if not ln.startswith(detail)), str(cause))
+    return f"{key}: {message}" if key and not message.startswith(key) else message
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,12 +93,19 @@ def main(argv: list[str] | None = None) -> None:
     flags, rest = [], []
     while argv:
         arg = argv.pop(0)
-        if arg in ("-m", "--multirun") or arg.split("=")[0] in VALUE_FLAGS:
+        if arg == "--force":
+            rest.append("run.force=true")
+        elif arg in ("-m", "--multirun") or arg.split("=")[0] in VALUE_FLAGS:
             flags.append(arg)
             if arg in VALUE_FLAGS and argv:  # `--config-dir DIR`: the value travels along
                 flags.append(argv.pop(0))
         else:
             rest.append(arg)
+    multirun = any(f in ("-m", "--multirun") for f in flags)
+    config.SWEPT.clear()
+    config.SWEPT.update(swept_keys(rest) if multirun else ())
+    if not multirun and not any(a.startswith("--") for a in rest):
+        _composes(stage, flags, [f"stage={stage}", *rest])
     sys.argv = [sys.argv[0], *flags, f"stage={stage}", *rest]
     app()
 

@@ -117,7 +117,7 @@ def export_bundle(
             "metric": "inner_product",
             "rows": "row i holds item_ids.json[i]",
         },  # fmt: skip
-        "similarity": ckpt["model"].get("similarity", "dot"),
+        "similarity": ckpt["args"].get("similarity", "cosine"),
         "vocabularies": "vocabs.json: {side: {feature: [raw values]}}; id = position + 1",
         "user_id_feature": fields[0].name,
     }

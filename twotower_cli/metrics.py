@@ -1,32 +1,14 @@
 """Ranking metrics over the whole catalogue, vectorised over users (`twotower evaluate`).
 
 A ranking is an int array [users, depth] of item ids (-1 = no item). `truth` and `exclude` are
-sorted pair keys (see samplers.pair_keys) with the users numbered by row of the ranking.
+sorted pair keys (keys.pair_keys) with the users numbered by row of the ranking.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from twotower_cli.samplers import pair_keys
-
-
-def sorted_unique(values: np.ndarray) -> np.ndarray:
-    """np.unique of an int array by sort + neighbour mask (numpy 2.4's np.unique is hash-based
-    and ~40x slower on 10M int64)."""
-    s = np.sort(np.asarray(values).ravel())
-    return s[np.concatenate([[True], s[1:] != s[:-1]])] if len(s) else s
-
-
-def row_keys(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
-    return sorted_unique(pair_keys(rows, items, n_items))
-
-
-def is_member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    if len(sorted_keys) == 0:
-        return np.zeros(keys.shape, dtype=bool)
-    pos = np.searchsorted(sorted_keys, keys).clip(max=len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys
+from twotower_cli.keys import is_member, pair_keys, sorted_unique
 
 
 def drop_excluded(

@@ -12,17 +12,19 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from twotower_cli.metrics import drop_excluded, ranking_metrics, row_keys, sorted_unique
+from twotower_cli.errors import ConfigError
+from twotower_cli.keys import row_keys, sorted_unique
+from twotower_cli.metrics import drop_excluded, ranking_metrics
 
 
 def empty_index(factory: str, dim: int):
-    """An untrained, empty inner-product faiss index; ValueError naming `index.factory` when
+    """An untrained, empty inner-product faiss index; ConfigError naming `index.factory` when
     faiss cannot build that string for `dim`-dimensional vectors. Cheap, so `train` calls it
     before training, not only `index` after it."""
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
-        raise ValueError(
+        raise ConfigError(
             f"index.factory: {factory!r} is not a faiss factory string for {dim}-d vectors"
         ) from err
 

@@ -42,8 +42,7 @@ from twotower_cli.artifacts import read_manifest, require, seen_rows
 from twotower_cli.data.split import user_time_order
 from twotower_cli.data.tables import Field, feature_tensors, load_schema
 from twotower_cli.errors import TwoTowerError
-from twotower_cli.metrics import is_member
-from twotower_cli.samplers import pair_keys
+from twotower_cli.keys import is_member, pair_keys
 
 log = logging.getLogger("twotower.serve")
 # the user tower's optional behaviour input (the item ids a user interacted with, most recent

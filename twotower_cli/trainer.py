@@ -4,31 +4,18 @@ on validation Recall@k, best weights kept."""
 from __future__ import annotations
 
 import copy
+import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from twotower_cli.errors import TwoTowerError
 from twotower_cli.models.base import TwoTower
 from twotower_cli.optim import LazyAdam
 from twotower_cli.retrieval import EvalSet, build_index, evaluate_index
-
-
-@dataclass
-class TrainSettings:
-    epochs: int = 40
-    batch_size: int = 1024
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    early_stop_k: int = 20
-    patience: int = 4
-    device: str = "cpu"
-    seed: int = 0
-    # embedding tables get sparse gradients and a lazy Adam (optim.LazyAdam: only the batch's
-    # rows and their moments move), so a step costs O(batch), not O(users + items)
-    sparse_embeddings: bool = False
+from twotower_cli.settings import TrainSettings
 
 
 def gather(table: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -108,6 +95,7 @@ def train(
     n_items: int,
     settings: TrainSettings,
     batch_fn=None,
+    seed: int = 0,
 ) -> list[dict]:
     """Train in place; leaves the best-validation weights in `model`; returns per-epoch history.
 
@@ -115,13 +103,13 @@ def train(
     ids); `batch_fn(batch) -> batch`, from the sampler, does its per-batch work (shared
     negatives, logQ columns); see samplers.py for the batch's keys.
     """
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(seed)
     device = settings.device
     model.to(device)
     user_table, item_table = to_device(user_table, device), to_device(item_table, device)
     examples = to_device(examples, device)
     opts = optimizers(model, settings)
-    gen = torch.Generator().manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(seed)
     n = len(examples["user"])
     k = settings.early_stop_k
     best, best_state, history, waited = -1.0, None, [], 0
@@ -145,7 +133,11 @@ def train(
             loss.backward()
             for opt in opts:
                 opt.step()
-            total += loss.item() * len(batch["user"])
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TwoTowerError(f"train: the loss became {value} at epoch {epoch + 1} "
+                                    "(try a lower train.lr); nothing was written")  # fmt: skip
+            total += value * len(batch["user"])
         score = validate(model, user_table, item_table, valid, k, n_items)
         history.append({"epoch": epoch + 1, "loss": total / n, f"valid_recall@{k}": score,
                         "seconds": time.perf_counter() - start})  # fmt: skip

@@ -14,15 +14,20 @@ histories for `train` (validation) and `embed` (evaluation). Everything is vecto
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import torch
 
+from twotower_cli.artifacts import read_split
 from twotower_cli.data.split import user_time_order
-from twotower_cli.samplers import pair_keys
+from twotower_cli.errors import ConfigError, TwoTowerError
+from twotower_cli.keys import find, pair_keys
+from twotower_cli.settings import HISTORY, HISTORY_MODES
 
 TASK_PREFIX = "task."
-HISTORY_KEY = "user.history"
-HISTORY_MODES = ("causal", "leave_one_out")
+HISTORY_KEY = f"user.{HISTORY}"
 
 
 def attach_tasks(examples: pd.DataFrame, task_rows: pd.DataFrame, tasks: list[str],
@@ -35,8 +40,8 @@ def attach_tasks(examples: pd.DataFrame, task_rows: pd.DataFrame, tasks: list[st
     order = np.argsort(keys)
     keys = keys[order]
     ex_keys = pair_keys(examples["user"].to_numpy(), examples["item"].to_numpy(), n_items)
-    at = np.searchsorted(keys, ex_keys).clip(max=max(len(keys) - 1, 0))
-    found = (examples["label"].to_numpy() > 0) & (keys[at] == ex_keys if len(keys) else False)
+    at, found = find(keys, ex_keys)
+    found &= examples["label"].to_numpy() > 0
     src = order[at]
     out = examples.copy()
     out["timestamp"] = np.where(found, rows["timestamp"].to_numpy()[src], np.nan)
@@ -149,7 +154,7 @@ def example_histories(examples: pd.DataFrame, timeline: Timeline, n_items: int, 
     """[n_examples, length] history of each example: `causal`, the rows before it (see
     `Timeline.example_positions`); `leave_one_out`, the user's latest rows less its own."""
     if mode not in HISTORY_MODES:
-        raise ValueError(f"train.history_mode: {mode!r} not in {HISTORY_MODES}")
+        raise ConfigError(f"train.history_mode: {mode!r} not in {HISTORY_MODES}")
     users = examples["user"].to_numpy(np.int64)
     if mode == "leave_one_out":
         return timeline.leave_one_out(users, timeline.own_rows(examples, n_items), length)
@@ -172,7 +177,7 @@ def training_examples(
     """The columns training iterates over: user, item, label, then `task.<t>` per task and
     `user.history` when history_len > 0."""
     if history_mode not in HISTORY_MODES:
-        raise ValueError(f"train.history_mode: {history_mode!r} not in {HISTORY_MODES}")
+        raise ConfigError(f"train.history_mode: {history_mode!r} not in {HISTORY_MODES}")
     if tasks:
         examples = attach_tasks(examples, task_rows, list(tasks), n_items)
     elif history_len:
@@ -187,3 +192,35 @@ def training_examples(
         out[HISTORY_KEY] = example_histories(examples, timeline, n_items, history_len, seed,
                                              history_mode)  # fmt: skip
     return out
+
+
+def load_training_examples(
+    prep_dir: Path, sample_dir: Path, n_users: int, n_items: int, tasks: tuple[str, ...],
+    history_len: int, seed: int, history_mode: str,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The sampler's examples plus what the model reads per example (task labels, history) and
+    the explicit negatives ([n_examples, n_neg] `neg`), as tensors for the training loop."""
+    if tasks and not (prep_dir / "tasks_train.parquet").exists():
+        raise TwoTowerError(f"{prep_dir}: no tasks_train.parquet; set dataset.tasks="
+                            f"{list(tasks)} and rerun `twotower preprocess`")  # fmt: skip
+    cols = training_examples(
+        pd.read_parquet(sample_dir / "examples.parquet"), read_split(prep_dir, "train"),
+        n_users, n_items, tasks,
+        read_split(prep_dir, "tasks_train") if tasks else None, history_len, seed, history_mode,
+    )  # fmt: skip
+    if (sample_dir / "negatives.npy").exists():  # [n_examples, n_neg]: example i's negatives
+        neg = np.load(sample_dir / "negatives.npy")
+        # rows appended for task-only positives borrow the negatives of a sampled example
+        extra = np.arange(len(cols["user"]) - len(neg)) % len(neg)
+        cols["neg"] = np.concatenate([neg, neg[extra]])
+    return {c: torch.from_numpy(v) for c, v in cols.items()}
+
+
+def with_history(users: dict[str, torch.Tensor], seen: pd.DataFrame,
+                 history_len: int) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The user table plus each user's latest `history_len` items in `seen` (none: as is)."""
+    if not history_len:
+        return users
+    n_users = len(users["user"]) - 1
+    hist = Timeline(seen, n_users).per_user(n_users, history_len)
+    return {**users, HISTORY: torch.from_numpy(hist)}

@@ -9,7 +9,7 @@ but not chosen, real negatives a sampler may use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -28,13 +28,13 @@ SPLIT_KINDS = ("per_user", "temporal")
 
 @dataclass
 class SplitSettings:
-    kind: str = "per_user"
-    test_fraction: float = 0.2
-    valid_fraction: float = 0.2
-    min_positives: int = 5
+    kind: str = field(default="per_user", metadata={"choices": SPLIT_KINDS})
+    test_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0})
+    valid_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0})
+    min_positives: int = field(default=5, metadata={"ge": 1})
     # temporal: days counted back from the window's end (fractions allowed: 0.5 = 12 hours)
-    test_days: float = 1.0
-    valid_days: float = 1.0
+    test_days: float = field(default=1.0, metadata={"gt": 0.0})
+    valid_days: float = field(default=1.0, metadata={"gt": 0.0})
 
     def __post_init__(self) -> None:
         if self.kind not in SPLIT_KINDS:

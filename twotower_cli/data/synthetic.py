@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from twotower_cli.data.tables import RawData
-from twotower_cli.metrics import sorted_unique
+from twotower_cli.keys import sorted_unique
 
 DAY = 86_400
 # bump when the generator changes, so stale caches are never read

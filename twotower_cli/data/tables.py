@@ -160,8 +160,7 @@ def save_encoded(enc: Encoded, out_dir: Path) -> list[str]:
     enc.users.to_parquet(out_dir / "users.parquet", index=False)
     enc.items.to_parquet(out_dir / "items.parquet", index=False)
     (out_dir / "vocabs.json").write_text(json.dumps(enc.vocabs, ensure_ascii=False))
-    schema = {side: [asdict(f) for f in fs] for side, fs in enc.schema.items()}
-    (out_dir / "schema.json").write_text(json.dumps(schema, indent=1))
+    (out_dir / "schema.json").write_text(json.dumps(schema_dicts(enc.schema), indent=1))
     names = ["users.parquet", "items.parquet", "vocabs.json", "schema.json"]
     if enc.candidates is not None:
         np.save(out_dir / "candidates.npy", enc.candidates.astype(np.int64))
@@ -189,3 +188,16 @@ def feature_tensors(table: pd.DataFrame, fields: list[Field]) -> dict[str, torch
         pad = np.zeros((1, *values.shape[1:]), dtype=values.dtype)
         out[f.name] = torch.from_numpy(np.concatenate([pad, values]))
     return out
+
+
+def load_tables(prep_dir: Path) -> tuple[dict, dict, dict]:
+    """(schema, user feature tensors, item feature tensors) of a preprocess output."""
+    schema = load_schema(prep_dir)
+    users = feature_tensors(pd.read_parquet(prep_dir / "users.parquet"), schema["user"])
+    items = feature_tensors(pd.read_parquet(prep_dir / "items.parquet"), schema["item"])
+    return schema, users, items
+
+
+def schema_dicts(schema: dict[str, list[Field]]) -> dict[str, list[dict]]:
+    """The schema as plain dicts (what towers and checkpoints take)."""
+    return {side: [asdict(f) for f in fs] for side, fs in schema.items()}

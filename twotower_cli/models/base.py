@@ -19,25 +19,37 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from twotower_cli.errors import ConfigError
 from twotower_cli.models.blocks import FieldEmbedding, HistoryPool
-
-SIMILARITIES = ("cosine", "dot")
-HISTORY = "history"
+from twotower_cli.settings import HISTORY, SIMILARITIES, TowerSettings
 
 
 class TwoTower(nn.Module):
     tasks: tuple[str, ...] = ()
 
-    def __init__(self, similarity: str = "cosine", temperature: float = 0.05) -> None:
+    def __init__(self, schema: dict[str, list], tower: TowerSettings) -> None:
+        """The similarity and the field embeddings (`user_fields`, `item_fields` and, with
+        `history`, a pooled history field that reads the item tower's id embeddings)."""
         super().__init__()
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"model.similarity: {similarity!r} not in {SIMILARITIES}")
-        if temperature <= 0:
-            raise ValueError(f"model.temperature must be > 0, got {temperature}")
-        self.similarity = similarity
-        self.temperature = temperature
+        if tower.similarity not in SIMILARITIES:
+            raise ConfigError(f"model.similarity: {tower.similarity!r} not in {SIMILARITIES}")
+        if tower.temperature <= 0:
+            raise ConfigError(f"model.temperature must be > 0, got {tower.temperature}")
+        self.tower = tower
+        self.similarity = tower.similarity
+        self.temperature = tower.temperature
         self.history_len = 0
         self.history_pool: HistoryPool | None = None
+        self.user_fields = FieldEmbedding(schema["user"], tower.embed_dim)
+        self.item_fields = FieldEmbedding(schema["item"], tower.embed_dim)
+        if tower.history:
+            if tower.history_len < 1:
+                raise ConfigError(f"model.history_len must be >= 1, got {tower.history_len}")
+            if "item" not in self.item_fields.tables:
+                raise ConfigError("model.history needs an item id field named 'item'")
+            self.history_len = tower.history_len
+            self.history_pool = HistoryPool(tower.embed_dim, tower.history_pooling,
+                                            tower.history_decay)  # fmt: skip
 
     @property
     def logit_scale(self) -> float:
@@ -46,28 +58,6 @@ class TwoTower(nn.Module):
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         """A tower's raw output -> its serving vector (L2-normalised under cosine)."""
         return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
-
-    # -- field embeddings shared by the variants ------------------------------------------
-    def build_fields(
-        self,
-        schema: dict[str, list],
-        embed_dim: int,
-        history: bool = False,
-        history_len: int = 20,
-        history_pooling: str = "mean",
-        history_decay: float = 0.0,
-    ) -> None:
-        """`user_fields`, `item_fields` and, with `history`, a pooled history field that reads
-        the item tower's id embeddings (one table, trained by both towers)."""
-        self.user_fields = FieldEmbedding(schema["user"], embed_dim)
-        self.item_fields = FieldEmbedding(schema["item"], embed_dim)
-        if history:
-            if history_len < 1:
-                raise ValueError(f"model.history_len must be >= 1, got {history_len}")
-            if "item" not in self.item_fields.tables:
-                raise ValueError("model.history needs an item id field named 'item'")
-            self.history_len = history_len
-            self.history_pool = HistoryPool(embed_dim, history_pooling, history_decay)
 
     @property
     def user_field_names(self) -> list[str]:

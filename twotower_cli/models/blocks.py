@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from twotower_cli.data.tables import Field
+from twotower_cli.errors import ConfigError
 
 
 def as_fields(fields: list) -> list[Field]:
@@ -156,9 +157,9 @@ class HistoryPool(nn.Module):
     def __init__(self, dim: int, pooling: str = "mean", decay: float = 0.0) -> None:
         super().__init__()
         if pooling not in ("mean", "attention"):
-            raise ValueError(f"model.history_pooling: {pooling!r} not in ('mean', 'attention')")
+            raise ConfigError(f"model.history_pooling: {pooling!r} not in ('mean', 'attention')")
         if decay < 0:
-            raise ValueError(f"model.history_decay must be >= 0 (0 = off), got {decay}")
+            raise ConfigError(f"model.history_decay must be >= 0 (0 = off), got {decay}")
         self.pooling = pooling
         self.decay = decay
         self.query = nn.Linear(dim, dim) if pooling == "attention" else None

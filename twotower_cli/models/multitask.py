@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from twotower_cli.models.base import TwoTower, batch_rows, negative_vectors
+from twotower_cli.errors import ConfigError
+from twotower_cli.models.base import TowerSettings, TwoTower, batch_rows, negative_vectors
 from twotower_cli.models.blocks import MLP
 
 WEIGHTINGS = ("fixed", "uncertainty")
@@ -27,11 +28,11 @@ def _per_task(values, tasks: list[str], key: str) -> list[float]:
     if isinstance(values, dict) or hasattr(values, "keys"):
         missing = [t for t in tasks if t not in values]
         if missing:
-            raise ValueError(f"model.{key}: no weight for task(s) {missing}")
+            raise ConfigError(f"model.{key}: no weight for task(s) {missing}")
         values = [values[t] for t in tasks]
     values = [float(w) for w in values]
     if len(values) != len(tasks) or any(w < 0 for w in values):
-        raise ValueError(f"model.{key}: need {len(tasks)} non-negative weights, got {values}")
+        raise ConfigError(f"model.{key}: need {len(tasks)} non-negative weights, got {values}")
     return values
 
 
@@ -40,29 +41,22 @@ class MultiTaskTower(TwoTower):
         self,
         schema: dict[str, list],
         tasks: list[str] | tuple[str, ...] | None = None,
-        embed_dim: int = 32,
-        hidden: list[int] | tuple[int, ...] = (256,),
-        out_dim: int = 64,
-        dropout: float = 0.0,
         weighting: str = "fixed",
         task_weights: list[float] | dict | None = None,
         fusion_weights: list[float] | dict | None = None,
-        similarity: str = "cosine",
-        temperature: float = 0.05,
-        history: bool = False,
-        history_len: int = 20,
-        history_pooling: str = "mean",
-        history_decay: float = 0.0,
+        **tower,
     ) -> None:
-        super().__init__(similarity, temperature)
+        t = TowerSettings.of(tower)
+        super().__init__(schema, t)
+        embed_dim, hidden, out_dim, dropout = t.embed_dim, list(t.hidden), t.out_dim, t.dropout
         tasks = list(tasks or [])
         if not tasks:
-            raise ValueError("model.tasks is empty: the data set declares no `tasks` "
+            raise ConfigError("model.tasks is empty: the data set declares no `tasks` "
                              "(set dataset.tasks=[...] or model.tasks=[...])")  # fmt: skip
         if len(set(tasks)) != len(tasks):
-            raise ValueError(f"model.tasks: {tasks} has duplicates")
+            raise ConfigError(f"model.tasks: {tasks} has duplicates")
         if weighting not in WEIGHTINGS:
-            raise ValueError(f"model.weighting: {weighting!r} not in {WEIGHTINGS}")
+            raise ConfigError(f"model.weighting: {weighting!r} not in {WEIGHTINGS}")
         self.tasks = tuple(tasks)
         self.out_dim = out_dim
         self.weighting = weighting
@@ -70,12 +64,10 @@ class MultiTaskTower(TwoTower):
                                                                     "task_weights")))  # fmt: skip
         fusion = _per_task(fusion_weights, tasks, "fusion_weights")
         if sum(fusion) <= 0:
-            raise ValueError(f"model.fusion_weights: all zero {fusion}")
+            raise ConfigError(f"model.fusion_weights: all zero {fusion}")
         self.register_buffer("fusion_weights", torch.tensor(fusion))
         # log sigma^2 per task, learned under `uncertainty` (no parameter at all under `fixed`)
         self.log_vars = nn.Parameter(torch.zeros(len(tasks))) if weighting != "fixed" else None
-        self.build_fields(schema, embed_dim, history, history_len, history_pooling, history_decay)
-        hidden = list(hidden)
         n_user, n_item = self.n_user_fields * embed_dim, self.item_fields.n_fields * embed_dim
         self.user_heads = nn.ModuleDict({t: MLP(n_user, hidden, out_dim, dropout) for t in tasks})
         self.item_heads = nn.ModuleDict({t: MLP(n_item, hidden, out_dim, dropout) for t in tasks})

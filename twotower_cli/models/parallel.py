@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from twotower_cli.models.base import TwoTower
+from twotower_cli.errors import ConfigError
+from twotower_cli.models.base import TowerSettings, TwoTower
 from twotower_cli.models.blocks import MLP, CrossNetwork, fm_interaction
 
 CHANNELS = ("dnn", "fm", "dcn")
@@ -49,34 +50,21 @@ class DCNChannel(nn.Module):
 
 
 class ParallelTower(TwoTower):
-    def __init__(
-        self,
-        schema: dict[str, list],
-        channels: list[str] | tuple[str, ...] = CHANNELS,
-        embed_dim: int = 32,
-        hidden: list[int] | tuple[int, ...] = (256,),
-        out_dim: int = 64,
-        dropout: float = 0.0,
-        cross_layers: int = 2,
-        similarity: str = "cosine",
-        temperature: float = 0.05,
-        history: bool = False,
-        history_len: int = 20,
-        history_pooling: str = "mean",
-        history_decay: float = 0.0,
-    ) -> None:
-        super().__init__(similarity, temperature)
+    def __init__(self, schema: dict[str, list], channels: list[str] | tuple[str, ...] = CHANNELS,
+                 cross_layers: int = 2, **tower) -> None:  # fmt: skip
+        t = TowerSettings.of(tower)
+        super().__init__(schema, t)
+        embed_dim, hidden, out_dim, dropout = t.embed_dim, list(t.hidden), t.out_dim, t.dropout
         channels = list(channels)
         bad = [c for c in channels if c not in CHANNELS]
         if not channels or bad or len(set(channels)) != len(channels):
-            raise ValueError(f"model.channels: {channels} must be distinct names from {CHANNELS}")
+            raise ConfigError(f"model.channels: {channels} must be distinct names from {CHANNELS}")
         self.channels = channels
         self.out_dim = out_dim
-        self.build_fields(schema, embed_dim, history, history_len, history_pooling, history_decay)
 
         def make(name: str, n_fields: int) -> nn.Module:
             if name == "dnn":
-                return DNNChannel(n_fields, embed_dim, out_dim, list(hidden), dropout)
+                return DNNChannel(n_fields, embed_dim, out_dim, hidden, dropout)
             if name == "fm":
                 return FMChannel(n_fields, embed_dim, out_dim)
             return DCNChannel(n_fields, embed_dim, out_dim, cross_layers)

@@ -16,8 +16,8 @@ from twotower_cli.models.dssm import DSSM
 class SENetTower(DSSM):
     """DSSM's fields and MLPs, with a SENet between them on each side."""
 
-    def __init__(self, schema: dict[str, list], reduction: int = 2, **dssm) -> None:
-        super().__init__(schema, **dssm)
+    def __init__(self, schema: dict[str, list], reduction: int = 2, **tower) -> None:
+        super().__init__(schema, **tower)
         self.user_se = SENet(self.n_user_fields, reduction)
         self.item_se = SENet(self.item_fields.n_fields, reduction)
 
