@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 
 from twotower_cli import serve
 from twotower_cli.data.tables import feature_tensors, load_schema
-from twotower_cli.export import export_onnx
 from twotower_cli.stages import _load_model
+from twotower_cli.user_tower import export_onnx
 
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
 

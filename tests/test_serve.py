@@ -29,6 +29,7 @@ from twotower_cli.data.tables import Field
 from twotower_cli.metrics import drop_excluded
 from twotower_cli.retrieval import EvalSet, search
 from twotower_cli.stages import _load_model
+from twotower_cli.user_tower import HISTORY
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
 
@@ -304,10 +305,10 @@ def test_history_input_comes_from_the_request_or_the_stored_items():
     enc = serve.UserEncoder(fields, {"user": ["u1", "u2"]}, users, ["a", "b", "c", "d"], 3)
     # stored (oldest first): u1 saw items 2, 4, 1, 3 (dense ids); u2 nothing
     seen = pd.DataFrame({"user": [1, 1, 1, 1], "item": [2, 4, 1, 3], "timestamp": [1, 2, 3, 4]})
-    stored = serve._csr(seen, 2)
+    stored = serve.csr(seen, 2)
     queries = [serve.UserQuery({"user_id": "u1"}), serve.UserQuery({"user_id": "u2"}),
                serve.UserQuery({"user_id": "u1"}, history=["d", "zz", "a"])]  # fmt: skip
-    hist = enc.encode(queries, stored)[serve.HISTORY]
+    hist = enc.encode(queries, stored)[HISTORY]
     # the latest three, most recent last, left-padded: u1 -> 4, 1, 3; u2 -> none; the request's
     # history replaces the stored one, unknown "zz" dropped: d=4, a=1
     assert hist.tolist() == [[4, 1, 3], [0, 0, 0], [0, 4, 1]]

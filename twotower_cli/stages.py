@@ -316,9 +316,9 @@ def serve(cfg: DictConfig) -> dict:
     settings = serving.ServeSettings(**cfg.serve)
     dirs = serving.ServeDirs(
         *(Path(d) for d in (p.preprocess_dir, p.train_dir, p.embed_dir, p.index_dir)),
-        p.run, cfg.index.nprobe, cfg.index.ef_search, settings.runtime,
+        p.run, cfg.index.nprobe, cfg.index.ef_search, settings.runtime, Path(p.out),
     )  # fmt: skip
-    state = serving.ServeState(partial(serving.load_bundle, dirs, _load_model))
+    state = serving.ServeState(partial(serving.load_bundle, dirs, _load_model), dirs.root)
     serving.run_server(state, settings)
     return {}
 
