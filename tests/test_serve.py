@@ -42,7 +42,7 @@ def run_dir(small_run: Path) -> Path:
 def _dirs(out: Path, run: tuple[str, ...] = RUN) -> serve.ServeDirs:
     root = out.joinpath(*run)
     return serve.ServeDirs(out / "synthetic" / "preprocess", root / "train", root / "embed",
-                           root / "index", run[-1])  # fmt: skip
+                           root / "index", run[-1], root=out)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +321,7 @@ def test_reload_swaps_to_new_artifacts_and_keeps_serving_when_they_are_broken(ru
 
     out = tmp_path / "outputs"
     shutil.copytree(run_dir, out)
-    state = serve.ServeState(partial(serve.load_bundle, _dirs(out), _load_model))
+    state = serve.ServeState(partial(serve.load_bundle, _dirs(out), _load_model), out)
     app = TestClient(serve.create_app(state, serve.ServeSettings()))
     body = {"user": {"user_id": raw_ids(out, "user")[0]}, "k": 10}
     old_bundle = state.bundle
@@ -342,6 +342,7 @@ def test_reload_swaps_to_new_artifacts_and_keeps_serving_when_they_are_broken(ru
     health = app.get("/health").json()
     assert health["generation"] == 2 and health["last_reload"]["ok"] is False
     assert "run `twotower index` first" in health["last_reload"]["error"]
+    assert str(out) not in json.dumps(health)  # the error names the dir relative to paths.out
     assert app.post("/recommend", json=body).json()["items"] == after
 
 

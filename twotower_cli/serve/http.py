@@ -87,8 +87,10 @@ def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
     off = {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(title="twotower", docs_url="/docs", redoc_url=None, telemetry=off,
                   lifespan=lifespan)  # fmt: skip
-    app.add_middleware(Limits, max_body_bytes=settings.max_body_bytes,
-                       timeout_read=settings.timeout_read, api_key=settings.api_key)  # fmt: skip
+    app.add_middleware(
+        Limits, max_body_bytes=settings.max_body_bytes, timeout_read=settings.timeout_read,
+        max_header_bytes=settings.max_header_bytes, api_key=settings.api_key,
+    )  # fmt: skip
 
     async def off_loop(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -168,6 +170,7 @@ def uvicorn_config(app: FastAPI, settings: ServeSettings):
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         access_log=False, http=guarded_http(settings.timeout_read, settings.max_header_bytes),
         timeout_keep_alive=settings.timeout_keep_alive,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         limit_concurrency=settings.max_connections, timeout_graceful_shutdown=5,
     )  # fmt: skip
 
@@ -191,4 +194,7 @@ def run_server(state: ServeState, settings: ServeSettings) -> None:
     gc.freeze()
     print(f"serve: {state.bundle.run} ({state.bundle.n_items} items) on "
           f"http://{settings.host}:{settings.port}; SIGHUP reloads", flush=True)  # fmt: skip
-    uvicorn.Server(uvicorn_config(create_app(state, settings), settings)).run()
+    try:
+        uvicorn.Server(uvicorn_config(create_app(state, settings), settings)).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it shut down on (as uvicorn.run)
+        pass

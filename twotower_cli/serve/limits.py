@@ -1,11 +1,12 @@
 """What one client may cost the server (`twotower serve`): the API key, the body size and the
 time a body or a request head may take.
 
-`Limits` is ASGI middleware: it answers 401 without a valid key, 413 when Content-Length is
-over `max_body_bytes` (without reading the body) or when a body without it grows past the
-limit while streaming, and 408 when a body takes longer than `timeout_read`. `guarded_http`
-is uvicorn's HTTP protocol with a deadline and a size limit on the request head, which uvicorn
-lacks (its keep-alive timer starts only after a first response).
+`Limits` is ASGI middleware: it answers 431 to a request head over `max_header_bytes`, 401
+without a valid key, 413 when Content-Length is over `max_body_bytes` (without reading the
+body) or when a body without it grows past the limit while streaming, and 408 when a body
+takes longer than `timeout_read`. `guarded_http` is uvicorn's HTTP protocol with a deadline
+and a size limit on a request head still arriving, which uvicorn lacks (its keep-alive timer
+starts only after a first response).
 """
 
 from __future__ import annotations
@@ -33,15 +34,23 @@ class Limits:
     """ASGI middleware: API key, body size, body time (see the module docstring)."""
 
     def __init__(self, app, max_body_bytes: int, timeout_read: float,
-                 api_key: str | None = None) -> None:  # fmt: skip
+                 max_header_bytes: int = 16_384, api_key: str | None = None) -> None:  # fmt: skip
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
         self.timeout_read = timeout_read
         self.api_key = api_key.encode() if api_key else None
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        head += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if head > self.max_header_bytes:  # a complete head; guarded_http stops endless ones
+            error = f"headers: larger than {self.max_header_bytes} bytes (serve.max_header_bytes)"
+            start, body = _reply(431, error, [(b"connection", b"close")])
+            await send(start)
+            return await send(body)
         headers = dict(scope["headers"])
         if self.api_key is not None and scope["path"] not in OPEN_PATHS:
             if not self._authorised(headers):
