@@ -281,3 +281,14 @@ def test_30_mb_body_gets_413_unread_while_other_clients_stay_fast(state, small_r
     assert max(heavy["sent_before_413"]) < 30_000_000
     assert r["errors"] == 0 and r["requests"] > 300
     assert r["p99_ms"] < 50, r
+
+
+def test_api_key_comes_from_the_environment_when_the_config_has_none(monkeypatch):
+    monkeypatch.setenv("TWOTOWER_API_KEY", "from-env")
+    assert serve.ServeSettings().api_key == "from-env"
+    assert serve.ServeSettings(api_key="given").api_key == "given"
+    assert serve.ServeSettings(api_key=1234).api_key == "1234"  # `serve.api_key=1234`
+    monkeypatch.delenv("TWOTOWER_API_KEY")
+    assert serve.ServeSettings().api_key is None
+    with pytest.raises(TwoTowerError, match="serve.api_key: expected a non-empty string"):
+        serve.ServeSettings(api_key=" ")

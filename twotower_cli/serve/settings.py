@@ -3,12 +3,16 @@ naming the `serve.` key, before anything loads."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 from twotower_cli.errors import TwoTowerError
 from twotower_cli.user_tower import RUNTIMES
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+# where `api_key: null` looks: an environment variable stays out of `ps` and of the manifests,
+# which hold each stage's resolved config
+API_KEY_ENV = "TWOTOWER_API_KEY"
 
 
 @dataclass
@@ -36,7 +40,8 @@ class ServeSettings:
     timeout_read: float = 10.0
     timeout_keep_alive: float = 5.0
     max_connections: int = 1024
-    # when set, every route but GET /health wants `Authorization: Bearer KEY` or `X-API-Key`
+    # when set, every route but GET /health wants `Authorization: Bearer KEY` or `X-API-Key`;
+    # None takes $TWOTOWER_API_KEY when that is set
     api_key: str | None = None
 
     def __post_init__(self) -> None:
@@ -57,6 +62,8 @@ class ServeSettings:
             raise TwoTowerError(f"serve.runtime: {self.runtime!r} not in {RUNTIMES}")
         if self.log_level not in LOG_LEVELS:
             raise TwoTowerError(f"serve.log_level: {self.log_level!r} not in {LOG_LEVELS}")
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
         if self.api_key is not None:
             if isinstance(self.api_key, bool) or not str(self.api_key).strip():
                 raise TwoTowerError("serve.api_key: expected a non-empty string or null")
