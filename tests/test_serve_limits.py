@@ -101,7 +101,7 @@ def test_api_key_guards_every_route_but_health(state):
     assert client.post("/recommend", content=USER).status_code == 401
     resp = client.post("/recommend", content=USER, headers={"authorization": "Bearer nope"})
     assert resp.status_code == 401 and resp.json()["error"].startswith("authorization:")
-    assert resp.headers["www-authenticate"] == "Bearer"
+    assert resp.headers["www-authenticate"] == "Bearer" and resp.headers["connection"] == "close"
     assert client.get("/items/1/similar").status_code == 401
     assert client.get("/openapi.json").status_code == 401
     ok = {"authorization": "Bearer s3cret"}
@@ -302,4 +302,5 @@ def test_load_test_client_sends_the_api_key(state, small_run):
         keyed = asyncio.run(drive(port, bodies, concurrency=4, max_seconds=20, api_key="k3y"))
         bare = asyncio.run(drive(port, bodies[:8], concurrency=4, max_seconds=20))
     assert keyed["requests"] == 40 and keyed["errors"] == 0
-    assert bare["requests"] == 8 and bare["errors"] == 8  # every one a 401
+    # each client's first request is a 401 that closes its connection, which ends the client
+    assert bare["requests"] == 4 and bare["errors"] >= 4

@@ -31,7 +31,9 @@ def _reply(status: int, error: str, extra: list | None = None) -> tuple[dict, di
 
 
 class Limits:
-    """ASGI middleware: API key, body size, body time (see the module docstring)."""
+    """ASGI middleware: head size, API key, body size, body time (see the module docstring).
+    A request turned away before its body is read closes its connection (`connection: close`),
+    so whatever the client still sends is never drained."""
 
     def __init__(self, app, max_body_bytes: int, timeout_read: float,
                  max_header_bytes: int = 16_384, api_key: str | None = None) -> None:  # fmt: skip
@@ -56,12 +58,12 @@ class Limits:
             if not self._authorised(headers):
                 start, body = _reply(401, "authorization: missing or wrong API key; send "
                                      "`Authorization: Bearer KEY` or `X-API-Key: KEY`",
-                                     [(b"www-authenticate", b"Bearer")])  # fmt: skip
+                                     [(b"www-authenticate", b"Bearer"),
+                                      (b"connection", b"close")])  # fmt: skip
                 await send(start)
                 return await send(body)
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            # never read: close the connection rather than drain what the client still sends
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             start, body = _reply(413, f"body: larger than {self.max_body_bytes} bytes "
                                  f"(serve.max_body_bytes), got {length.decode(errors='replace')}",
                                  [(b"connection", b"close")])  # fmt: skip
