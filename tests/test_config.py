@@ -18,7 +18,7 @@ from twotower_cli.errors import ConfigError
 from twotower_cli.layout import STAGE_DIRS, Layout
 from twotower_cli.settings import EvalSettings, IndexSettings, TrainSettings
 
-GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "serve", "paths"]
+GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "serve", "export", "paths"]
 # `_name.yaml` files are shared bases of a group's options (conf/model/_tower.yaml), not options
 OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 SCHEMA = {
@@ -55,6 +55,8 @@ def test_option_composes_and_builds(group: str, option: str):
         from twotower_cli.serve import ServeSettings
 
         assert ServeSettings(**node).port == node["port"]
+    elif group == "export":
+        assert isinstance(node["dynamo"], bool)
     elif group == "paths":
         layout = Layout.of(cfg.paths)
         dirs = {getattr(layout, s) for s in STAGE_DIRS}
@@ -81,7 +83,7 @@ def test_every_group_has_an_option():
         ("model.similarity=euclid", "model.similarity: 'euclid' not in ('cosine', 'dot')"),
         ("dataset.split.test_fraction=1.5", "dataset.split.test_fraction must be < 1.0, got 1.5"),
         ("eval.ks=[10,0]", "eval.ks: need a non-empty list of values >= 1, got [10, 0]"),
-        ("serve.port=70001", "serve.port must be an integer in 1..65535, got 70001"),
+        ("serve.port=70001", "serve.port: must be an integer in 1-65535, got 70001"),
         ("threads=0", "threads must be null (every core) or an integer >= 1, got 0"),
         ("train.device=cuda:7", "train.device: 'cuda:7' is not available on this machine"),
         ("train.no_such_key=1", "train.no_such_key: Key 'no_such_key' not in 'TrainSettings'"),

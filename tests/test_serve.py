@@ -29,6 +29,7 @@ from twotower_cli.checkpoint import load_dir as _load_model
 from twotower_cli.data.tables import Field
 from twotower_cli.metrics import drop_excluded
 from twotower_cli.retrieval import EvalSet, search
+from twotower_cli.user_tower import HISTORY
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
 
@@ -41,7 +42,7 @@ def run_dir(small_run: Path) -> Path:
 def _dirs(out: Path, run: tuple[str, ...] = RUN) -> serve.ServeDirs:
     root = out.joinpath(*run)
     return serve.ServeDirs(out / "synthetic" / "preprocess", root / "train", root / "embed",
-                           root / "index", run[-1])  # fmt: skip
+                           root / "index", run[-1], root=out)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -304,10 +305,10 @@ def test_history_input_comes_from_the_request_or_the_stored_items():
     enc = serve.UserEncoder(fields, {"user": ["u1", "u2"]}, users, ["a", "b", "c", "d"], 3)
     # stored (oldest first): u1 saw items 2, 4, 1, 3 (dense ids); u2 nothing
     seen = pd.DataFrame({"user": [1, 1, 1, 1], "item": [2, 4, 1, 3], "timestamp": [1, 2, 3, 4]})
-    stored = serve._csr(seen, 2)
+    stored = serve.csr(seen, 2)
     queries = [serve.UserQuery({"user_id": "u1"}), serve.UserQuery({"user_id": "u2"}),
                serve.UserQuery({"user_id": "u1"}, history=["d", "zz", "a"])]  # fmt: skip
-    hist = enc.encode(queries, stored)[serve.HISTORY]
+    hist = enc.encode(queries, stored)[HISTORY]
     # the latest three, most recent last, left-padded: u1 -> 4, 1, 3; u2 -> none; the request's
     # history replaces the stored one, unknown "zz" dropped: d=4, a=1
     assert hist.tolist() == [[4, 1, 3], [0, 0, 0], [0, 4, 1]]
@@ -320,7 +321,7 @@ def test_reload_swaps_to_new_artifacts_and_keeps_serving_when_they_are_broken(ru
 
     out = tmp_path / "outputs"
     shutil.copytree(run_dir, out)
-    state = serve.ServeState(partial(serve.load_bundle, _dirs(out), _load_model))
+    state = serve.ServeState(partial(serve.load_bundle, _dirs(out), _load_model), out)
     app = TestClient(serve.create_app(state, serve.ServeSettings()))
     body = {"user": {"user_id": raw_ids(out, "user")[0]}, "k": 10}
     old_bundle = state.bundle
@@ -341,6 +342,7 @@ def test_reload_swaps_to_new_artifacts_and_keeps_serving_when_they_are_broken(ru
     health = app.get("/health").json()
     assert health["generation"] == 2 and health["last_reload"]["ok"] is False
     assert "run `twotower index` first" in health["last_reload"]["error"]
+    assert str(out) not in json.dumps(health)  # the error names the dir relative to paths.out
     assert app.post("/recommend", json=body).json()["items"] == after
 
 

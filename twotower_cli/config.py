@@ -114,9 +114,10 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"threads must be null (every core) or an integer >= 1, got {threads!r}")
     if cfg.get("loss") not in LOSSES:
         raise ConfigError(f"loss: {cfg.get('loss')!r} not in {LOSSES}")
-    port = OmegaConf.select(cfg, "serve.port")
-    if port is not None and not (isinstance(port, int) and 1 <= port <= 65535):
-        raise ConfigError(f"serve.port must be an integer in 1..65535, got {port!r}")
+    if cfg.get("serve") is not None:
+        from twotower_cli.serve.settings import ServeSettings
+
+        ServeSettings(**OmegaConf.to_container(cfg.serve, resolve=True))  # checks its bounds
     _check_device(OmegaConf.select(cfg, "train.device") or "cpu")
 
 

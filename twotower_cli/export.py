@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +17,9 @@ import torch
 from torch import nn
 
 from twotower_cli.data.tables import feature_tensors, load_schema
-from twotower_cli.serve import HISTORY, history_length
+from twotower_cli.user_tower import HISTORY, OUTPUT, export_onnx, history_length
 
 ONNX_NAME = "user_tower.onnx"
-OUTPUT = "user_vector"
-
-
-class UserTower(nn.Module):
-    """The user half of a TwoTower model with positional inputs, as ONNX wants them."""
-
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.names = names
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model.user_vectors(dict(zip(self.names, inputs, strict=True)))
 
 
 def _inputs(fields: list, history_len: int) -> list[dict]:
@@ -55,34 +41,6 @@ def _inputs(fields: list, history_len: int) -> list[dict]:
                     "encoding": "the user's latest item ids (vocabs.json[item][item] positions "
                                 "+ 1), most recent last, left-padded with 0"})  # fmt: skip
     return out
-
-
-def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], names: list[str],
-                path: Path, dynamo: bool = False) -> None:  # fmt: skip
-    """The user tower to ONNX with a dynamic batch axis on every input and the output.
-
-    dynamo=False uses the TorchScript exporter: deprecated since PyTorch 2.9 but about ten times
-    faster to export this graph; dynamo=True (torch.export + onnxscript) gives the same vectors
-    (tests/test_export.py checks both against PyTorch)."""
-    tower = UserTower(model.eval(), names).eval()
-    args = tuple(example[n] for n in names)
-    if dynamo:
-        batch = torch.export.Dim("batch")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # axis-naming notices
-            warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree notice
-            torch.onnx.export(
-                tower, args, str(path), input_names=names, output_names=[OUTPUT],
-                dynamic_shapes=(tuple({0: batch} for _ in names),), dynamo=True,
-                external_data=False, verbose=False,
-            )  # fmt: skip
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own notice
-        torch.onnx.export(
-            tower, args, str(path), input_names=names, output_names=[OUTPUT],
-            dynamic_axes={n: {0: "batch"} for n in [*names, OUTPUT]}, dynamo=False,
-        )  # fmt: skip
 
 
 def export_bundle(

@@ -52,14 +52,15 @@ def request_bodies(prep_dir: Path, n: int, cold_every: int, k: int, seed: int) -
     return bodies
 
 
-def _http_request(body: bytes) -> bytes:
+def _http_request(body: bytes, api_key: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
     head = (f"POST /recommend HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+            f"{auth}Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
     return head.encode() + body
 
 
-async def _exchange(reader, writer, body: bytes) -> bool:
-    writer.write(_http_request(body))
+async def _exchange(reader, writer, body: bytes, api_key: str | None = None) -> bool:
+    writer.write(_http_request(body, api_key))
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     length = 0
@@ -70,7 +71,8 @@ async def _exchange(reader, writer, body: bytes) -> bool:
     return status == 200 and payload.startswith(b'{"items": [')
 
 
-async def _client(port: int, bodies: list[bytes], deadline: float, out: list) -> None:
+async def _client(port: int, bodies: list[bytes], deadline: float, out: list,
+                  api_key: str | None = None) -> None:  # fmt: skip
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
         for body in bodies:
@@ -78,20 +80,24 @@ async def _client(port: int, bodies: list[bytes], deadline: float, out: list) ->
                 break
             start = time.perf_counter()
             # a request that never answers ends this client (an error) instead of the run
-            ok = await asyncio.wait_for(_exchange(reader, writer, body), REQUEST_TIMEOUT_S)
+            ok = await asyncio.wait_for(_exchange(reader, writer, body, api_key),
+                                        REQUEST_TIMEOUT_S)  # fmt: skip
             out.append((time.perf_counter() - start, ok))
     finally:
         writer.close()
 
 
-async def drive(port: int, bodies: list[bytes], concurrency: int, max_seconds: float) -> dict:
-    """Send every body once, spread over `concurrency` connections; stop early at the deadline."""
+async def drive(port: int, bodies: list[bytes], concurrency: int, max_seconds: float,
+                api_key: str | None = None) -> dict:  # fmt: skip
+    """Send every body once, spread over `concurrency` connections; stop early at the deadline.
+    api_key: sent as `Authorization: Bearer` (a server with `serve.api_key` set)."""
     results: list = []
     start = time.perf_counter()
     deadline = start + max_seconds
     shares = [bodies[i::concurrency] for i in range(concurrency)]
     outcomes = await asyncio.gather(
-        *(_client(port, share, deadline, results) for share in shares), return_exceptions=True
+        *(_client(port, share, deadline, results, api_key) for share in shares),
+        return_exceptions=True,
     )
     seconds = time.perf_counter() - start
     failed_clients = sum(isinstance(o, BaseException) for o in outcomes)
@@ -153,15 +159,18 @@ def main(argv: list[str] | None = None) -> None:
     port = _free_port()
     script = Path(sys.executable).with_name("twotower")
     cmd = [str(script), "serve", f"serve.host={HOST}", f"serve.port={port}", *args.overrides]
+    # the key the server will want: `serve.api_key=...` among the overrides, else the env var
+    keys = [o.split("=", 1)[1] for o in args.overrides if o.startswith("serve.api_key=")]
+    api_key = (keys or [os.environ.get("TWOTOWER_API_KEY")])[-1] or None
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     try:
         health = _wait_healthy(port, proc, timeout=180)
         warm = request_bodies(prep_dir, args.warmup, args.cold_every, args.k, seed=1)
-        asyncio.run(drive(port, warm, args.concurrency, 60))
+        asyncio.run(drive(port, warm, args.concurrency, 60, api_key))
         load_before = os.getloadavg()
         bodies = request_bodies(prep_dir, args.requests, args.cold_every, args.k, seed=0)
         server_cpu, client_cpu = _cpu_seconds(proc.pid), time.process_time()
-        result = asyncio.run(drive(port, bodies, args.concurrency, args.max_seconds))
+        result = asyncio.run(drive(port, bodies, args.concurrency, args.max_seconds, api_key))
         server_cpu = _cpu_seconds(proc.pid) - server_cpu
         client_cpu = time.process_time() - client_cpu
     finally:

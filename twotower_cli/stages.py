@@ -239,9 +239,9 @@ def serve(cfg: DictConfig) -> dict:
     settings = serving.ServeSettings(**cfg.serve)
     dirs = serving.ServeDirs(
         *(Path(d) for d in (p.preprocess_dir, p.train_dir, p.embed_dir, p.index_dir)),
-        p.run, cfg.index.nprobe, cfg.index.ef_search, settings.runtime,
+        p.run, cfg.index.nprobe, cfg.index.ef_search, settings.runtime, Path(p.out),
     )  # fmt: skip
-    state = serving.ServeState(partial(serving.load_bundle, dirs, checkpoint.load_dir))
+    state = serving.ServeState(partial(serving.load_bundle, dirs, checkpoint.load_dir), dirs.root)
     serving.run_server(state, settings)
     return {}
 
@@ -255,7 +255,7 @@ def export(cfg: DictConfig) -> dict:
     with StageOutput("export", L.export, _config(cfg), dirs) as out:
         model, ckpt = checkpoint.load(L.model)
         out.figures = export_bundle(model, ckpt, L.preprocess, L.embed, L.index, out.tmp,
-                                    cfg.paths.run, cfg.serve.export_dynamo)  # fmt: skip
+                                    cfg.paths.run, cfg.export.dynamo)  # fmt: skip
     print(f"export: {L.export} {json.dumps(out.figures)}")
     return out.figures
 

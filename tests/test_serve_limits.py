@@ -1,0 +1,306 @@
+"""`twotower serve`'s limits (issue 18): body size, API key, read deadlines, request heads,
+settings checked before loading, no absolute paths in /health, heavy requests off the event
+loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import pytest
+import uvicorn
+from conftest import SMALL, twotower
+from fastapi.testclient import TestClient
+
+from twotower_cli import serve
+from twotower_cli.checkpoint import load_dir as _load_model
+from twotower_cli.errors import TwoTowerError
+from twotower_cli.loadtest import drive, request_bodies
+
+RUN = ("synthetic", "sample", "inbatch", "dssm")
+
+
+def _dirs(out: Path) -> serve.ServeDirs:
+    root = out.joinpath(*RUN)
+    return serve.ServeDirs(out / "synthetic" / "preprocess", root / "train", root / "embed",
+                           root / "index", RUN[-1], root=out)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def state(small_run: Path) -> serve.ServeState:
+    return serve.ServeState(partial(serve.load_bundle, _dirs(small_run), _load_model), small_run)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(state: serve.ServeState, **settings):
+    """The real uvicorn server (guarded protocol, keep-alive, limits) in a thread."""
+    settings = serve.ServeSettings(port=_free_port(), **settings)
+    server = uvicorn.Server(serve.uvicorn_config(serve.create_app(state, settings), settings))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield settings.port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _raw(port: int, data: bytes, timeout: float = 5.0) -> tuple[bytes, float]:
+    """Send raw bytes on a fresh connection; (everything read until the server closed, the
+    seconds that took)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        start = time.monotonic()
+        s.sendall(data)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+        return got, time.monotonic() - start
+
+
+USER = json.dumps({"user": {"age": 1}, "k": 3}).encode()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["serve.port=70001"], "serve.port: must be an integer in 1-65535, got 70001"),
+        (["serve.port=0"], "serve.port: must be an integer in 1-65535, got 0"),
+        (["serve.max_body_bytes=0"], "serve.max_body_bytes: must be an integer >= 1, got 0"),
+        (["serve.timeout_read=-1"], "serve.timeout_read: must be > 0 seconds, got -1"),
+        (["serve.workers=two"], "serve.workers: expected a number, got 'two'"),
+        (["serve.runtime=gpu"], "serve.runtime: 'gpu' not in"),
+    ],
+)
+def test_bad_serve_settings_are_one_line_errors_before_loading(tmp_path, capsys, overrides,
+                                                              message):  # fmt: skip
+    # no run exists under this paths.out: the settings are checked before the bundle loads
+    assert twotower("serve", *SMALL, f"paths.out={tmp_path}", *overrides) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_api_key_guards_every_route_but_health(state):
+    client = TestClient(serve.create_app(state, serve.ServeSettings(api_key="s3cret")))
+    assert client.post("/recommend", content=USER).status_code == 401
+    resp = client.post("/recommend", content=USER, headers={"authorization": "Bearer nope"})
+    assert resp.status_code == 401 and resp.json()["error"].startswith("authorization:")
+    assert resp.headers["www-authenticate"] == "Bearer" and resp.headers["connection"] == "close"
+    assert client.get("/items/1/similar").status_code == 401
+    assert client.get("/openapi.json").status_code == 401
+    ok = {"authorization": "Bearer s3cret"}
+    assert client.post("/recommend", content=USER, headers=ok).status_code == 200
+    assert (
+        client.post("/recommend", content=USER, headers={"x-api-key": "s3cret"}).status_code == 200
+    )
+    assert client.get("/openapi.json", headers=ok).status_code == 200
+    assert client.get("/health").status_code == 200
+    # without a key configured nothing is asked for
+    open_client = TestClient(serve.create_app(state, serve.ServeSettings()))
+    assert open_client.post("/recommend", content=USER).status_code == 200
+
+
+def test_health_shows_the_run_and_relative_dirs_only(state, small_run):
+    h = TestClient(serve.create_app(state, serve.ServeSettings())).get("/health").json()
+    assert str(small_run) not in json.dumps(h) and str(Path.home()) not in json.dumps(h)
+    assert h["run"] == "dssm"
+    assert h["sources"]["train"] == "synthetic/sample/inbatch/dssm/train"
+    assert h["sources"]["preprocess"] == "synthetic/preprocess"
+
+
+def test_failed_reload_keeps_the_old_bundle_and_health_says_why(state, small_run):
+    index_dir = small_run.joinpath(*RUN, "index")
+    calls = iter([state.bundle])
+
+    def loader():
+        for bundle in calls:
+            return bundle
+        raise TwoTowerError(f"{index_dir}: missing; run `twotower index` first")
+
+    flaky = serve.ServeState(loader, small_run)
+    client = TestClient(serve.create_app(flaky, serve.ServeSettings()))
+    before = client.post("/recommend", content=USER).json()["items"]
+    assert flaky.reload() is False
+    h = client.get("/health").json()
+    assert h["generation"] == 1 and h["last_reload"]["ok"] is False
+    assert h["last_reload"]["error"] == (
+        "synthetic/sample/inbatch/dssm/index: missing; run `twotower index` first"
+    )
+    assert client.post("/recommend", content=USER).json()["items"] == before
+
+
+def test_body_over_the_limit_is_413_by_content_length(state):
+    client = TestClient(serve.create_app(state, serve.ServeSettings(max_body_bytes=200)))
+    big = json.dumps({"user": {"age": 1}, "exclude": list(range(100))}).encode()
+    assert len(big) > 200
+    resp = client.post("/recommend", content=big)
+    assert resp.status_code == 413 and resp.headers["connection"] == "close"
+    assert (
+        resp.json()["error"]
+        == f"body: larger than 200 bytes (serve.max_body_bytes), got {len(big)}"
+    )
+    assert client.post("/recommend", content=USER).status_code == 200  # 36 bytes: fine
+
+
+def _asgi_post(app, chunks, complete: bool = True, path: str = "/recommend",
+               headers=()) -> tuple[int, dict, int]:  # fmt: skip
+    """POST a body without Content-Length (chunked) straight to the ASGI app; (status, json,
+    chunks the app pulled). complete=False: the client stalls after its last chunk."""
+    pulled, sent = 0, []
+
+    async def receive():
+        nonlocal pulled
+        if pulled < len(chunks):
+            pulled += 1
+            return {"type": "http.request", "body": chunks[pulled - 1],
+                    "more_body": pulled < len(chunks) or not complete}  # fmt: skip
+        await asyncio.sleep(3600)  # a client that stopped sending
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"transfer-encoding", b"chunked"), *headers], "scheme": "http",
+             "server": ("test", 80), "client": ("test", 1), "root_path": ""}  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], json.loads(sent[1]["body"]), pulled
+
+
+def test_streamed_body_is_counted_and_cut_at_the_limit(state):
+    app = serve.create_app(state, serve.ServeSettings(max_body_bytes=1000))
+    # 30 chunks of 100 bytes would be 3,000: the app stops pulling at the 11th (1,100 > 1,000)
+    status, body, pulled = _asgi_post(app, [b" " * 100] * 30)
+    assert (status, pulled) == (413, 11)
+    assert body["error"] == "body: larger than 1000 bytes (serve.max_body_bytes)"
+    # exactly the limit in 10 chunks (9 x 96 blanks + 136 bytes = 1,000) is read and answered
+    last = b" " * (136 - len(USER)) + USER
+    status, body, pulled = _asgi_post(app, [b" " * 96] * 9 + [last])
+    assert (status, pulled) == (200, 10) and len(body["items"]) == 3, body
+
+
+def test_body_that_does_not_arrive_in_time_is_408(state):
+    app = serve.create_app(state, serve.ServeSettings(timeout_read=0.3))
+    start = time.monotonic()
+    status, body, pulled = _asgi_post(app, [b'{"user": '], complete=False)
+    assert status == 408 and pulled == 1 and time.monotonic() - start < 3
+    assert body["error"] == "body: not received within 0.3 s (serve.timeout_read)"
+
+
+def test_server_closes_silent_slow_and_oversized_request_heads(state):
+    with live_server(state, timeout_read=1.0, timeout_keep_alive=0.2,
+                     max_header_bytes=2048) as port:  # fmt: skip
+        # connected and silent: closed after timeout_read (uvicorn alone keeps it forever)
+        got, took = _raw(port, b"")
+        assert got == b"" and 0.9 < took < 3
+        # a head that trickles in and never ends: closed too
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            start = time.monotonic()
+            s.sendall(b"GET /health HTTP/1.1\r\n")
+            for _ in range(10):
+                time.sleep(0.1)
+                try:
+                    s.sendall(b"x-slow: 1\r\n")
+                except OSError:
+                    break
+            assert s.recv(100) == b"" and time.monotonic() - start < 3
+        # a head over max_header_bytes: 431
+        got, _ = _raw(port, b"GET /health HTTP/1.1\r\nx-big: " + b"a" * 4096 + b"\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 431")
+        # an ordinary keep-alive request is answered, then the idle connection is closed by
+        # the keep-alive timer (0.2 s), well before the next head's deadline (1 s)
+        got, took = _raw(port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200") and b'"run": "dssm"' in got
+        assert 0.2 <= took < 0.9
+
+
+@pytest.mark.slow
+def test_30_mb_body_gets_413_unread_while_other_clients_stay_fast(state, small_run):
+    """A client announcing 30 MB gets 413 after its headers, long before it could send them,
+    and a slow batch request (0.5 s in the tower) runs off the event loop: other clients'
+    p99 stays under 50 ms meanwhile."""
+    bundle = serve.load_bundle(_dirs(small_run), _load_model)
+    fast = bundle.tower
+
+    def slow_for_big_batches(*inputs):
+        if len(inputs[0]) >= 100:
+            time.sleep(0.5)  # a heavy forward pass; like onnxruntime it releases the GIL
+        return fast(*inputs)
+
+    bundle.tower = slow_for_big_batches
+    slow_state = serve.ServeState(lambda: bundle)
+    stop, heavy = threading.Event(), {"slow": 0, "413": 0, "sent_before_413": []}
+
+    def heavy_client(port: int) -> None:
+        big = json.dumps({"users": [{"user": {"age": 1}}] * 200, "k": 5}).encode()
+        head = b"POST /recommend/batch HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+        while not stop.is_set():
+            got, took = _raw(port, head + b"content-length: %d\r\n\r\n" % len(big) + big)
+            heavy["slow"] += got.startswith(b"HTTP/1.1 200") and took >= 0.5
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(head + b"content-length: 30000000\r\n\r\n")
+                sent = 0
+                try:
+                    while sent < 30_000_000 and not s.recv(
+                        1, socket.MSG_PEEK | socket.MSG_DONTWAIT
+                    ):
+                        s.sendall(b" " * 65536)
+                        sent += 65536
+                except BlockingIOError:
+                    pass
+                except OSError:  # the server closed after answering
+                    pass
+                heavy["sent_before_413"].append(sent)
+                heavy["413"] += s.recv(12) == b"HTTP/1.1 413"
+
+    prep = small_run / "synthetic" / "preprocess"
+    with live_server(slow_state) as port:
+        worker = threading.Thread(target=heavy_client, args=(port,), daemon=True)
+        worker.start()
+        time.sleep(0.2)
+        # 8 clients for 3 s, while the heavy client sends its slow batches and 30 MB bodies
+        bodies = request_bodies(prep, 50_000, cold_every=8, k=10, seed=0)
+        r = asyncio.run(drive(port, bodies, concurrency=8, max_seconds=3))
+        stop.set()
+        worker.join(10)
+    assert heavy["slow"] >= 3 and heavy["413"] >= 3, heavy
+    assert max(heavy["sent_before_413"]) < 30_000_000
+    assert r["errors"] == 0 and r["requests"] > 300
+    assert r["p99_ms"] < 50, r
+
+
+def test_api_key_comes_from_the_environment_when_the_config_has_none(monkeypatch):
+    monkeypatch.setenv("TWOTOWER_API_KEY", "from-env")
+    assert serve.ServeSettings().api_key == "from-env"
+    assert serve.ServeSettings(api_key="given").api_key == "given"
+    assert serve.ServeSettings(api_key=1234).api_key == "1234"  # `serve.api_key=1234`
+    monkeypatch.delenv("TWOTOWER_API_KEY")
+    assert serve.ServeSettings().api_key is None
+    with pytest.raises(TwoTowerError, match="serve.api_key: expected a non-empty string"):
+        serve.ServeSettings(api_key=" ")
+
+
+def test_load_test_client_sends_the_api_key(state, small_run):
+    bodies = request_bodies(small_run / "synthetic" / "preprocess", 40, cold_every=8, k=5, seed=0)
+    with live_server(state, api_key="k3y") as port:
+        keyed = asyncio.run(drive(port, bodies, concurrency=4, max_seconds=20, api_key="k3y"))
+        bare = asyncio.run(drive(port, bodies[:8], concurrency=4, max_seconds=20))
+    assert keyed["requests"] == 40 and keyed["errors"] == 0
+    # each client's first request is a 401 that closes its connection, which ends the client
+    assert bare["requests"] == 4 and bare["errors"] >= 4
