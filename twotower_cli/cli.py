@@ -4,7 +4,6 @@ the `stage=` override and Hydra does the rest (overrides, -m sweeps, --cfg job).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -28,14 +27,13 @@ USAGE = f"usage: twotower {{{'|'.join(STAGE_WORDS)}}} [key=value ...] [-m] [--cf
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> None:
-    import torch
-
+    from twotower_cli import distributed
     from twotower_cli.stages import STAGES
 
-    threads = cfg.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    distributed.set_threads(cfg.threads)  # null: every core, shared by torchrun's local ranks
     try:
         mark_stage_start()
+        distributed.check_stage(cfg.stage)
         STAGES[cfg.stage](cfg)
     except (TwoTowerError, ValueError, FileNotFoundError) as err:
         prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)

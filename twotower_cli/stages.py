@@ -4,6 +4,7 @@ artifacts and a manifest. `twotower <stage>` runs `STAGES[stage](cfg)`."""
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from twotower_cli import losses
+from twotower_cli import distributed, losses
 from twotower_cli.artifacts import (
     StageOutput,
     mark_stage_start,
@@ -155,6 +156,14 @@ def _examples(model, prep_dir: Path, sample_dir: Path, n_users: int, n_items: in
 
 
 def train(cfg: DictConfig) -> dict:
+    dist_settings = distributed.settings(OmegaConf.to_container(cfg.train, resolve=True))
+    if distributed.should_launch(dist_settings, cfg.train.batch_size):
+        distributed.launch(dist_settings, train_worker, _config(cfg))
+        return read_manifest(cfg.paths.train_dir)["figures"]
+    group = distributed.init(dist_settings, cfg.train.device)
+    if group.active:
+        print(f"train: rank {group.rank} of {group.world_size}, pid {os.getpid()}, "
+              f"backend {group.backend}", flush=True)  # fmt: skip
     prep_dir = _earlier(cfg, "preprocess")
     sampler = _sampler(cfg)[0]
     sample_dir = _earlier(cfg, "sample", ("dataset", "sampler"),
@@ -169,6 +178,8 @@ def train(cfg: DictConfig) -> dict:
     n_users = len(users["user"]) - 1
     train_cfg = OmegaConf.to_container(cfg.train, resolve=True)
     history_mode = train_cfg.pop("history_mode", "causal")  # builds examples; not the loop's
+    for key in distributed.KEYS:
+        train_cfg.pop(key, None)
     examples = _examples(model, prep_dir, sample_dir, n_users, n_items, cfg.seed, history_mode)
     log_q = torch.from_numpy(np.load(sample_dir / "item_log_q.npy"))
     batch_fn = sampler.batch_fn(log_q, cfg.seed)
@@ -179,6 +190,9 @@ def train(cfg: DictConfig) -> dict:
     history = train_model(
         model, loss_fn, examples, users, items, valid, n_items, settings, batch_fn
     )
+    distributed.barrier(group)  # every rank is done before rank 0 writes
+    if not group.is_main:
+        return {}
     with StageOutput("train", cfg.paths.train_dir, _config(cfg), [prep_dir, sample_dir]) as out:
         torch.save(
             {
@@ -194,9 +208,20 @@ def train(cfg: DictConfig) -> dict:
             out.path(f"{name}.json").write_text(json.dumps(obj, indent=1))
         best = max(h[f"valid_recall@{settings.early_stop_k}"] for h in history)
         out.figures = {"loss": loss_name, "epochs": len(history), "best_valid": best,
-                       "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+                       "parameters": sum(p.numel() for p in model.parameters()),
+                       **distributed.figures(group, settings.batch_size, history)}  # fmt: skip
     print(f"train: {json.dumps(out.figures)}")
     return out.figures
+
+
+def train_worker(config: dict) -> None:
+    """One rank of `twotower train train.nproc=N` (started by distributed.launch)."""
+    mark_stage_start()
+    distributed.set_threads(config["threads"])
+    try:
+        train(OmegaConf.create(config))
+    finally:
+        distributed.shutdown()
 
 
 def embed(cfg: DictConfig) -> dict:
