@@ -264,3 +264,9 @@ def test_a_killed_worker_fails_the_run_with_one_line_naming_its_rank(out_dir: Pa
     assert not (
         out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "train" / "manifest.json"
     ).exists()
+
+
+def test_python_dash_m_is_the_front_door():
+    proc = subprocess.run([sys.executable, "-m", "twotower_cli", "--help"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: twotower {preprocess|")
