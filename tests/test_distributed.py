@@ -218,6 +218,7 @@ def alive(pid: int) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_nproc_2_runs_every_stage_and_leaves_no_process(out_dir: Path):
     proc, out = start("run", *SMALL, f"paths.out={out_dir}", "threads=1", "train.nproc=2")
     assert proc.wait(timeout=300) == 0, out.text[-3000:]
@@ -235,6 +236,7 @@ def test_nproc_2_runs_every_stage_and_leaves_no_process(out_dir: Path):
     assert (run_root / "evaluate" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_the_run_with_one_line_naming_its_rank(out_dir: Path):
     paths = f"paths.out={out_dir}"
     assert twotower("preprocess", *SMALL, paths) == 0
