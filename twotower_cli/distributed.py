@@ -337,7 +337,7 @@ def from_main(value: float, group: Group) -> float:
     decision, which every rank then takes alike)."""
     if not group.active:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=_device(group))
     dist.broadcast(t, src=0)
     return float(t[0])
 
@@ -346,9 +346,16 @@ def total(value: float, group: Group) -> float:
     """The sum of `value` over the ranks."""
     if not group.active:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=_device(group))
     dist.all_reduce(t)
     return float(t[0])
+
+
+def _device(group: Group) -> torch.device:
+    """Where a collective's tensors live: NCCL takes CUDA tensors only."""
+    if group.backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier(group: Group) -> None:
