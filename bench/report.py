@@ -13,6 +13,7 @@ TARGETS = [
     ("ann_recall@50", ">=", 0.95),
     ("ann_qps_ratio", ">=", 10.0),
     ("peak_rss_gib", "<=", 6.0),
+    ("dist_scaling_efficiency", ">=", 0.8),
 ]
 
 
@@ -102,6 +103,11 @@ def write(results: dict, ann_rows: list[dict], out_dir: Path, command: str) -> N
                   f"DataLoader {ms['reference_loader_']:.1f} ms; a trainer with a free data path "
                   f"would reach about train_speedup {results['train_speedup_ceiling']:.2f} "
                   "(`train_speedup_ceiling`)."]  # fmt: skip
+    if "dist_scaling_efficiency" in results:
+        lines += ["", f"Data-parallel training, samples/s with one thread per process: "
+                  f"{results['dist/samples_per_s@1']:,.0f} at train.nproc=1, "
+                  f"{results['dist/samples_per_s@2']:,.0f} at train.nproc=2 (median of "
+                  f"{results['dist/rounds']} rounds each)."]  # fmt: skip
     if ann_rows:
         lines += ["", f"## ANN on {results['ann_items']:,} items ({results['ann_queries']:,} "
                   "queries, k = 50)", "",

@@ -2,8 +2,9 @@
 
 Sections (pick with --sections): `train` (twotower's trainer against a per-row Dataset /
 DataLoader loop), `eval` (twotower's evaluation against a per-user Python loop, and its exact
-search against a plain matrix multiply), `ann` (faiss indexes on a large catalogue) and `scale`
-(the whole pipeline at growing sizes, one `twotower run` subprocess each). Both sides of every
+search against a plain matrix multiply), `ann` (faiss indexes on a large catalogue), `scale`
+(the whole pipeline at growing sizes, one `twotower run` subprocess each) and `dist`
+(`twotower train` samples/s with train.nproc 1 and 2, one thread each). Both sides of every
 comparison run in this process, alternating, and the medians of the repeats are reported.
 Writes outputs/bench/bench.json (flat keys), bench.md and scale.png.
 """
@@ -76,6 +77,8 @@ class Sizes:
     scale_items: int = 50_000
     scale_epochs: int = 1
     repeats: int = 3
+    # dist: epochs per `twotower train` run (each run's rate is its median epoch)
+    dist_epochs: int = 2
 
 
 QUICK = Sizes(
@@ -90,6 +93,7 @@ QUICK = Sizes(
     scale_items=5000,
     scale_epochs=1,
     repeats=3,
+    dist_epochs=2,
 )
 
 
@@ -307,10 +311,40 @@ def run_pipeline(n: int, sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
     return out
 
 
+def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
+    """Training samples/s of `twotower train` (subprocesses) with train.nproc=1 and 2, one
+    thread per process, on the bench data, alternating 1 2 / 2 1 over `repeats` rounds; the
+    rate is the manifest's (examples per second of the training loop, validation and start-up
+    excluded). dist_scaling_efficiency = rate(2) / (2 x rate(1)): 1.0 = two processes train
+    twice as fast as one. Embedding tables train dense on both sides (under several ranks
+    they are; docs/scale.md)."""
+    run_out = out_dir / "dist"
+    d = sizes.data
+    base = ["dataset=synthetic", f"dataset.load.n_interactions={d['n_interactions']}",
+            f"dataset.load.n_users={d['n_users']}", f"dataset.load.n_items={d['n_items']}",
+            f"dataset.load.cache_dir={cache_dir}", f"paths.out={run_out}", "threads=1",
+            f"train.epochs={sizes.dist_epochs}", f"train.patience={sizes.dist_epochs}",
+            f"train.batch_size={sizes.batch_size}", "train.sparse_embeddings=false"]  # fmt: skip
+    script = str(Path(sys.executable).with_name("twotower"))
+    for stage in ("preprocess", "sample"):
+        subprocess.run([script, stage, *base], check=True, stdout=subprocess.DEVNULL)
+    manifest = run_out / "synthetic" / "sample" / "inbatch" / "dssm" / "train" / "manifest.json"
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for r in range(sizes.repeats):
+        for nproc in (1, 2) if r % 2 == 0 else (2, 1):
+            log(f"dist: twotower train train.nproc={nproc} (round {r + 1})")
+            subprocess.run([script, "train", *base, f"train.nproc={nproc}"], check=True,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+            rates[nproc].append(json.loads(manifest.read_text())["figures"]["samples_per_s"])
+    one, two = float(np.median(rates[1])), float(np.median(rates[2]))
+    return {"dist/samples_per_s@1": one, "dist/samples_per_s@2": two,
+            "dist_scaling_efficiency": two / (2 * one), "dist/rounds": sizes.repeats}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
-    parser.add_argument("--sections", default="train,eval,ann,scale")
+    parser.add_argument("--sections", default="train,eval,ann,scale,dist")
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--cache-dir", default="data/synthetic")
     parser.add_argument("--repeats", type=int, default=None)
@@ -360,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
         ann_results, ann_rows = bench_ann(sizes)
         results.update(ann_results)
         ann_path.write_text(json.dumps(ann_rows, indent=1))
+    if "dist" in sections:
+        results.update(bench_dist(sizes, out_dir, args.cache_dir))
     if "scale" in sections:
         for n in sizes.scale:
             results.update(run_pipeline(n, sizes, out_dir, args.cache_dir))

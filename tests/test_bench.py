@@ -4,6 +4,7 @@ set is cached and the fast evaluation paths match the plain ones."""
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -206,3 +207,16 @@ def test_pipeline_trains_with_sparse_embeddings(out_dir: Path):
     train_dir = out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "train"
     figures = read_json(train_dir / "manifest.json")["figures"]
     assert figures["best_valid"] > 0.1
+
+
+@pytest.mark.slow
+def test_dist_section_measures_both_process_counts(tmp_path: Path):
+    from bench.run import QUICK, bench_dist
+
+    sizes = copy.deepcopy(QUICK)
+    sizes.data = {"n_users": 300, "n_items": 200, "n_interactions": 6000}
+    sizes.repeats, sizes.dist_epochs, sizes.batch_size = 1, 1, 256
+    out = bench_dist(sizes, tmp_path, str(tmp_path / "cache"))
+    assert out["dist/samples_per_s@1"] > 0 and out["dist/samples_per_s@2"] > 0
+    one, two = out["dist/samples_per_s@1"], out["dist/samples_per_s@2"]
+    assert out["dist_scaling_efficiency"] == pytest.approx(two / (2 * one))

@@ -32,13 +32,13 @@ config.register()
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> None:
-    import torch
-
+    from twotower_cli import distributed
     from twotower_cli.stages import STAGES
 
     try:
         config.check(cfg)
-        torch.set_num_threads(config.threads(cfg))
+        distributed.set_threads(cfg.threads)  # null: every core, shared by torchrun's local ranks
+        distributed.check_stage(cfg.stage)
         STAGES[cfg.stage](cfg)
     except TwoTowerError as err:
         prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)

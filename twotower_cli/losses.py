@@ -96,7 +96,8 @@ def inbatch_softmax(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
     extra = torch.einsum("bd,bnd->bn", u, v_neg) * scale
     if "neg_log_q" in batch:
         extra = extra - batch["neg_log_q"]
-    extra = extra.masked_fill(batch["neg"] == item.unsqueeze(1), NEG_INF)
+    # (the rows' own positives lead the columns, which under several ranks are the global batch's)
+    extra = extra.masked_fill(batch["neg"] == item[:rows].unsqueeze(1), NEG_INF)
     logits = torch.cat([logits.index_put(hit, logits.new_tensor(NEG_INF)), extra], dim=1)
     return F.cross_entropy(logits, torch.arange(rows, device=u.device))
 

@@ -61,6 +61,10 @@ class TrainSettings:
     sparse_embeddings: bool = False
     # the history input of each training example (data/examples.py)
     history_mode: str = field(default="causal", metadata={"choices": HISTORY_MODES})
+    # data-parallel training (distributed.py): local workers, backend, collective timeout
+    nproc: int = field(default=1, metadata={"ge": 1})
+    backend: str = field(default="auto", metadata={"choices": ("auto", "gloo", "nccl")})
+    dist_timeout_s: float = field(default=300.0, metadata={"gt": 0.0})
 
 
 @dataclass

@@ -4,6 +4,8 @@ artifacts and a manifest. `twotower <stage>` runs `STAGES[stage](cfg)`."""
 from __future__ import annotations
 
 import json
+import os
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from twotower_cli import checkpoint, losses
+from twotower_cli import checkpoint, distributed, losses
 from twotower_cli.artifacts import (
     StageOutput,
     check_chain,
@@ -107,21 +109,30 @@ def sample(cfg: DictConfig) -> dict:
 
 def train(cfg: DictConfig) -> dict:
     L = Layout.of(cfg.paths)
+    dist_settings = distributed.settings(OmegaConf.to_container(cfg.train, resolve=True))
+    if distributed.should_launch(dist_settings, cfg.train.batch_size):
+        distributed.launch(dist_settings, train_worker, _config(cfg))
+        return read_manifest(L.train)["figures"]
+    group = distributed.init(dist_settings, cfg.train.device)
+    if group.active:
+        print(f"train: rank {group.rank} of {group.world_size}, pid {os.getpid()}, "
+              f"backend {group.backend}", flush=True)  # fmt: skip
     prep_dir = _earlier(cfg, "preprocess")
     sampler = instantiate(cfg.sampler)
     sample_dir = _earlier(cfg, "sample", ("dataset", "sampler", "exposures"),
                           tuple(f"sampler.{k}" for k in sampler.train_only))  # fmt: skip
     check_chain([prep_dir, sample_dir])
-    with StageOutput("train", L.train, _config(cfg), [prep_dir, sample_dir]) as out:
+    # only rank 0 writes (and holds the stage dir's lock); the other ranks train beside it
+    writer = StageOutput("train", L.train, _config(cfg), [prep_dir, sample_dir])
+    with writer if group.is_main else nullcontext(writer) as out:
         torch.manual_seed(cfg.seed)
         schema, users, items = load_tables(prep_dir)
         key, args = checkpoint.model_args(OmegaConf.to_container(cfg.model, resolve=True))
         model = checkpoint.build(key, args, schema_dicts(schema))
         loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
         # an index the vectors cannot go into fails now, not at `twotower index` after training
-        empty_index(
-            cfg.index.factory, encode_all(model, items, np.ones(1, np.int64), "item").shape[1]
-        )
+        dim = encode_all(model, items, np.ones(1, np.int64), "item").shape[1]
+        empty_index(cfg.index.factory, dim)
         n_users, n_items = len(users["user"]) - 1, len(next(iter(items.values()))) - 1
         settings = TrainSettings(**cfg.train)
         examples = load_training_examples(prep_dir, sample_dir, n_users, n_items,
@@ -133,15 +144,28 @@ def train(cfg: DictConfig) -> dict:
         valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
         history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings,
                               batch_fn, seed=cfg.seed)  # fmt: skip
+        distributed.barrier(group)  # every rank is done before rank 0 writes
+        if not group.is_main:
+            return {}
         checkpoint.save(out.path("model.pt"), model, key, args, schema_dicts(schema), _config(cfg))
         out.path("history.json").write_text(json.dumps(history, indent=1))
         for name, obj in model.artifacts(users, items).items():
             out.path(f"{name}.json").write_text(json.dumps(obj, indent=1))
         best = max(h[f"valid_recall@{settings.early_stop_k}"] for h in history)
         out.figures = {"loss": loss_name, "epochs": len(history), "best_valid": best,
-                       "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+                       "parameters": sum(p.numel() for p in model.parameters()),
+                       **distributed.figures(group, settings.batch_size, history)}  # fmt: skip
     print(f"train: {json.dumps(out.figures)}")
     return out.figures
+
+
+def train_worker(config: dict) -> None:
+    """One rank of `twotower train train.nproc=N` (started by distributed.launch)."""
+    distributed.set_threads(config["threads"])
+    try:
+        train(OmegaConf.create(config))
+    finally:
+        distributed.shutdown()
 
 
 def embed(cfg: DictConfig) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from twotower_cli import distributed
 from twotower_cli.errors import TwoTowerError
 from twotower_cli.models.base import TwoTower
 from twotower_cli.optim import LazyAdam
@@ -62,11 +63,13 @@ def optimizers(model: torch.nn.Module, settings: TrainSettings) -> list[torch.op
     """Adam over every parameter; with sparse_embeddings, LazyAdam over the nn.Embedding
     tables with more rows than a batch has examples (switched to sparse gradients; weight decay
     applies to the dense rest only). A smaller table has most of its rows in every batch, so
-    it stays with the dense Adam, where it costs less than a lazy update."""
+    it stays with the dense Adam, where it costs less than a lazy update. Under several ranks
+    every table stays dense: DDP all-reduces its gradient with the rest (NCCL has no sparse
+    all-reduce), and Adam updates it (docs/scale.md)."""
     dense_adam = lambda params: torch.optim.Adam(  # noqa: E731
         params, lr=settings.lr, weight_decay=settings.weight_decay, foreach=True
     )
-    if not settings.sparse_embeddings:
+    if not settings.sparse_embeddings or distributed.current().active:
         return [dense_adam(model.parameters())]
     tables = [
         m
@@ -101,47 +104,57 @@ def train(
 
     `examples` holds `user`, `item`, `label` and optionally `neg` ([n, n_neg] explicit negative
     ids); `batch_fn(batch) -> batch`, from the sampler, does its per-batch work (shared
-    negatives, logQ columns); see samplers.py for the batch's keys.
+    negatives, logQ columns); see samplers.py for the batch's keys. In a process group
+    (distributed.py) each rank trains on its slice of every global batch, validation runs on
+    rank 0 and its score is broadcast.
     """
-    torch.manual_seed(seed)
+    group = distributed.current()
+    distributed.check(settings.batch_size, group, model)
+    torch.manual_seed(seed + group.rank)  # dropout: other masks on other ranks' rows
     device = settings.device
     model.to(device)
     user_table, item_table = to_device(user_table, device), to_device(item_table, device)
     examples = to_device(examples, device)
     opts = optimizers(model, settings)
+    step_loss = distributed.step_loss(model, loss_fn, group)
     gen = torch.Generator().manual_seed(seed)
     n = len(examples["user"])
     k = settings.early_stop_k
     best, best_state, history, waited = -1.0, None, [], 0
-    epochs = tqdm(range(settings.epochs), desc="train", unit="epoch")
+    bounds = distributed.batch_bounds(n, settings.batch_size, group.world_size)
+    n_used = sum(e - s for s, e in bounds)
+    quiet = not group.is_main
+    epochs = tqdm(range(settings.epochs), desc="train", unit="epoch", disable=quiet)
     for epoch in epochs:
         model.train()
         start, total = time.perf_counter(), 0.0
         perm = torch.randperm(n, generator=gen).to(device)
-        batches = tqdm(range(0, n, settings.batch_size), desc=f"epoch {epoch + 1}",
-                       unit="batch", leave=False, mininterval=1.0)  # fmt: skip
-        for s in batches:
-            batch = gather(examples, perm[s : s + settings.batch_size])
+        batches = tqdm(bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                       mininterval=1.0, disable=quiet)  # fmt: skip
+        for s, e in batches:
+            batch = gather(examples, perm[s:e])
             batch = batch_fn(batch) if batch_fn is not None else batch
+            batch = distributed.local_rows(batch, group)
             neg = batch.get("neg")
             neg_feats = gather(item_table, neg.reshape(-1)) if neg is not None else None
-            loss = model.batch_loss(loss_fn, user_features(user_table, batch),
-                                    gather(item_table, batch["item"]), batch,
-                                    neg_feats)  # fmt: skip
+            loss = step_loss(user_features(user_table, batch), gather(item_table, batch["item"]),
+                             batch, neg_feats)  # fmt: skip
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
             for opt in opts:
                 opt.step()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TwoTowerError(f"train: the loss became {value} at epoch {epoch + 1} "
-                                    "(try a lower train.lr); nothing was written")  # fmt: skip
-            total += value * len(batch["user"])
-        score = validate(model, user_table, item_table, valid, k, n_items)
-        history.append({"epoch": epoch + 1, "loss": total / n, f"valid_recall@{k}": score,
-                        "seconds": time.perf_counter() - start})  # fmt: skip
-        epochs.set_postfix(loss=f"{total / n:.4f}", **{f"val_r@{k}": f"{score:.4f}"})
+            total += loss.item() * len(batch["user"])
+        total, train_s = distributed.total(total, group), time.perf_counter() - start
+        if not math.isfinite(total):  # the same reduced total on every rank: all stop together
+            raise TwoTowerError(f"train: the loss became {total} in epoch {epoch + 1} (try a "
+                                "lower train.lr); nothing was written")  # fmt: skip
+        score = validate(model, user_table, item_table, valid, k, n_items) if group.is_main else 0
+        score = distributed.from_main(score, group)
+        history.append({"epoch": epoch + 1, "loss": total / n_used, f"valid_recall@{k}": score,
+                        "seconds": time.perf_counter() - start,
+                        "samples_per_s": n_used / train_s})  # fmt: skip
+        epochs.set_postfix(loss=f"{total / n_used:.4f}", **{f"val_r@{k}": f"{score:.4f}"})
         if score > best:
             best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
         else:
