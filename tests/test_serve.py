@@ -419,3 +419,18 @@ def test_load_test_drives_a_real_server_and_writes_its_report(run_dir, tmp_path)
     assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
     assert r["requests_per_s"] > 0 and r["server_cpu_ms_per_request"] > 0
     assert r["run"] == "dssm" and r["items"] == 200
+
+
+def test_top_drops_exclusions_and_missing_rows_and_keeps_each_items_score():
+    from twotower_cli.serve.recommend import _top
+
+    # faiss rows -> dense items (row + 1): row 0 finds items 4, 1, 3 and one missing (-1);
+    # row 1 finds 2, 3, 1, 4. Excluded: row 0 item 1; row 1 items 2 and 4. With n_items = 4 a
+    # key is row * 5 + item: 0 * 5 + 1 = 1, 1 * 5 + 2 = 7, 1 * 5 + 4 = 9.
+    I = np.array([[3, 0, 2, -1], [1, 2, 0, 3]])
+    D = np.array([[0.9, 0.8, 0.7, -3e38], [0.6, 0.5, 0.4, 0.3]], dtype=np.float32)
+    items, scores, keep = _top(D, I, np.array([1, 7, 9]), n_items=4, k=3)
+    # row 0 keeps 4 (0.9) and 3 (0.7); row 1 keeps 3 (0.5) and 1 (0.4); the third slot is empty
+    assert keep.tolist() == [[True, True, False], [True, True, False]]
+    assert items[keep].tolist() == [4, 3, 3, 1]
+    np.testing.assert_allclose(scores[keep], [0.9, 0.7, 0.5, 0.4])
