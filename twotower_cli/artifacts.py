@@ -53,16 +53,26 @@ def peak_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
-def read_manifest(stage_dir: str | Path) -> dict:
+def read_manifest(stage_dir: str | Path, command: str | None = None) -> dict:
+    """A stage dir's manifest; a broken one is a one-line error naming the command that
+    rewrites it (`command`, else the stage word the dir's name suggests)."""
     path = Path(stage_dir) / MANIFEST
+    rerun = f"rerun `twotower {command or _stage_of(path.parent)}`"
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TwoTowerError(f"{path}: unreadable ({type(err).__name__}); rerun the stage that "
-                            "writes it") from None  # fmt: skip
+        raise TwoTowerError(f"{path}: unreadable ({type(err).__name__}); {rerun}") from None
     if not isinstance(manifest, dict) or "stage" not in manifest:
-        raise TwoTowerError(f"{path}: not a twotower manifest; rerun the stage that writes it")
+        raise TwoTowerError(f"{path}: not a twotower manifest; {rerun}")
     return manifest
+
+
+def _stage_of(stage_dir: Path) -> str:
+    """The stage word a dir is named after (layout.py), else the whole pipeline."""
+    if stage_dir.parent.name == "sample":  # <data>/sample/<sampler>
+        return "sample"
+    name = stage_dir.name
+    return name if name in (*CHAIN, "evaluate", "export") else "run"
 
 
 def lineage(manifest: dict) -> dict[str, str]:
@@ -102,7 +112,7 @@ def verify(stage_dir: Path, command: str) -> dict:
     key = (str(stage_dir.resolve()), stat.st_mtime_ns, stat.st_size)
     if key in _verified:
         return _verified[key]
-    manifest = read_manifest(stage_dir)
+    manifest = read_manifest(stage_dir, command)
     outputs = manifest.get("outputs")
     if not isinstance(outputs, dict):
         raise TwoTowerError(f"{stage_dir / MANIFEST}: lists no output hashes (an older "

@@ -199,6 +199,12 @@ class StreamingFrequency:
         self.step += 1
         return self
 
+    def state_dict(self) -> dict:
+        return {"step": self.step, "last": self.last.clone(), "gap": self.gap.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.last, self.gap = int(state["step"]), state["last"], state["gap"]
+
     def prob(self, items: torch.Tensor) -> torch.Tensor:
         """Estimated probability that each item appears in a batch."""
         return (1.0 / self.gap[items.cpu() % self.n_buckets]).to(torch.float32)

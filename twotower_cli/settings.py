@@ -61,6 +61,9 @@ class TrainSettings:
     sparse_embeddings: bool = False
     # the history input of each training example (data/examples.py)
     history_mode: str = field(default="causal", metadata={"choices": HISTORY_MODES})
+    # auto: every finished epoch's state is kept (in the train dir's .resume/), and a rerun of the
+    # same command after a crash continues after the last finished epoch; never: start over
+    resume: str = field(default="auto", metadata={"choices": ("auto", "never")})
     # data-parallel training (distributed.py): local workers, backend, collective timeout
     nproc: int = field(default=1, metadata={"ge": 1})
     backend: str = field(default="auto", metadata={"choices": ("auto", "gloo", "nccl")})

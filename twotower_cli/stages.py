@@ -3,8 +3,10 @@ artifacts and a manifest. `twotower <stage>` runs `STAGES[stage](cfg)`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -38,9 +40,10 @@ from twotower_cli.mining import mined_band
 from twotower_cli.retrieval import EvalSet, build_index, empty_index, set_search_params
 from twotower_cli.samplers import add_exposure_negatives
 from twotower_cli.settings import TrainSettings
-from twotower_cli.trainer import encode_all
+from twotower_cli.trainer import Resume, encode_all
 from twotower_cli.trainer import train as train_model
 
+RESUME_DIR = ".resume"  # train's per-epoch state, beside its outputs (trainer.Resume)
 # the config sections each stage's output depends on (besides its inputs): `run` redoes a
 # stage when one of them changed, as make would
 SECTIONS = {
@@ -142,8 +145,9 @@ def train(cfg: DictConfig) -> dict:
         train_pos = read_split(prep_dir, "train")
         users = with_history(users, train_pos, model.history_len)
         valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
+        resume = _resume(cfg, L, [prep_dir, sample_dir]) if settings.resume == "auto" else None
         history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings,
-                              batch_fn, seed=cfg.seed)  # fmt: skip
+                              batch_fn, seed=cfg.seed, resume=resume)  # fmt: skip
         distributed.barrier(group)  # every rank is done before rank 0 writes
         if not group.is_main:
             return {}
@@ -155,8 +159,21 @@ def train(cfg: DictConfig) -> dict:
         out.figures = {"loss": loss_name, "epochs": len(history), "best_valid": best,
                        "parameters": sum(p.numel() for p in model.parameters()),
                        **distributed.figures(group, settings.batch_size, history)}  # fmt: skip
+    shutil.rmtree(L.train / RESUME_DIR, ignore_errors=True)  # the finished model supersedes it
     print(f"train: {json.dumps(out.figures)}")
     return out.figures
+
+
+def _resume(cfg: DictConfig, L: Layout, inputs: list[Path]) -> Resume:
+    """Per-epoch state of this training run: fingerprinted by what the trained model depends
+    on (the train sections of the config and the ids of its inputs), so a state made with other
+    settings or from other inputs is never resumed."""
+    made_of = {s: OmegaConf.to_container(cfg, resolve=True)[s] for s in SECTIONS["train"]}
+    made_of["inputs"] = [read_manifest(d).get("id") for d in inputs]
+    for key in ("resume", "backend", "dist_timeout_s"):  # how, not what, it trains
+        made_of["train"].pop(key, None)
+    digest = hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode())
+    return Resume(L.train / RESUME_DIR, digest.hexdigest())
 
 
 def train_worker(config: dict) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +20,40 @@ from twotower_cli.models.base import TwoTower
 from twotower_cli.optim import LazyAdam
 from twotower_cli.retrieval import EvalSet, build_index, evaluate_index
 from twotower_cli.settings import TrainSettings
+
+
+@dataclass
+class Resume:
+    """Where `train` keeps each finished epoch's state (one file per rank) and the fingerprint
+    of what it trains (config and inputs): a state with another fingerprint is not resumed."""
+
+    dir: Path
+    fingerprint: str
+
+    def path(self, rank: int) -> Path:
+        return self.dir / f"rank{rank}.pt"
+
+    def load(self, rank: int) -> dict | None:
+        path = self.path(rank)
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception as err:  # noqa: BLE001 -- a broken state is started over, not fatal
+            print(f"train: ignoring {path} ({type(err).__name__}); starting over", flush=True)
+            return None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+            print(f"train: {path} was made with other settings or inputs; starting over",
+                  flush=True)  # fmt: skip
+            return None
+        return state
+
+    def save(self, rank: int, state: dict) -> None:
+        """Write aside, then rename: a kill mid-write leaves the previous epoch's state."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path(rank).with_suffix(f".tmp{os.getpid()}")
+        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        os.replace(tmp, self.path(rank))
 
 
 def gather(table: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -99,6 +136,7 @@ def train(
     settings: TrainSettings,
     batch_fn=None,
     seed: int = 0,
+    resume: Resume | None = None,
 ) -> list[dict]:
     """Train in place; leaves the best-validation weights in `model`; returns per-epoch history.
 
@@ -106,7 +144,8 @@ def train(
     ids); `batch_fn(batch) -> batch`, from the sampler, does its per-batch work (shared
     negatives, logQ columns); see samplers.py for the batch's keys. In a process group
     (distributed.py) each rank trains on its slice of every global batch, validation runs on
-    rank 0 and its score is broadcast.
+    rank 0 and its score is broadcast. With `resume`, every finished epoch's whole state is
+    saved (atomically) and a matching saved state is picked up where it ended.
     """
     group = distributed.current()
     distributed.check(settings.batch_size, group, model)
@@ -120,11 +159,26 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     n = len(examples["user"])
     k = settings.early_stop_k
-    best, best_state, history, waited = -1.0, None, [], 0
+    best, best_state, history, waited, stopped = -1.0, None, [], 0, False
     bounds = distributed.batch_bounds(n, settings.batch_size, group.world_size)
     n_used = sum(e - s for s, e in bounds)
     quiet = not group.is_main
-    epochs = tqdm(range(settings.epochs), desc="train", unit="epoch", disable=quiet)
+    state = resume.load(group.rank) if resume is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        for opt, s in zip(opts, state["opts"], strict=True):
+            opt.load_state_dict(s)
+        best, best_state, history = state["best"], state["best_state"], state["history"]
+        waited, stopped = state["waited"], state["stopped"]
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["rng"])
+        if batch_fn is not None and state["batch_fn"] is not None:
+            batch_fn.load_state_dict(state["batch_fn"])
+        if group.is_main:
+            print(f"train: resuming after epoch {len(history)} ({resume.dir})", flush=True)
+    first = settings.epochs if stopped else len(history)
+    epochs = tqdm(range(first, settings.epochs), desc="train", unit="epoch", disable=quiet,
+                  initial=first, total=settings.epochs)  # fmt: skip
     for epoch in epochs:
         model.train()
         start, total = time.perf_counter(), 0.0
@@ -159,8 +213,16 @@ def train(
             best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
         else:
             waited += 1
-            if waited >= settings.patience:
-                break
+        stopped = waited >= settings.patience
+        if resume is not None:
+            resume.save(group.rank, {
+                "model": model.state_dict(), "opts": [o.state_dict() for o in opts],
+                "best": best, "best_state": best_state, "history": history, "waited": waited,
+                "stopped": stopped, "gen": gen.get_state(), "rng": torch.get_rng_state(),
+                "batch_fn": batch_fn.state_dict() if hasattr(batch_fn, "state_dict") else None,
+            })  # fmt: skip
+        if stopped:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     for table in model.modules():

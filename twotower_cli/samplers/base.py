@@ -13,6 +13,31 @@ from twotower_cli.errors import TwoTowerError
 from twotower_cli.losses import StreamingFrequency
 
 BatchFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+class BatchStep:
+    """A sampler's per-batch work (`fn`) with the state it carries from batch to batch (the
+    streaming frequency estimate, the uniform draws' generator), which a resumed training run
+    restores (trainer.py)."""
+
+    def __init__(self, fn: BatchFn, streaming: StreamingFrequency | None = None,
+                 gen: torch.Generator | None = None) -> None:  # fmt: skip
+        self.fn, self.streaming, self.gen = fn, streaming, gen
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.fn(batch)
+
+    def state_dict(self) -> dict:
+        return {"streaming": self.streaming.state_dict() if self.streaming else None,
+                "gen": self.gen.get_state() if self.gen is not None else None}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.streaming is not None:
+            self.streaming.load_state_dict(state["streaming"])
+        if self.gen is not None:
+            self.gen.set_state(state["gen"])
+
+
 LOGQ_MODES = ("exact", "streaming", "off")
 
 
@@ -71,7 +96,7 @@ class Sampler:
                 log_q = item_log_q[item] + float(np.log(len(item)))
             return {**batch, "log_q": log_q}
 
-        return add_log_q
+        return BatchStep(add_log_q, streaming)
 
     def _streaming(self, item_log_q: torch.Tensor) -> StreamingFrequency:
         return StreamingFrequency(len(item_log_q), alpha=getattr(self, "alpha", 0.05))

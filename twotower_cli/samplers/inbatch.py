@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from twotower_cli.errors import TwoTowerError
-from twotower_cli.samplers.base import BatchFn, Sampler, check_logq
+from twotower_cli.samplers.base import BatchFn, BatchStep, Sampler, check_logq
 
 
 class InBatchSampler(Sampler):
@@ -69,4 +69,4 @@ class MixedSampler(InBatchSampler):
             mix = lambda ids: torch.logaddexp(count(ids), torch.tensor(log_uniform))  # noqa: E731
             return {**out, "log_q": mix(item), "neg_log_q": mix(neg)}
 
-        return add_uniform
+        return BatchStep(add_uniform, streaming, gen)
