@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from twotower_cli import serve
 from twotower_cli.checkpoint import load_dir as _load_model
 from twotower_cli.data.tables import feature_tensors, load_schema
+from twotower_cli.layout import Layout
 from twotower_cli.user_tower import export_onnx
 
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
@@ -94,9 +95,7 @@ def test_bundle_alone_recommends_what_serve_recommends(exported):
     item_ids = json.loads((bundle / "item_ids.json").read_text())
     offline = [item_ids[i] for i in I[0]]
 
-    root = exported.joinpath(*ROOT)
-    dirs = serve.ServeDirs(exported / "synthetic" / "preprocess", root / "train",
-                           root / "embed", root / "index", "dssm")  # fmt: skip
+    dirs = serve.ServeDirs(Layout.of_run(exported.joinpath(*ROOT), exported))
     state = serve.ServeState(partial(serve.load_bundle, dirs, _load_model))
     client = TestClient(serve.create_app(state, serve.ServeSettings()))
     body = {"user": {"user_id": raw["user"], "region": raw["region"], "age": raw["age"]},

@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 from twotower_cli import serve
 from twotower_cli.checkpoint import load_dir as _load_model
 from twotower_cli.data.tables import Field
+from twotower_cli.layout import Layout
 from twotower_cli.metrics import drop_excluded
 from twotower_cli.retrieval import EvalSet, search
 from twotower_cli.user_tower import HISTORY
@@ -40,9 +41,7 @@ def run_dir(small_run: Path) -> Path:
 
 
 def _dirs(out: Path, run: tuple[str, ...] = RUN) -> serve.ServeDirs:
-    root = out.joinpath(*run)
-    return serve.ServeDirs(out / "synthetic" / "preprocess", root / "train", root / "embed",
-                           root / "index", run[-1], root=out)  # fmt: skip
+    return serve.ServeDirs(Layout.of_run(out.joinpath(*run), out))
 
 
 @pytest.fixture(scope="module")

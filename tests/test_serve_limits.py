@@ -21,15 +21,14 @@ from fastapi.testclient import TestClient
 from twotower_cli import serve
 from twotower_cli.checkpoint import load_dir as _load_model
 from twotower_cli.errors import TwoTowerError
+from twotower_cli.layout import Layout
 from twotower_cli.loadtest import drive, request_bodies
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
 
 
 def _dirs(out: Path) -> serve.ServeDirs:
-    root = out.joinpath(*RUN)
-    return serve.ServeDirs(out / "synthetic" / "preprocess", root / "train", root / "embed",
-                           root / "index", RUN[-1], root=out)  # fmt: skip
+    return serve.ServeDirs(Layout.of_run(out.joinpath(*RUN), out))
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from twotower_cli.artifacts import read_manifest
+from twotower_cli.layout import Layout
+
 COLUMNS = [f"{m}@{k}" for k in (10, 20, 50) for m in ("recall", "precision", "ndcg")]
 
 
@@ -33,9 +36,9 @@ def run_one(overrides: list[str], run_name: str, out: str) -> dict:
     root = glob.glob(f"{out}/*/sample/*/{run_name}")
     if len(root) != 1:
         raise SystemExit(f"compare: expected one run dir for {run_name}, found {root}")
-    root = Path(root[0])
-    metrics = json.loads((root / "evaluate" / "metrics.json").read_text())
-    train = json.loads((root / "train" / "manifest.json").read_text())
+    L = Layout.of_run(root[0], out)
+    metrics = json.loads(L.metrics.read_text())
+    train = read_manifest(L.train)
     return {"metrics": metrics, "train_seconds": train["seconds"],
             "parameters": train["figures"].get("parameters")}  # fmt: skip
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from twotower_cli.data.tables import feature_tensors, load_schema
+from twotower_cli.layout import Layout
 from twotower_cli.user_tower import HISTORY, OUTPUT, export_onnx, history_length
 
 ONNX_NAME = "user_tower.onnx"
@@ -44,13 +45,12 @@ def _inputs(fields: list, history_len: int) -> list[dict]:
 
 
 def export_bundle(
-    model: nn.Module, ckpt: dict, prep_dir: Path, embed_dir: Path, index_dir: Path,
-    out_dir: Path, run: str, dynamo: bool = False,
-) -> dict:  # fmt: skip
-    """Write the bundle into out_dir; return figures for the manifest."""
-    fields = load_schema(prep_dir)["user"]
+    model: nn.Module, ckpt: dict, L: Layout, out_dir: Path, dynamo: bool = False
+) -> dict:
+    """Write the bundle of run `L` into out_dir; return figures for the manifest."""
+    fields = load_schema(L.preprocess)["user"]
     history_len = history_length(model)
-    users = pd.read_parquet(prep_dir / "users.parquet")
+    users = pd.read_parquet(L.users)
     example = {k: v[1:3] for k, v in feature_tensors(users, fields).items()}
     names = [f.name for f in fields]
     if history_len:
@@ -59,19 +59,19 @@ def export_bundle(
     export_onnx(model, example, names, out_dir / ONNX_NAME, dynamo)
     with torch.inference_mode():
         dim = int(model.user_vectors(example).shape[1])
-    vocabs = json.loads((prep_dir / "vocabs.json").read_text())
-    item_ids = np.load(embed_dir / "item_ids.npy")
+    vocabs = json.loads(L.vocabs.read_text())
+    item_ids = np.load(L.ids("item"))
     raw_items = [vocabs["item"]["item"][i - 1] for i in item_ids.tolist()]
     (out_dir / "item_ids.json").write_text(json.dumps(raw_items))
-    shutil.copyfile(prep_dir / "vocabs.json", out_dir / "vocabs.json")
-    shutil.copyfile(index_dir / "items.faiss", out_dir / "items.faiss")
+    shutil.copyfile(L.vocabs, out_dir / L.vocabs.name)
+    shutil.copyfile(L.faiss_index, out_dir / L.faiss_index.name)
     spec = {
-        "run": run,
+        "run": L.run,
         "user_tower": ONNX_NAME,
         "inputs": _inputs(fields, history_len),
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", dim]},
         "index": {
-            "file": "items.faiss",
+            "file": L.faiss_index.name,
             "metric": "inner_product",
             "rows": "row i holds item_ids.json[i]",
         },  # fmt: skip

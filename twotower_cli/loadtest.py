@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from twotower_cli.data.tables import load_schema
+from twotower_cli.data.tables import load_schema, load_vocabs
 
 HOST = "127.0.0.1"  # loopback only: the load test never leaves this machine
 REQUEST_TIMEOUT_S = 10.0  # so a run lasts at most --max-seconds plus this
@@ -35,7 +35,7 @@ def request_bodies(prep_dir: Path, n: int, cold_every: int, k: int, seed: int) -
     """n request bodies: known users by id; every `cold_every`-th a cold-start profile drawn
     from the run's vocabularies (numeric features at their mean)."""
     rng = np.random.default_rng(seed)
-    vocabs = json.loads((prep_dir / "vocabs.json").read_text())["user"]
+    vocabs = load_vocabs(prep_dir)["user"]
     id_field, *profile = load_schema(prep_dir)["user"]
     ids = vocabs[id_field.name]
     bodies = []

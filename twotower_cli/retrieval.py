@@ -5,6 +5,7 @@ validation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -12,7 +13,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from twotower_cli.errors import ConfigError
+from twotower_cli.errors import ConfigError, TwoTowerError
 from twotower_cli.keys import row_keys, sorted_unique
 from twotower_cli.metrics import drop_excluded, ranking_metrics
 
@@ -38,6 +39,17 @@ def build_index(items: np.ndarray, factory: str, nprobe: int = 16, ef_search: in
     index.add(items)
     set_search_params(index, nprobe, ef_search)
     return index
+
+
+def read_index(path: Path, nprobe: int, ef_search: int):
+    """A faiss index file, or a one-line error naming it (faiss aborts on some bad files)."""
+    try:
+        idx = faiss.read_index(str(path))
+    except RuntimeError as err:
+        raise TwoTowerError(f"{path}: unreadable faiss index ({str(err).splitlines()[0][:120]});"
+                            " rerun `twotower index`") from None  # fmt: skip
+    set_search_params(idx, nprobe, ef_search)
+    return idx
 
 
 def set_search_params(index, nprobe: int, ef_search: int) -> None:

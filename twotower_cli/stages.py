@@ -37,7 +37,7 @@ from twotower_cli.evaluation import evaluate_run, format_table
 from twotower_cli.keys import sorted_unique
 from twotower_cli.layout import Layout
 from twotower_cli.mining import mined_band
-from twotower_cli.retrieval import EvalSet, build_index, empty_index, set_search_params
+from twotower_cli.retrieval import EvalSet, build_index, empty_index, read_index
 from twotower_cli.samplers import add_exposure_negatives
 from twotower_cli.settings import TrainSettings
 from twotower_cli.trainer import Resume, encode_all
@@ -226,17 +226,6 @@ def index(cfg: DictConfig) -> dict:
     return out.figures
 
 
-def read_index(path: Path, nprobe: int, ef_search: int):
-    """A faiss index file, or a one-line error naming it (faiss aborts on some bad files)."""
-    try:
-        idx = faiss.read_index(str(path))
-    except RuntimeError as err:
-        raise TwoTowerError(f"{path}: unreadable faiss index ({str(err).splitlines()[0][:120]});"
-                            " rerun `twotower index`") from None  # fmt: skip
-    set_search_params(idx, nprobe, ef_search)
-    return idx
-
-
 def evaluate(cfg: DictConfig) -> dict:
     L = Layout.of(cfg.paths)
     dirs = [_earlier(cfg, s) for s in ("preprocess", "train", "embed", "index")]
@@ -278,11 +267,8 @@ def serve(cfg: DictConfig) -> dict:
 
     p = cfg.paths
     settings = serving.ServeSettings(**cfg.serve)
-    dirs = serving.ServeDirs(
-        *(Path(d) for d in (p.preprocess_dir, p.train_dir, p.embed_dir, p.index_dir)),
-        p.run, cfg.index.nprobe, cfg.index.ef_search, settings.runtime, Path(p.out),
-    )  # fmt: skip
-    state = serving.ServeState(partial(serving.load_bundle, dirs, checkpoint.load_dir), dirs.root)
+    dirs = serving.ServeDirs(Layout.of(p), cfg.index.nprobe, cfg.index.ef_search, settings.runtime)
+    state = serving.ServeState(partial(serving.load_bundle, dirs), dirs.base())
     serving.run_server(state, settings)
     return {}
 
@@ -295,8 +281,7 @@ def export(cfg: DictConfig) -> dict:
     check_chain(dirs)
     with StageOutput("export", L.export, _config(cfg), dirs) as out:
         model, ckpt = checkpoint.load(L.model)
-        out.figures = export_bundle(model, ckpt, L.preprocess, L.embed, L.index, out.tmp,
-                                    cfg.paths.run, cfg.export.dynamo)  # fmt: skip
+        out.figures = export_bundle(model, ckpt, L, out.tmp, cfg.export.dynamo)
     print(f"export: {L.export} {json.dumps(out.figures)}")
     return out.figures
 

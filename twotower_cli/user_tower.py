@@ -19,9 +19,6 @@ from torch import nn
 from twotower_cli.errors import TwoTowerError
 
 log = logging.getLogger("twotower.serve")
-# the user tower's optional behaviour input (the item ids a user interacted with, most recent
-# last); a model that reads it has `history_len` > 0 (`model.history: true`)
-HISTORY = "history"
 OUTPUT = "user_vector"  # the ONNX graph's output name
 RUNTIMES = ("auto", "onnxruntime", "torchscript", "eager")
 

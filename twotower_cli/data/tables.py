@@ -168,6 +168,11 @@ def save_encoded(enc: Encoded, out_dir: Path) -> list[str]:
     return names
 
 
+def load_vocabs(prep_dir: Path) -> dict:
+    """{side: {feature: vocabulary}} as `save_encoded` wrote it (id = position + 1)."""
+    return json.loads((Path(prep_dir) / "vocabs.json").read_text())
+
+
 def load_schema(prep_dir: Path) -> dict[str, list[Field]]:
     raw = json.loads((prep_dir / "schema.json").read_text())
     return {side: [Field(**f) for f in fs] for side, fs in raw.items()}

@@ -23,8 +23,11 @@ import pandas as pd
 import torch
 
 from twotower_cli.artifacts import check_chain, read_manifest, require, seen_rows
+from twotower_cli.checkpoint import load_dir
 from twotower_cli.data.tables import load_schema
 from twotower_cli.errors import TwoTowerError
+from twotower_cli.layout import Layout
+from twotower_cli.retrieval import read_index
 from twotower_cli.serve.encoding import UserEncoder, UserQuery, csr
 from twotower_cli.user_tower import fast_user_tower, history_length
 
@@ -33,24 +36,20 @@ log = logging.getLogger("twotower.serve")
 
 @dataclass
 class ServeDirs:
-    """Where a run's serving inputs live (the stage dirs of the same config)."""
+    """Which run to serve (its stage dirs: layout.Layout) and how to search it."""
 
-    preprocess_dir: Path
-    train_dir: Path
-    embed_dir: Path
-    index_dir: Path
-    run: str
+    layout: Layout
     nprobe: int = 16
     ef_search: int = 128
     runtime: str = "auto"  # who runs the user tower: see user_tower.fast_user_tower
-    # paths.out: what /health's dirs are relative to (default: the stage dirs' common root)
-    root: Path | None = None
+
+    @property
+    def run(self) -> str:
+        return self.layout.run
 
     def base(self) -> Path:
-        if self.root is not None:
-            return Path(self.root)
-        dirs = [self.preprocess_dir, self.train_dir, self.embed_dir, self.index_dir]
-        return Path(os.path.commonpath([Path(d).absolute() for d in dirs])).parent
+        """What /health's dirs are relative to: paths.out."""
+        return self.layout.out
 
 
 def relative(path: Path, base: Path) -> str:
@@ -94,38 +93,28 @@ class Bundle:
         return np.ascontiguousarray(u, np.float32)
 
 
-def load_bundle(dirs: ServeDirs, load_model: Callable[[Path], tuple]) -> Bundle:
-    """Load a run's serving inputs. `load_model(train_dir) -> (model, checkpoint)` rebuilds the
-    model (the stage passes the same loader `embed` uses)."""
-    import faiss
-
-    from twotower_cli.retrieval import set_search_params
-
-    prep_dir = require(dirs.preprocess_dir, "preprocess")
-    train_dir = require(dirs.train_dir, "train")
-    embed_dir = require(dirs.embed_dir, "embed")
-    index_dir = require(dirs.index_dir, "index")
-    check_chain([prep_dir, train_dir, embed_dir, index_dir])  # one run, not a mix of two
-    model, _ = load_model(train_dir)
-    schema = load_schema(prep_dir)
-    vocabs = json.loads((prep_dir / "vocabs.json").read_text())
-    users = pd.read_parquet(prep_dir / "users.parquet")
+def load_bundle(dirs: ServeDirs, load_model: Callable[[Path], tuple] = load_dir) -> Bundle:
+    """Load a run's serving inputs, each checked against its manifest and all of one chain.
+    `load_model(train_dir) -> (model, checkpoint)` rebuilds the model (checkpoint.load_dir)."""
+    L = dirs.layout
+    stages = ("preprocess", "train", "embed", "index")
+    check_chain([require(getattr(L, s), s) for s in stages])  # one run, not a mix of two
+    model, _ = load_model(L.train)
+    schema = load_schema(L.preprocess)
+    vocabs = json.loads(L.vocabs.read_text())
+    users = pd.read_parquet(L.users)
     encoder = UserEncoder(schema["user"], vocabs["user"], users, vocabs["item"]["item"],
                           history_length(model))  # fmt: skip
-    index = faiss.read_index(str(index_dir / "items.faiss"))
-    set_search_params(index, dirs.nprobe, dirs.ef_search)
-    item_ids = np.load(embed_dir / "item_ids.npy")
-    item_vectors = np.ascontiguousarray(np.load(embed_dir / "item_vectors.npy"), np.float32)
+    index = read_index(L.faiss_index, dirs.nprobe, dirs.ef_search)
+    item_ids = np.load(L.ids("item"))
+    item_vectors = np.ascontiguousarray(np.load(L.vectors("item")), np.float32)
     # faiss row i must be dense item id i + 1, as embed wrote it
     if not np.array_equal(item_ids, np.arange(1, index.ntotal + 1)):
-        raise TwoTowerError(f"{index_dir}: index does not match {embed_dir}; rerun index")
+        raise TwoTowerError(f"{L.index}: index does not match {L.embed}; rerun index")
     item_raw = np.array([None, *vocabs["item"]["item"]], dtype=object)
-    seen_csr = csr(seen_rows(prep_dir), len(users))
-    base = dirs.base()
-    sources: dict = {name: relative(d, base) for name, d in
-                     (("preprocess", prep_dir), ("train", train_dir), ("embed", embed_dir),
-                      ("index", index_dir))}  # fmt: skip
-    sources["trained"] = read_manifest(train_dir).get("figures", {})
+    seen_csr = csr(seen_rows(L.preprocess), len(users))
+    sources: dict = {s: relative(getattr(L, s), dirs.base()) for s in stages}
+    sources["trained"] = read_manifest(L.train).get("figures", {})
     example = encoder.encode([UserQuery({}), UserQuery({"user_id": vocabs["user"]["user"][0]})],
                              seen_csr)  # fmt: skip
     tower, names, runtime = fast_user_tower(model.eval(), example, dirs.runtime)
