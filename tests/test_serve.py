@@ -30,7 +30,7 @@ from twotower_cli.data.tables import Field
 from twotower_cli.layout import Layout
 from twotower_cli.metrics import drop_excluded
 from twotower_cli.retrieval import EvalSet, search
-from twotower_cli.user_tower import HISTORY
+from twotower_cli.settings import HISTORY
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
 

@@ -18,7 +18,8 @@ from torch import nn
 
 from twotower_cli.data.tables import feature_tensors, load_schema
 from twotower_cli.layout import Layout
-from twotower_cli.user_tower import HISTORY, OUTPUT, export_onnx, history_length
+from twotower_cli.settings import HISTORY
+from twotower_cli.user_tower import OUTPUT, export_onnx, history_length
 
 ONNX_NAME = "user_tower.onnx"
 

@@ -12,7 +12,7 @@ import torch
 
 from twotower_cli.data.split import user_time_order
 from twotower_cli.data.tables import Field, feature_tensors
-from twotower_cli.user_tower import HISTORY
+from twotower_cli.settings import HISTORY
 
 
 class RequestError(ValueError):
