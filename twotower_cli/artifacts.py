@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from twotower_cli import tracking
 from twotower_cli.errors import TwoTowerError
 
 MANIFEST = "manifest.json"
@@ -279,6 +280,7 @@ class StageOutput:
         part.write_text(json.dumps(manifest, indent=1, default=str))
         part.replace(self.out_dir / MANIFEST)
         self.manifest = manifest
+        tracking.active().log_stage(self.out_dir, manifest)
         print(f"{self.stage}: done in {manifest['seconds']:.1f} s", flush=True)
 
 

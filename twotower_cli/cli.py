@@ -5,28 +5,32 @@ does not compose, or a value out of bounds, is one line naming the key (config.p
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from twotower_cli import config
 from twotower_cli.artifacts import prune_empty
 from twotower_cli.config import swept_keys
 from twotower_cli.errors import TwoTowerError
+from twotower_cli.tracking import NullTracker, session
 
 # absolute: a relative config_path becomes a package path once installed as a script
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "run", "serve",
-               "export")  # fmt: skip
+               "export", "report")  # fmt: skip
 # faiss announces which SIMD build it loaded at INFO; not news to a user
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # Hydra's flags that take a value (`--config-dir DIR` adds a directory of the user's configs)
 VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
 USAGE = (f"usage: twotower {{{'|'.join(STAGE_WORDS)}}} [key=value ...] [-m] [--cfg job] "
-         "[--force]")  # fmt: skip
+         "[--force]\n"
+         "       twotower report --compare RUN_DIR RUN_DIR ... [key=value ...]")  # fmt: skip
 config.register()
 
 
@@ -39,7 +43,14 @@ def app(cfg: DictConfig) -> None:
         config.check(cfg)
         distributed.set_threads(cfg.threads)  # null: every core, shared by torchrun's local ranks
         distributed.check_stage(cfg.stage)
-        STAGES[cfg.stage](cfg)
+        # serve runs until stopped, and under torchrun rank 0 alone tracks: nothing to track
+        quiet = cfg.stage == "serve" or os.environ.get("RANK", "0") != "0"
+        tracker = NullTracker() if quiet else instantiate(cfg.tracking)
+        choices = HydraConfig.get().runtime.choices
+        tags = {"stage": cfg.stage, "run": str(cfg.paths.run),
+                **{g: str(choices.get(g)) for g in ("dataset", "sampler", "model")}}  # fmt: skip
+        with session(tracker, OmegaConf.to_container(cfg, resolve=True), tags):
+            STAGES[cfg.stage](cfg)
     except TwoTowerError as err:
         prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)
         print(f"twotower {cfg.stage}: error: {err}", file=sys.stderr)
@@ -80,6 +91,21 @@ def _one_line(err: Exception) -> str:
     return f"{key}: {message}" if key and not message.startswith(key) else message
 
 
+def compare_override(argv: list[str]) -> list[str]:
+    """`--compare A B` -> `report.compare=['A','B']`: the run dirs after the flag, up to the
+    next override (`key=value`) or flag."""
+    at = argv.index("--compare")
+    end = at + 1
+    while end < len(argv) and "=" not in argv[end] and not argv[end].startswith("-"):
+        end += 1
+    runs = argv[at + 1 : end]
+    if not runs:
+        print(f"twotower report: --compare needs run dirs; {USAGE}", file=sys.stderr)
+        sys.exit(2)
+    quoted = ",".join("'" + r.replace("\\", "\\\\").replace("'", "\\'") + "'" for r in runs)
+    return [*argv[:at], f"report.compare=[{quoted}]", *argv[end:]]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -89,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     if stage not in STAGE_WORDS:
         print(f"twotower: unknown stage {stage!r}; {USAGE}", file=sys.stderr)
         sys.exit(2)
+    if stage == "report" and "--compare" in argv:
+        argv = compare_override(argv)
     # argparse takes overrides as one positional run: flags go first, the stage word next
     flags, rest = [], []
     while argv:

@@ -11,11 +11,11 @@ import faiss
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from twotower_cli.errors import ConfigError, TwoTowerError
 from twotower_cli.keys import row_keys, sorted_unique
 from twotower_cli.metrics import drop_excluded, ranking_metrics
+from twotower_cli.progress import bar
 
 
 def empty_index(factory: str, dim: int):
@@ -150,7 +150,7 @@ def exact_top_unseen(
         return out
     chunk = search_chunk_rows(n)
     scores = torch.empty(min(chunk, len(U)), n)
-    rows = tqdm(total=len(U), desc="search", unit="user", leave=False, mininterval=1.0)
+    rows = bar(total=len(U), desc="search", unit="user", leave=False, mininterval=1.0)
     with torch.no_grad(), rows:
         for s in range(0, len(U), chunk):
             e = min(s + chunk, len(U))
@@ -178,7 +178,7 @@ def top_unseen(fetch, ev: EvalSet, k: int, n_items: int) -> np.ndarray:
     order = np.argsort(per_user, kind="stable")
     out = np.full((len(ev.users), k), -1, dtype=np.int64)
     s = 0
-    progress = tqdm(total=len(order), desc="search", unit="user", leave=False, mininterval=1.0)
+    progress = bar(total=len(order), desc="search", unit="user", leave=False, mininterval=1.0)
     while s < len(order):
         e = min(len(order), s + 4096)
         depth = min(n_items, k + int(per_user[order[e - 1]]))

@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from twotower_cli import checkpoint, distributed, losses
+from twotower_cli import checkpoint, distributed, losses, tracking
 from twotower_cli.artifacts import (
     StageOutput,
     check_chain,
@@ -115,6 +115,7 @@ def train(cfg: DictConfig) -> dict:
     dist_settings = distributed.settings(OmegaConf.to_container(cfg.train, resolve=True))
     if distributed.should_launch(dist_settings, cfg.train.batch_size):
         distributed.launch(dist_settings, train_worker, _config(cfg))
+        tracking.active().log_finished(L.train)  # the workers track nothing: read back
         return read_manifest(L.train)["figures"]
     group = distributed.init(dist_settings, cfg.train.device)
     if group.active:
@@ -147,7 +148,8 @@ def train(cfg: DictConfig) -> dict:
         valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
         resume = _resume(cfg, L, [prep_dir, sample_dir]) if settings.resume == "auto" else None
         history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings,
-                              batch_fn, seed=cfg.seed, resume=resume)  # fmt: skip
+                              batch_fn, seed=cfg.seed, resume=resume,
+                              on_epoch=tracking.active().log_epoch)  # fmt: skip
         distributed.barrier(group)  # every rank is done before rank 0 writes
         if not group.is_main:
             return {}
@@ -257,6 +259,7 @@ def run(cfg: DictConfig) -> dict:
         out_dir = getattr(L, name)
         if not cfg.run.force and is_current(out_dir, now, inputs[name]):
             print(f"{name}: up to date in {out_dir} (run.force=true redoes it)")
+            tracking.active().log_finished(out_dir)  # a tracked run still records it
             continue
         stage(cfg)
     return json.loads(L.metrics.read_text())

@@ -7,17 +7,18 @@ import copy
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from twotower_cli import distributed
 from twotower_cli.errors import TwoTowerError
 from twotower_cli.models.base import TwoTower
 from twotower_cli.optim import LazyAdam
+from twotower_cli.progress import bar
 from twotower_cli.retrieval import EvalSet, build_index, evaluate_index
 from twotower_cli.settings import TrainSettings
 
@@ -137,6 +138,7 @@ def train(
     batch_fn=None,
     seed: int = 0,
     resume: Resume | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Train in place; leaves the best-validation weights in `model`; returns per-epoch history.
 
@@ -146,6 +148,8 @@ def train(
     (distributed.py) each rank trains on its slice of every global batch, validation runs on
     rank 0 and its score is broadcast. With `resume`, every finished epoch's whole state is
     saved (atomically) and a matching saved state is picked up where it ended.
+    `on_epoch(record)` gets each epoch's history record as it ends, on rank 0 (experiment
+    tracking; a resumed run's earlier epochs first).
     """
     group = distributed.current()
     distributed.check(settings.batch_size, group, model)
@@ -176,14 +180,16 @@ def train(
             batch_fn.load_state_dict(state["batch_fn"])
         if group.is_main:
             print(f"train: resuming after epoch {len(history)} ({resume.dir})", flush=True)
+    epoch_done = on_epoch if on_epoch is not None and group.is_main else lambda record: None
+    for record in history:
+        epoch_done(record)
     first = settings.epochs if stopped else len(history)
-    epochs = tqdm(range(first, settings.epochs), desc="train", unit="epoch", disable=quiet,
-                  initial=first, total=settings.epochs)  # fmt: skip
-    for epoch in epochs:
+    epochs = bar(desc="train", unit="epoch", disable=quiet, initial=first, total=settings.epochs)
+    for epoch in range(first, settings.epochs):
         model.train()
         start, total = time.perf_counter(), 0.0
         perm = torch.randperm(n, generator=gen).to(device)
-        batches = tqdm(bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+        batches = bar(bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                        mininterval=1.0, disable=quiet)  # fmt: skip
         for s, e in batches:
             batch = gather(examples, perm[s:e])
@@ -208,7 +214,10 @@ def train(
         history.append({"epoch": epoch + 1, "loss": total / n_used, f"valid_recall@{k}": score,
                         "seconds": time.perf_counter() - start,
                         "samples_per_s": n_used / train_s})  # fmt: skip
-        epochs.set_postfix(loss=f"{total / n_used:.4f}", **{f"val_r@{k}": f"{score:.4f}"})
+        epoch_done(history[-1])
+        epochs.set_postfix(loss=f"{total / n_used:.4f}", **{f"val_r@{k}": f"{score:.4f}"},
+                           refresh=False)  # fmt: skip
+        epochs.update()  # one redraw (or one log line) per epoch, with this epoch's postfix
         if score > best:
             best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
         else:
@@ -223,6 +232,7 @@ def train(
             })  # fmt: skip
         if stopped:
             break
+    epochs.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     for table in model.modules():
