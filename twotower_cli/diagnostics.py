@@ -229,6 +229,8 @@ def analyse(run: RunDirs, settings: BucketSettings) -> Diagnostics:
         "n_items": int(n_items),
         "item_buckets": {
             "names": list(ITEM_BUCKETS),
+            "head_share": settings.head_share,
+            "torso_share": settings.torso_share,
             "items": np.bincount(ibucket, minlength=3).tolist(),
             "train_share": (
                 np.bincount(ibucket, weights=train_items, minlength=3) / max(train_items.sum(), 1)
@@ -249,7 +251,9 @@ def analyse(run: RunDirs, settings: BucketSettings) -> Diagnostics:
             name: float(np.mean(hit_matrix(top, ev, n_items).sum(1) / ev.n_truth))
             for name, top in ranked.items()
         },  # fmt: skip
-        "coverage": {name: coverage_curve(top, n_items) for name, top in ranked.items()},
+        "coverage": {
+            name: {"curve": coverage_curve(top, n_items)} for name, top in ranked.items()
+        },
         "scores": {
             "positives": int(len(positive)),
             "positive_mean": float(positive.mean()) if len(positive) else float("nan"),
