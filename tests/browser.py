@@ -4,9 +4,11 @@ errors (console.error/assert, uncaught exceptions, failed resource loads) and a 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -41,6 +43,7 @@ class Pipe:
             [binary, *FLAGS, f"--user-data-dir={user_data_dir}"],
             pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=lambda: _as_fds_3_and_4(to_r, from_w),
+            start_new_session=True,  # its own process group: close() ends the helpers too
         )  # fmt: skip
         os.close(to_r)
         os.close(from_w)
@@ -77,7 +80,13 @@ class Pipe:
             self.events.append(self.read())
 
     def close(self) -> None:
-        self.proc.kill()
+        try:
+            os.write(self.to_w, json.dumps({"id": 0, "method": "Browser.close"}).encode() + b"\0")
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group of the chromium started here
         self.proc.wait()
         os.close(self.to_w)
         os.close(self.from_r)
@@ -101,7 +110,7 @@ def open_page(path: Path) -> tuple[list[str], bytes]:
     binary = chromium()
     if binary is None:
         raise FileNotFoundError("no chromium on PATH (.ci/run installs the Debian package)")
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         pipe = Pipe(binary, profile)
         try:
             target = pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]

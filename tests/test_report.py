@@ -126,6 +126,7 @@ def _report(runs: Path, model: str) -> Path:
     return runs / model / "report"
 
 
+@pytest.mark.slow  # the module's three small runs: ~15 s on 2 busy cores
 def test_report_of_a_run_has_every_plot_and_evaluates_numbers(runs: Path):
     report = _report(runs, "dssm")
     pngs = {p.stem for p in report.glob("*.png")}
@@ -158,6 +159,7 @@ def test_report_of_a_run_has_every_plot_and_evaluates_numbers(runs: Path):
         assert text in html
 
 
+@pytest.mark.slow
 def test_senet_and_multitask_reports_show_their_weights(runs: Path):
     senet = _report(runs, "senet")
     assert {p.stem for p in senet.glob("*.png")} == PLOTS | {"field_weights"}
@@ -166,6 +168,7 @@ def test_senet_and_multitask_reports_show_their_weights(runs: Path):
     check_self_contained(multitask / "index.html")
 
 
+@pytest.mark.slow
 def test_compare_puts_runs_side_by_side(runs: Path):
     out = runs.parents[2]
     dirs = [str(runs / m) for m in ("dssm", "senet", "multitask")]
@@ -180,6 +183,7 @@ def test_compare_puts_runs_side_by_side(runs: Path):
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_report_errors_are_one_line(runs: Path, tmp_path: Path, capsys):
     out = runs.parents[2]
     assert twotower("report", *SMALL, f"paths.out={out}", "model=parallel") == 2
@@ -193,6 +197,7 @@ def test_report_errors_are_one_line(runs: Path, tmp_path: Path, capsys):
     assert not (runs / "parallel").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium() is None and not os.environ.get("CI"),
                     reason="no chromium here (.ci/run installs it)")  # fmt: skip
 def test_report_renders_in_headless_chromium(runs: Path, tmp_path: Path):
