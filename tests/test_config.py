@@ -14,11 +14,13 @@ from omegaconf import OmegaConf
 
 from twotower_cli import checkpoint, config
 from twotower_cli.cli import CONFIG_DIR
+from twotower_cli.diagnostics import BucketSettings
 from twotower_cli.errors import ConfigError
 from twotower_cli.layout import STAGE_DIRS, Layout
 from twotower_cli.settings import EvalSettings, IndexSettings, TrainSettings
 
-GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "serve", "export", "paths"]
+GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "serve", "export", "paths",
+          "tracking", "report"]  # fmt: skip
 # `_name.yaml` files are shared bases of a group's options (conf/model/_tower.yaml), not options
 OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 SCHEMA = {
@@ -57,6 +59,12 @@ def test_option_composes_and_builds(group: str, option: str):
         assert ServeSettings(**node).port == node["port"]
     elif group == "export":
         assert isinstance(node["dynamo"], bool)
+    elif group == "tracking":  # building a tracker touches nothing; start() opens the store
+        tracker = instantiate(cfg.tracking)
+        assert type(tracker).__name__ == {"none": "NullTracker", "mlflow": "MlflowTracker"}[option]
+    elif group == "report":
+        keys = ("k", "head_share", "torso_share", "user_quantiles", "random_per_positive")
+        BucketSettings(*(node[k] for k in keys)).check()
     elif group == "paths":
         layout = Layout.of(cfg.paths)
         dirs = {getattr(layout, s) for s in STAGE_DIRS}
