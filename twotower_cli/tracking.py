@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,7 +120,7 @@ class MlflowTracker(NullTracker):
     def _metrics(self, values: dict[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
-        now = int(pd.Timestamp.now().timestamp() * 1000)
+        now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in values.items()]
         for s in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[s : s + 1000])
