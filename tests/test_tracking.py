@@ -58,6 +58,12 @@ def test_run_with_mlflow_logs_params_epochs_and_test_metrics(out_dir: Path, caps
         assert run.data.tags[f"{stage}.dir"] == str(stage_dir.resolve())
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "evaluate")]
     assert "evaluate/metrics.json" in artifacts
+    # a rerun skips the six current stages and still records them, read back from their dirs
+    assert twotower("run", *SMALL, f"paths.out={out_dir}", "threads=1", "tracking=mlflow") == 0
+    _, again = _runs(out_dir)
+    again = next(r for r in again if r.info.run_id != run.info.run_id)
+    assert again.data.metrics["test/model/recall_at_20"] == m["test/model/recall_at_20"]
+    assert len(client.get_metric_history(again.info.run_id, "train/loss")) == 3
     # stderr is no terminal here: one progress line per epoch, no carriage-return redraws
     assert "\r" not in err
     lines = [line for line in err.splitlines() if line.startswith("train:")]

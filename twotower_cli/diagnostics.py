@@ -8,6 +8,7 @@ model and for the popularity baseline, vectorised over users.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from twotower_cli.artifacts import MANIFEST, read_manifest, read_split, seen_rows
 from twotower_cli.errors import TwoTowerError
-from twotower_cli.metrics import is_member, sorted_unique
+from twotower_cli.keys import is_member, pair_keys, sorted_unique
 from twotower_cli.retrieval import (
     EvalSet,
     index_top_unseen,
@@ -24,9 +25,9 @@ from twotower_cli.retrieval import (
     set_search_params,
     top_unseen,
 )
-from twotower_cli.samplers import pair_keys
 
 STAGES = ("train", "embed", "index", "evaluate")
+STAGE_ORDER = ("preprocess", "sample", "train", "embed", "index", "evaluate")
 ITEM_BUCKETS = ("head", "torso", "tail")
 
 
@@ -262,3 +263,50 @@ def analyse(run: RunDirs, settings: BucketSettings) -> Diagnostics:
         },
     }
     return Diagnostics(summary, positive, random)
+
+
+@dataclass
+class RunData:
+    """Everything the report reads of one run."""
+
+    label: str
+    dirs: RunDirs
+    history: list[dict]
+    metrics: dict
+    manifests: dict[str, dict]
+    diag: Diagnostics
+    field_weights: dict | None
+    tasks: dict | None
+
+    @classmethod
+    def load(cls, dirs: RunDirs, settings: BucketSettings, label: str = "") -> RunData:
+        train = dirs.root / "train"
+        optional = lambda name: (  # noqa: E731
+            json.loads((train / name).read_text()) if (train / name).exists() else None
+        )
+        return cls(
+            label or dirs.label,
+            dirs,
+            json.loads((train / "history.json").read_text()),
+            json.loads((dirs.root / "evaluate" / "metrics.json").read_text()),
+            {s: read_manifest(dirs.stage(s)) for s in STAGE_ORDER},
+            analyse(dirs, settings),
+            optional("field_weights.json"),
+            optional("tasks.json"),
+        )
+
+    @property
+    def config(self) -> dict:
+        return self.manifests["evaluate"]["config"]
+
+    @property
+    def ks(self) -> list[int]:
+        return sorted(int(key.split("@")[1]) for key in self.metrics["model"] if "recall@" in key)
+
+
+def load_runs(run_dirs: list[str | Path], settings: BucketSettings) -> list[RunData]:
+    """The runs, labelled `<sampler>/<run>`, or by their whole path where two labels clash."""
+    dirs = [RunDirs.of(d) for d in run_dirs]
+    labels = [d.label for d in dirs]
+    clash = len(set(labels)) < len(labels)
+    return [RunData.load(d, settings, str(d.root) if clash else "") for d in dirs]

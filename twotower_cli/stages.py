@@ -291,17 +291,18 @@ def export(cfg: DictConfig) -> dict:
 
 def report(cfg: DictConfig) -> dict:
     """The run's report/ (or, with report.compare, one page for those run dirs)."""
-    from twotower_cli import report as reporting
-    from twotower_cli.diagnostics import BucketSettings
+    from twotower_cli.diagnostics import BucketSettings, load_runs
+    from twotower_cli.report import write_report
 
     r = cfg.report
     settings = BucketSettings(r.k, r.head_share, r.torso_share, tuple(r.user_quantiles),
                               r.random_per_positive, cfg.seed)  # fmt: skip
     compare = [str(d) for d in r.compare]
     out_dir = r.compare_dir if compare else cfg.paths.report_dir
-    runs = reporting.load_runs(compare or [cfg.paths.run_root], settings)
-    with StageOutput("report", out_dir, _config(cfg), [run.dirs.root for run in runs]) as out:
-        out.figures = reporting.write(runs, out.tmp)
+    runs = load_runs(compare or [cfg.paths.run_root], settings)
+    inputs = [run.dirs.root / "evaluate" for run in runs]
+    with StageOutput("report", out_dir, _config(cfg), inputs) as out:
+        out.figures = write_report(runs, out.tmp)
     print(f"report: {Path(out_dir) / 'index.html'}")
     return out.figures
 
