@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 import pytest
+import torch
 from conftest import options, twotower
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -108,3 +109,17 @@ def test_check_passes_the_defaults_and_raises_config_error():
     config.check(composed())
     with pytest.raises(ConfigError, match="loss"):
         config.check(composed("loss=hinge"))
+
+
+def test_the_optimiser_is_a_partial_target_node():
+    from twotower_cli.trainer import optimizers
+
+    cfg = composed("train.optimizer._target_=torch.optim.SGD", "train.lr=0.5",
+                   "~train.optimizer.foreach")  # fmt: skip
+    settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
+    (opt,) = optimizers(torch.nn.Linear(2, 1), settings)
+    assert type(opt) is torch.optim.SGD and opt.param_groups[0]["lr"] == 0.5
+    default = composed().train
+    (adam,) = optimizers(torch.nn.Linear(2, 1), TrainSettings(
+        **{**default, "optimizer": instantiate(default.optimizer)}))  # fmt: skip
+    assert type(adam) is torch.optim.Adam and adam.param_groups[0]["lr"] == default.lr

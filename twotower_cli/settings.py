@@ -6,6 +6,7 @@ each field's `metadata` (ge, gt, le, lt, choices) before a stage runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from twotower_cli.errors import ConfigError
 
@@ -64,6 +65,9 @@ class TrainSettings:
     # auto: every finished epoch's state is kept (in the train dir's .resume/), and a rerun of the
     # same command after a crash continues after the last finished epoch; never: start over
     resume: str = field(default="auto", metadata={"choices": ("auto", "never")})
+    # the dense optimiser: a `_partial_` `_target_` node that the train stage instantiates
+    # (conf/train/default.yaml: Adam at lr / weight_decay); None = that Adam
+    optimizer: Any = None
     # data-parallel training (distributed.py): local workers, backend, collective timeout
     nproc: int = field(default=1, metadata={"ge": 1})
     backend: str = field(default="auto", metadata={"choices": ("auto", "gloo", "nccl")})

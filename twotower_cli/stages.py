@@ -138,7 +138,7 @@ def train(cfg: DictConfig) -> dict:
         dim = encode_all(model, items, np.ones(1, np.int64), "item").shape[1]
         empty_index(cfg.index.factory, dim)
         n_users, n_items = len(users["user"]) - 1, len(next(iter(items.values()))) - 1
-        settings = TrainSettings(**cfg.train)
+        settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
         examples = load_training_examples(prep_dir, sample_dir, n_users, n_items,
                                           tuple(model.tasks), model.history_len, cfg.seed,
                                           settings.history_mode)  # fmt: skip
