@@ -100,11 +100,11 @@ def validate(model, user_table, item_table, ev: EvalSet, k: int, n_items: int) -
 def optimizers(model: torch.nn.Module, settings: TrainSettings) -> list[torch.optim.Optimizer]:
     """The dense optimiser over every parameter (`settings.optimizer`, a partial taking the
     parameters; default Adam at settings.lr); with sparse_embeddings, LazyAdam over the
-    nn.Embedding tables with more rows than a batch has examples (switched to sparse
-    gradients; weight decay applies to the dense rest only). A smaller table has most of its rows in every batch, so
-    it stays with the dense Adam, where it costs less than a lazy update. Under several ranks
-    every table stays dense: DDP all-reduces its gradient with the rest (NCCL has no sparse
-    all-reduce), and Adam updates it (docs/scale.md)."""
+    nn.Embedding tables with more rows than a batch has examples (switched to sparse gradients;
+    weight decay applies to the dense rest only). A smaller table has most of its rows in every
+    batch, so it stays with the dense Adam, where it costs less than a lazy update. Under
+    several ranks every table stays dense: DDP all-reduces its gradient with the rest (NCCL has
+    no sparse all-reduce), and Adam updates it (docs/scale.md)."""
     dense_adam = settings.optimizer if callable(settings.optimizer) else (
         lambda params: torch.optim.Adam(
             params, lr=settings.lr, weight_decay=settings.weight_decay, foreach=True
