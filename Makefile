@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint bench loadtest clean compare-models compare-history compare-samplers
+.PHONY: help install run test test-fast lint bench loadtest clean compare-models compare-history compare-samplers
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -22,8 +22,11 @@ install: $(STAMP) ## create .venv with torch (CPU) and twotower in editable mode
 run: install ## every stage on MovieLens-100K, ending with the evaluation table
 	$(BIN)/twotower run
 
-test: install ## the whole test suite (the real MovieLens run included)
+test: install ## the whole test suite (the real MovieLens run included; CI runs this)
 	$(BIN)/pytest -q
+
+test-fast: install ## the inner loop: every test not marked slow (no multi-stage CLI runs)
+	$(BIN)/pytest -q -m "not slow"
 
 lint: install ## ruff format check and lint
 	$(BIN)/ruff format --check twotower_cli tests bench
