@@ -152,3 +152,19 @@ def test_manifests_record_hashes_and_one_chain(small_run: Path):
     assert manifests["train"]["upstream"] == {s: ids[s] for s in STAGES[:2]}
     assert json.loads(json.dumps(manifests["embed"]["upstream"]))["train"] == ids["train"]
     assert np.isfinite(manifests["preprocess"]["seconds"])
+
+
+@pytest.mark.parametrize(
+    ("stage", "name", "reader"),
+    [("train", "model.pt", "embed"), ("index", "items.faiss", "evaluate"),
+     ("preprocess", "test.parquet", "embed")],
+)  # fmt: skip
+def test_a_truncated_artifact_makes_the_next_stage_exit_2(run_copy, stage, name, reader, capsys):
+    stage_dir = run_copy / "synthetic" / "preprocess" if stage == "preprocess" else (
+        run_copy.joinpath(*ROOT, stage))  # fmt: skip
+    data = (stage_dir / name).read_bytes()
+    (stage_dir / name).write_bytes(data[: len(data) // 3])
+    assert twotower(reader, *SMALL, f"paths.out={run_copy}") == 2
+    line = one_line_error(capsys)
+    assert f"{stage_dir / name}: missing, truncated or changed" in line
+    assert f"rerun `twotower {stage}`" in line
