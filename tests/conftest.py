@@ -52,3 +52,16 @@ def small_run(tmp_path_factory) -> Path:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# what makes a test slow (the `make test-fast` lane leaves these out; `make test` runs all):
+# fixtures that run the pipeline through the CLI, and modules of end-to-end runs
+CLI_FIXTURES = {"small_run", "out_dir", "two_ranks", "prepared"}
+END_TO_END = {"test_pipeline.py", "test_resume.py", "test_tracking.py", "test_distributed.py",
+              "test_movielens.py"}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if CLI_FIXTURES & set(item.fixturenames) or item.path.name in END_TO_END:
+            item.add_marker(pytest.mark.slow)

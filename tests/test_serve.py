@@ -91,6 +91,7 @@ def test_online_equals_offline_for_every_test_user(run_dir, client):
         assert [it["item_id"] for it in resp.json()["items"]] == expected[row]
 
 
+@pytest.mark.slow
 def test_online_equals_offline_with_the_user_history_feature(tmp_path: Path):
     # the user tower reads the history at request time: serve must build it as embed did
     # (with the recency prior; training histories leave-one-out: serving is the same either way)
