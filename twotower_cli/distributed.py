@@ -19,6 +19,7 @@ its rank (the agent stops the others), and a collective that waits longer than
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -106,6 +107,7 @@ def init(settings: DistSettings, device: str = "cpu") -> Group:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend, timeout=timedelta(seconds=settings.dist_timeout_s))
+        atexit.register(shutdown)  # under torchrun no one else ends the group
     return current()
 
 
@@ -186,14 +188,22 @@ def launch(settings: DistSettings, fn: Callable, *args) -> dict[int, object]:
         max_restarts=0,
         monitor_interval=0.1,
         start_method="spawn",
+        # workers left at the end get SIGTERM, then SIGKILL this much later (default 30 s):
+        # they hold nothing to save (rank 0 writes once, at the end). (After a failure the
+        # agent waits its fixed 30 s instead, which only a worker ignoring SIGTERM, e.g. a
+        # SIGSTOPped one, makes it spend.)
+        shutdown_timeout=2,
     )
     try:
         return elastic_launch(config, fn)(*args)
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
-        raise TwoTowerError(
-            f"rank {rank} (pid {failure.pid}) failed: {_message(failure)}"
-        ) from None
+        msg = _message(failure)
+        if "timed out" in msg.lower():
+            msg += (
+                f" (a peer stopped answering for train.dist_timeout_s={settings.dist_timeout_s:g})"
+            )
+        raise TwoTowerError(f"rank {rank} (pid {failure.pid}) failed: {msg}") from None
 
 
 def _message(failure) -> str:
