@@ -164,11 +164,11 @@ def test_a_batch_size_the_ranks_cannot_share_fails_before_launching(out_dir, cap
     assert not (out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "train").exists()
 
 
-def test_other_stages_refuse_to_run_once_per_rank_under_torchrun(monkeypatch, capsys):
+def test_other_stages_refuse_to_run_once_per_rank_under_torchrun(monkeypatch, capsys, out_dir):
     env = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "1"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert twotower("preprocess", *SMALL) == 2
+    assert twotower("preprocess", *SMALL, f"paths.out={out_dir}") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "under torchrun (WORLD_SIZE=2): only train runs" in err[0]
 
