@@ -26,7 +26,7 @@ from twotower_cli.errors import TwoTowerError
 from twotower_cli.losses import bce, inbatch_softmax
 from twotower_cli.models.dssm import DSSM
 from twotower_cli.samplers import InBatchSampler, MixedSampler, RandomNegativeSampler
-from twotower_cli.trainer import gather, user_features
+from twotower_cli.trainer import TrainSettings, gather, optimizers, user_features
 
 N_USERS, N_ITEMS, B, N_NEG = 12, 30, 16, 3
 SCHEMA = {
@@ -47,6 +47,8 @@ CASES = {
     "mixed": (lambda: MixedSampler(n_uniform=8), inbatch_softmax),
     "bce_random_negatives": (lambda: RandomNegativeSampler(n_neg=N_NEG), bce),
     "inbatch_with_row_negatives": (lambda: RandomNegativeSampler(n_neg=N_NEG), inbatch_softmax),
+    # train.sparse_embeddings: the id tables' gradients are sparse, all-reduced as such (gloo)
+    "inbatch_sparse_tables": (lambda: InBatchSampler("exact"), inbatch_softmax),
 }
 
 
@@ -79,6 +81,9 @@ def one_step(case: str, group: distributed.Group) -> tuple[float, dict[str, torc
     sampler = make_sampler()
     torch.manual_seed(0)
     model = DSSM(SCHEMA, embed_dim=8, hidden=[16], out_dim=8, dropout=0.0)
+    if case == "inbatch_sparse_tables":
+        optimizers(model, TrainSettings(batch_size=B // 2, sparse_embeddings=True))
+        assert model.item_fields.tables["item"].sparse  # 31 rows > 8 per rank
     step = distributed.step_loss(model, loss_fn, group)
     batch_fn = sampler.batch_fn(log_q, seed=3)
     if not isinstance(sampler, RandomNegativeSampler):
@@ -90,7 +95,11 @@ def one_step(case: str, group: distributed.Group) -> tuple[float, dict[str, torc
     neg_feats = gather(items, neg.reshape(-1)) if neg is not None else None
     loss = step(user_features(users, batch), gather(items, batch["item"]), batch, neg_feats)
     loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return loss.item(), {n: _dense(p.grad) for n, p in model.named_parameters()}
+
+
+def _dense(grad: torch.Tensor) -> torch.Tensor:
+    return grad.coalesce().to_dense() if grad.is_sparse else grad.clone()
 
 
 def _rank(rank: int, world: int, store: str, out: str) -> None:

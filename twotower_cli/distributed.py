@@ -342,6 +342,12 @@ def step_loss(model: torch.nn.Module, loss_fn: Callable, group: Group) -> Callab
     )
 
 
+def sparse_supported(group: Group) -> bool:
+    """Whether sparse embedding gradients can be averaged over the group: gloo all-reduces
+    sparse tensors (DDP hands them over as they are), NCCL cannot."""
+    return group.backend != "nccl"
+
+
 def from_main(value: float, group: Group) -> float:
     """Rank 0's value on every rank (the validation score, and with it the early-stop
     decision, which every rank then takes alike)."""

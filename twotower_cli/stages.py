@@ -187,9 +187,9 @@ def train(cfg: DictConfig) -> dict:
     users = _with_history(model, users, train_pos)
     valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
     settings = TrainSettings(**train_cfg, seed=cfg.seed)
-    if group.active and settings.sparse_embeddings and group.is_main:
-        print("train: train.sparse_embeddings is off under several ranks: dense gradients, "
-              "all-reduced (docs/scale.md)", flush=True)  # fmt: skip
+    if settings.sparse_embeddings and not distributed.sparse_supported(group) and group.is_main:
+        print("train: train.sparse_embeddings is off under nccl (no sparse all-reduce): dense "
+              "gradients, all-reduced (docs/scale.md)", flush=True)  # fmt: skip
     history = train_model(
         model, loss_fn, examples, users, items, valid, n_items, settings, batch_fn
     )
