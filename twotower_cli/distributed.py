@@ -41,6 +41,7 @@ BACKENDS = ("auto", "gloo", "nccl")
 KEYS = ("nproc", "backend", "dist_timeout_s")
 # what torchrun (and the elastic launcher) put in each worker's environment
 ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
 
 
 @dataclass
@@ -176,7 +177,8 @@ def launch(settings: DistSettings, fn: Callable, *args) -> dict[int, object]:
     logging.getLogger("torch.multiprocessing").setLevel(logging.ERROR)
     # the spawn start method's resource tracker (a child interpreter started with this one's
     # -W options) warns about the semaphores of a killed worker after the run has said so
-    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
+    if TRACKER_WARNING not in sys.warnoptions:
+        sys.warnoptions.append(TRACKER_WARNING)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
