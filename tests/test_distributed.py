@@ -120,6 +120,13 @@ def two_ranks(tmp_path_factory) -> list[dict]:
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
+def test_the_batch_repeats_users_and_items_across_the_two_slices():
+    # so the same-user and accidental-hit masks of one rank's rows hit the other rank's columns
+    _, _, batch, _ = tables()
+    for key in ("user", "item"):
+        assert set(batch[key][: B // 2].tolist()) & set(batch[key][B // 2 :].tolist()), key
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_ranks_give_the_one_process_loss_and_gradients(two_ranks, case):
     loss, grads = one_step(case, distributed.Group())
