@@ -316,20 +316,21 @@ def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
     thread per process, on the bench data, alternating 1 2 / 2 1 over `repeats` rounds; the
     rate is the manifest's (examples per second of the training loop, validation and start-up
     excluded). dist_scaling_efficiency = rate(2) / (2 x rate(1)): 1.0 = two processes train
-    twice as fast as one. Embedding tables train dense on both sides (under several ranks
-    they are; docs/scale.md)."""
+    twice as fast as one. Both sides use `sizes.sparse_embeddings` (the lazy Adam, as the
+    train section; gloo all-reduces the sparse gradients: docs/scale.md)."""
     run_out = out_dir / "dist"
     d = sizes.data
     base = ["dataset=synthetic", f"dataset.load.n_interactions={d['n_interactions']}",
             f"dataset.load.n_users={d['n_users']}", f"dataset.load.n_items={d['n_items']}",
             f"dataset.load.cache_dir={cache_dir}", f"paths.out={run_out}", "threads=1",
             f"train.epochs={sizes.dist_epochs}", f"train.patience={sizes.dist_epochs}",
-            f"train.batch_size={sizes.batch_size}", "train.sparse_embeddings=false"]  # fmt: skip
+            f"train.batch_size={sizes.batch_size}",
+            f"train.sparse_embeddings={str(sizes.sparse_embeddings).lower()}"]  # fmt: skip
     script = str(Path(sys.executable).with_name("twotower"))
     for stage in ("preprocess", "sample"):
         subprocess.run([script, stage, *base], check=True, stdout=subprocess.DEVNULL)
     manifest = run_out / "synthetic" / "sample" / "inbatch" / "dssm" / "train" / "manifest.json"
-    rates: dict[int, list[float]] = {1: [], 2: []}
+    rates: dict[int, list[float]] = {1: [], 2: []}  # each run's rate, kept in bench.json
     for r in range(sizes.repeats):
         for nproc in (1, 2) if r % 2 == 0 else (2, 1):
             log(f"dist: twotower train train.nproc={nproc} (round {r + 1})")
@@ -338,7 +339,8 @@ def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
             rates[nproc].append(json.loads(manifest.read_text())["figures"]["samples_per_s"])
     one, two = float(np.median(rates[1])), float(np.median(rates[2]))
     return {"dist/samples_per_s@1": one, "dist/samples_per_s@2": two,
-            "dist_scaling_efficiency": two / (2 * one), "dist/rounds": sizes.repeats}  # fmt: skip
+            "dist_scaling_efficiency": two / (2 * one), "dist/rounds": sizes.repeats,
+            "dist/runs@1": rates[1], "dist/runs@2": rates[2]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

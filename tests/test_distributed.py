@@ -26,7 +26,7 @@ from twotower_cli.errors import TwoTowerError
 from twotower_cli.losses import bce, inbatch_softmax
 from twotower_cli.models.dssm import DSSM
 from twotower_cli.samplers import InBatchSampler, MixedSampler, RandomNegativeSampler
-from twotower_cli.trainer import gather, user_features
+from twotower_cli.trainer import TrainSettings, gather, optimizers, user_features
 
 N_USERS, N_ITEMS, B, N_NEG = 12, 30, 16, 3
 SCHEMA = {
@@ -47,6 +47,8 @@ CASES = {
     "mixed": (lambda: MixedSampler(n_uniform=8), inbatch_softmax),
     "bce_random_negatives": (lambda: RandomNegativeSampler(n_neg=N_NEG), bce),
     "inbatch_with_row_negatives": (lambda: RandomNegativeSampler(n_neg=N_NEG), inbatch_softmax),
+    # train.sparse_embeddings: the id tables' gradients are sparse, all-reduced as such (gloo)
+    "inbatch_sparse_tables": (lambda: InBatchSampler("exact"), inbatch_softmax),
 }
 
 
@@ -79,6 +81,9 @@ def one_step(case: str, group: distributed.Group) -> tuple[float, dict[str, torc
     sampler = make_sampler()
     torch.manual_seed(0)
     model = DSSM(SCHEMA, embed_dim=8, hidden=[16], out_dim=8, dropout=0.0)
+    if case == "inbatch_sparse_tables":
+        optimizers(model, TrainSettings(batch_size=B // 2, sparse_embeddings=True))
+        assert model.item_fields.tables["item"].sparse  # 31 rows > 8 per rank
     step = distributed.step_loss(model, loss_fn, group)
     batch_fn = sampler.batch_fn(log_q, seed=3)
     if not isinstance(sampler, RandomNegativeSampler):
@@ -90,7 +95,11 @@ def one_step(case: str, group: distributed.Group) -> tuple[float, dict[str, torc
     neg_feats = gather(items, neg.reshape(-1)) if neg is not None else None
     loss = step(user_features(users, batch), gather(items, batch["item"]), batch, neg_feats)
     loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return loss.item(), {n: _dense(p.grad) for n, p in model.named_parameters()}
+
+
+def _dense(grad: torch.Tensor) -> torch.Tensor:
+    return grad.coalesce().to_dense() if grad.is_sparse else grad.clone()
 
 
 def _rank(rank: int, world: int, store: str, out: str) -> None:
@@ -109,6 +118,13 @@ def two_ranks(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("dist")
     mp.spawn(_rank, args=(2, str(tmp / "store"), str(tmp)), nprocs=2, join=True)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_the_batch_repeats_users_and_items_across_the_two_slices():
+    # so the same-user and accidental-hit masks of one rank's rows hit the other rank's columns
+    _, _, batch, _ = tables()
+    for key in ("user", "item"):
+        assert set(batch[key][: B // 2].tolist()) & set(batch[key][B // 2 :].tolist()), key
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -164,11 +180,11 @@ def test_a_batch_size_the_ranks_cannot_share_fails_before_launching(out_dir, cap
     assert not (out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "train").exists()
 
 
-def test_other_stages_refuse_to_run_once_per_rank_under_torchrun(monkeypatch, capsys):
+def test_other_stages_refuse_to_run_once_per_rank_under_torchrun(monkeypatch, capsys, out_dir):
     env = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "1"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert twotower("preprocess", *SMALL) == 2
+    assert twotower("preprocess", *SMALL, f"paths.out={out_dir}") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "under torchrun (WORLD_SIZE=2): only train runs" in err[0]
 

@@ -57,3 +57,13 @@ def test_a_resumed_bar_starts_without_a_line_of_its_own():
     assert [
         line.split("|")[2].split("[")[0].strip() for line in stream.getvalue().splitlines()
     ] == ["4/5"]
+
+
+def test_a_disabled_bar_takes_postfix_and_updates_silently():
+    # what the trainer does on ranks other than 0
+    out = io.StringIO()
+    b = bar(total=3, desc="train", file=out, disable=True)
+    b.set_postfix(loss="1.0", refresh=False)
+    b.update()
+    b.close()
+    assert out.getvalue() == ""

@@ -19,6 +19,7 @@ its rank (the agent stops the others), and a collective that waits longer than
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -40,6 +41,7 @@ BACKENDS = ("auto", "gloo", "nccl")
 KEYS = ("nproc", "backend", "dist_timeout_s")
 # what torchrun (and the elastic launcher) put in each worker's environment
 ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
 
 
 @dataclass
@@ -106,6 +108,7 @@ def init(settings: DistSettings, device: str = "cpu") -> Group:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend, timeout=timedelta(seconds=settings.dist_timeout_s))
+        atexit.register(shutdown)  # under torchrun no one else ends the group
     return current()
 
 
@@ -174,7 +177,8 @@ def launch(settings: DistSettings, fn: Callable, *args) -> dict[int, object]:
     logging.getLogger("torch.multiprocessing").setLevel(logging.ERROR)
     # the spawn start method's resource tracker (a child interpreter started with this one's
     # -W options) warns about the semaphores of a killed worker after the run has said so
-    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
+    if TRACKER_WARNING not in sys.warnoptions:
+        sys.warnoptions.append(TRACKER_WARNING)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -186,14 +190,22 @@ def launch(settings: DistSettings, fn: Callable, *args) -> dict[int, object]:
         max_restarts=0,
         monitor_interval=0.1,
         start_method="spawn",
+        # workers left at the end get SIGTERM, then SIGKILL this much later (default 30 s):
+        # they hold nothing to save (rank 0 writes once, at the end). (After a failure the
+        # agent waits its fixed 30 s instead, which only a worker ignoring SIGTERM, e.g. a
+        # SIGSTOPped one, makes it spend.)
+        shutdown_timeout=2,
     )
     try:
         return elastic_launch(config, fn)(*args)
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
-        raise TwoTowerError(
-            f"rank {rank} (pid {failure.pid}) failed: {_message(failure)}"
-        ) from None
+        msg = _message(failure)
+        if "timed out" in msg.lower():
+            msg += (
+                f" (a peer stopped answering for train.dist_timeout_s={settings.dist_timeout_s:g})"
+            )
+        raise TwoTowerError(f"rank {rank} (pid {failure.pid}) failed: {msg}") from None
 
 
 def _message(failure) -> str:
@@ -330,6 +342,12 @@ def step_loss(model: torch.nn.Module, loss_fn: Callable, group: Group) -> Callab
     return torch.nn.parallel.DistributedDataParallel(
         step, device_ids=devices, forward_sync_buffers=False
     )
+
+
+def sparse_supported(group: Group) -> bool:
+    """Whether sparse embedding gradients can be averaged over the group: gloo all-reduces
+    sparse tensors (DDP hands them over as they are), NCCL cannot."""
+    return group.backend != "nccl"
 
 
 def from_main(value: float, group: Group) -> float:

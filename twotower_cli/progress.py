@@ -51,7 +51,7 @@ def bar(iterable=None, *, leave: bool = True, file=None, **kwargs) -> tqdm:
     file = sys.stderr if file is None else file
     if is_terminal(file):
         return tqdm(iterable, leave=leave, file=file, **kwargs)
-    if not leave:
+    if not leave or kwargs.get("disable"):  # a disabled LineBar would lack tqdm's state
         kwargs["disable"] = True
-        return tqdm(iterable, leave=False, file=file, **kwargs)
+        return tqdm(iterable, leave=leave, file=file, **kwargs)
     return LineBar(iterable, leave=True, file=file, **kwargs)

@@ -146,6 +146,13 @@ def train(cfg: DictConfig) -> dict:
         train_pos = read_split(prep_dir, "train")
         users = with_history(users, train_pos, model.history_len)
         valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
+        if (
+            settings.sparse_embeddings
+            and not distributed.sparse_supported(group)
+            and group.is_main
+        ):
+            print("train: train.sparse_embeddings is off under nccl (no sparse all-reduce): "
+                  "dense gradients, all-reduced (docs/scale.md)", flush=True)  # fmt: skip
         resume = _resume(cfg, L, [prep_dir, sample_dir]) if settings.resume == "auto" else None
         history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings,
                               batch_fn, seed=cfg.seed, resume=resume,

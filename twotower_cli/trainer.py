@@ -103,14 +103,15 @@ def optimizers(model: torch.nn.Module, settings: TrainSettings) -> list[torch.op
     nn.Embedding tables with more rows than a batch has examples (switched to sparse gradients;
     weight decay applies to the dense rest only). A smaller table has most of its rows in every
     batch, so it stays with the dense Adam, where it costs less than a lazy update. Under
-    several ranks every table stays dense: DDP all-reduces its gradient with the rest (NCCL has
-    no sparse all-reduce), and Adam updates it (docs/scale.md)."""
+    several ranks DDP all-reduces the sparse gradients as they are (gloo), and the lazy update
+    of their sum is the one-process update; NCCL has no sparse all-reduce, so there every table
+    stays dense (docs/scale.md)."""
     dense_adam = settings.optimizer if callable(settings.optimizer) else (
         lambda params: torch.optim.Adam(
             params, lr=settings.lr, weight_decay=settings.weight_decay, foreach=True
         )
     )  # fmt: skip
-    if not settings.sparse_embeddings or distributed.current().active:
+    if not settings.sparse_embeddings or not distributed.sparse_supported(distributed.current()):
         return [dense_adam(model.parameters())]
     tables = [
         m
