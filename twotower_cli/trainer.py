@@ -122,14 +122,17 @@ def train(
     k = settings.early_stop_k
     best, best_state, history, waited = -1.0, None, [], 0
     bounds = distributed.batch_bounds(n, settings.batch_size, group.world_size)
-    n_used = sum(e - s for s, e in bounds)
+    steps_left = settings.max_steps or math.inf
     quiet = not group.is_main
     epochs = tqdm(range(settings.epochs), desc="train", unit="epoch", disable=quiet)
     for epoch in epochs:
         model.train()
         start, total = time.perf_counter(), 0.0
         perm = torch.randperm(n, generator=gen).to(device)
-        batches = tqdm(bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+        epoch_bounds = bounds[: int(min(len(bounds), steps_left))]  # train.max_steps
+        steps_left -= len(epoch_bounds)
+        n_used = sum(e - s for s, e in epoch_bounds)
+        batches = tqdm(epoch_bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                        mininterval=1.0, disable=quiet)  # fmt: skip
         for s, e in batches:
             batch = gather(examples, perm[s:e])
@@ -153,7 +156,8 @@ def train(
         score = distributed.from_main(score, group)
         history.append({"epoch": epoch + 1, "loss": total / n_used, f"valid_recall@{k}": score,
                         "seconds": time.perf_counter() - start,
-                        "samples_per_s": n_used / train_s})  # fmt: skip
+                        "samples_per_s": n_used / train_s,
+                        "steps": len(epoch_bounds)})  # fmt: skip
         epochs.set_postfix(loss=f"{total / n_used:.4f}", **{f"val_r@{k}": f"{score:.4f}"})
         if score > best:
             best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
@@ -161,6 +165,8 @@ def train(
             waited += 1
             if waited >= settings.patience:
                 break
+        if steps_left <= 0:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     for table in model.modules():
