@@ -122,3 +122,17 @@ def test_news_log_absurd_expo_time_and_spelled_missing_ids(tmp_path):
     pd.DataFrame(rows, columns=LOG_COLS).to_csv(path, sep="\t")
     with pytest.raises(TwoTowerError, match=r"column 'duration' row 2 holds inf"):
         read_log(path, 60.0, {})
+
+
+def test_exact_duplicates_equal_pandas_duplicated():
+    from twotower_cli.data.clean import exact_duplicates
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    cols = {"user_id": 40, "item_id": 30, "timestamp": 5, "label": 2}
+    frame = pd.DataFrame({c: rng.integers(0, k, n) for c, k in cols.items()})
+    expected = frame.duplicated().to_numpy()
+    assert 0 < expected.sum() < n  # same keys with another label are no duplicates
+    assert (exact_duplicates(frame) == expected).all()
+    text = frame.astype({"user_id": str})
+    assert (exact_duplicates(text) == expected).all()
