@@ -88,6 +88,14 @@ def optimizers(model: torch.nn.Module, settings: TrainSettings) -> list[torch.op
     return opts
 
 
+def steps_allowed(n_batches: int, max_steps: int, history: list[dict]) -> int:
+    """The batches the next epoch may train under train.max_steps (0 = no cap), counted from
+    the history so a resumed run keeps the same cap."""
+    if not max_steps:
+        return n_batches
+    return max(0, min(n_batches, max_steps - sum(h["steps"] for h in history)))
+
+
 def train(
     model: TwoTower,
     loss_fn,
@@ -122,15 +130,13 @@ def train(
     k = settings.early_stop_k
     best, best_state, history, waited = -1.0, None, [], 0
     bounds = distributed.batch_bounds(n, settings.batch_size, group.world_size)
-    steps_left = settings.max_steps or math.inf
     quiet = not group.is_main
     epochs = tqdm(range(settings.epochs), desc="train", unit="epoch", disable=quiet)
     for epoch in epochs:
         model.train()
         start, total = time.perf_counter(), 0.0
         perm = torch.randperm(n, generator=gen).to(device)
-        epoch_bounds = bounds[: int(min(len(bounds), steps_left))]  # train.max_steps
-        steps_left -= len(epoch_bounds)
+        epoch_bounds = bounds[: steps_allowed(len(bounds), settings.max_steps, history)]
         n_used = sum(e - s for s, e in epoch_bounds)
         batches = tqdm(epoch_bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                        mininterval=1.0, disable=quiet)  # fmt: skip
@@ -165,7 +171,7 @@ def train(
             waited += 1
             if waited >= settings.patience:
                 break
-        if steps_left <= 0:
+        if steps_allowed(len(bounds), settings.max_steps, history) == 0:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
