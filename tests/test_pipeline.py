@@ -135,3 +135,16 @@ def test_max_steps_caps_training_and_validates_the_last_epoch(out_dir: Path):
                         / "history.json")  # fmt: skip
     assert [(h["epoch"], h["steps"]) for h in history] == [(1, per_epoch), (2, per_epoch // 2)]
     assert all(0.0 <= h["valid_recall@20"] <= 1.0 for h in history)
+
+
+def test_steps_allowed_counts_the_cap_from_the_history():
+    from twotower_cli.trainer import steps_allowed
+
+    # 10 batches an epoch, cap 25: 10, 10, then 25 - 20 = 5, then none; cap 0 = no cap
+    history = []
+    allowed = []
+    for _ in range(4):
+        allowed.append(steps_allowed(10, 25, history))
+        history.append({"steps": allowed[-1]})
+    assert allowed == [10, 10, 5, 0]
+    assert steps_allowed(10, 0, history) == 10
