@@ -28,11 +28,14 @@ def scale_table(results: dict) -> list[str]:
     if not sizes:
         return []
     head = "| interactions | positives | " + " | ".join(f"{s} s" for s in STAGES)
-    lines = [head + " | wall s | peak RSS GiB | recall@20 |", "|---" * (len(STAGES) + 6) + "|"]
+    head += " | " + " | ".join(f"{s} GiB" for s in STAGES)
+    lines = [head + " | wall s | peak RSS GiB | recall@20 |",
+             "|---" * (2 * len(STAGES) + 5) + "|"]  # fmt: skip
     for n in sizes:
         p = f"scale/{n}/"
         cells = [f"{n:,}", f"{results[p + 'positives']:,}"]
         cells += [f"{results[p + s + '_s']:.1f}" for s in STAGES]
+        cells += [f"{results.get(p + s + '_rss_gib', float('nan')):.2f}" for s in STAGES]
         cells += [f"{results[p + 'wall_s']:.1f}", f"{results[p + 'peak_rss_gib']:.2f}",
                   f"{results[p + 'recall@20']:.4f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")

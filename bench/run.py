@@ -73,9 +73,13 @@ class Sizes:
     ann_candidates: dict = field(
         default_factory=lambda: {"IVF1024,Flat": [4, 8, 16, 32], "HNSW16": [64, 128]}
     )
-    scale: tuple = (1_000_000, 3_000_000, 10_000_000)
+    scale: tuple = (1_000_000, 3_000_000, 10_000_000, 100_000_000)
     scale_items: int = 50_000
+    # (n_users, n_items) of a size; the others have n // 20 users and scale_items items
+    scale_shapes: dict = field(default_factory=lambda: {100_000_000: (3_000_000, 500_000)})
     scale_epochs: int = 1
+    # train.max_steps of the scale runs, so the largest stays well under an hour
+    scale_max_steps: int = 2000
     repeats: int = 3
     # dist: epochs per `twotower train` run (each run's rate is its median epoch)
     dist_epochs: int = 2
@@ -91,7 +95,9 @@ QUICK = Sizes(
     ann_candidates={"IVF256,Flat": [4, 8, 16], "HNSW16": [64]},
     scale=(30_000, 100_000, 300_000),
     scale_items=5000,
+    scale_shapes={},
     scale_epochs=1,
+    scale_max_steps=50,
     repeats=3,
     dist_epochs=2,
 )
@@ -280,27 +286,32 @@ def bench_ann(sizes: Sizes, k: int = 50, recall_bar: float = 0.95) -> tuple[dict
 
 
 def run_pipeline(n: int, sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
-    """`twotower run` on synthetic data with n interactions in a subprocess: per-stage seconds
-    from the manifests, the process's peak RSS from wait4."""
+    """The six stages on synthetic data with n interactions, each `twotower <stage>` in its
+    own subprocess: per-stage seconds from the manifests, per-stage peak RSS from wait4
+    (`scale/<n>/<stage>_rss_gib`; `peak_rss_gib` is the largest)."""
     run_out = out_dir / "scale" / str(n)
+    n_users, n_items = sizes.scale_shapes.get(n, (n // 20, sizes.scale_items))
     overrides = ["dataset=synthetic", f"dataset.load.n_interactions={n}",
-                 f"dataset.load.n_users={n // 20}", f"dataset.load.n_items={sizes.scale_items}",
+                 f"dataset.load.n_users={n_users}", f"dataset.load.n_items={n_items}",
                  f"dataset.load.cache_dir={cache_dir}", f"train.epochs={sizes.scale_epochs}",
+                 f"train.max_steps={sizes.scale_max_steps}",
                  f"train.sparse_embeddings={str(sizes.sparse_embeddings).lower()}",
                  f"paths.out={run_out}"]  # fmt: skip
     script = Path(sys.executable).with_name("twotower")
-    log(f"scale: twotower run {' '.join(overrides)}")
     start = time.perf_counter()
-    proc = subprocess.Popen([str(script), "run", *overrides])
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"scale run at {n} interactions failed ({proc.returncode})")
+    out: dict = {}
+    for stage in STAGES:
+        log(f"scale: twotower {stage} {' '.join(overrides)}")
+        proc = subprocess.Popen([str(script), stage, *overrides])
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"scale: `twotower {stage}` at {n} interactions failed")
+        out[f"scale/{n}/{stage}_rss_gib"] = usage.ru_maxrss / 2**20
     root = run_out / "synthetic"
     dirs = {"preprocess": root / "preprocess", "sample": root / "sample" / "inbatch"}
     dirs.update({s: root / "sample" / "inbatch" / "dssm" / s for s in STAGES[2:]})
-    out = {f"scale/{n}/wall_s": time.perf_counter() - start,
-           f"scale/{n}/peak_rss_gib": usage.ru_maxrss / 2**20}  # fmt: skip
+    out[f"scale/{n}/wall_s"] = time.perf_counter() - start
+    out[f"scale/{n}/peak_rss_gib"] = max(out[f"scale/{n}/{s}_rss_gib"] for s in STAGES)
     for stage, d in dirs.items():
         manifest = json.loads((d / "manifest.json").read_text())
         out[f"scale/{n}/{stage}_s"] = manifest["seconds"]

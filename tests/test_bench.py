@@ -220,3 +220,20 @@ def test_dist_section_measures_both_process_counts(tmp_path: Path):
     assert out["dist/samples_per_s@1"] > 0 and out["dist/samples_per_s@2"] > 0
     one, two = out["dist/samples_per_s@1"], out["dist/samples_per_s@2"]
     assert out["dist_scaling_efficiency"] == pytest.approx(two / (2 * one))
+
+
+def test_synthetic_log_is_drawn_in_bounded_blocks_of_users():
+    params = dict(n_users=500, n_items=300, n_interactions=20_000, n_clusters=8, zipf=1.0,
+                  in_cluster=0.8, feature_noise=0.4, days=30, seed=0)  # fmt: skip
+    users, items, blocks = synthetic.generate_chunks(**params, chunk=3000)
+    blocks = list(blocks)
+    assert len(blocks) >= 20_000 // 3000 and len(users) == 500 and len(items) == 300
+    ranges = [(b["user_id"].min(), b["user_id"].max()) for b in blocks]
+    # blocks hold disjoint, increasing user ranges: pairs stay unique across blocks
+    assert all(hi < lo for (_, hi), (lo, _) in zip(ranges, ranges[1:], strict=False))
+    log = pd.concat(blocks, ignore_index=True)
+    keys = log["user_id"] * 300 + log["item_id"]
+    assert keys.is_unique and keys.is_monotonic_increasing
+    # a block is its users' draws (before repeated pairs collapse): at most chunk + one user's
+    biggest_user = log.groupby("user_id").size().max()
+    assert max(len(b) for b in blocks) <= 3000 + biggest_user

@@ -130,6 +130,43 @@ def test_unknown_ids_are_counted_and_dropped(tmp_path: Path, out_dir: Path):
     assert figures["log_kept"] == 240 - 4
 
 
+def test_tz_aware_times_parse_to_utc(tmp_path: Path, out_dir: Path):
+    paths = write_log(tmp_path)
+    log = pd.read_csv(paths["log"])
+    when = pd.to_datetime(log["when"], unit="s", utc=True)
+    # the same instants written at +08:00 and at -05:30, alternately
+    east = when.dt.tz_convert("Asia/Shanghai").map(lambda t: t.isoformat())
+    west = when.dt.tz_convert("Asia/Kolkata").map(lambda t: t.isoformat())
+    log["when"] = np.where(np.arange(len(log)) % 2 == 0, east, west)
+    assert log["when"][0].endswith("+08:00") and log["when"][1].endswith("+05:30")
+    log.to_csv(paths["log"], index=False)
+    assert twotower("preprocess", *overrides(paths, out_dir)) == 0
+    prep = out_dir / "csv" / "preprocess"
+    times = pd.concat([pd.read_parquet(prep / f"{n}.parquet") for n in ("train", "valid", "test")])
+    expected = 1_600_000_000 + np.arange(240) * 3600
+    assert set(times["timestamp"]) <= set(expected)
+    assert times["timestamp"].min() >= expected[0] and len(times) > 100
+
+
+def test_exact_duplicate_rows_and_spelled_missing_ids_are_dropped_and_counted(
+    tmp_path: Path, out_dir: Path
+):
+    paths = write_log(tmp_path)
+    log = pd.read_csv(paths["log"], dtype={"uid": str, "iid": str})
+    log.loc[[0, 1, 2, 3], "uid"] = ["NaN", "NULL", "None", ""]
+    log.loc[[6], "iid"] = "null"
+    log = pd.concat([log, log.iloc[[10, 11, 12, 10]]], ignore_index=True)  # 10 twice more
+    log.to_csv(paths["log"], index=False)
+    assert twotower("preprocess", *overrides(paths, out_dir)) == 0
+    prep = out_dir / "csv" / "preprocess"
+    figures = read_json(prep / "manifest.json")["figures"]
+    assert figures["dropped_missing_id"] == 5
+    assert figures["duplicates_dropped"] == 4
+    assert figures["log_kept"] == 240 - 5
+    assert figures["n_users"] == 30  # no user called NULL or None
+    assert not {"NaN", "NULL", "None", ""} & set(read_json(prep / "vocabs.json")["user"]["user"])
+
+
 def _corrupt(paths: dict, what: str) -> list[str]:
     """Break the input one way; return the extra overrides it needs."""
     log = pd.read_csv(paths["log"])
@@ -146,6 +183,22 @@ def _corrupt(paths: dict, what: str) -> list[str]:
         users["age"] = users["age"].astype(object)
         users.loc[3, "age"] = "old"
         users.to_csv(paths["users"], sep="\t", index=False)
+    elif what == "infinite feature":
+        users = pd.read_csv(paths["users"], sep="\t")
+        users["age"] = users["age"].astype(float)
+        users.loc[3, "age"] = np.inf
+        users.to_csv(paths["users"], sep="\t", index=False)
+    elif what == "infinite label":
+        log["stars"] = log["stars"].astype(float)
+        log.loc[5, "stars"] = -np.inf
+        log.to_csv(paths["log"], index=False)
+    elif what == "absurd time":
+        log["when"] = log["when"].astype(float)
+        log.loc[9, "when"] = 1.6e21  # once silently INT64_MIN
+        log.to_csv(paths["log"], index=False)
+    elif what == "milliseconds as seconds":
+        log.loc[2, "when"] = log.loc[2, "when"] * 1000
+        log.to_csv(paths["log"], index=False)
     elif what == "empty log":
         log.iloc[:0].to_csv(paths["log"], index=False)
     elif what == "unknown ids, strict":
@@ -165,6 +218,10 @@ BAD = {
     "missing column": ["log.csv", "no column 'stars'"],
     "wrong type": ["log.csv", "column 'stars' must be numeric", "row 7", "'five'"],
     "wrong feature type": ["users.tsv", "column 'age' must be numeric", "'old'"],
+    "infinite feature": ["users.tsv", "column 'age'", "row 3", "inf", "not finite"],
+    "infinite label": ["log.csv", "column 'stars'", "row 5", "-inf"],
+    "absurd time": ["log.csv", "column 'when'", "row 9", "1.6e+21", "between 1900 and 2100"],
+    "milliseconds as seconds": ["log.csv", "column 'when'", "row 2", "milliseconds?"],
     "empty log": ["log.csv", "empty"],
     "unknown ids, strict": ["log.csv", "column 'uid'", "users.tsv", "'stranger'"],
     "no test users": ["log.csv", "no test users", "column 'uid'", ">= 100", "column 'stars'"],

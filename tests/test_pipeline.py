@@ -119,3 +119,32 @@ def test_embeddings_of_an_older_preprocess_are_not_scored_against_a_new_split(ou
     assert twotower("evaluate", *SMALL, paths, split) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was made with dataset.split.test_fraction=0.2" in err[0]
+
+
+def test_max_steps_caps_training_and_validates_the_last_epoch(out_dir: Path):
+    paths = f"paths.out={out_dir}"
+    for stage in ("preprocess", "sample"):
+        assert twotower(stage, *SMALL, paths) == 0
+    examples = read_json(out_dir / "synthetic" / "sample" / "inbatch" / "manifest.json")
+    n = examples["figures"]["examples"]
+    per_epoch = -(-n // 256)  # SMALL's batch 256, last batch partial
+    # 1.5 epochs' worth of steps: epoch 1 whole, epoch 2 stops after half, then training ends
+    cap = per_epoch + per_epoch // 2
+    assert twotower("train", *SMALL, paths, "train.epochs=5", f"train.max_steps={cap}") == 0
+    history = read_json(out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "train"
+                        / "history.json")  # fmt: skip
+    assert [(h["epoch"], h["steps"]) for h in history] == [(1, per_epoch), (2, per_epoch // 2)]
+    assert all(0.0 <= h["valid_recall@20"] <= 1.0 for h in history)
+
+
+def test_steps_allowed_counts_the_cap_from_the_history():
+    from twotower_cli.trainer import steps_allowed
+
+    # 10 batches an epoch, cap 25: 10, 10, then 25 - 20 = 5, then none; cap 0 = no cap
+    history = []
+    allowed = []
+    for _ in range(4):
+        allowed.append(steps_allowed(10, 25, history))
+        history.append({"steps": allowed[-1]})
+    assert allowed == [10, 10, 5, 0]
+    assert steps_allowed(10, 0, history) == 10

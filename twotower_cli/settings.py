@@ -56,6 +56,9 @@ class TrainSettings:
     weight_decay: float = field(default=0.0, metadata={"ge": 0.0})
     early_stop_k: int = field(default=20, metadata={"ge": 1})
     patience: int = field(default=4, metadata={"ge": 1})
+    # stop after this many optimiser steps in all (0 = no cap): the epoch it falls in is
+    # validated and ends training (scale runs on huge logs)
+    max_steps: int = field(default=0, metadata={"ge": 0})
     device: str = "cpu"
     # embedding tables get sparse gradients and a lazy Adam (optim.LazyAdam: only the batch's
     # rows and their moments move), so a step costs O(batch), not O(users + items)

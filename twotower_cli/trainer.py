@@ -130,6 +130,14 @@ def optimizers(model: torch.nn.Module, settings: TrainSettings) -> list[torch.op
     return opts
 
 
+def steps_allowed(n_batches: int, max_steps: int, history: list[dict]) -> int:
+    """The batches the next epoch may train under train.max_steps (0 = no cap), counted from
+    the history so a resumed run keeps the same cap."""
+    if not max_steps:
+        return n_batches
+    return max(0, min(n_batches, max_steps - sum(h["steps"] for h in history)))
+
+
 def train(
     model: TwoTower,
     loss_fn,
@@ -169,7 +177,6 @@ def train(
     k = settings.early_stop_k
     best, best_state, history, waited, stopped = -1.0, None, [], 0, False
     bounds = distributed.batch_bounds(n, settings.batch_size, group.world_size)
-    n_used = sum(e - s for s, e in bounds)
     quiet = not group.is_main
     state = resume.load(group.rank) if resume is not None else None
     if state is not None:
@@ -193,7 +200,9 @@ def train(
         model.train()
         start, total = time.perf_counter(), 0.0
         perm = torch.randperm(n, generator=gen).to(device)
-        batches = bar(bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+        epoch_bounds = bounds[: steps_allowed(len(bounds), settings.max_steps, history)]
+        n_used = sum(e - s for s, e in epoch_bounds)
+        batches = bar(epoch_bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                        mininterval=1.0, disable=quiet)  # fmt: skip
         for s, e in batches:
             batch = gather(examples, perm[s:e])
@@ -217,7 +226,8 @@ def train(
         score = distributed.from_main(score, group)
         history.append({"epoch": epoch + 1, "loss": total / n_used, f"valid_recall@{k}": score,
                         "seconds": time.perf_counter() - start,
-                        "samples_per_s": n_used / train_s})  # fmt: skip
+                        "samples_per_s": n_used / train_s,
+                        "steps": len(epoch_bounds)})  # fmt: skip
         epoch_done(history[-1])
         epochs.set_postfix(loss=f"{total / n_used:.4f}", **{f"val_r@{k}": f"{score:.4f}"},
                            refresh=False)  # fmt: skip
@@ -226,7 +236,9 @@ def train(
             best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
         else:
             waited += 1
-        stopped = waited >= settings.patience
+        # patience ran out, or train.max_steps leaves no step for another epoch
+        stopped = waited >= settings.patience or (
+            steps_allowed(len(bounds), settings.max_steps, history) == 0)  # fmt: skip
         if resume is not None:
             resume.save(group.rank, {
                 "model": model.state_dict(), "opts": [o.state_dict() for o in opts],

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twotower_cli.data.clean import check_numbers, epoch_seconds, missing_ids
 from twotower_cli.data.tables import KINDS, RawData
 from twotower_cli.errors import TwoTowerError
 
@@ -48,31 +49,17 @@ def need(frame: pd.DataFrame, path, cols: list[str]) -> None:
 
 
 def as_number(values: pd.Series, path, col: str) -> pd.Series:
-    """Numbers, or an error naming the first value that is not one (missing stays NaN)."""
+    """Numbers, or an error naming the first value that is not one, or is infinite or absurd
+    (clean.check_numbers); missing stays NaN."""
     out = pd.to_numeric(values, errors="coerce")
-    bad = out.isna() & values.notna()
+    bad = (out.isna() & values.notna()).to_numpy()
     if bad.any():
+        pos = int(np.argmax(bad))
         raise TwoTowerError(
-            f"{path}: column {col!r} must be numeric; row {int(np.argmax(bad.to_numpy()))} "
-            f"holds {values[bad].iloc[0]!r}"
+            f"{path}: column {col!r} must be numeric; row {values.index[pos]} "
+            f"holds {values.iloc[pos]!r}"
         )
-    return out
-
-
-def as_seconds(values: pd.Series, path, col: str) -> np.ndarray:
-    """Epoch seconds from numbers or from date-time text."""
-    out = pd.to_numeric(values, errors="coerce")
-    if out.notna().all():
-        return out.to_numpy().astype(np.int64)
-    try:
-        stamps = pd.to_datetime(values, errors="raise")
-    except (ValueError, TypeError) as err:
-        raise TwoTowerError(
-            f"{path}: column {col!r} must be epoch seconds or date-times ({err})"
-        ) from err
-    if stamps.isna().any():
-        raise TwoTowerError(f"{path}: column {col!r} has missing times")
-    return (stamps.astype("datetime64[s]").astype(np.int64)).to_numpy()
+    return check_numbers(out, path, col)
 
 
 def parse_features(specs: list, side: str) -> list[dict]:
@@ -95,8 +82,6 @@ def feature_table(path, frame: pd.DataFrame, key: str, feats: list[dict]) -> pd.
     """The id column (text) and the features, typed by kind."""
     need(frame, path, [key] + [f["name"] for f in feats])
     out = pd.DataFrame({"id": frame[key].astype(object)})
-    if out["id"].isna().any():
-        raise TwoTowerError(f"{path}: column {key!r} has missing ids")
     for f in feats:
         col = frame[f["name"]]
         if f["type"] == "numeric":
@@ -152,14 +137,18 @@ def load(
     if log.empty:
         raise TwoTowerError(f"{interactions}: the interaction log is empty")
     counts = {"log_rows": len(log)}
-    missing = log[user_col].isna() | log[item_col].isna()
+    # `NaN`, `NULL`, `None` or empty: a missing id, not an id (rows keep their file numbers)
+    missing = missing_ids(log[user_col]) | missing_ids(log[item_col])
     counts["dropped_missing_id"] = int(missing.sum())
-    log = log[~missing].reset_index(drop=True)
+    log = log[~missing]
+    dup = log.duplicated().to_numpy()
+    counts["duplicates_dropped"] = int(dup.sum())
+    log = log[~dup]
     inter = pd.DataFrame(
         {
-            "user_id": log[user_col].astype(object),
-            "item_id": log[item_col].astype(object),
-            "timestamp": as_seconds(log[time_col], interactions, time_col)
+            "user_id": log[user_col].astype(object).to_numpy(),
+            "item_id": log[item_col].astype(object).to_numpy(),
+            "timestamp": epoch_seconds(log[time_col], interactions, time_col)
             if time_col
             else np.arange(len(log), dtype=np.int64),  # no times: file order is time order
         }
@@ -179,6 +168,9 @@ def load(
     ):
         if path:
             table = feature_table(path, read_any(path, None, [key, *_text(feats)]), key, feats)
+            missing = missing_ids(table["id"])
+            counts[f"{side}s_dropped_missing_id"] = int(missing.sum())
+            table = table[~missing].reset_index(drop=True)
             dup = table["id"].duplicated()
             counts[f"{side}s_dropped_duplicate"] = int(dup.sum())
             table = table[~dup].reset_index(drop=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twotower_cli.data.clean import epoch_seconds
 from twotower_cli.data.tables import RawData
 from twotower_cli.errors import TwoTowerError
 
@@ -152,7 +153,8 @@ def load(raw_dir: str | Path, min_rating: float = 4, **_: object) -> RawData:
     ratings, users, items = read_recbole(source) if source.is_dir() else read_grouplens(source)
     if ratings_checksum(ratings) != RATINGS_SHA256:
         raise TwoTowerError(f"{source}: ratings checksum mismatch; delete it to refetch")
-    ratings = ratings.astype({"user_id": "int64", "item_id": "int64", "timestamp": "int64"})
+    ratings = ratings.astype({"user_id": "int64", "item_id": "int64"})
+    ratings["timestamp"] = epoch_seconds(ratings["timestamp"], source, "timestamp")
     ratings["rating"] = ratings["rating"].astype("float32")
     ratings["like"] = (ratings["rating"] >= min_rating).astype("int8")
     ratings["watch"] = np.int8(1)

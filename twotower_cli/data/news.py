@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twotower_cli.data.clean import check_numbers, epoch_seconds, missing_ids
 from twotower_cli.data.split import DAY
 from twotower_cli.data.tables import RawData
 from twotower_cli.errors import TwoTowerError
@@ -88,7 +89,7 @@ def top_keywords(key_words: pd.Series, k: int) -> pd.Series:
 def read_users(path: Path, fill: str, counts: dict) -> pd.DataFrame:
     users, counts["users_malformed_lines"] = read_table(path, USER_COLS)
     counts["users_rows"] = len(users)
-    users = users[users["user_id"].notna()]
+    users = users[~missing_ids(users["user_id"])]
     dup = users["user_id"].duplicated()
     counts["users_dropped_duplicate"] = int(dup.sum())
     users = users[~dup].reset_index(drop=True)
@@ -106,13 +107,13 @@ def read_docs(path: Path, top_k: int, counts: dict) -> pd.DataFrame:
     counts["docs_rows"] = len(docs)
     ctime = pd.to_numeric(docs["ctime"], errors="coerce")
     # dirty rows carry text (`Android`, ...) where the creation time belongs
-    bad = ctime.isna() | docs["article_id"].isna()
+    bad = ctime.isna() | missing_ids(docs["article_id"])
     counts["docs_dropped_bad_ctime"] = int(bad.sum())
-    docs = docs[~bad].assign(ctime=(ctime[~bad] // 1000).astype(np.int64))
+    docs = docs[~bad].assign(ctime=epoch_seconds(ctime[~bad], path, "ctime", per_second=1000))
     dup = docs["article_id"].duplicated()
     counts["docs_dropped_duplicate"] = int(dup.sum())
     docs = docs[~dup].reset_index(drop=True)
-    img = pd.to_numeric(docs["img_num"], errors="coerce")
+    img = check_numbers(pd.to_numeric(docs["img_num"], errors="coerce"), path, "img_num")
     counts["docs_img_num_not_a_number"] = int((img.isna() & docs["img_num"].notna()).sum())
     docs["img_num"] = img.fillna(0.0)
     counts["docs_missing_cate"] = int(docs["cate"].isna().sum())
@@ -137,16 +138,17 @@ def read_log(path: Path, long_read_seconds: float, counts: dict) -> pd.DataFrame
     log, counts["log_malformed_lines"] = read_table(path, LOG_COLS)
     counts["log_rows"] = len(log)
     expo = pd.to_numeric(log["expo_time"], errors="coerce")
-    bad = expo.isna() | log["user_id"].isna() | log["article_id"].isna()
+    bad = expo.isna() | missing_ids(log["user_id"]) | missing_ids(log["article_id"])
     counts["log_dropped_bad_expo_time"] = int(bad.sum())
     log, expo = log[~bad], expo[~bad]
     click = pd.to_numeric(log["click"], errors="coerce").fillna(0).to_numpy() > 0
-    duration = pd.to_numeric(log["duration"], errors="coerce").fillna(0.0).to_numpy()
+    duration = pd.to_numeric(log["duration"], errors="coerce")
+    duration = check_numbers(duration, path, "duration").fillna(0.0).to_numpy()
     return pd.DataFrame(
         {
             "user_id": log["user_id"].to_numpy(),
             "item_id": log["article_id"].to_numpy(),
-            "timestamp": (expo // 1000).astype(np.int64).to_numpy(),
+            "timestamp": epoch_seconds(expo, path, "expo_time", per_second=1000),
             "click": click.astype(np.int8),
             "long_read": (click & (duration >= long_read_seconds)).astype(np.int8),
             "duration": duration.astype(np.float32),

@@ -9,11 +9,12 @@ but not chosen, real negatives a sampler may use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
+from twotower_cli.data.clean import clean_log, drop_missing_keys
 from twotower_cli.data.split import (
     per_user_split,
     temporal_bounds,
@@ -163,6 +164,7 @@ def preprocess(
     tasks = tuple(tasks)
     if raw.interactions.empty:
         raise TwoTowerError(f"{raw.source}: the interaction log is empty")
+    raw, cleaned = clean_raw(raw)
     if split.kind == "temporal":
         valid_start, test_start, end = temporal_bounds(
             raw.interactions["timestamp"], split.valid_days, split.test_days, raw.window_end
@@ -202,4 +204,15 @@ def preprocess(
         parts["exposures"] = exposures_before_holdout(negatives, parts, enc.n_items)
     counts.update({name: len(df) for name, df in parts.items()})
     counts["test_users"] = int(parts["test"]["user"].nunique())
-    return enc, parts, {**raw.counts, **counts}
+    return enc, parts, {**raw.counts, **counts, **cleaned}
+
+
+def clean_raw(raw: RawData) -> tuple[RawData, dict[str, int]]:
+    """The data rules of data/clean.py on a loader's output; the counts add to the loader's."""
+    time_col = raw.column_names.get("timestamp", "timestamp")
+    inter, cleaned = clean_log(raw.interactions, raw.source, time_col)
+    if inter.empty:
+        raise TwoTowerError(f"{raw.source}: no interactions left after dropping missing ids")
+    raw = replace(raw, interactions=inter, users=drop_missing_keys(raw.users, "user_id"),
+                  items=drop_missing_keys(raw.items, "item_id"))  # fmt: skip
+    return raw, {k: raw.counts.get(k, 0) + n for k, n in cleaned.items()}

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from twotower_cli.data.clean import check_numbers
 from twotower_cli.errors import TwoTowerError
 
 KINDS = ("categorical", "multihot", "numeric")
@@ -144,6 +145,7 @@ def encode_side(
             specs.append(Field(name, kind, len(vocab) + 1, width))
         else:
             values = pd.to_numeric(col, errors="coerce").astype("float64")
+            check_numbers(values, f"{id_name} table", name)  # every loader's last guard
             mean, std = float(values[fit].mean()), float(values[fit].std())
             # a constant or empty column: centre it and leave the scale alone
             mean = mean if np.isfinite(mean) else 0.0
