@@ -185,24 +185,30 @@ def evaluate_ranked(ranked: np.ndarray, ev: EvalSet, ks: list[int], n_items: int
     return ranking_metrics(top, ev.truth, ev.n_truth, ks, n_items)
 
 
-def evaluate_index(
-    index, u: np.ndarray, ev: EvalSet, ks: list[int], n_items: int, ids: np.ndarray | None = None
-) -> dict:
-    """Metrics of an index's rankings with each user's seen items removed.
+def index_top(
+    index, u: np.ndarray, ev: EvalSet, k: int, n_items: int, ids: np.ndarray | None = None
+) -> np.ndarray:
+    """Each user's top-k item ids from an index, the user's seen items removed.
 
-    Exact indexes over the whole catalogue mask seen items before a top-max(ks)
-    (exact_top_unseen); approximate ones, and indexes over a subset (`ids`: the item id of each
-    index row, e.g. evaluation candidates), search per chunk only as deep as that chunk's users
-    need (top_unseen).
+    Exact indexes over the whole catalogue mask seen items before a top-k (exact_top_unseen);
+    approximate ones, and indexes over a subset (`ids`: the item id of each index row, e.g.
+    evaluation candidates), search per chunk only as deep as that chunk's users need
+    (top_unseen).
     """
     items = exact_vectors(index) if ids is None else None
     if items is not None:
-        top = exact_top_unseen(items, u, ev.exclude, max(ks), n_items)
-    else:
-        top = top_unseen(
-            lambda rows, depth: search(index, u[rows], min(depth, index.ntotal), ids=ids),
-            ev, max(ks), n_items,
-        )  # fmt: skip
+        return exact_top_unseen(items, u, ev.exclude, k, n_items)
+    return top_unseen(
+        lambda rows, depth: search(index, u[rows], min(depth, index.ntotal), ids=ids),
+        ev, k, n_items,
+    )  # fmt: skip
+
+
+def evaluate_index(
+    index, u: np.ndarray, ev: EvalSet, ks: list[int], n_items: int, ids: np.ndarray | None = None
+) -> dict:
+    """Metrics of an index's rankings with each user's seen items removed (index_top)."""
+    top = index_top(index, u, ev, max(ks), n_items, ids)
     return ranking_metrics(top, ev.truth, ev.n_truth, ks, n_items)
 
 

@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from twotower_cli import losses
+from twotower_cli import losses, pools
 from twotower_cli.artifacts import (
     StageOutput,
     mark_stage_start,
@@ -35,8 +35,7 @@ from twotower_cli.retrieval import (
     build_index,
     empty_index,
     evaluate_index,
-    evaluate_ranked,
-    popularity_ranking,
+    index_top,
     set_search_params,
 )
 from twotower_cli.samplers import EXPOSURE_KEYS, add_exposure_negatives
@@ -243,14 +242,15 @@ def evaluate(cfg: DictConfig) -> dict:
     if not np.array_equal(user_ids, ev.users):
         raise TwoTowerError(f"{embed_dir}: user vectors do not match the test users; rerun embed")
     ks = list(cfg.eval.ks)
-    counts = np.bincount(seen["item"].to_numpy(), minlength=n_items + 1)[1:]
-    depth = min(len(item_ids), max(ks) + ev.max_exclude)
-    metrics = {
-        "model": evaluate_index(idx, u, ev, ks, n_items, ids=item_ids),
-        "popularity": evaluate_ranked(
-            popularity_ranking(counts, len(ev.users), depth, item_ids), ev, ks, n_items
-        ),  # fmt: skip
-    }
+    figures = read_manifest(prep_dir)["figures"]
+    pool = item_ids if (prep_dir / "candidates.npy").exists() else None
+    tops = {
+        "model": index_top(idx, u, ev, max(ks), n_items, ids=item_ids),
+        **pools.baseline_tops(seen, ev, max(ks), n_items, item_ids, figures.get("test_start"),
+                              cfg.eval.get("trending_hours", 24)),
+    }  # fmt: skip
+    cold = pools.cold_items(read_split(prep_dir, "train")["item"].to_numpy(), n_items)
+    metrics = pools.score_rankings(tops, ev, ks, n_items, pool, cold)
     metrics.update(_sub_retrieval_metrics(cfg.paths.train_dir, prep_dir, embed_dir, ks, n_items))
     with StageOutput("evaluate", cfg.paths.evaluate_dir, _config(cfg),
                      [prep_dir, embed_dir, index_dir]) as out:  # fmt: skip
@@ -298,6 +298,10 @@ def format_table(metrics: dict, ks: list[int]) -> str:
         for n in names:
             cells = " | ".join(f"{metrics[r][f'{n}@{k}']:.4f}" for r in runs)
             lines.append(f"| {n}@{k} | {cells} |")
+    extra = ["candidate_coverage", *(f"cold_recall@{k}" for k in ks)]  # pools.score_rankings
+    for name in (n for n in extra if n in metrics[runs[0]]):
+        cells = " | ".join(f"{metrics[r].get(name, float('nan')):.4f}" for r in runs)
+        lines.append(f"| {name} | {cells} |")
     return "\n".join(lines)
 
 

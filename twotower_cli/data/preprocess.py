@@ -178,6 +178,7 @@ def preprocess(
     if split.kind == "temporal":
         parts = temporal_split(positives, valid_start, test_start, end)
         counts["positives_outside_window"] = len(positives) - sum(len(p) for p in parts.values())
+        counts.update(valid_start=valid_start, test_start=test_start)
     else:
         parts = per_user_split(
             positives, split.test_fraction, split.valid_fraction, split.min_positives
@@ -185,10 +186,9 @@ def preprocess(
     if raw.candidates is not None:
         cand = np.unique(encode_values(raw.candidates, enc.vocabs["item"]["item"]))
         enc.candidates = cand[cand > 0]
-        test = parts["test"]
-        keep = np.isin(test["item"].to_numpy(), enc.candidates)
-        counts["test_dropped_not_candidate"] = int((~keep).sum())
-        parts["test"] = test[keep].reset_index(drop=True)
+        # the pool limits what is ranked, not the truth: clicks outside it stay and count
+        outside = ~np.isin(parts["test"]["item"].to_numpy(), enc.candidates)
+        counts["test_outside_candidates"] = int(outside.sum())
         counts["candidates"] = len(enc.candidates)
     if parts["test"].empty:
         raise _no_test_users(raw, split, label)

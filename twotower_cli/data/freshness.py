@@ -1,0 +1,34 @@
+"""How fresh a candidate must be, measured from the data (`twotower preprocess dataset=news`,
+`dataset.load.candidate_days: auto`): item ages at click and the pool window they call for."""
+
+from __future__ import annotations
+
+import numpy as np
+
+HOUR = 3600
+AGE_QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+def pool_window(ages: np.ndarray, times: np.ndarray, period_end: int, period: int,
+                target: float) -> float:  # fmt: skip
+    """Seconds of creation time a pool must reach back from the test period's end to hold
+    `target` of the clicks, measured on earlier clicks (their item's age at click, `ages`,
+    at `times`).
+
+    A test click at time t on an item of age a is in the pool [end - W, end] when
+    a + (end - t) <= W; each earlier click is placed at the same time of day within a period of
+    the test's length (end - t = (period_end - t) mod period), so the window is the `target`
+    quantile of a + (end - t), rounded up to the hour.
+    """
+    if len(ages) == 0:
+        raise ValueError("no clicks before the held-out period to measure article ages on")
+    to_end = (period_end - np.asarray(times)) % period
+    need = np.quantile(np.asarray(ages) + to_end, target)
+    return float(np.ceil(need / HOUR) * HOUR)
+
+
+def age_quantiles(ages: np.ndarray) -> dict[str, float]:
+    """Item age at click, in hours, at AGE_QUANTILES (for the preprocess manifest)."""
+    q = np.quantile(np.asarray(ages, dtype=np.float64), AGE_QUANTILES) / HOUR
+    return {f"click_age_hours_p{round(p * 100)}": round(float(v), 2)
+            for p, v in zip(AGE_QUANTILES, q, strict=True)}  # fmt: skip

@@ -1,0 +1,103 @@
+"""What `twotower evaluate` reports beside the metrics: the trending baseline and the figures
+that keep a candidate pool honest (candidate coverage, recall on items training never saw).
+
+A pool (news: the articles fresh enough to show) restricts what is ranked, never the truth:
+a test click outside the pool stays in every metric's denominator, so a pool that excludes
+true clicks pays for it, and `candidate_coverage` says how much.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from twotower_cli.metrics import ranking_metrics, row_keys
+from twotower_cli.retrieval import EvalSet, popularity_ranking, top_unseen
+
+HOUR = 3600
+
+
+def trending_ranking(seen: pd.DataFrame, at: int, hours: float, n_items: int, n_users: int,
+                     depth: int, ids: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """The same list for every user: items by their positives in the `hours` before `at`, ties
+    broken by their latest positive before `at` (recency), then by id; `ids` restricts it to
+    those items (a candidate pool). `seen`: the positives evaluation masks (train + valid)."""
+    ts = seen["timestamp"].to_numpy()
+    before = ts < at
+    item = seen["item"].to_numpy()[before]
+    recent = ts[before] >= at - hours * HOUR
+    counts = np.bincount(item[recent], minlength=n_items + 1)
+    latest = np.full(n_items + 1, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(latest, item, ts[before])
+    ids = np.arange(1, n_items + 1) if ids is None else np.asarray(ids)
+    order = ids[np.lexsort((ids, -latest[ids], -counts[ids]))[:depth]]
+    return np.broadcast_to(order, (n_users, len(order)))
+
+
+def candidate_coverage(ev: EvalSet, pool: np.ndarray, n_items: int) -> float:
+    """Share of the test's (user, item) truth pairs whose item is in the pool."""
+    return float(np.isin(ev.truth % (n_items + 1), pool).mean()) if len(ev.truth) else 0.0
+
+
+def cold_metrics(top: np.ndarray, ev: EvalSet, cold: np.ndarray, ks: list[int],
+                 n_items: int) -> dict[str, float]:  # fmt: skip
+    """`cold_recall@k`: recall over the test clicks on `cold` items (never a training
+    positive), averaged over the users who have such clicks; {} when no test click is cold."""
+    width = n_items + 1
+    is_cold = np.isin(ev.truth % width, cold)
+    if not is_cold.any():
+        return {}
+    truth = ev.truth[is_cold]
+    rows = np.unique(truth // width)
+    # renumber those users 0..m-1 in the truth keys, as ranking_metrics wants
+    keys = row_keys(np.searchsorted(rows, truth // width), truth % width, n_items)
+    n_truth = np.bincount(keys // width, minlength=len(rows))
+    out = ranking_metrics(top[rows], keys, n_truth, ks, n_items)
+    return {f"cold_recall@{k}": out[f"recall@{k}"] for k in ks} | {
+        "cold_test_clicks": int(len(truth))
+    }
+
+
+def cold_items(train_items: np.ndarray, n_items: int) -> np.ndarray:
+    """Item ids 1..n_items that are no training positive."""
+    trained = np.zeros(n_items + 1, bool)
+    trained[train_items] = True
+    return np.flatnonzero(~trained[1:]) + 1
+
+
+def pool_figures(top: np.ndarray, ev: EvalSet, ks: list[int], n_items: int,
+                 pool: np.ndarray | None, cold: np.ndarray) -> dict[str, float]:  # fmt: skip
+    """The figures reported beside a ranking's metrics: candidate coverage (with a pool) and
+    cold recall (when some test click is cold)."""
+    out = {} if pool is None else {"candidate_coverage": candidate_coverage(ev, pool, n_items)}
+    return out | cold_metrics(top, ev, cold, ks, n_items)
+
+
+def baseline_tops(seen: pd.DataFrame, ev: EvalSet, k: int, n_items: int,
+                  ids: np.ndarray | None, trending_at: int | None,
+                  trending_hours: float) -> dict[str, np.ndarray]:  # fmt: skip
+    """Top-k of the baselines, ranked over the same items (`ids`: a pool) with the same masks:
+    `popularity` (positives over train + valid) and, when the test period has a start
+    (`trending_at`, temporal splits), `trending`."""
+    n_ranked = n_items if ids is None else len(ids)
+    depth = min(n_ranked, k + ev.max_exclude)
+    counts = np.bincount(seen["item"].to_numpy(), minlength=n_items + 1)[1:]
+    ranked = {"popularity": popularity_ranking(counts, len(ev.users), depth, ids)}
+    if trending_at is not None:
+        ranked["trending"] = trending_ranking(seen, trending_at, trending_hours, n_items,
+                                              len(ev.users), depth, ids)  # fmt: skip
+    return {
+        name: top_unseen(lambda rows, d, r=r: r[rows, :d], ev, k, n_items)
+        for name, r in ranked.items()
+    }
+
+
+def score_rankings(tops: dict[str, np.ndarray], ev: EvalSet, ks: list[int], n_items: int,
+                   pool: np.ndarray | None, cold: np.ndarray) -> dict[str, dict]:  # fmt: skip
+    """metrics.json: per ranking, the metrics (every test click in the denominator) and the
+    pool figures beside them."""
+    return {
+        name: ranking_metrics(top, ev.truth, ev.n_truth, ks, n_items)
+        | pool_figures(top, ev, ks, n_items, pool, cold)
+        for name, top in tops.items()
+    }
