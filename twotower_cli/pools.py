@@ -8,6 +8,8 @@ true clicks pays for it, and `candidate_coverage` says how much.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -101,3 +103,29 @@ def score_rankings(tops: dict[str, np.ndarray], ev: EvalSet, ks: list[int], n_it
         | pool_figures(top, ev, ks, n_items, pool, cold)
         for name, top in tops.items()
     }
+
+
+def with_item_prior(u: np.ndarray, v: np.ndarray, log_prior: np.ndarray, weight: float,
+                    logit_scale: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """User and item vectors with one more column each, so that one inner product ranks by
+    logit + weight * log_prior: users get 1, items weight * log_prior / logit_scale (the
+    logit is logit_scale * u.v). An inner-product index over the items then applies the
+    prior without knowing of it."""
+    ones = np.ones((len(u), 1), np.float32)
+    bias = (weight * np.asarray(log_prior, np.float64) / logit_scale).astype(np.float32)
+    return np.hstack([u, ones]), np.hstack([v, bias[:, None]])
+
+
+def valid_pool(prep_dir: Path, prior_weight: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Validation's candidate pool and weighted freshness prior, as preprocess wrote them for
+    the validation period (None when the data set has none), so early stopping ranks what the
+    test ranks."""
+    pool_path, prior_path = (
+        prep_dir / "valid_candidates.npy",
+        prep_dir / "valid_item_log_prior.npy",
+    )
+    pool = np.load(pool_path) if pool_path.exists() else None
+    prior = (
+        prior_weight * np.load(prior_path) if prior_path.exists() and prior_weight > 0 else None
+    )
+    return pool, prior

@@ -174,6 +174,9 @@ def train(cfg: DictConfig) -> dict:
     train_pos = read_split(prep_dir, "train")
     users = _with_history(model, users, train_pos)
     valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
+    valid.pool, valid.item_log_prior = pools.valid_pool(
+        prep_dir, cfg.eval.get("freshness_prior", 0)
+    )
     settings = TrainSettings(**train_cfg, seed=cfg.seed)
     history = train_model(
         model, loss_fn, examples, users, items, valid, n_items, settings, batch_fn
@@ -208,12 +211,20 @@ def embed(cfg: DictConfig) -> dict:
     if (prep_dir / "candidates.npy").exists():
         item_ids = np.load(prep_dir / "candidates.npy")  # evaluation ranks only these
     user_ids = sorted_unique(read_split(prep_dir, "test")["user"].to_numpy())
+    v = encode_all(model, items, item_ids, "item")
+    u = encode_all(model, users, user_ids, "user")
+    weight = cfg.eval.get("freshness_prior", 0.0)
+    prior = (prep_dir / "item_log_prior.npy").exists() and weight > 0
+    if prior:  # ranks by logit + weight * the item's freshness prior (pools.with_item_prior)
+        log_prior = np.load(prep_dir / "item_log_prior.npy")[item_ids]
+        u, v = pools.with_item_prior(u, v, log_prior, weight, model.logit_scale)
     with StageOutput("embed", cfg.paths.embed_dir, _config(cfg), [prep_dir, train_dir]) as out:
-        np.save(out.path("item_vectors.npy"), encode_all(model, items, item_ids, "item"))
+        np.save(out.path("item_vectors.npy"), v)
         np.save(out.path("item_ids.npy"), item_ids)
-        np.save(out.path("user_vectors.npy"), encode_all(model, users, user_ids, "user"))
+        np.save(out.path("user_vectors.npy"), u)
         np.save(out.path("user_ids.npy"), user_ids)
-        out.figures = {"items": len(item_ids), "users": len(user_ids)}
+        out.figures = {"items": len(item_ids), "users": len(user_ids),
+                       "freshness_prior": weight if prior else 0.0}  # fmt: skip
     return out.figures
 
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from twotower_cli.models.base import TwoTower
 from twotower_cli.optim import LazyAdam
+from twotower_cli.pools import with_item_prior
 from twotower_cli.retrieval import EvalSet, build_index, evaluate_index
 
 
@@ -65,10 +66,15 @@ def encode_all(model: TwoTower, table: dict[str, torch.Tensor], ids: np.ndarray,
 
 
 def validate(model, user_table, item_table, ev: EvalSet, k: int, n_items: int) -> float:
-    items = encode_all(model, item_table, np.arange(1, n_items + 1), "item")
+    ids = np.arange(1, n_items + 1) if ev.pool is None else ev.pool
+    items = encode_all(model, item_table, ids, "item")
     users = encode_all(model, user_table, ev.users, "user")
+    if ev.item_log_prior is not None:  # as `embed` ranks the test period
+        users, items = with_item_prior(users, items, ev.item_log_prior[ids], 1.0,
+                                       model.logit_scale)  # fmt: skip
     index = build_index(items, "Flat")
-    return evaluate_index(index, users, ev, [k], n_items)[f"recall@{k}"]
+    pool = None if ev.pool is None else ids
+    return evaluate_index(index, users, ev, [k], n_items, ids=pool)[f"recall@{k}"]
 
 
 def optimizers(model: torch.nn.Module, settings: TrainSettings) -> list[torch.optim.Optimizer]:

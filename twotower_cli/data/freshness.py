@@ -32,3 +32,24 @@ def age_quantiles(ages: np.ndarray) -> dict[str, float]:
     q = np.quantile(np.asarray(ages, dtype=np.float64), AGE_QUANTILES) / HOUR
     return {f"click_age_hours_p{round(p * 100)}": round(float(v), 2)
             for p, v in zip(AGE_QUANTILES, q, strict=True)}  # fmt: skip
+
+
+def click_age_log_density(ages: np.ndarray, max_hours: int) -> np.ndarray:
+    """log of the share of clicks per hour of item age, hours 0..max_hours - 1 (add-one
+    smoothed, so no hour is impossible): how the data's attention decays with age."""
+    hours = np.clip(np.asarray(ages) // HOUR, 0, max_hours - 1).astype(np.int64)
+    counts = np.bincount(hours, minlength=max_hours).astype(np.float64) + 1.0
+    return np.log(counts / counts.sum())
+
+
+def period_log_prior(created: np.ndarray, start: int, end: int,
+                     log_density: np.ndarray) -> np.ndarray:  # fmt: skip
+    """log of each item's expected share of clicks over [start, end) by its age alone: the
+    click-age density averaged over the period's hours (0 while the item does not exist yet,
+    the last hour's density past the measured ages). One ranking serves the whole period, so
+    an item created half-way through it gets half its freshest hours."""
+    hours = np.arange(start, end, HOUR)[:, None]
+    age = (hours - np.asarray(created, np.int64)[None, :]) // HOUR
+    density = np.exp(log_density)[np.clip(age, 0, len(log_density) - 1)]
+    share = np.where(age >= 0, density, 0.0).mean(0)
+    return np.log(np.maximum(share, 1e-12))

@@ -164,9 +164,10 @@ def pool_days(
     test_days: float,
     valid_days: float,
     counts: dict,
-) -> float:
-    """The candidate window in days: a number as given, or `auto`: measured on the clicks before
-    the held-out days (freshness.pool_window); the window and the click ages go into `counts`."""
+) -> tuple[float, np.ndarray]:
+    """(candidate window in days, ages at click of the clicks before the held-out days): the
+    window is a number as given, or `auto`: measured on those clicks (freshness.pool_window);
+    the window and the age quantiles go into `counts`."""
     train = (log["timestamp"].to_numpy() < end - (test_days + valid_days) * DAY) & (
         log["click"].to_numpy() > 0
     )
@@ -191,7 +192,7 @@ def pool_days(
         times = log["timestamp"].to_numpy()[train]
         days = pool_window(ages, times, end, int(round(test_days * DAY)), target) / DAY
     counts["candidate_days"] = round(days, 4)
-    return days
+    return days, ages
 
 
 def _drop(frame: pd.DataFrame, bad: np.ndarray, counts: dict, name: str) -> pd.DataFrame:
@@ -240,8 +241,8 @@ def load(
     if log.empty:
         raise TwoTowerError(f"{raw_dir / LOG_FILE}: no exposures left inside {start} .. {end}")
     # candidates: what exists when the test day ends and is still fresh
-    days = pool_days(log, ctime, hi + 1, candidate_days, candidate_coverage_target, test_days,
-                     valid_days, counts)  # fmt: skip
+    days, ages = pool_days(log, ctime, hi + 1, candidate_days, candidate_coverage_target,
+                           test_days, valid_days, counts)  # fmt: skip
     fresh = (docs["ctime"] <= hi) & (docs["ctime"] > hi - days * DAY)
     candidates = docs.loc[fresh, "article_id"]
     # the catalogue: articles anybody saw, plus every candidate (new ones have features only)
@@ -258,6 +259,9 @@ def load(
         counts=counts,
         window_end=hi + 1,
         candidates=candidates.reset_index(drop=True),
+        item_created=items["ctime"].reset_index(drop=True),
+        click_ages=ages,
+        candidate_seconds=int(round(days * DAY)),
         source=str(raw_dir / LOG_FILE),
         column_names={
             "user_id": "user_id",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from twotower_cli.data.freshness import HOUR, click_age_log_density, period_log_prior
 from twotower_cli.data.split import (
     per_user_split,
     temporal_bounds,
@@ -150,6 +151,13 @@ def split_task_rows(
     }
 
 
+def item_created(raw: RawData, enc: Encoded) -> np.ndarray:
+    """Each item's creation time (epoch seconds) in item id order (id i at position i - 1)."""
+    created = pd.Series(raw.item_created.to_numpy(), index=raw.items["item_id"].to_numpy())
+    created = created[~created.index.duplicated()]
+    return created.reindex(enc.vocabs["item"]["item"]).to_numpy(np.int64)
+
+
 def preprocess(
     raw: RawData, label: str, split: SplitSettings, tasks: tuple[str, ...] = ()
 ) -> tuple[Encoded, dict[str, pd.DataFrame], dict[str, int]]:
@@ -190,6 +198,19 @@ def preprocess(
         outside = ~np.isin(parts["test"]["item"].to_numpy(), enc.candidates)
         counts["test_outside_candidates"] = int(outside.sum())
         counts["candidates"] = len(enc.candidates)
+    if raw.item_created is not None and raw.click_ages is not None and split.kind == "temporal":
+        created = item_created(raw, enc)
+        density = click_age_log_density(
+            raw.click_ages, int(np.max(raw.click_ages, initial=0) // HOUR) + 2
+        )
+        prior = lambda lo, hi: np.concatenate(  # noqa: E731  (index 0: padding)
+            [[0.0], period_log_prior(created, lo, hi, density)]
+        ).astype(np.float32)
+        enc.item_log_prior = prior(test_start, end)
+        enc.valid_item_log_prior = prior(valid_start, test_start)
+        if raw.candidate_seconds is not None:
+            fresh = (created < test_start) & (created >= test_start - raw.candidate_seconds)
+            enc.valid_candidates = np.flatnonzero(fresh) + 1
     if parts["test"].empty:
         raise _no_test_users(raw, split, label)
     if tasks:
