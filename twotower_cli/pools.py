@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from twotower_cli.metrics import ranking_metrics, row_keys
 from twotower_cli.retrieval import EvalSet, popularity_ranking, top_unseen
@@ -129,3 +130,14 @@ def valid_pool(prep_dir: Path, prior_weight: float) -> tuple[np.ndarray | None, 
         prior_weight * np.load(prior_path) if prior_path.exists() and prior_weight > 0 else None
     )
     return pool, prior
+
+
+def unknown_cold_ids(items: dict, train: pd.DataFrame) -> dict:
+    """The item feature tensors with the id of every item that is no training positive set to
+    0 (unknown): such an id's embedding never trained, so the tower ranks it by content, as
+    `train.item_id_dropout` taught it to."""
+    ids = items["item"].clone()
+    trained = np.zeros(len(ids), bool)
+    trained[train["item"].to_numpy()] = True
+    ids[torch.from_numpy(~trained)] = 0
+    return {**items, "item": ids}

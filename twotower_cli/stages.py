@@ -161,6 +161,8 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     schema, users, items = _tables(prep_dir)
     n_items = len(next(iter(items.values()))) - 1
+    if cfg.train.get("item_id_dropout", 0) > 0:
+        items = pools.unknown_cold_ids(items, read_split(prep_dir, "train"))
     model = _build_model(cfg.model, {s: [vars(f) for f in fs] for s, fs in schema.items()})
     loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
     # an index the vectors cannot go into fails now, not at `twotower index` after training
@@ -204,8 +206,10 @@ def train(cfg: DictConfig) -> dict:
 def embed(cfg: DictConfig) -> dict:
     prep_dir = _earlier(cfg, "preprocess")
     train_dir = _earlier(cfg, "train")
-    model, _ = _load_model(train_dir)
+    model, ckpt = _load_model(train_dir)
     _, users, items = _tables(prep_dir)
+    if ckpt["config"]["train"].get("item_id_dropout", 0) > 0:  # as the model trained
+        items = pools.unknown_cold_ids(items, read_split(prep_dir, "train"))
     users = _with_history(model, users, seen_rows(prep_dir))
     item_ids = np.arange(1, len(next(iter(items.values()))), dtype=np.int64)
     if (prep_dir / "candidates.npy").exists():

@@ -30,6 +30,10 @@ class TrainSettings:
     # embedding tables get sparse gradients and a lazy Adam (optim.LazyAdam: only the batch's
     # rows and their moments move), so a step costs O(batch), not O(users + items)
     sparse_embeddings: bool = False
+    # share of training rows whose item id feature is hidden (0 = unknown), so the item tower
+    # learns to rank from content alone, as it must for items with no training positive
+    # (whose ids are unknown at embed time when this is > 0; pools.unknown_cold_ids)
+    item_id_dropout: float = 0.0
 
 
 def gather(table: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -45,6 +49,13 @@ def user_features(
     feats = gather(user_table, batch["user"])
     feats.update({k[5:]: t for k, t in batch.items() if k.startswith("user.")})
     return feats
+
+
+def drop_ids(feats: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> dict:
+    """The features with each row's `item` id set to 0 (unknown) with probability p."""
+    ids = feats["item"]
+    keep = torch.rand(ids.shape, generator=gen).to(ids.device) >= p
+    return {**feats, "item": ids * keep}
 
 
 def to_device(table: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
@@ -143,9 +154,13 @@ def train(
             batch = batch_fn(batch) if batch_fn is not None else batch
             neg = batch.get("neg")
             neg_feats = gather(item_table, neg.reshape(-1)) if neg is not None else None
-            loss = model.batch_loss(loss_fn, user_features(user_table, batch),
-                                    gather(item_table, batch["item"]), batch,
-                                    neg_feats)  # fmt: skip
+            item_feats = gather(item_table, batch["item"])
+            if settings.item_id_dropout > 0:
+                item_feats = drop_ids(item_feats, settings.item_id_dropout, gen)
+                if neg_feats is not None:
+                    neg_feats = drop_ids(neg_feats, settings.item_id_dropout, gen)
+            loss = model.batch_loss(loss_fn, user_features(user_table, batch), item_feats,
+                                    batch, neg_feats)  # fmt: skip
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
