@@ -30,8 +30,8 @@ def trending_ranking(seen: pd.DataFrame, at: int, hours: float, n_items: int, n_
     item = seen["item"].to_numpy()[before]
     recent = ts[before] >= at - hours * HOUR
     counts = np.bincount(item[recent], minlength=n_items + 1)
-    latest = np.full(n_items + 1, np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(latest, item, ts[before])
+    latest = np.full(n_items + 1, -np.inf)  # never a positive before `at`: last
+    np.maximum.at(latest, item, ts[before].astype(np.float64))
     ids = np.arange(1, n_items + 1) if ids is None else np.asarray(ids)
     order = ids[np.lexsort((ids, -latest[ids], -counts[ids]))[:depth]]
     return np.broadcast_to(order, (n_users, len(order)))
