@@ -53,3 +53,15 @@ def period_log_prior(created: np.ndarray, start: int, end: int,
     density = np.exp(log_density)[np.clip(age, 0, len(log_density) - 1)]
     share = np.where(age >= 0, density, 0.0).mean(0)
     return np.log(np.maximum(share, 1e-12))
+
+
+def log_virality(created: np.ndarray, clicked_items: np.ndarray, start: int, end: int,
+                 log_density: np.ndarray, pseudo: float = 1.0) -> np.ndarray:  # fmt: skip
+    """log of how much more each item was clicked in [start, end) than its age alone predicts:
+    log((clicks + pseudo) / (expected + pseudo)), expected = the period's clicks shared out by
+    each item's age (period_log_prior); an item with no clicks and none expected gets 0."""
+    clicks = np.bincount(clicked_items - 1, minlength=len(created)).astype(np.float64)
+    share = np.exp(period_log_prior(created, start, end, log_density))
+    share[share <= 1e-12] = 0.0
+    expected = clicks.sum() * share / max(share.sum(), 1e-12)
+    return np.log((clicks + pseudo) / (expected + pseudo))

@@ -292,18 +292,18 @@ class NewsSim:
 
 
 def oracle_ranking(sim: NewsSim, prep_dir: Path, ev, depth: int, test_start: int) -> np.ndarray:
-    """[len(ev.users), depth] encoded item ids: each test user's articles (those in the
-    encoded catalogue) by the user's true expected clicks on the test day, best first."""
+    """[len(ev.users), depth] encoded item ids: each test user's test-day articles (those the
+    app may show during the test day, in the encoded catalogue) by the user's true click rate
+    when shown, best first; other articles after them."""
     vocabs = json.loads((Path(prep_dir) / "vocabs.json").read_text())
     user_raw = np.array(vocabs["user"]["user"], dtype=object)[ev.users - 1]
     users = np.array([int(u[1:]) - 100000 for u in user_raw])
-    item_raw = np.array(vocabs["item"]["item"], dtype=object)
-    arts = item_raw.astype(np.int64) - 300000
-    rate = sim.expected_clicks(users, test_start, END)[:, arts]
-    order = np.argsort(-rate, axis=1, kind="stable")[:, :depth]
-    return order + 1
-
-
+    arts = np.array(vocabs["item"]["item"], dtype=object).astype(np.int64) - 300000
+    hours = np.arange(test_start, END, HOUR)[:, None]
+    alive = (sim._attention(hours - sim.ctime[arts][None, :]) > -np.inf).any(0)
+    rate = 1.0 / (1.0 + np.exp(-sim.log_click_odds(users, arts)))
+    order = np.argsort(-np.where(alive[None, :], rate, -1.0), axis=1, kind="stable")
+    return order[:, :depth] + 1
 def oracle_metrics(raw_dir: Path, prep_dir: Path, ks: list[int]) -> dict:
     """The oracle's metrics on a preprocessed simulated log, with evaluate's users, truth and
     masks (every test click counts, in or out of any pool)."""

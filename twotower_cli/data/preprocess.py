@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from twotower_cli.data.freshness import HOUR, click_age_log_density, period_log_prior
+from twotower_cli.data.freshness import (
+    HOUR,
+    click_age_log_density,
+    log_virality,
+    period_log_prior,
+)
 from twotower_cli.data.split import (
     per_user_split,
     temporal_bounds,
@@ -203,9 +208,15 @@ def preprocess(
         density = click_age_log_density(
             raw.click_ages, int(np.max(raw.click_ages, initial=0) // HOUR) + 2
         )
-        prior = lambda lo, hi: np.concatenate(  # noqa: E731  (index 0: padding)
-            [[0.0], period_log_prior(created, lo, hi, density)]
-        ).astype(np.float32)
+        ts, items = log["timestamp"].to_numpy(), log["item"].to_numpy()
+
+        def prior(lo: int, hi: int) -> np.ndarray:
+            """log(share of [lo, hi)'s clicks by age) + log(virality in the day before lo)."""
+            recent = positive & (ts >= lo - 24 * HOUR) & (ts < lo)
+            viral = log_virality(created, items[recent], lo - 24 * HOUR, lo, density)
+            age = period_log_prior(created, lo, hi, density)
+            return np.concatenate([[0.0], age + viral]).astype(np.float32)
+
         enc.item_log_prior = prior(test_start, end)
         enc.valid_item_log_prior = prior(valid_start, test_start)
         if raw.candidate_seconds is not None:
