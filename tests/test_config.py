@@ -47,3 +47,19 @@ def test_option_composes_and_instantiates(group: str, option: str):
 
 def test_every_group_has_an_option():
     assert {g for g, _ in OPTIONS} == set(GROUPS)
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_a_data_set_carries_its_own_training_defaults():
+    # conf/tuned/news.yaml is merged after the groups: news trains with its own settings,
+    # other data sets keep the groups' values, and the command line still wins
+    news, ml = _compose("dataset=news"), _compose("dataset=ml100k")
+    assert (news.model.temperature, news.train.patience) == (0.2, 20)
+    assert (ml.model.temperature, ml.train.patience) == (0.05, 4)
+    assert _compose("dataset=news", "train.patience=3").train.patience == 3
+    for path in (Path(CONFIG_DIR) / "tuned").glob("*.yaml"):
+        assert (Path(CONFIG_DIR) / "dataset" / path.name).exists(), path.name

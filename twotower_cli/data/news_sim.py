@@ -12,7 +12,10 @@ rows of every kind the loader drops are planted and counted.
     python -m twotower_cli.data.news_sim DIR --users 3000 --articles 4000 --exposures 165000
     python -m twotower_cli.data.news_sim DIR --oracle PREP_DIR   # after `twotower preprocess`
 
-`DIR/hidden_truth.npz` (not read by the loader) holds what the oracle needs.
+The oracle ranks each test user's test-day articles (those the app may show that day) by the
+user's true click rate when shown, and is scored with evaluate's users, truth and masks.
+`DIR/hidden_truth.npz` (not read by the loader) holds the parameters that rebuild the hidden
+truth (the simulation is deterministic given them).
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class NewsSim:
     def __init__(self, shape: NewsShape) -> None:
         self.shape = s = shape
         rng = np.random.default_rng(s.seed)
-        n_c, n_sub = len(CATES), len(CATES) * SUBS_PER_CATE
+        n_c = len(CATES)
         # users: taste over categories (a few favourites) and sub-categories; activity long-tailed
         self.taste = rng.dirichlet(np.full(n_c, s.taste_concentration), s.n_users) + 1e-3
         sub_taste = rng.dirichlet(np.ones(SUBS_PER_CATE), (s.n_users, n_c)).reshape(s.n_users, -1)
@@ -104,7 +107,7 @@ class NewsSim:
         self.virality = self.quality + rng.normal(0.0, 1.0, s.n_articles)
         self.img_num = rng.poisson(np.exp(0.8 + 0.3 * self.quality).clip(max=20))
         self.title_len = (18 + 4 * self.quality + rng.normal(0, 6, s.n_articles)).clip(4, 60)
-        self._simulate(rng, n_sub)
+        self._simulate(rng)
 
     def _attention(self, age_s: np.ndarray) -> np.ndarray:
         """log of the app's attention to an article of this age (-inf before it exists)."""
@@ -127,7 +130,7 @@ class NewsSim:
         taste = np.log(self.taste[users][:, self.cate[articles]] * len(CATES))
         return s.rec_virality * self.virality[articles] + s.rec_taste * taste
 
-    def _simulate(self, rng: np.random.Generator, n_sub: int) -> None:
+    def _simulate(self, rng: np.random.Generator) -> None:
         s = self.shape
         m = s.shown_per_session
         n_sessions = s.n_exposures // m
@@ -165,17 +168,6 @@ class NewsSim:
         return (
             s.click_base + s.click_taste * (taste + sub) + s.click_quality * self.quality[articles]
         )
-
-    def expected_clicks(self, users: np.ndarray, start: int, end: int) -> np.ndarray:
-        """[len(users), n_articles]: relative expected clicks of each user on each article
-        in [start, end): the recommender's odds of showing it (virality, taste, attention over
-        the period's hours) times the click probability. What the oracle ranks by."""
-        arts = np.arange(self.shape.n_articles)
-        hours = np.arange(start, end, HOUR)
-        attention = np.exp(self._attention(hours[:, None] - self.ctime[None, :])).mean(0)
-        shown = np.exp(self.rec_score(users, arts)) * attention[None, :]
-        p = 1.0 / (1.0 + np.exp(-self.log_click_odds(users, arts)))
-        return shown * p
 
     # -- the three files --------------------------------------------------------------------
     def write(self, raw_dir: Path) -> dict[str, int]:
@@ -304,6 +296,8 @@ def oracle_ranking(sim: NewsSim, prep_dir: Path, ev, depth: int, test_start: int
     rate = 1.0 / (1.0 + np.exp(-sim.log_click_odds(users, arts)))
     order = np.argsort(-np.where(alive[None, :], rate, -1.0), axis=1, kind="stable")
     return order[:, :depth] + 1
+
+
 def oracle_metrics(raw_dir: Path, prep_dir: Path, ks: list[int]) -> dict:
     """The oracle's metrics on a preprocessed simulated log, with evaluate's users, truth and
     masks (every test click counts, in or out of any pool)."""
