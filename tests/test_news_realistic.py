@@ -39,6 +39,7 @@ def test_simulated_app_has_the_shape_of_a_news_log():
     assert sim.quality[log["article"][log["click"]]].mean() > sim.quality[log["article"]].mean()
 
 
+@pytest.mark.slow  # ~20 s on a quiet machine: 55k exposures, up to 60 epochs
 def test_default_news_run_beats_popularity_and_trending(realistic, tmp_path: Path):
     raw, planted = realistic
     out = tmp_path / "outputs"
