@@ -95,7 +95,7 @@ def test_pool_keeps_every_test_click_in_the_denominator():
     assert out["recall@2"] == pytest.approx(0.75)
     assert out["candidate_coverage"] == pytest.approx(2 / 3)
     # cold clicks: user 0's item 5 (missed), user 1's item 2 (hit) -> (0 + 1) / 2
-    assert out["cold_recall@2"] == pytest.approx(0.5) and out["cold_test_clicks"] == 2
+    assert out["cold_recall@2"] == pytest.approx(0.5) and out["cold_click_share"] == 2 / 3
     # without a pool there is no coverage figure
     assert "candidate_coverage" not in score_rankings({"m": top}, ev, [2], 6, None, cold)["m"]
 

@@ -45,7 +45,8 @@ def candidate_coverage(ev: EvalSet, pool: np.ndarray, n_items: int) -> float:
 def cold_metrics(top: np.ndarray, ev: EvalSet, cold: np.ndarray, ks: list[int],
                  n_items: int) -> dict[str, float]:  # fmt: skip
     """`cold_recall@k`: recall over the test clicks on `cold` items (never a training
-    positive), averaged over the users who have such clicks; {} when no test click is cold."""
+    positive), averaged over the users who have such clicks, and `cold_click_share`: the share
+    of the test's (user, item) clicks that are cold; {} when none is."""
     width = n_items + 1
     is_cold = np.isin(ev.truth % width, cold)
     if not is_cold.any():
@@ -57,7 +58,7 @@ def cold_metrics(top: np.ndarray, ev: EvalSet, cold: np.ndarray, ks: list[int],
     n_truth = np.bincount(keys // width, minlength=len(rows))
     out = ranking_metrics(top[rows], keys, n_truth, ks, n_items)
     return {f"cold_recall@{k}": out[f"recall@{k}"] for k in ks} | {
-        "cold_test_clicks": int(len(truth))
+        "cold_click_share": float(is_cold.mean())
     }
 
 
