@@ -4,10 +4,10 @@ hidden truth kept aside so an oracle can be scored (tests, and measurements of i
 The shape of a real news log: articles arrive every hour and live a day or two (the app's
 attention to an article decays as exp(-age / 35 h); on the default log half of all clicks come
 within 27 h of creation, 95% within 4.1 days); what a user is shown is picked by the app's own
-recommender (part virality, part the user's taste, part freshness); a shown article is clicked with a
-probability driven by the user's hidden taste for its category and sub-category and the
-article's hidden quality (which its image count and title length reveal only a little); dirty
-rows of every kind the loader drops are planted and counted.
+recommender (part virality, part the user's taste, part freshness); a shown article is
+clicked with a probability driven by the user's hidden taste for its category and sub-category
+and the article's hidden quality (which its image count and title length reveal only a little);
+dirty rows of every kind the loader drops are planted and counted.
 
     python -m twotower_cli.data.news_sim DIR --users 3000 --articles 4000 --exposures 165000
     python -m twotower_cli.data.news_sim DIR --oracle PREP_DIR   # after `twotower preprocess`
