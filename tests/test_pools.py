@@ -13,6 +13,7 @@ from twotower_cli.data.freshness import (
     HOUR,
     age_quantiles,
     click_age_log_density,
+    log_virality,
     period_log_prior,
     pool_window,
 )
@@ -53,6 +54,15 @@ def test_freshness_prior_averages_the_click_age_density_over_the_period():
     # created at 1 h -> absent, then age 0 -> 4 / 2 / 7; created 10 h before -> last bin 1 / 7
     prior = period_log_prior(np.array([0, HOUR, -10 * HOUR]), 0, 2 * HOUR, density)
     assert np.exp(prior) == pytest.approx([3 / 7, 2 / 7, 1 / 7])
+
+
+def test_virality_compares_clicks_with_what_age_predicts():
+    # hour-0 density 0.75 for items 1 and 2 (both created at 0), item 3 not yet created: the
+    # period's 4 clicks are expected 2 / 2 / 0; clicked 3 / 1 / 0 ->
+    # log((3 + 1) / (2 + 1)), log((1 + 1) / (2 + 1)), log((0 + 1) / (0 + 1))
+    density = np.log([0.75, 0.25])
+    viral = log_virality(np.array([0, 0, 5 * HOUR]), np.array([1, 1, 1, 2]), 0, HOUR, density)
+    assert viral == pytest.approx(np.log([4 / 3, 2 / 3, 1.0]))
 
 
 def test_item_prior_column_adds_to_the_logit():

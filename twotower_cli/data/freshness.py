@@ -62,6 +62,6 @@ def log_virality(created: np.ndarray, clicked_items: np.ndarray, start: int, end
     each item's age (period_log_prior); an item with no clicks and none expected gets 0."""
     clicks = np.bincount(clicked_items - 1, minlength=len(created)).astype(np.float64)
     share = np.exp(period_log_prior(created, start, end, log_density))
-    share[share <= 1e-12] = 0.0
+    share[share < 1e-11] = 0.0  # period_log_prior's floor (1e-12): not alive in the period
     expected = clicks.sum() * share / max(share.sum(), 1e-12)
     return np.log((clicks + pseudo) / (expected + pseudo))
