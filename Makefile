@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-fast lint bench loadtest clean compare-models compare-history compare-samplers
+.PHONY: help install run test test-fast lint bench loadtest clean compare-models compare-history compare-samplers news-sim
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -51,6 +51,14 @@ compare-history: install ## DSSM with/without the user-history feature -> output
 loadtest: install ## 32 clients on 127.0.0.1 against `twotower serve` -> outputs/loadtest.json
 	test -f outputs/ml100k/sample/inbatch/dssm/index/manifest.json || $(BIN)/twotower run
 	$(BIN)/python -m twotower_cli.loadtest --requests 20000 --concurrency 32 --max-seconds 120
+
+NEWS_ARGS ?= threads=1
+news-sim: install ## a simulated 3,000-user news app: the default `dataset=news` run and the oracle
+	$(BIN)/python -m twotower_cli.data.news_sim outputs/news_sim/raw
+	$(BIN)/twotower run dataset=news dataset.load.raw_dir=outputs/news_sim/raw \
+		paths.out=outputs/news_sim $(NEWS_ARGS)
+	$(BIN)/python -m twotower_cli.data.news_sim outputs/news_sim/raw \
+		--oracle outputs/news_sim/news/preprocess
 
 clean: ## delete outputs/ (always safe)
 	rm -rf outputs multirun

@@ -4,6 +4,7 @@ line naming the key, at composition (types) or before the stage runs (bounds).""
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +124,14 @@ def test_the_optimiser_is_a_partial_target_node():
     (adam,) = optimizers(torch.nn.Linear(2, 1), TrainSettings(
         **{**default, "optimizer": instantiate(default.optimizer)}))  # fmt: skip
     assert type(adam) is torch.optim.Adam and adam.param_groups[0]["lr"] == default.lr
+
+
+def test_a_data_set_carries_its_own_training_defaults():
+    # conf/tuned/news.yaml is merged after the groups: news trains with its own settings,
+    # other data sets keep the groups' values, and the command line still wins
+    news, ml = composed("dataset=news"), composed("dataset=ml100k")
+    assert (news.model.temperature, news.train.patience) == (0.2, 20)
+    assert (ml.model.temperature, ml.train.patience) == (0.05, 4)
+    assert composed("dataset=news", "train.patience=3").train.patience == 3
+    for path in (Path(CONFIG_DIR) / "tuned").glob("*.yaml"):
+        assert (Path(CONFIG_DIR) / "dataset" / path.name).exists(), path.name

@@ -1,6 +1,6 @@
 """`twotower evaluate`'s library side: the model's full-catalogue metrics from its index, the
-popularity baseline over the same candidates and masks, each sub-retrieval of a multi-task
-model on its own task, and the table printed at the end."""
+popularity and trending baselines over the same candidates and masks, each sub-retrieval of a
+multi-task model on its own task, and the table printed at the end."""
 
 from __future__ import annotations
 
@@ -8,39 +8,39 @@ from pathlib import Path
 
 import numpy as np
 
-from twotower_cli.artifacts import read_split, seen_rows
+from twotower_cli import pools
+from twotower_cli.artifacts import read_manifest, read_split, seen_rows
 from twotower_cli.errors import TwoTowerError
 from twotower_cli.keys import find
+from twotower_cli.layout import Layout
 from twotower_cli.models.base import TwoTower
-from twotower_cli.retrieval import (
-    EvalSet,
-    build_index,
-    evaluate_index,
-    evaluate_ranked,
-    popularity_ranking,
-)
+from twotower_cli.retrieval import EvalSet, build_index, evaluate_index, index_top_unseen
 
 METRIC_NAMES = ("recall", "precision", "ndcg", "hit_rate", "coverage")
 
 
-def evaluate_run(index, model: TwoTower, prep_dir: Path, embed_dir: Path, ks: list[int],
-                 n_items: int) -> dict[str, dict]:  # fmt: skip
-    """{"model": ..., "popularity": ..., "task/<name>": ...} metrics on the test split, each
-    user's train + validation items excluded."""
-    item_ids = np.load(embed_dir / "item_ids.npy")  # the index's rows (candidates or all)
-    seen = seen_rows(prep_dir)
-    ev = EvalSet.build(read_split(prep_dir, "test"), seen, n_items)
-    user_ids, u = np.load(embed_dir / "user_ids.npy"), np.load(embed_dir / "user_vectors.npy")
+def evaluate_run(index, model: TwoTower, L: Layout, ks: list[int], n_items: int,
+                 trending_hours: float = 24.0) -> dict[str, dict]:  # fmt: skip
+    """{"model": ..., "popularity": ..., "trending": ..., "task/<name>": ...} metrics on the test
+    split, each user's train + validation items excluded, every ranking over the same items
+    (the candidate pool when preprocess made one: every test click still counts, and
+    `candidate_coverage` and `cold_recall@k` stand beside; pools.py). Trending needs a test
+    period's start (temporal splits)."""
+    item_ids = np.load(L.ids("item"))  # the index's rows (candidates or all)
+    seen = seen_rows(L.preprocess)
+    ev = EvalSet.build(read_split(L.preprocess, "test"), seen, n_items)
+    user_ids, u = np.load(L.ids("user")), np.load(L.vectors("user"))
     if not np.array_equal(user_ids, ev.users):
-        raise TwoTowerError(f"{embed_dir}: user vectors do not match the test users; rerun embed")
-    counts = np.bincount(seen["item"].to_numpy(), minlength=n_items + 1)[1:]
-    depth = min(len(item_ids), max(ks) + ev.max_exclude)
-    popular = popularity_ranking(counts, len(ev.users), depth, item_ids)
-    metrics = {
-        "model": evaluate_index(index, u, ev, ks, n_items, ids=item_ids),
-        "popularity": evaluate_ranked(popular, ev, ks, n_items),
+        raise TwoTowerError(f"{L.embed}: user vectors do not match the test users; rerun embed")
+    test_start = read_manifest(L.preprocess)["figures"].get("test_start")
+    tops = {
+        "model": index_top_unseen(index, u, ev, max(ks), n_items, ids=item_ids),
+        **pools.baseline_tops(seen, ev, max(ks), n_items, item_ids, test_start, trending_hours),
     }
-    metrics.update(sub_retrieval_metrics(model, prep_dir, embed_dir, ks, n_items))
+    pool = item_ids if L.candidates.exists() else None
+    cold = pools.cold_items(read_split(L.preprocess, "train")["item"].to_numpy(), n_items)
+    metrics = pools.score_rankings(tops, ev, ks, n_items, pool, cold)
+    metrics.update(sub_retrieval_metrics(model, L.preprocess, L.embed, ks, n_items))
     return metrics
 
 
@@ -80,4 +80,8 @@ def format_table(metrics: dict, ks: list[int]) -> str:
         for n in METRIC_NAMES:
             cells = " | ".join(f"{metrics[r][f'{n}@{k}']:.4f}" for r in runs)
             lines.append(f"| {n}@{k} | {cells} |")
+    extra = ["candidate_coverage", *(f"cold_recall@{k}" for k in ks)]  # pools.score_rankings
+    for name in (n for n in extra if n in metrics[runs[0]]):
+        cells = " | ".join(f"{metrics[r].get(name, float('nan')):.4f}" for r in runs)
+        lines.append(f"| {name} | {cells} |")
     return "\n".join(lines)

@@ -66,6 +66,12 @@ class Layout:
         return self.preprocess / "candidates.npy"
 
     @property
+    def item_log_prior(self) -> Path:
+        """The freshness prior of temporal pools (pools.with_item_prior), if preprocess made
+        one."""
+        return self.preprocess / "item_log_prior.npy"
+
+    @property
     def exposures(self) -> Path:
         return self.preprocess / "exposures.parquet"
 

@@ -70,6 +70,10 @@ class EvalSet:
     n_truth: np.ndarray
     exclude: np.ndarray
     max_exclude: int
+    # optional: the item ids that may be ranked (a candidate pool; None = all) and a log prior
+    # per item id added to the logits (pools.with_item_prior); the truth is never restricted
+    pool: np.ndarray | None = None
+    item_log_prior: np.ndarray | None = None
 
     @classmethod
     def build(cls, held_out: pd.DataFrame, seen: pd.DataFrame, n_items: int) -> EvalSet:

@@ -63,6 +63,10 @@ class TrainSettings:
     # embedding tables get sparse gradients and a lazy Adam (optim.LazyAdam: only the batch's
     # rows and their moments move), so a step costs O(batch), not O(users + items)
     sparse_embeddings: bool = False
+    # share of training rows whose item id feature is hidden (0 = unknown), so the item tower
+    # learns to rank from content alone, as it must for items with no training positive
+    # (whose ids are unknown at embed time when this is > 0; pools.unknown_cold_ids)
+    item_id_dropout: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0})
     # the history input of each training example (data/examples.py)
     history_mode: str = field(default="causal", metadata={"choices": HISTORY_MODES})
     # auto: every finished epoch's state is kept (in the train dir's .resume/), and a rerun of the
@@ -82,6 +86,10 @@ class EvalSettings:
     """`conf/eval/default.yaml`."""
 
     ks: list[int] = field(default_factory=lambda: [10, 20, 50], metadata={"each_ge": 1})
+    # the trending baseline (temporal splits): positives in this many hours before the test
+    trending_hours: float = field(default=24.0, metadata={"gt": 0.0})
+    # weight of the freshness prior `embed` adds to the logit where preprocess made one (news)
+    freshness_prior: float = field(default=1.0, metadata={"ge": 0.0})
 
 
 @dataclass

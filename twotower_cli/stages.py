@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from twotower_cli import checkpoint, distributed, losses, tracking
+from twotower_cli import checkpoint, distributed, losses, pools, tracking
 from twotower_cli.artifacts import (
     StageOutput,
     check_chain,
@@ -131,6 +131,8 @@ def train(cfg: DictConfig) -> dict:
     with writer if group.is_main else nullcontext(writer) as out:
         torch.manual_seed(cfg.seed)
         schema, users, items = load_tables(prep_dir)
+        if cfg.train.item_id_dropout > 0:  # items with no training positive: unknown ids
+            items = pools.unknown_cold_ids(items, read_split(prep_dir, "train"))
         key, args = checkpoint.model_args(OmegaConf.to_container(cfg.model, resolve=True))
         model = checkpoint.build(key, args, schema_dicts(schema))
         loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
@@ -146,6 +148,7 @@ def train(cfg: DictConfig) -> dict:
         train_pos = read_split(prep_dir, "train")
         users = with_history(users, train_pos, model.history_len)
         valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
+        valid.pool, valid.item_log_prior = pools.valid_pool(prep_dir, cfg.eval.freshness_prior)
         if (
             settings.sparse_embeddings
             and not distributed.sparse_supported(group)
@@ -200,8 +203,10 @@ def embed(cfg: DictConfig) -> dict:
     train_dir = _earlier(cfg, "train")
     check_chain([prep_dir, train_dir])
     with StageOutput("embed", L.embed, _config(cfg), [prep_dir, train_dir]) as out:
-        model, _ = checkpoint.load(L.model)
+        model, ckpt = checkpoint.load(L.model)
         _, users, items = load_tables(prep_dir)
+        if ckpt["config"]["train"].get("item_id_dropout", 0) > 0:  # as the model trained
+            items = pools.unknown_cold_ids(items, read_split(prep_dir, "train"))
         users = with_history(users, seen_rows(prep_dir), model.history_len)
         item_ids = np.arange(1, len(next(iter(items.values()))), dtype=np.int64)
         if L.candidates.exists():
@@ -214,11 +219,18 @@ def embed(cfg: DictConfig) -> dict:
         for name, x in (("item", v), ("user", u)):
             if not np.isfinite(x).all():
                 raise TwoTowerError(f"{L.model}: gives non-finite {name} vectors; retrain")
+        weight = cfg.eval.freshness_prior
+        prior = weight > 0 and L.item_log_prior.exists()
+        if prior:
+            # ranks by logit + weight * the item's freshness prior (pools.with_item_prior)
+            log_prior = np.load(L.item_log_prior)[item_ids]
+            u, v = pools.with_item_prior(u, v, log_prior, weight, model.logit_scale)
         np.save(out.path("item_vectors.npy"), v)
         np.save(out.path("item_ids.npy"), item_ids)
         np.save(out.path("user_vectors.npy"), u)
         np.save(out.path("user_ids.npy"), user_ids)
-        out.figures = {"items": len(item_ids), "users": len(user_ids)}
+        out.figures = {"items": len(item_ids), "users": len(user_ids),
+                       "freshness_prior": weight if prior else 0.0}  # fmt: skip
     return out.figures
 
 
@@ -244,7 +256,7 @@ def evaluate(cfg: DictConfig) -> dict:
         model, _ = checkpoint.load(L.model)
         n_items = read_manifest(L.preprocess)["figures"]["n_items"]
         ks = list(cfg.eval.ks)
-        metrics = evaluate_run(idx, model, L.preprocess, L.embed, ks, n_items)
+        metrics = evaluate_run(idx, model, L, ks, n_items, cfg.eval.trending_hours)
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
         out.figures = {"users": len(np.load(L.ids("user"))),
                        **{f"model/{k}": v for k, v in metrics["model"].items()}}  # fmt: skip

@@ -18,6 +18,7 @@ from twotower_cli import distributed
 from twotower_cli.errors import TwoTowerError
 from twotower_cli.models.base import TwoTower
 from twotower_cli.optim import LazyAdam
+from twotower_cli.pools import with_item_prior
 from twotower_cli.progress import bar
 from twotower_cli.retrieval import EvalSet, build_index, evaluate_index
 from twotower_cli.settings import TrainSettings
@@ -72,6 +73,13 @@ def user_features(
     return feats
 
 
+def drop_ids(feats: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> dict:
+    """The features with each row's `item` id set to 0 (unknown) with probability p."""
+    ids = feats["item"]
+    keep = torch.rand(ids.shape, generator=gen).to(ids.device) >= p
+    return {**feats, "item": ids * keep}
+
+
 def to_device(table: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
     return {name: t.to(device) for name, t in table.items()}
 
@@ -91,10 +99,15 @@ def encode_all(model: TwoTower, table: dict[str, torch.Tensor], ids: np.ndarray,
 
 
 def validate(model, user_table, item_table, ev: EvalSet, k: int, n_items: int) -> float:
-    items = encode_all(model, item_table, np.arange(1, n_items + 1), "item")
+    ids = np.arange(1, n_items + 1) if ev.pool is None else ev.pool
+    items = encode_all(model, item_table, ids, "item")
     users = encode_all(model, user_table, ev.users, "user")
+    if ev.item_log_prior is not None:  # as `embed` ranks the test period
+        users, items = with_item_prior(users, items, ev.item_log_prior[ids], 1.0,
+                                       model.logit_scale)  # fmt: skip
     index = build_index(items, "Flat")
-    return evaluate_index(index, users, ev, [k], n_items)[f"recall@{k}"]
+    pool = None if ev.pool is None else ids
+    return evaluate_index(index, users, ev, [k], n_items, ids=pool)[f"recall@{k}"]
 
 
 def optimizers(model: torch.nn.Module, settings: TrainSettings) -> list[torch.optim.Optimizer]:
@@ -210,8 +223,13 @@ def train(
             batch = distributed.local_rows(batch, group)
             neg = batch.get("neg")
             neg_feats = gather(item_table, neg.reshape(-1)) if neg is not None else None
-            loss = step_loss(user_features(user_table, batch), gather(item_table, batch["item"]),
-                             batch, neg_feats)  # fmt: skip
+            item_feats = gather(item_table, batch["item"])
+            if settings.item_id_dropout > 0:
+                item_feats = drop_ids(item_feats, settings.item_id_dropout, gen)
+                if neg_feats is not None:
+                    neg_feats = drop_ids(neg_feats, settings.item_id_dropout, gen)
+            loss = step_loss(user_features(user_table, batch), item_feats, batch,
+                             neg_feats)  # fmt: skip
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()

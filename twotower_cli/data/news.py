@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from twotower_cli.data.clean import check_numbers, epoch_seconds, missing_ids
+from twotower_cli.data.freshness import age_quantiles, pool_window
 from twotower_cli.data.split import DAY
 from twotower_cli.data.tables import RawData
 from twotower_cli.errors import TwoTowerError
@@ -156,6 +157,46 @@ def read_log(path: Path, long_read_seconds: float, counts: dict) -> pd.DataFrame
     )
 
 
+def pool_days(
+    log: pd.DataFrame,
+    ctime: np.ndarray,
+    end: int,
+    candidate_days: float | str,
+    target: float,
+    test_days: float,
+    valid_days: float,
+    counts: dict,
+) -> tuple[float, np.ndarray]:
+    """(candidate window in days, ages at click of the clicks before the held-out days): the
+    window is a number as given, or `auto`: measured on those clicks (freshness.pool_window);
+    the window and the age quantiles go into `counts`."""
+    train = (log["timestamp"].to_numpy() < end - (test_days + valid_days) * DAY) & (
+        log["click"].to_numpy() > 0
+    )
+    ages = log["timestamp"].to_numpy()[train] - ctime[train]
+    if len(ages):
+        counts.update(age_quantiles(ages))
+    if candidate_days != "auto":
+        try:
+            days = float(candidate_days)
+        except (TypeError, ValueError):
+            raise TwoTowerError(
+                f"dataset.load.candidate_days: {candidate_days!r} is neither 'auto' nor a number"
+            ) from None
+    else:
+        if not 0 < target <= 1:
+            raise TwoTowerError(f"dataset.load.candidate_coverage_target: {target} not in (0, 1]")
+        if not len(ages):
+            raise TwoTowerError(
+                "dataset.load.candidate_days: auto needs clicks before the held-out days; "
+                "none are left: set a number of days"
+            )
+        times = log["timestamp"].to_numpy()[train]
+        days = pool_window(ages, times, end, int(round(test_days * DAY)), target) / DAY
+    counts["candidate_days"] = round(days, 4)
+    return days, ages
+
+
 def _drop(frame: pd.DataFrame, bad: np.ndarray, counts: dict, name: str) -> pd.DataFrame:
     counts[name] = int(bad.sum())
     return frame[~bad]
@@ -168,12 +209,17 @@ def load(
     utc_offset_hours: float = 8.0,
     fill: str = "ffill",
     long_read_seconds: float = 60.0,
-    candidate_days: float = 30.0,
+    candidate_days: float | str = "auto",
+    candidate_coverage_target: float = 0.95,
+    test_days: float = 1.0,
+    valid_days: float = 0.5,
     keywords: int = 0,
     **_: object,
 ) -> RawData:
     """The news log as RawData: `click` and `long_read` labels, exposures kept (click 0),
-    candidates = articles created within `candidate_days` before the window's end."""
+    candidates = articles created within `candidate_days` before the window's end (`auto`:
+    the window that holds `candidate_coverage_target` of the training period's clicks, from
+    their articles' ages at click; `test_days`/`valid_days`: the split's held-out days)."""
     if fill not in FILLS:
         raise TwoTowerError(f"dataset.load.fill: {fill!r} not in {FILLS}")
     raw_dir = Path(raw_dir)
@@ -188,14 +234,18 @@ def load(
     log = _drop(log, np.isnan(ctime), counts, "log_dropped_article_not_in_doc_info")
     ctime = ctime[~np.isnan(ctime)]
     # an exposure before the article existed cannot happen, and would leak the future
-    log = _drop(log, log["timestamp"].to_numpy() < ctime, counts, "log_dropped_before_ctime")
+    early = log["timestamp"].to_numpy() < ctime
+    log = _drop(log, early, counts, "log_dropped_before_ctime")
     known = log["user_id"].isin(users["user_id"]).to_numpy()
+    ctime = ctime[~early][known].astype(np.int64)
     log = _drop(log, ~known, counts, "log_dropped_unknown_user").reset_index(drop=True)
     counts["log_kept"] = len(log)
     if log.empty:
         raise TwoTowerError(f"{raw_dir / LOG_FILE}: no exposures left inside {start} .. {end}")
     # candidates: what exists when the test day ends and is still fresh
-    fresh = (docs["ctime"] <= hi) & (docs["ctime"] > hi - candidate_days * DAY)
+    days, ages = pool_days(log, ctime, hi + 1, candidate_days, candidate_coverage_target,
+                           test_days, valid_days, counts)  # fmt: skip
+    fresh = (docs["ctime"] <= hi) & (docs["ctime"] > hi - days * DAY)
     candidates = docs.loc[fresh, "article_id"]
     # the catalogue: articles anybody saw, plus every candidate (new ones have features only)
     items = docs[docs["article_id"].isin(log["item_id"]) | fresh]
@@ -211,6 +261,9 @@ def load(
         counts=counts,
         window_end=hi + 1,
         candidates=candidates.reset_index(drop=True),
+        item_created=items["ctime"].reset_index(drop=True),
+        click_ages=ages,
+        candidate_seconds=int(round(days * DAY)),
         source=str(raw_dir / LOG_FILE),
         column_names={
             "user_id": "user_id",

@@ -15,6 +15,12 @@ import numpy as np
 import pandas as pd
 
 from twotower_cli.data.clean import clean_log, drop_missing_keys
+from twotower_cli.data.freshness import (
+    HOUR,
+    click_age_log_density,
+    log_virality,
+    period_log_prior,
+)
 from twotower_cli.data.split import (
     per_user_split,
     temporal_bounds,
@@ -151,6 +157,13 @@ def split_task_rows(
     }
 
 
+def item_created(raw: RawData, enc: Encoded) -> np.ndarray:
+    """Each item's creation time (epoch seconds) in item id order (id i at position i - 1)."""
+    created = pd.Series(raw.item_created.to_numpy(), index=raw.items["item_id"].to_numpy())
+    created = created[~created.index.duplicated()]
+    return created.reindex(enc.vocabs["item"]["item"]).to_numpy(np.int64)
+
+
 def preprocess(
     raw: RawData, label: str, split: SplitSettings, tasks: tuple[str, ...] = ()
 ) -> tuple[Encoded, dict[str, pd.DataFrame], dict[str, int]]:
@@ -180,6 +193,7 @@ def preprocess(
     if split.kind == "temporal":
         parts = temporal_split(positives, valid_start, test_start, end)
         counts["positives_outside_window"] = len(positives) - sum(len(p) for p in parts.values())
+        counts.update(valid_start=valid_start, test_start=test_start)
     else:
         parts = per_user_split(
             positives, split.test_fraction, split.valid_fraction, split.min_positives
@@ -187,11 +201,29 @@ def preprocess(
     if raw.candidates is not None:
         cand = np.unique(encode_values(raw.candidates, enc.vocabs["item"]["item"]))
         enc.candidates = cand[cand > 0]
-        test = parts["test"]
-        keep = np.isin(test["item"].to_numpy(), enc.candidates)
-        counts["test_dropped_not_candidate"] = int((~keep).sum())
-        parts["test"] = test[keep].reset_index(drop=True)
+        # the pool limits what is ranked, not the truth: clicks outside it stay and count
+        outside = ~np.isin(parts["test"]["item"].to_numpy(), enc.candidates)
+        counts["test_outside_candidates"] = int(outside.sum())
         counts["candidates"] = len(enc.candidates)
+    if raw.item_created is not None and raw.click_ages is not None and split.kind == "temporal":
+        created = item_created(raw, enc)
+        density = click_age_log_density(
+            raw.click_ages, int(np.max(raw.click_ages, initial=0) // HOUR) + 2
+        )
+        ts, items = log["timestamp"].to_numpy(), log["item"].to_numpy()
+
+        def prior(lo: int, hi: int) -> np.ndarray:
+            """log(share of [lo, hi)'s clicks by age) + log(virality in the day before lo)."""
+            recent = positive & (ts >= lo - 24 * HOUR) & (ts < lo)
+            viral = log_virality(created, items[recent], lo - 24 * HOUR, lo, density)
+            age = period_log_prior(created, lo, hi, density)
+            return np.concatenate([[0.0], age + viral]).astype(np.float32)
+
+        enc.item_log_prior = prior(test_start, end)
+        enc.valid_item_log_prior = prior(valid_start, test_start)
+        if raw.candidate_seconds is not None:
+            fresh = (created < test_start) & (created >= test_start - raw.candidate_seconds)
+            enc.valid_candidates = np.flatnonzero(fresh) + 1
     if parts["test"].empty:
         raise _no_test_users(raw, split, label)
     if tasks:

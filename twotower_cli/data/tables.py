@@ -52,6 +52,13 @@ class RawData:
     window_end: int | None = None
     # optional: raw ids of the items evaluation may rank (None: the whole catalogue)
     candidates: pd.Series | None = None
+    # optional: each item's creation time (epoch seconds, aligned with `items`) and the ages
+    # (seconds) of the training period's positives at their time: the freshness prior's inputs
+    item_created: pd.Series | None = None
+    click_ages: np.ndarray | None = None
+    # optional: how fresh a candidate must be (seconds before a period's end): validation's
+    # pool is cut by it from the items' creation times as the test's is
+    candidate_seconds: int | None = None
     # for error messages: where the log came from, and its raw column names by role
     # (user_id, item_id, timestamp, label -> the name in the user's file)
     source: str = "interactions"
@@ -68,6 +75,13 @@ class Encoded:
     schema: dict[str, list[Field]]
     # optional: sorted item ids evaluation ranks (saved as candidates.npy); None = all items
     candidates: np.ndarray | None = None
+    # optional: log of each item's expected share of test-period clicks by its age alone
+    # (index = item id; saved as item_log_prior.npy): the freshness prior of `embed`
+    item_log_prior: np.ndarray | None = None
+    # optional: validation's pool and prior, as the test's (valid_candidates.npy,
+    # valid_item_log_prior.npy)
+    valid_candidates: np.ndarray | None = None
+    valid_item_log_prior: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -167,6 +181,11 @@ def save_encoded(enc: Encoded, out_dir: Path) -> list[str]:
     if enc.candidates is not None:
         np.save(out_dir / "candidates.npy", enc.candidates.astype(np.int64))
         names.append("candidates.npy")
+    for name in ("item_log_prior", "valid_candidates", "valid_item_log_prior"):
+        values = getattr(enc, name)
+        if values is not None:
+            np.save(out_dir / f"{name}.npy", values)
+            names.append(f"{name}.npy")
     return names
 
 
