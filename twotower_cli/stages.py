@@ -24,6 +24,7 @@ from twotower_cli.artifacts import (
     require,
     seen_rows,
 )
+from twotower_cli.baselines import BaselineSettings, baseline_metrics
 from twotower_cli.data.examples import Timeline, training_examples
 from twotower_cli.data.preprocess import SplitSettings
 from twotower_cli.data.preprocess import preprocess as preprocess_tables
@@ -35,8 +36,6 @@ from twotower_cli.retrieval import (
     build_index,
     empty_index,
     evaluate_index,
-    evaluate_ranked,
-    popularity_ranking,
     set_search_params,
 )
 from twotower_cli.samplers import EXPOSURE_KEYS, add_exposure_negatives
@@ -242,15 +241,15 @@ def evaluate(cfg: DictConfig) -> dict:
     user_ids, u = np.load(embed_dir / "user_ids.npy"), np.load(embed_dir / "user_vectors.npy")
     if not np.array_equal(user_ids, ev.users):
         raise TwoTowerError(f"{embed_dir}: user vectors do not match the test users; rerun embed")
-    ks = list(cfg.eval.ks)
-    counts = np.bincount(seen["item"].to_numpy(), minlength=n_items + 1)[1:]
-    depth = min(len(item_ids), max(ks) + ev.max_exclude)
-    metrics = {
-        "model": evaluate_index(idx, u, ev, ks, n_items, ids=item_ids),
-        "popularity": evaluate_ranked(
-            popularity_ranking(counts, len(ev.users), depth, item_ids), ev, ks, n_items
-        ),  # fmt: skip
-    }
+    ks, e = list(cfg.eval.ks), cfg.eval
+    metrics = {"model": evaluate_index(idx, u, ev, ks, n_items, ids=item_ids)}
+    baselines, skipped = baseline_metrics(
+        BaselineSettings(list(e.baselines), e.ease_max_items, list(e.ease_lambdas),
+                         cfg.train.early_stop_k),
+        read_split(prep_dir, "train"), read_split(prep_dir, "valid"),
+        ev, ks, n_items, item_ids,
+    )  # fmt: skip
+    metrics.update(baselines, **({"baselines_skipped": skipped} if skipped else {}))
     metrics.update(_sub_retrieval_metrics(cfg.paths.train_dir, prep_dir, embed_dir, ks, n_items))
     with StageOutput("evaluate", cfg.paths.evaluate_dir, _config(cfg),
                      [prep_dir, embed_dir, index_dir]) as out:  # fmt: skip
@@ -292,7 +291,7 @@ def _sub_retrieval_metrics(train_dir: str, prep_dir: Path, embed_dir: Path, ks: 
 def format_table(metrics: dict, ks: list[int]) -> str:
     """A Markdown table: one row per metric@k, one column per ranked run."""
     names = ["recall", "precision", "ndcg", "hit_rate", "coverage"]
-    runs = list(metrics)
+    runs = [r for r in metrics if f"recall@{ks[0]}" in metrics[r]]  # not baselines_skipped
     lines = ["| metric | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
     for k in ks:
         for n in names:
