@@ -18,7 +18,7 @@ from twotower_cli.errors import TwoTowerError
 # absolute: a relative config_path becomes a package path once installed as a script
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "run", "serve",
-               "export")  # fmt: skip
+               "export", "tune")  # fmt: skip
 # faiss announces which SIMD build it loaded at INFO; not news to a user
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # Hydra's flags that take a value (`--config-dir DIR` adds a directory of the user's configs)

@@ -153,7 +153,9 @@ def _examples(model, prep_dir: Path, sample_dir: Path, n_users: int, n_items: in
     return {c: torch.from_numpy(v) for c, v in cols.items()}
 
 
-def train(cfg: DictConfig) -> dict:
+def fit(cfg: DictConfig) -> tuple:
+    """Train the configured model in memory (what `train` saves, and what each `tune` trial
+    scores): (model, per-epoch history, settings, loss name, schema, users, items, inputs)."""
     prep_dir = _earlier(cfg, "preprocess")
     sampler = _sampler(cfg)[0]
     sample_dir = _earlier(cfg, "sample", ("dataset", "sampler"),
@@ -178,7 +180,12 @@ def train(cfg: DictConfig) -> dict:
     history = train_model(
         model, loss_fn, examples, users, items, valid, n_items, settings, batch_fn
     )
-    with StageOutput("train", cfg.paths.train_dir, _config(cfg), [prep_dir, sample_dir]) as out:
+    return model, history, settings, loss_name, schema, users, items, [prep_dir, sample_dir]
+
+
+def train(cfg: DictConfig) -> dict:
+    model, history, settings, loss_name, schema, users, items, inputs = fit(cfg)
+    with StageOutput("train", cfg.paths.train_dir, _config(cfg), inputs) as out:
         torch.save(
             {
                 "state_dict": model.state_dict(),
@@ -322,6 +329,12 @@ def serve(cfg: DictConfig) -> dict:
     return {}
 
 
+def tune(cfg: DictConfig) -> dict:
+    from twotower_cli.tune import run_tune
+
+    return run_tune(cfg)
+
+
 def export(cfg: DictConfig) -> dict:
     from twotower_cli.export import export_bundle
 
@@ -339,5 +352,6 @@ def export(cfg: DictConfig) -> dict:
 
 
 STAGES = {
-    f.__name__: f for f in (preprocess, sample, train, embed, index, evaluate, run, serve, export)
+    f.__name__: f
+    for f in (preprocess, sample, train, embed, index, evaluate, run, serve, export, tune)
 }
