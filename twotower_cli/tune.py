@@ -240,8 +240,9 @@ def overlay(params: dict, command: list[str], choices: dict, run: str, header: s
 def _trial_settings(cfg: DictConfig) -> tuple[dict, str, dict]:
     hs = cfg.hparams_search
     source = f"conf/hparams_search/{HydraConfig.get().runtime.choices.get('hparams_search')}.yaml"
-    params = OmegaConf.to_container(hs.get("params") or {}, resolve=True)
-    return search_space(params, source), source, OmegaConf.to_container(hs.get("sampler") or {})
+    params, sampler = (OmegaConf.to_container(hs[k], resolve=True) if hs.get(k) else {}
+                       for k in ("params", "sampler"))  # fmt: skip
+    return search_space(params, source), source, sampler
 
 
 def run_tune(cfg: DictConfig) -> dict:
