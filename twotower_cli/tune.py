@@ -246,6 +246,7 @@ def _trial_settings(cfg: DictConfig) -> tuple[dict, str, dict]:
 
 
 def run_tune(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
     space, source, sampler = _trial_settings(cfg)
     tune_dir, name = Path(cfg.paths.tune_dir), str(cfg.tune.name)
     command = _command_overrides()
@@ -287,10 +288,10 @@ def run_tune(cfg: DictConfig) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective, n_trials=n_new, catch=())
-    return _retrain_best(cfg, study, base, command, metric, tune_dir, name, list(space))
+    return _retrain_best(cfg, study, base, command, metric, tune_dir, name, list(space), started)
 
 
-def _retrain_best(cfg, study, base, command, metric, tune_dir, name, params) -> dict:
+def _retrain_best(cfg, study, base, command, metric, tune_dir, name, params, started) -> dict:
     """The best trial retrained for each of tune.seeds and run through embed, index and
     evaluate; tune_dir gets trials.csv, best.yaml, plots and metrics.json."""
     best = study.best_trial
@@ -329,7 +330,9 @@ def _retrain_best(cfg, study, base, command, metric, tune_dir, name, params) -> 
         plot_trials(frame, metric, params, out.tmp)
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
         means = {f"test_recall@{k}_mean": test[f"recall@{k}"]["mean"] for k in ks}
-        out.figures = {metric: best.value, "trials": len(finished(study)), **means}
+        # this run's whole time (the manifest's `seconds` count only the final evaluate)
+        out.figures = {metric: best.value, "trials": len(finished(study)), **means,
+                       "run_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     print(f"tune: best trial {best.number} {metric} {best.value:.4f} {json.dumps(best.params)}")
     for k in ks:
         seeds = " / ".join(f"{v:.4f}" for v in test[f"recall@{k}"]["seeds"])
