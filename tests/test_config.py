@@ -8,12 +8,24 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from twotower_cli.cli import CONFIG_DIR
 from twotower_cli.data.tables import load_schema  # noqa: F401  (import check)
 from twotower_cli.stages import _sampler
+from twotower_cli.tune import search_space
 
-GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "paths"]
+GROUPS = [
+    "dataset",
+    "sampler",
+    "model",
+    "train",
+    "index",
+    "eval",
+    "paths",
+    "tune",
+    "hparams_search",
+]
 OPTIONS = [
     (group, path.stem)
     for group in GROUPS
@@ -43,6 +55,9 @@ def test_option_composes_and_instantiates(group: str, option: str):
     elif group == "dataset":
         assert node.load._target_.startswith("twotower_cli.data.")
         assert {"label", "split"} <= set(node)
+    elif group == "hparams_search":  # every search space parses into Optuna distributions
+        params = OmegaConf.to_container(node.params, resolve=True)
+        assert set(search_space(params, option)) == set(params)
 
 
 def test_every_group_has_an_option():
