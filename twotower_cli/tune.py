@@ -193,7 +193,7 @@ def plot_trials(frame: pd.DataFrame, metric: str, params: list[str], out_dir: Pa
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(done["trial"], done[metric], "o", label="trial")
     ax.plot(done["trial"], done[metric].cummax(), "-", label="best so far")
-    ax.set(xlabel="trial", ylabel=f"validation {metric}", title="tune: score over trials")
+    ax.set(xlabel="trial", ylabel=metric, title="tune: validation score over trials")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "scores.png", dpi=100)
