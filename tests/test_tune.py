@@ -75,6 +75,18 @@ def test_search_space_naming_an_unknown_key_fails_before_any_trial(tmp_path, cap
     assert not (out / "synthetic" / "tune").exists()
 
 
+def test_unknown_sampler_argument_is_a_one_line_error(tmp_path, capsys):
+    conf = _conf(tmp_path, "sampler: {seed: 0, n_startup: 3}\n" + TINY.split("\n", 2)[2], "bad")
+    out = tmp_path / "outputs"
+    code = twotower("tune", "--config-dir", str(conf), "hparams_search=bad", *SMALL,
+                    f"paths.out={out}")  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["twotower tune: error: conf/hparams_search/bad.yaml: sampler: TPESampler."
+                   "__init__() got an unexpected keyword argument 'n_startup'"]  # fmt: skip
+    assert not (out / "synthetic" / "tune").exists()
+
+
 def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys):
     conf, out = _conf(tmp_path), tmp_path / "outputs"
     args = ["--config-dir", str(conf), "hparams_search=tiny", *SMALL, f"paths.out={out}"]

@@ -142,8 +142,12 @@ def suggest(trial: optuna.Trial, key: str, dist) -> object:
     return trial.suggest_float(key, dist.low, dist.high, log=dist.log)
 
 
-def open_study(tune_dir: Path, name: str, sampler: dict):
+def open_study(tune_dir: Path, name: str, sampler: dict, source: str):
     """The study in `tune_dir/study.journal`, created or continued; TPE seeded."""
+    try:  # a bad sampler argument fails before the tune dir exists
+        optuna.samplers.TPESampler(**sampler)
+    except TypeError as err:
+        raise TwoTowerError(f"{source}: sampler: {err}") from err
     tune_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tune_dir / "study.journal"))
@@ -154,10 +158,7 @@ def open_study(tune_dir: Path, name: str, sampler: dict):
     kwargs = dict(sampler)
     # a resumed study seeds TPE with seed + finished trials: deterministic, never a replay
     kwargs["seed"] = int(kwargs.get("seed", 0)) + done
-    try:
-        study.sampler = optuna.samplers.TPESampler(**kwargs)
-    except TypeError as err:
-        raise TwoTowerError(f"hparams_search.sampler: {err}") from err
+    study.sampler = optuna.samplers.TPESampler(**kwargs)
     return study
 
 
@@ -260,7 +261,7 @@ def run_tune(cfg: DictConfig) -> dict:
         compose_run([*base, *probe])
     except HydraException as err:
         raise TwoTowerError(f"{source}: {str(err).splitlines()[0]}") from err
-    study = open_study(tune_dir, name, sampler)
+    study = open_study(tune_dir, name, sampler, source)
     settings = {"overrides": sorted(o for o in base if not _is_run_key(o)),
                 "space": {k: str(v) for k, v in cfg.hparams_search.params.items()}}  # fmt: skip
     if "settings" not in study.user_attrs:
