@@ -20,9 +20,10 @@ from twotower_cli.diagnostics import BucketSettings
 from twotower_cli.errors import ConfigError
 from twotower_cli.layout import STAGE_DIRS, Layout
 from twotower_cli.settings import EvalSettings, IndexSettings, TrainSettings
+from twotower_cli.tune import search_space
 
 GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "serve", "export", "paths",
-          "tracking", "report"]  # fmt: skip
+          "tracking", "report", "tune", "hparams_search"]  # fmt: skip
 # `_name.yaml` files are shared bases of a group's options (conf/model/_tower.yaml), not options
 OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 SCHEMA = {
@@ -67,6 +68,11 @@ def test_option_composes_and_builds(group: str, option: str):
     elif group == "report":
         keys = ("k", "head_share", "torso_share", "user_quantiles", "random_per_positive")
         BucketSettings(*(node[k] for k in keys)).check()
+    elif group == "hparams_search":  # every search space parses into Optuna distributions
+        params = OmegaConf.to_container(cfg.hparams_search.params, resolve=True)
+        assert set(search_space(params, option)) == set(params)
+    elif group == "tune":
+        assert node["trials"] >= 1 and node["seeds"]
     elif group == "paths":
         layout = Layout.of(cfg.paths)
         dirs = {getattr(layout, s) for s in STAGE_DIRS}

@@ -23,7 +23,7 @@ from twotower_cli.tracking import NullTracker, session
 # absolute: a relative config_path becomes a package path once installed as a script
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "run", "serve",
-               "export", "report")  # fmt: skip
+               "export", "report", "tune")  # fmt: skip
 # faiss announces which SIMD build it loaded at INFO; not news to a user
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # Hydra's flags that take a value (`--config-dir DIR` adds a directory of the user's configs)
@@ -50,11 +50,21 @@ def app(cfg: DictConfig) -> None:
         tags = {"stage": cfg.stage, "run": str(cfg.paths.run),
                 **{g: str(choices.get(g)) for g in ("dataset", "sampler", "model")}}  # fmt: skip
         with session(tracker, OmegaConf.to_container(cfg, resolve=True), tags):
-            STAGES[cfg.stage](cfg)
+            _stage(cfg.stage, STAGES)(cfg)
     except TwoTowerError as err:
         prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)
         print(f"twotower {cfg.stage}: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _stage(word: str, stages: dict):
+    """The stage function; `tune` drives the other stages, so it is routed here, beside them
+    (and optuna is imported only when it runs)."""
+    if word == "tune":
+        from twotower_cli.tune import run_tune
+
+        return run_tune
+    return stages[word]
 
 
 def _composes(stage: str, flags: list[str], overrides: list[str]) -> None:

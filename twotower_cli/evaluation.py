@@ -10,6 +10,7 @@ import numpy as np
 
 from twotower_cli import pools
 from twotower_cli.artifacts import read_manifest, read_split, seen_rows
+from twotower_cli.baselines import BaselineSettings, baseline_metrics
 from twotower_cli.errors import TwoTowerError
 from twotower_cli.keys import find
 from twotower_cli.layout import Layout
@@ -19,13 +20,16 @@ from twotower_cli.retrieval import EvalSet, build_index, evaluate_index, index_t
 METRIC_NAMES = ("recall", "precision", "ndcg", "hit_rate", "coverage")
 
 
-def evaluate_run(index, model: TwoTower, L: Layout, ks: list[int], n_items: int,
-                 trending_hours: float = 24.0) -> dict[str, dict]:  # fmt: skip
+def evaluate_run(
+    index, model: TwoTower, L: Layout, ks: list[int], n_items: int,
+    baselines: BaselineSettings, trending_hours: float = 24.0,
+) -> dict[str, dict]:  # fmt: skip
     """{"model": ..., "popularity": ..., "trending": ..., "task/<name>": ...} metrics on the test
     split, each user's train + validation items excluded, every ranking over the same items
     (the candidate pool when preprocess made one: every test click still counts, and
     `candidate_coverage` and `cold_recall@k` stand beside; pools.py). Trending needs a test
-    period's start (temporal splits)."""
+    period's start (temporal splits); EASE (baselines.py) is fit on train, its lambda picked on
+    validation."""
     item_ids = np.load(L.ids("item"))  # the index's rows (candidates or all)
     seen = seen_rows(L.preprocess)
     ev = EvalSet.build(read_split(L.preprocess, "test"), seen, n_items)
@@ -37,9 +41,22 @@ def evaluate_run(index, model: TwoTower, L: Layout, ks: list[int], n_items: int,
         "model": index_top_unseen(index, u, ev, max(ks), n_items, ids=item_ids),
         **pools.baseline_tops(seen, ev, max(ks), n_items, item_ids, test_start, trending_hours),
     }
+    if "popularity" not in baselines.names:
+        tops.pop("popularity")
     pool = item_ids if L.candidates.exists() else None
-    cold = pools.cold_items(read_split(L.preprocess, "train")["item"].to_numpy(), n_items)
+    train = read_split(L.preprocess, "train")
+    cold = pools.cold_items(train["item"].to_numpy(), n_items)
     metrics = pools.score_rankings(tops, ev, ks, n_items, pool, cold)
+    # EASE (a learned baseline) when the catalogue fits; its ranking over the same items
+    ease = BaselineSettings(
+        [n for n in baselines.names if n != "popularity"],
+        baselines.ease_max_items,
+        baselines.ease_lambdas,
+        baselines.select_k,
+    )
+    learned, skipped = baseline_metrics(ease, train, read_split(L.preprocess, "valid"), ev, ks,
+                                        n_items, item_ids)  # fmt: skip
+    metrics.update(learned, **({"baselines_skipped": skipped} if skipped else {}))
     metrics.update(sub_retrieval_metrics(model, L.preprocess, L.embed, ks, n_items))
     return metrics
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from twotower_cli.artifacts import (
     require,
     seen_rows,
 )
+from twotower_cli.baselines import BaselineSettings
 from twotower_cli.data.examples import load_training_examples, with_history
 from twotower_cli.data.preprocess import SplitSettings
 from twotower_cli.data.preprocess import preprocess as preprocess_tables
@@ -121,59 +123,84 @@ def train(cfg: DictConfig) -> dict:
     if group.active:
         print(f"train: rank {group.rank} of {group.world_size}, pid {os.getpid()}, "
               f"backend {group.backend}", flush=True)  # fmt: skip
-    prep_dir = _earlier(cfg, "preprocess")
-    sampler = instantiate(cfg.sampler)
-    sample_dir = _earlier(cfg, "sample", ("dataset", "sampler", "exposures"),
-                          tuple(f"sampler.{k}" for k in sampler.train_only))  # fmt: skip
-    check_chain([prep_dir, sample_dir])
+    prep_dir, sample_dir = train_inputs(cfg)
     # only rank 0 writes (and holds the stage dir's lock); the other ranks train beside it
     writer = StageOutput("train", L.train, _config(cfg), [prep_dir, sample_dir])
     with writer if group.is_main else nullcontext(writer) as out:
-        torch.manual_seed(cfg.seed)
-        schema, users, items = load_tables(prep_dir)
-        if cfg.train.item_id_dropout > 0:  # items with no training positive: unknown ids
-            items = pools.unknown_cold_ids(items, read_split(prep_dir, "train"))
-        key, args = checkpoint.model_args(OmegaConf.to_container(cfg.model, resolve=True))
-        model = checkpoint.build(key, args, schema_dicts(schema))
-        loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
-        # an index the vectors cannot go into fails now, not at `twotower index` after training
-        dim = encode_all(model, items, np.ones(1, np.int64), "item").shape[1]
-        empty_index(cfg.index.factory, dim)
-        n_users, n_items = len(users["user"]) - 1, len(next(iter(items.values()))) - 1
-        settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
-        examples = load_training_examples(prep_dir, sample_dir, n_users, n_items,
-                                          tuple(model.tasks), model.history_len, cfg.seed,
-                                          settings.history_mode)  # fmt: skip
-        batch_fn = sampler.batch_fn(torch.from_numpy(np.load(L.item_log_q)), cfg.seed)
-        train_pos = read_split(prep_dir, "train")
-        users = with_history(users, train_pos, model.history_len)
-        valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
-        valid.pool, valid.item_log_prior = pools.valid_pool(prep_dir, cfg.eval.freshness_prior)
-        if (
-            settings.sparse_embeddings
-            and not distributed.sparse_supported(group)
-            and group.is_main
-        ):
-            print("train: train.sparse_embeddings is off under nccl (no sparse all-reduce): "
-                  "dense gradients, all-reduced (docs/scale.md)", flush=True)  # fmt: skip
-        resume = _resume(cfg, L, [prep_dir, sample_dir]) if settings.resume == "auto" else None
-        history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings,
-                              batch_fn, seed=cfg.seed, resume=resume,
-                              on_epoch=tracking.active().log_epoch)  # fmt: skip
+        resume = _resume(cfg, L, [prep_dir, sample_dir]) if cfg.train.resume == "auto" else None
+        f = fit(cfg, prep_dir, sample_dir, group, resume, tracking.active().log_epoch)
         distributed.barrier(group)  # every rank is done before rank 0 writes
         if not group.is_main:
             return {}
-        checkpoint.save(out.path("model.pt"), model, key, args, schema_dicts(schema), _config(cfg))
-        out.path("history.json").write_text(json.dumps(history, indent=1))
-        for name, obj in model.artifacts(users, items).items():
+        checkpoint.save(out.path("model.pt"), f.model, f.key, f.args, f.schema, _config(cfg))
+        out.path("history.json").write_text(json.dumps(f.history, indent=1))
+        for name, obj in f.model.artifacts(f.users, f.items).items():
             out.path(f"{name}.json").write_text(json.dumps(obj, indent=1))
-        best = max(h[f"valid_recall@{settings.early_stop_k}"] for h in history)
-        out.figures = {"loss": loss_name, "epochs": len(history), "best_valid": best,
-                       "parameters": sum(p.numel() for p in model.parameters()),
-                       **distributed.figures(group, settings.batch_size, history)}  # fmt: skip
+        best = max(h[f"valid_recall@{f.settings.early_stop_k}"] for h in f.history)
+        out.figures = {"loss": f.loss_name, "epochs": len(f.history), "best_valid": best,
+                       "parameters": sum(p.numel() for p in f.model.parameters()),
+                       **distributed.figures(group, f.settings.batch_size, f.history)}  # fmt: skip
     shutil.rmtree(L.train / RESUME_DIR, ignore_errors=True)  # the finished model supersedes it
     print(f"train: {json.dumps(out.figures)}")
     return out.figures
+
+
+def train_inputs(cfg: DictConfig) -> tuple[Path, Path]:
+    """The preprocess and sample dirs training reads, checked to be one chain."""
+    prep_dir = _earlier(cfg, "preprocess")
+    train_only = tuple(f"sampler.{k}" for k in instantiate(cfg.sampler).train_only)
+    sample_dir = _earlier(cfg, "sample", ("dataset", "sampler", "exposures"), train_only)
+    check_chain([prep_dir, sample_dir])
+    return prep_dir, sample_dir
+
+
+@dataclass
+class Fitted:
+    """A model trained in memory (`fit`) and what saving it needs."""
+
+    model: object
+    history: list[dict]
+    settings: TrainSettings
+    loss_name: str
+    key: str
+    args: dict
+    schema: dict
+    users: dict
+    items: dict
+
+
+def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
+        resume: Resume | None = None, on_epoch=None) -> Fitted:  # fmt: skip
+    """Train the configured model in memory: what `train` saves, and what each `tune` trial
+    scores on validation."""
+    group = group or distributed.current()
+    torch.manual_seed(cfg.seed)
+    schema, users, items = load_tables(prep_dir)
+    if cfg.train.item_id_dropout > 0:  # items with no training positive: unknown ids
+        items = pools.unknown_cold_ids(items, read_split(prep_dir, "train"))
+    key, args = checkpoint.model_args(OmegaConf.to_container(cfg.model, resolve=True))
+    model = checkpoint.build(key, args, schema_dicts(schema))
+    loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
+    # an index the vectors cannot go into fails now, not at `twotower index` after training
+    empty_index(cfg.index.factory, encode_all(model, items, np.ones(1, np.int64), "item").shape[1])
+    n_users, n_items = len(users["user"]) - 1, len(next(iter(items.values()))) - 1
+    settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
+    examples = load_training_examples(prep_dir, sample_dir, n_users, n_items,
+                                      tuple(model.tasks), model.history_len, cfg.seed,
+                                      settings.history_mode)  # fmt: skip
+    batch_fn = instantiate(cfg.sampler).batch_fn(
+        torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
+    train_pos = read_split(prep_dir, "train")
+    users = with_history(users, train_pos, model.history_len)
+    valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
+    valid.pool, valid.item_log_prior = pools.valid_pool(prep_dir, cfg.eval.freshness_prior)
+    if group.is_main and settings.sparse_embeddings and not distributed.sparse_supported(group):
+        print("train: train.sparse_embeddings is off under nccl (no sparse all-reduce): dense "
+              "gradients, all-reduced (docs/scale.md)", flush=True)  # fmt: skip
+    history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings,
+                          batch_fn, seed=cfg.seed, resume=resume, on_epoch=on_epoch)  # fmt: skip
+    return Fitted(model, history, settings, loss_name, key, args, schema_dicts(schema), users,
+                  items)  # fmt: skip
 
 
 def _resume(cfg: DictConfig, L: Layout, inputs: list[Path]) -> Resume:
@@ -256,7 +283,10 @@ def evaluate(cfg: DictConfig) -> dict:
         model, _ = checkpoint.load(L.model)
         n_items = read_manifest(L.preprocess)["figures"]["n_items"]
         ks = list(cfg.eval.ks)
-        metrics = evaluate_run(idx, model, L, ks, n_items, cfg.eval.trending_hours)
+        e = cfg.eval
+        baselines = BaselineSettings(list(e.baselines), e.ease_max_items, list(e.ease_lambdas),
+                                     cfg.train.early_stop_k)  # fmt: skip
+        metrics = evaluate_run(idx, model, L, ks, n_items, baselines, e.trending_hours)
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
         out.figures = {"users": len(np.load(L.ids("user"))),
                        **{f"model/{k}": v for k, v in metrics["model"].items()}}  # fmt: skip

@@ -1,0 +1,88 @@
+"""EASE's closed form worked by hand, its lambda choice, and its place in `twotower evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import SMALL, read_json, twotower
+
+from twotower_cli.baselines import ease_select, ease_top_unseen, ease_weights, gram
+from twotower_cli.retrieval import EvalSet
+
+
+def _pairs(rows: list[tuple[int, int]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["user", "item"])
+
+
+def test_ease_closed_form_by_hand():
+    # X = [[1,1,0],[0,1,1]] (users 1, 2; items 1..3), lambda = 1:
+    # G + I = [[2,1,0],[1,3,1],[0,1,2]], det = 2*5 - 1*2 = 8,
+    # P = (G + I)^-1 = 1/8 [[5,-2,1],[-2,4,-2],[1,-2,5]];
+    # B_ij = -P_ij / P_jj: column 1 (P_11 = 5/8): B_21 = 2/5, B_31 = -1/5;
+    # column 2 (P_22 = 4/8): B_12 = B_32 = 1/2; column 3 (P_33 = 5/8): B_13 = -1/5, B_23 = 2/5
+    G = gram(_pairs([(1, 1), (1, 2), (2, 2), (2, 3), (2, 3)]), 3)  # the repeat counts once
+    assert G.tolist() == [[1, 1, 0], [1, 2, 1], [0, 1, 1]]
+    B = ease_weights(G, 1.0)
+    expected = [[0.0, 0.5, -0.2], [0.4, 0.0, 0.4], [-0.2, 0.5, 0.0]]
+    assert torch.allclose(B, torch.tensor(expected, dtype=B.dtype), atol=1e-12)
+
+
+def test_ease_ranks_unseen_items_by_x_times_b():
+    # user 1 has items 1, 2: scores x B = [0.4, 0.5, 0.2]; items 1 and 2 are masked (seen),
+    # so the ranking is item 3, then nothing (-1); user 2 (items 2, 3): x B = [0.2, 0.5, 0.4],
+    # item 1 is all that is left
+    seen = _pairs([(1, 1), (1, 2), (2, 2), (2, 3)])
+    ev = EvalSet.build(_pairs([(1, 3), (2, 1)]), seen, 3)
+    B = ease_weights(gram(seen, 3), 1.0)
+    assert ease_top_unseen(B, seen, ev, 2, 3).tolist() == [[3, -1], [1, -1]]
+    # candidates restrict the ranking: only item 1 may be shown
+    assert ease_top_unseen(B, seen, ev, 2, 3, ids=np.array([1])).tolist() == [[-1, -1], [1, -1]]
+
+
+def test_lambda_is_picked_on_validation():
+    # 30 users read 2 of items 1-4, 70 read 2 of items 5-8; item 9 is read by every first user
+    # and half the others; validation holds a third item of each user's block. The two
+    # lambdas score differently on validation and the better one is chosen.
+    rng = np.random.default_rng(0)
+    train, valid = [], []
+    for u in range(1, 101):
+        pick = rng.choice(np.arange(1, 5) if u <= 30 else np.arange(5, 9), 3, replace=False)
+        train += [(u, int(i)) for i in pick[:2]]
+        train += [(u, 9)] if u <= 30 or rng.random() < 0.5 else []
+        valid.append((u, int(pick[2])))
+    lam, scores = ease_select(_pairs(train), _pairs(valid), 9, [0.1, 1e4], 1)
+    assert scores == pytest.approx({0.1: 0.23, 1e4: 0.29})
+    assert lam == 1e4
+
+
+def test_evaluate_scores_ease_beside_the_model(out_dir: Path, capsys):
+    assert twotower("run", *SMALL, f"paths.out={out_dir}", "eval.ease_lambdas=[1,100]") == 0
+    table = capsys.readouterr().out
+    assert "| metric | model | popularity | ease |" in table
+    run_root = out_dir / "synthetic" / "sample" / "inbatch" / "dssm"
+    metrics = read_json(run_root / "evaluate" / "metrics.json")
+    assert metrics["ease"]["lambda"] in (1.0, 100.0)
+    assert set(metrics["ease"]["valid_recall@20"]) == {"1.0", "100.0"}
+    # planted clusters: an item-item model beats the most-popular list
+    assert metrics["ease"]["recall@20"] > metrics["popularity"]["recall@20"] + 0.05
+    # above eval.ease_max_items EASE is skipped, with the reason in metrics.json
+    assert twotower("evaluate", *SMALL, f"paths.out={out_dir}", "eval.ease_max_items=10") == 0
+    assert "EASE skipped" in capsys.readouterr().out
+    metrics = read_json(run_root / "evaluate" / "metrics.json")
+    assert "ease" not in metrics
+    assert "eval.ease_max_items=10" in metrics["baselines_skipped"]["ease"]
+
+
+def test_unknown_baseline_is_a_one_line_error(small_run: Path, tmp_path: Path, capsys):
+    import shutil
+
+    out = tmp_path / "outputs"
+    shutil.copytree(small_run, out)
+    assert twotower("evaluate", *SMALL, f"paths.out={out}", "eval.baselines=[knn]") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("twotower evaluate: error: eval.baselines: unknown ['knn'];"
+                       " choose from popularity, ease")  # fmt: skip

@@ -1,0 +1,148 @@
+"""`twotower tune`: the search-space syntax, its errors, a tiny search end to end, the best
+overlay accepted by `twotower run`, and a killed search resumed from its finished trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from conftest import SMALL, read_json, twotower
+
+from twotower_cli import stages
+from twotower_cli.errors import TwoTowerError
+from twotower_cli.tune import search_space
+
+TINY = """
+sampler: {seed: 0, n_startup_trials: 2}
+params:
+  model.temperature: choice(0.05, 0.1, 0.2)
+  train.lr: tag(log, interval(0.001, 0.01))
+"""
+
+
+def _conf(tmp_path: Path, text: str = TINY, name: str = "tiny") -> Path:
+    conf = tmp_path / "conf"
+    (conf / "hparams_search").mkdir(parents=True, exist_ok=True)
+    (conf / "hparams_search" / f"{name}.yaml").write_text(text)
+    return conf
+
+
+def test_search_space_syntax_becomes_optuna_distributions():
+    space = search_space(
+        {"a": "choice(16, 32)", "b": "tag(log, interval(0.01, 0.3))", "c": "interval(0, 0.5)",
+         "d": "range(1, 5)", "e": "choice(true, false)", "sampler": "choice(inbatch, mixed)"},
+        "x.yaml",
+    )  # fmt: skip
+    D = optuna.distributions
+    assert space["a"] == D.CategoricalDistribution([16, 32])
+    assert space["b"] == D.FloatDistribution(0.01, 0.3, log=True)
+    assert space["c"] == D.FloatDistribution(0.0, 0.5)
+    assert space["d"] == D.IntDistribution(1, 4)  # range's stop is exclusive, as in Python
+    assert space["e"] == D.CategoricalDistribution([True, False])
+    assert space["sampler"] == D.CategoricalDistribution(["inbatch", "mixed"])
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"model.dropout": 0.1}, "x.yaml: params.model.dropout: 0.1 is not a search range"),
+        ({"train.lr": "interval(0.1, 0.01)"}, "x.yaml: params.train.lr: interval(0.1, 0.01)"),
+        ({"train.lr": "tag(log, interval(0, 1))"}, "needs 0 < low < high"),
+        ({"model.out_dim": "range(5, 5)"}, "x.yaml: params.model.out_dim: range(5, 5) is empty"),
+        ({"model.out_dim": "choice(32,"}, "x.yaml: params.model.out_dim: "),
+        ({}, "x.yaml: params is empty"),
+    ],
+)
+def test_bad_search_space_entries_are_one_line_errors(params, message):
+    with pytest.raises(TwoTowerError) as err:
+        search_space(params, "x.yaml")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_search_space_naming_an_unknown_key_fails_before_any_trial(tmp_path, capsys):
+    conf = _conf(tmp_path, "params:\n  model.tempreture: choice(0.1, 0.2)\n", "typo")
+    out = tmp_path / "outputs"
+    code = twotower("tune", "--config-dir", str(conf), "hparams_search=typo", *SMALL,
+                    f"paths.out={out}")  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("twotower tune: error: conf/hparams_search/typo.yaml: ")
+    assert "model.tempreture" in err[0]
+    assert not (out / "synthetic" / "tune").exists()
+
+
+def test_unknown_sampler_argument_is_a_one_line_error(tmp_path, capsys):
+    conf = _conf(tmp_path, "sampler: {seed: 0, n_startup: 3}\n" + TINY.split("\n", 2)[2], "bad")
+    out = tmp_path / "outputs"
+    code = twotower("tune", "--config-dir", str(conf), "hparams_search=bad", *SMALL,
+                    f"paths.out={out}")  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["twotower tune: error: conf/hparams_search/bad.yaml: sampler: TPESampler."
+                   "__init__() got an unexpected keyword argument 'n_startup'"]  # fmt: skip
+    assert not (out / "synthetic" / "tune").exists()
+
+
+def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys):
+    conf, out = _conf(tmp_path), tmp_path / "outputs"
+    args = ["--config-dir", str(conf), "hparams_search=tiny", *SMALL, f"paths.out={out}"]
+    assert twotower("tune", *args, "tune.trials=3") == 0
+    tune_dir = out / "synthetic" / "tune" / "tiny"
+    frame = pd.read_csv(tune_dir / "trials.csv")
+    assert list(frame["trial"]) == [0, 1, 2]
+    assert set(frame["state"]) == {"COMPLETE"}
+    assert frame["valid_recall@20"].between(0.05, 1.0).all()
+    assert {"model.temperature", "train.lr", "seconds", "epochs"} <= set(frame.columns)
+    for png in ("scores.png", "params.png"):
+        assert (tune_dir / png).read_bytes()[:4] == b"\x89PNG"
+    metrics = read_json(tune_dir / "metrics.json")
+    best = frame.loc[frame["valid_recall@20"].idxmax()]
+    assert metrics["best_trial"] == best["trial"]
+    assert metrics["params"]["model.temperature"] == best["model.temperature"]
+    # the retrained best is evaluated on test, beside the baselines
+    run_root = out / "synthetic" / "sample" / "inbatch" / "tuned-tiny-s0"
+    evaluated = read_json(run_root / "evaluate" / "metrics.json")
+    assert metrics["test_model"]["recall@20"]["seeds"] == [evaluated["model"]["recall@20"]]
+    assert {"popularity", "ease"} <= set(metrics["baselines"])
+    assert "test recall@20 seeds [0]" in capsys.readouterr().out
+    # best.yaml is an experiment overlay: `twotower run experiment=...` trains that config
+    (conf / "experiment").mkdir()
+    (conf / "experiment" / "tuned.yaml").write_text((tune_dir / "best.yaml").read_text())
+    assert twotower("run", "--config-dir", str(conf), "experiment=tuned",
+                    f"paths.out={out}", "paths.run=again") == 0  # fmt: skip
+    ran = read_json(run_root.parent / "again" / "train" / "manifest.json")["config"]
+    assert ran["model"]["temperature"] == best["model.temperature"]
+    assert ran["train"]["lr"] == pytest.approx(best["train.lr"])
+    assert ran["train"]["epochs"] == 3 and ran["dataset"]["load"]["n_users"] == 300
+
+
+def test_a_killed_search_resumes_from_its_finished_trials(tmp_path, monkeypatch):
+    conf, out = _conf(tmp_path), tmp_path / "outputs"
+    args = ["tune", "--config-dir", str(conf), "hparams_search=tiny", *SMALL, f"paths.out={out}",
+            "tune.trials=3"]  # fmt: skip
+    fit, calls = stages.fit, []
+
+    def killed_at_third(cfg, *args, **kwargs):
+        calls.append(cfg.model.temperature)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C / kill in the middle of trial 2
+        return fit(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "fit", killed_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        twotower(*args)
+    tune_dir = out / "synthetic" / "tune" / "tiny"
+    assert (tune_dir / "study.journal").exists()
+    assert not (tune_dir / "trials.csv").exists()  # written only when the search ends
+    calls.clear()
+    assert twotower(*args) == 0
+    # one trial to go, plus the retrain of the best: two trainings, not four
+    assert len(calls) == 2
+    frame = pd.read_csv(tune_dir / "trials.csv")
+    done = frame[frame["state"] == "COMPLETE"]
+    assert list(done["trial"]) == [0, 1, 3]  # trial 2 was the one killed
+    assert read_json(tune_dir / "metrics.json")["trials"] == 3

@@ -1,0 +1,338 @@
+"""`twotower tune`: an Optuna search on validation, then the best configuration retrained and
+evaluated on test.
+
+The search space is a file in `conf/hparams_search/` (`hparams_search=NAME`) written in the
+syntax of Hydra's Optuna sweeper (`choice(...)`, `interval(a, b)`, `tag(log, interval(a, b))`,
+`range(a, b)`), so the same files would serve `hydra-optuna-sweeper`; its 1.3 release pins
+optuna < 3, so twotower drives current Optuna itself: each trial composes the config files
+with Hydra's compose API (command-line overrides + the trial's values), trains in memory
+(stages.fit) and scores validation Recall@`train.early_stop_k`; test is never read until the
+best trial is retrained. Preprocess and sample outputs are made once per sampler and reused.
+The study lives in `<tune_dir>/study.journal` (Optuna's journal file), so a killed tune run
+restarted with the same command continues from its finished trials.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from twotower_cli import stages
+from twotower_cli.artifacts import StageOutput
+from twotower_cli.errors import TwoTowerError
+
+# command-line keys that say how to run, not what to train: left out of best.yaml and of the
+# check that a resumed study was started with the same settings
+RUN_KEYS = ("stage", "threads", "seed", "tune.", "hparams_search", "paths.", "hydra.")
+GROUPS = ("dataset", "sampler", "model")
+
+
+def search_space(params: dict, source: str) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Optuna distributions from `{key: "choice(...)" | "interval(a, b)" | ...}` (Hydra's
+    sweep syntax); a bad entry is a one-line error naming `source` and the key."""
+    if not params:
+        raise TwoTowerError(f"{source}: params is empty; name at least one key to search")
+    parser = OverridesParser.create()
+    space = {}
+    for key, text in params.items():
+        where = f"{source}: params.{key}"
+        try:
+            sweep = parser.parse_override(f"{key}={_as_text(text)}").value()
+        except HydraException as err:
+            raise TwoTowerError(f"{where}: {str(err).splitlines()[0]}") from err
+        log = "log" in getattr(sweep, "tags", ())
+        if isinstance(sweep, ChoiceSweep):
+            if not sweep.list:
+                raise TwoTowerError(f"{where}: choice() needs at least one value")
+            space[key] = optuna.distributions.CategoricalDistribution(sweep.list)
+        elif isinstance(sweep, RangeSweep):
+            step = sweep.step or 1
+            if sweep.stop - step < sweep.start:
+                raise TwoTowerError(f"{where}: range({sweep.start}, {sweep.stop}) is empty")
+            space[key] = optuna.distributions.IntDistribution(
+                int(sweep.start), int(sweep.stop - step), step=int(step)
+            )
+        elif isinstance(sweep, IntervalSweep):
+            lo, hi = float(sweep.start), float(sweep.end)
+            if not lo < hi or (log and lo <= 0):
+                raise TwoTowerError(f"{where}: interval({lo}, {hi}) needs 0 {'<' if log else ''}"
+                                    f"{' ' if log else ''}low < high")  # fmt: skip
+            space[key] = optuna.distributions.FloatDistribution(lo, hi, log=log)
+        else:
+            raise TwoTowerError(
+                f"{where}: {text!r} is not a search range; use choice(...), interval(low, high),"
+                " tag(log, interval(low, high)) or range(a, b)"
+            )
+    return space
+
+
+def _as_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _override(key: str, value) -> str:
+    if isinstance(value, bool):
+        return f"{key}={str(value).lower()}"
+    return f"{key}={value}"
+
+
+def _command_overrides() -> list[str]:
+    """The tune command's own overrides (Hydra's record of them), less the stage word."""
+    return [o for o in HydraConfig.get().overrides.task if not o.startswith("stage=")]
+
+
+def _is_run_key(override: str) -> bool:
+    key = override.lstrip("+~").split("=")[0]
+    return any(key == k or key.startswith(k) for k in RUN_KEYS)
+
+
+def compose_run(overrides: list[str]) -> tuple[DictConfig, dict]:
+    """The config of `twotower ... OVERRIDES` resolved as a stage would see it (paths derived
+    from these group choices, not the tune command's), and its group choices."""
+    hc = HydraConfig.instance()
+    saved = hc.cfg
+    try:
+        full = compose("config", overrides=overrides, return_hydra_config=True)
+        hc.set_config(full)  # the `${hydra:runtime.choices.*}` in paths read this
+        keys = [k for k in full if k != "hydra"]
+        cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.masked_copy(full, keys),
+                                                      resolve=True))  # fmt: skip
+        choices = dict(full.hydra.runtime.choices)
+    finally:
+        hc.cfg = saved
+    return cfg, choices
+
+
+def _ensure_inputs(cfg: DictConfig, made: set) -> None:
+    """Preprocess and sample outputs for this config: reused when made with the same settings
+    (the same check `train` does), made once otherwise."""
+    if cfg.paths.sample_dir in made:
+        return
+    try:
+        stages._earlier(cfg, "preprocess")
+    except TwoTowerError:
+        stages.preprocess(cfg)
+    try:
+        stages.train_inputs(cfg)
+    except TwoTowerError:
+        stages.sample(cfg)
+    made.add(cfg.paths.sample_dir)
+
+
+def suggest(trial: optuna.Trial, key: str, dist) -> object:
+    """The trial's value for `key` from its distribution (Optuna's public suggest_* calls)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(key, dist.choices)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return trial.suggest_int(key, dist.low, dist.high, step=dist.step)
+    return trial.suggest_float(key, dist.low, dist.high, log=dist.log)
+
+
+def open_study(tune_dir: Path, name: str, sampler: dict, source: str):
+    """The study in `tune_dir/study.journal`, created or continued; TPE seeded."""
+    try:  # a bad sampler argument fails before the tune dir exists
+        optuna.samplers.TPESampler(**sampler)
+    except TypeError as err:
+        raise TwoTowerError(f"{source}: sampler: {err}") from err
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tune_dir / "study.journal"))
+    )
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                load_if_exists=True)  # fmt: skip
+    done = len(finished(study))
+    kwargs = dict(sampler)
+    # a resumed study seeds TPE with seed + finished trials: deterministic, never a replay
+    kwargs["seed"] = int(kwargs.get("seed", 0)) + done
+    study.sampler = optuna.samplers.TPESampler(**kwargs)
+    return study
+
+
+def finished(study) -> list:
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def trials_frame(study, metric: str) -> pd.DataFrame:
+    """One row per trial: number, state, the validation score, seconds, epochs, params."""
+    rows = [
+        {
+            "trial": t.number,
+            "state": t.state.name,
+            metric: t.value,
+            "seconds": t.user_attrs.get("seconds"),
+            "epochs": t.user_attrs.get("epochs"),
+            **t.params,
+        }
+        for t in study.trials
+    ]
+    return pd.DataFrame(rows)
+
+
+def plot_trials(frame: pd.DataFrame, metric: str, params: list[str], out_dir: Path) -> list[str]:
+    """scores.png (each trial's validation score and the best so far) and params.png (score
+    against each parameter)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = frame[frame["state"] == "COMPLETE"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(done["trial"], done[metric], "o", label="trial")
+    ax.plot(done["trial"], done[metric].cummax(), "-", label="best so far")
+    ax.set(xlabel="trial", ylabel=metric, title="tune: validation score over trials")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "scores.png", dpi=100)
+    plt.close(fig)
+    cols = min(3, len(params))
+    rows = -(-len(params) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), params, strict=False):
+        values = done[name]
+        if values.map(lambda v: isinstance(v, str | bool)).any():
+            labels = sorted(values.astype(str).unique())
+            ax.set_xticks(range(len(labels)), labels)
+            values = values.astype(str).map({s: i for i, s in enumerate(labels)})
+        ax.plot(values, done[metric], "o")
+        ax.set(xlabel=name, ylabel=metric)
+    for ax in axes.ravel()[len(params) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_dir / "params.png", dpi=100)
+    plt.close(fig)
+    return ["scores.png", "params.png"]
+
+
+def overlay(params: dict, command: list[str], choices: dict, run: str, header: str) -> str:
+    """best.yaml: an experiment overlay (`# @package _global_`) with the best trial's group
+    choices and values plus the tune command's own settings (run keys aside)."""
+    body = OmegaConf.create({})
+    parser = OverridesParser.create()
+    groups = list(GROUPS)
+    for text in [o for o in command if not _is_run_key(o)] + [
+        _override(k, v) for k, v in params.items()
+    ]:
+        o = parser.parse_override(text)
+        if o.key_or_group in choices:  # a group choice: the defaults list below
+            groups += [] if o.key_or_group in groups else [o.key_or_group]
+        elif not o.is_delete():
+            OmegaConf.update(body, o.key_or_group, o.value(), force_add=True)
+    OmegaConf.update(body, "paths.run", run, force_add=True)
+    defaults = [{f"override /{g}": choices[g]} for g in groups]
+    text = OmegaConf.to_yaml(OmegaConf.create({"defaults": defaults, **body}))
+    return f"# @package _global_\n{header}{text}"
+
+
+def _trial_settings(cfg: DictConfig) -> tuple[dict, str, dict]:
+    hs = cfg.hparams_search
+    source = f"conf/hparams_search/{HydraConfig.get().runtime.choices.get('hparams_search')}.yaml"
+    params, sampler = (OmegaConf.to_container(hs[k], resolve=True) if hs.get(k) else {}
+                       for k in ("params", "sampler"))  # fmt: skip
+    return search_space(params, source), source, sampler
+
+
+def run_tune(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    space, source, sampler = _trial_settings(cfg)
+    tune_dir, name = Path(cfg.paths.tune_dir), str(cfg.tune.name)
+    command = _command_overrides()
+    base = [o for o in command if not o.startswith(("tune.", "hparams_search"))]
+    k = int(cfg.train.early_stop_k)
+    metric = f"valid_recall@{k}"
+    # every parameter at its first value composes, or the file names a bad key now
+    probe = [_override(key, d.choices[0] if hasattr(d, "choices") else d.low)
+             for key, d in space.items()]  # fmt: skip
+    try:
+        compose_run([*base, *probe])
+    except HydraException as err:
+        raise TwoTowerError(f"{source}: {str(err).splitlines()[0]}") from err
+    study = open_study(tune_dir, name, sampler, source)
+    settings = {"overrides": sorted(o for o in base if not _is_run_key(o)),
+                "space": {k: str(v) for k, v in cfg.hparams_search.params.items()}}  # fmt: skip
+    if "settings" not in study.user_attrs:
+        study.set_user_attr("settings", settings)
+    elif study.user_attrs["settings"] != settings:
+        raise TwoTowerError(f"{tune_dir} holds a study started with {study.user_attrs['settings']}"
+                            f"; rerun with those settings or pick another tune.name")  # fmt: skip
+    made: set = set()
+    n_new = max(0, int(cfg.tune.trials) - len(finished(study)))
+    print(f"tune: {len(finished(study))} finished trials in {tune_dir}, {n_new} to run")
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {key: suggest(trial, key, dist) for key, dist in space.items()}
+        trial_cfg, _ = compose_run([*base, *(_override(k, v) for k, v in params.items())])
+        _ensure_inputs(trial_cfg, made)
+        start = time.perf_counter()
+        history = stages.fit(trial_cfg, *stages.train_inputs(trial_cfg)).history
+        score = max(h[metric] for h in history)
+        trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
+        trial.set_user_attr("epochs", len(history))
+        best = max([score, *(t.value for t in finished(trial.study))])
+        print(f"tune: trial {trial.number} {metric} {score:.4f} (best {best:.4f}) "
+              f"{json.dumps(params)}", flush=True)  # fmt: skip
+        return score
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=n_new, catch=())
+    return _retrain_best(cfg, study, base, command, metric, tune_dir, name, list(space), started)
+
+
+def _retrain_best(cfg, study, base, command, metric, tune_dir, name, params, started) -> dict:
+    """The best trial retrained for each of tune.seeds and run through embed, index and
+    evaluate; tune_dir gets trials.csv, best.yaml, plots and metrics.json."""
+    best = study.best_trial
+    overrides = [*base, *(_override(k, v) for k, v in best.params.items())]
+    run = f"tuned-{name}"
+    per_seed = {}
+    for seed in cfg.tune.seeds:
+        run_cfg, choices = compose_run([*overrides, f"seed={seed}", f"paths.run={run}-s{seed}"])
+        for stage in (stages.train, stages.embed, stages.index, stages.evaluate):
+            per_seed[int(seed)] = stage(run_cfg)
+    ks = list(cfg.eval.ks)
+    test = {
+        f"recall@{k}": {
+            "seeds": [per_seed[s]["model"][f"recall@{k}"] for s in per_seed],
+            "mean": float(np.mean([per_seed[s]["model"][f"recall@{k}"] for s in per_seed])),
+        }
+        for k in ks
+    }
+    first = per_seed[next(iter(per_seed))]
+    metrics = {
+        "best_trial": best.number,
+        metric: best.value,
+        "params": best.params,
+        "trials": len(finished(study)),
+        "test_model": test,
+        "per_seed": per_seed,
+        "baselines": {b: first[b] for b in ("popularity", "ease") if b in first},
+    }
+    header = (f"# `twotower tune` best of {len(finished(study))} trials on validation "
+              f"({metric} {best.value:.4f}, trial {best.number}); {tune_dir}\n")  # fmt: skip
+    with StageOutput("tune", tune_dir, stages._config(cfg), [cfg.paths.preprocess_dir]) as out:
+        frame = trials_frame(study, metric)
+        frame.to_csv(out.path("trials.csv"), index=False)
+        out.path("best.yaml").write_text(overlay(best.params, command, choices, run, header))
+        plot_trials(frame, metric, params, out.tmp)
+        out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
+        means = {f"test_recall@{k}_mean": test[f"recall@{k}"]["mean"] for k in ks}
+        # this run's whole time (the manifest's `seconds` count only the final evaluate)
+        out.figures = {metric: best.value, "trials": len(finished(study)), **means,
+                       "run_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    print(f"tune: best trial {best.number} {metric} {best.value:.4f} {json.dumps(best.params)}")
+    for k in ks:
+        seeds = " / ".join(f"{v:.4f}" for v in test[f"recall@{k}"]["seeds"])
+        print(f"tune: test recall@{k} seeds {list(per_seed)}: {seeds}, "
+              f"mean {test[f'recall@{k}']['mean']:.4f}")  # fmt: skip
+    return metrics
