@@ -68,11 +68,21 @@ class Sizes:
     train_steps: int = 50
     train_rounds: int = 8
     reference_users: int = 1000
+    # ann: a DSSM trained one epoch by `twotower run dataset=synthetic` on ann_items items
     ann_items: int = 1_000_000
+    ann_users: int = 20_000
+    ann_interactions: int = 1_500_000
+    ann_clusters: int = 200
     ann_queries: int = 10_000
+    # int: nprobe (IVF) or efSearch (HNSW); str: faiss ParameterSpace settings
     ann_candidates: dict = field(
-        default_factory=lambda: {"IVF1024,Flat": [4, 8, 16, 32], "HNSW16": [64, 128]}
-    )
+        default_factory=lambda: {
+            "IVF4096,PQ32x4fs,Refine(SQ8)": ["nprobe=16,k_factor_rf=4", "nprobe=32,k_factor_rf=4",
+                                             "nprobe=64,k_factor_rf=8"],
+            "IVF4096,Flat": [16, 32, 64],
+            "HNSW32": [128, 256, 512],
+        }
+    )  # fmt: skip
     scale: tuple = (1_000_000, 3_000_000, 10_000_000)
     scale_items: int = 50_000
     scale_epochs: int = 1
@@ -87,8 +97,15 @@ QUICK = Sizes(
     train_rounds=4,
     reference_users=300,
     ann_items=100_000,
+    ann_users=3000,
+    ann_interactions=100_000,
+    ann_clusters=50,
     ann_queries=2000,
-    ann_candidates={"IVF256,Flat": [4, 8, 16], "HNSW16": [64]},
+    ann_candidates={
+        "IVF256,PQ32x4fs,Refine(SQ8)": ["nprobe=16,k_factor_rf=4"],
+        "IVF256,Flat": [8, 16],
+        "HNSW32": [128],
+    },  # fmt: skip
     scale=(30_000, 100_000, 300_000),
     scale_items=5000,
     scale_epochs=1,
@@ -258,24 +275,53 @@ def bench_eval(data: Data, sizes: Sizes) -> dict:
     return out
 
 
-def bench_ann(sizes: Sizes, k: int = 50, recall_bar: float = 0.95) -> tuple[dict, list]:
+def ann_model(sizes: Sizes, out_dir: Path, cache_dir: str, threads: int) -> Path:
+    """`twotower run dataset=synthetic` at ann_items items, one epoch, sparse embeddings (a
+    subprocess; a rerun skips the stages that are current). Returns its embed dir."""
+    run_out = out_dir / "ann-model"
+    overrides = ["dataset=synthetic", f"dataset.load.n_items={sizes.ann_items}",
+                 f"dataset.load.n_users={sizes.ann_users}",
+                 f"dataset.load.n_interactions={sizes.ann_interactions}",
+                 f"dataset.load.n_clusters={sizes.ann_clusters}",
+                 f"dataset.load.cache_dir={cache_dir}", "train.epochs=1",
+                 "train.sparse_embeddings=true", f"threads={threads}",
+                 f"paths.out={run_out}"]  # fmt: skip
+    log(f"ann: twotower run {' '.join(overrides)}")
+    script = Path(sys.executable).with_name("twotower")
+    subprocess.run([str(script), "run", *overrides], check=True, stdout=subprocess.DEVNULL)
+    return run_out / "synthetic" / "sample" / "inbatch" / "dssm" / "embed"
+
+
+def bench_ann(sizes: Sizes, source: str, embed_dir: Path | None = None, k: int = 50,
+              recall_bar: float = 0.95) -> tuple[dict, list]:  # fmt: skip
+    """ANN indexes against exact search. source "trained": the item vectors of embed_dir
+    (a trained model's catalogue), queries = its user vectors; "clustered": generated unit
+    vectors around N_CENTRES centres (the earlier, easier data)."""
     rng = np.random.default_rng(0)
-    # items and queries (users) share the interest centres
-    centres = rng.standard_normal((N_CENTRES, 64)).astype(np.float32)
-    items = ann.clustered_vectors(sizes.ann_items, centres, SPREAD, rng)
-    queries = ann.clustered_vectors(sizes.ann_queries, centres, SPREAD, rng)
-    log(f"ann: {len(items)} items, {len(queries)} queries")
+    if source == "trained":
+        items, queries = ann.trained_vectors(embed_dir, sizes.ann_queries)
+    else:
+        # items and queries (users) share the interest centres
+        centres = rng.standard_normal((N_CENTRES, 64)).astype(np.float32)
+        items = ann.clustered_vectors(sizes.ann_items, centres, SPREAD, rng)
+        queries = ann.clustered_vectors(sizes.ann_queries, centres, SPREAD, rng)
+    log(f"ann: {len(items)} items, {len(queries)} queries ({source})")
     rows = ann.sweep(items, queries, sizes.ann_candidates, k, sizes.repeats, log=log)
     best = ann.best_meeting(rows, recall_bar)
-    out = {"ann_items": len(items), "ann_queries": len(queries),
-           "ann_flat_qps": rows[0]["qps"]}  # fmt: skip
+    exact = rows[0]["exact_qps"]
+    out = {"ann_source": source, "ann_items": len(items), "ann_queries": len(queries),
+           "ann_dim": int(items.shape[1]), "ann_exact": rows[0]["index"],
+           "ann_exact_qps": rows[0]["qps"], "ann_flat_qps": exact["faiss"],
+           "ann_twotower_exact_qps": exact["twotower"],
+           "ann_exact_mib": rows[0]["bytes"] / 2**20}  # fmt: skip
     for r in rows[1:]:
         key = f"ann/{r['index']}/{r['param']}"
         out.update({f"{key}/recall@{k}": r["recall"], f"{key}/qps": r["qps"],
-                    f"{key}/build_s": r["build_s"]})  # fmt: skip
+                    f"{key}/build_s": r["build_s"], f"{key}/mib": r["bytes"] / 2**20})  # fmt: skip
     if best is not None:
         out.update({f"ann_recall@{k}": best["recall"], "ann_qps_ratio": best["qps_ratio"],
-                    "ann_index": f"{best['index']} @ {best['param']}"})  # fmt: skip
+                    "ann_index": f"{best['index']} @ {best['param']}",
+                    "ann_index_mib": best["bytes"] / 2**20})  # fmt: skip
     return out, rows
 
 
@@ -390,6 +436,13 @@ def main(argv: list[str] | None = None) -> None:
         help="also take the results of another run's output folder",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ann-source", choices=("trained", "clustered"), default="trained")
+    parser.add_argument(
+        "--ann-embed",
+        default=None,
+        metavar="DIR",
+        help="a `twotower embed` output folder to take the ANN vectors from (default: train one)",
+    )
     args = parser.parse_args(argv)
     sizes = copy.deepcopy(QUICK if args.quick else Sizes())
     if args.repeats:
@@ -419,7 +472,11 @@ def main(argv: list[str] | None = None) -> None:
         if "eval" in sections:
             results.update(bench_eval(data, sizes))
     if "ann" in sections:
-        ann_results, ann_rows = bench_ann(sizes)
+        embed_dir = None
+        if args.ann_source == "trained":
+            embed_dir = Path(args.ann_embed) if args.ann_embed else ann_model(
+                sizes, out_dir, args.cache_dir, args.threads)  # fmt: skip
+        ann_results, ann_rows = bench_ann(sizes, args.ann_source, embed_dir)
         results.update(ann_results)
         ann_path.write_text(json.dumps(ann_rows, indent=1))
     if "peers" in sections:
