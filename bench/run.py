@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from bench import ann, peers, reference, report
+from bench import ann, flops, gpu, peers, reference, report
 from twotower_cli import losses
 from twotower_cli.data import synthetic
 from twotower_cli.data.preprocess import SplitSettings, preprocess
@@ -40,11 +40,19 @@ from twotower_cli.retrieval import (
     EvalSet,
     build_index,
     evaluate_index,
+    evaluate_ranked,
     exact_top_unseen,
     search_chunk_rows,
 )
 from twotower_cli.samplers import InBatchSampler, item_log_frequency
-from twotower_cli.trainer import TrainSettings, encode_all, optimizers, train
+from twotower_cli.trainer import (  # noqa: E402
+    TrainSettings,
+    encode_all,
+    gather,
+    optimizers,
+    train,
+    user_features,
+)
 
 KS = [10, 20, 50]
 # ANN vectors: unit vectors around N_CENTRES random centres with noise SPREAD per dimension:
@@ -118,12 +126,6 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def median_time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 class Data:
     """The synthetic data set both sides of the train and eval comparisons use."""
 
@@ -143,7 +145,7 @@ class Data:
         self.model = DSSM(self.schema, embed_dim=32, hidden=[256], out_dim=64, dropout=0.1)
 
 
-def bench_train(data: Data, sizes: Sizes) -> dict:
+def bench_train(data: Data, sizes: Sizes, device: str = "cpu") -> dict:
     """Samples/s of trainer.train against reference.reference_train: same model init, loss,
     optimisers, batch size and steps. The sides alternate in `train_rounds` rounds of
     `train_steps` steps each (fresh positives every round), so both see the same machine load;
@@ -162,10 +164,14 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
     valid = data.parts["valid"]
     some = np.sort(valid["user"].unique())[:200]
     valid_set = EvalSet.build(valid[valid["user"].isin(some)], train_pos, data.n_items)
-    settings = TrainSettings(epochs=1, batch_size=sizes.batch_size, patience=1,
+    settings = TrainSettings(epochs=1, batch_size=sizes.batch_size, patience=1, device=device,
                              sparse_embeddings=sizes.sparse_embeddings)  # fmt: skip
     models = {"twotower": data.model, "reference": copy.deepcopy(data.model)}
     seconds: dict[str, list[float]] = {"twotower": [], "reference": [], "loader": []}
+    replay = flops.GemmReplay(
+        step_gemms(data, users[: sizes.batch_size], items[: sizes.batch_size])
+    )
+    step_s, gemm_s = [], []  # the trainer's loop (validation and set-up excluded), the replay
     for r in range(rounds):
         part = slice(r * per_round, (r + 1) * per_round)
         examples = {"user": torch.from_numpy(users[part]), "item": torch.from_numpy(items[part]),
@@ -175,13 +181,15 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
             model = models[side]
             start = time.perf_counter()
             if side == "twotower":
-                train(model, losses.inbatch_softmax, examples, data.users, data.items,
-                      valid_set, data.n_items, settings,
-                      InBatchSampler().batch_fn(data.log_q))  # fmt: skip
+                history = train(model, losses.inbatch_softmax, examples, data.users, data.items,
+                                valid_set, data.n_items, settings,
+                                InBatchSampler().batch_fn(data.log_q))  # fmt: skip
+                step_s.append(per_round / history[0]["samples_per_s"])
+                gemm_s.append(replay.run(sizes.train_steps))
             else:
                 reference.reference_train(
                     model, losses.inbatch_softmax, dataset, sizes.batch_size, sizes.train_steps,
-                    lambda m: optimizers(m, settings), data.log_q, r)  # fmt: skip
+                    lambda m: optimizers(m, settings), data.log_q, r, device)  # fmt: skip
             seconds[side].append(time.perf_counter() - start)
             for table in model.modules():  # what trainer.train does on its way out
                 if isinstance(table, torch.nn.Embedding):
@@ -206,12 +214,41 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
             "train_speedup_total": float(theirs.sum() / ours.sum()),
             "train_rounds": rounds, "train_steps_per_round": sizes.train_steps,
             "train_batch_size": sizes.batch_size,
-            "train_sparse_embeddings": sizes.sparse_embeddings}  # fmt: skip
+            "train_sparse_embeddings": sizes.sparse_embeddings,
+            **gemm_fraction(replay, sizes.train_steps, step_s, gemm_s)}  # fmt: skip
 
 
-def bench_eval(data: Data, sizes: Sizes) -> dict:
+def step_gemms(data: Data, users: np.ndarray, items: np.ndarray) -> list[tuple[int, int, int]]:
+    """The matrix products of one training step (forward + backward, in-batch softmax with
+    logQ) of a copy of the bench model on these positives."""
+    model = copy.deepcopy(data.model)
+    model.train()
+    batch = InBatchSampler().batch_fn(data.log_q)(
+        {"user": torch.from_numpy(users), "item": torch.from_numpy(items),
+         "label": torch.ones(len(users))})  # fmt: skip
+
+    def step():
+        loss = model.batch_loss(losses.inbatch_softmax, user_features(data.users, batch),
+                                gather(data.items, batch["item"]), batch, None)  # fmt: skip
+        loss.backward()
+
+    return flops.record_gemms(step)
+
+
+def gemm_fraction(replay: flops.GemmReplay, steps: int, step_s: list, gemm_s: list) -> dict:
+    """train_gemm_fraction: the step's model FLOPs per second (the trainer's loop time) over
+    torch.mm's on the same shapes, timed right after it each round; median of the rounds."""
+    step_s, gemm_s = np.array(step_s), np.array(gemm_s)
+    return {"train_gemm_fraction": float(np.median(gemm_s / step_s)),
+            "train_step_gflop": replay.flops / 1e9, "train_step_gemms": len(replay.ops),
+            "train_gflops": replay.flops * steps / float(np.median(step_s)) / 1e9,
+            "train_mm_gflops": replay.flops * steps / float(np.median(gemm_s)) / 1e9}  # fmt: skip
+
+
+def bench_eval(data: Data, sizes: Sizes, device: str = "cpu") -> dict:
     """evaluate_index (Flat) against reference.reference_evaluate on the same embeddings and
-    users; then the exact search's GFLOP/s beside torch.mm of the same chunk shapes."""
+    users; then the exact search's GFLOP/s beside torch.mm of the same chunk shapes. On cuda,
+    twotower's side is the same masked exact search on the device (gpu.exact_top)."""
     test = data.parts["test"]
     seen = pd.concat([data.parts["train"], data.parts["valid"]])
     model = data.model
@@ -224,7 +261,10 @@ def bench_eval(data: Data, sizes: Sizes) -> dict:
 
     def ours_fn():
         ev = EvalSet.build(held, seen, data.n_items)
-        return evaluate_index(index, u, ev, KS, data.n_items)
+        if device == "cpu":
+            return evaluate_index(index, u, ev, KS, data.n_items)
+        ranked = gpu.exact_top(items, u, ev.exclude, max(KS), data.n_items, device)
+        return evaluate_ranked(ranked, ev, KS, data.n_items)
 
     def ref_fn():
         return reference.reference_evaluate(items, u, users, held, seen, KS, data.n_items)
@@ -250,22 +290,26 @@ def bench_eval(data: Data, sizes: Sizes) -> dict:
     u_all = encode_all(model, data.users, all_users, "user")
     ev_all = EvalSet.build(test, seen, data.n_items)
     flops = 2.0 * len(u_all) * items.shape[0] * items.shape[1]
-    chunk = search_chunk_rows(items.shape[0])
-    Vt, U = torch.from_numpy(items).T, torch.from_numpy(u_all)
-    buf = torch.empty(min(chunk, len(U)), items.shape[0])
+    chunk = search_chunk_rows(items.shape[0]) if device == "cpu" else 4096
+    Vt = torch.from_numpy(items).to(device).T
+    U = torch.from_numpy(u_all).to(device)
+    buf = torch.empty(min(chunk, len(U)), items.shape[0], device=device)
 
     def gemm():
         for s in range(0, len(U), chunk):
             torch.mm(U[s : s + chunk], Vt, out=buf[: min(chunk, len(U) - s)])
 
     def exact():
-        exact_top_unseen(items, u_all, ev_all.exclude, max(KS), data.n_items)
+        if device == "cpu":
+            exact_top_unseen(items, u_all, ev_all.exclude, max(KS), data.n_items)
+        else:
+            gpu.exact_top(items, u_all, ev_all.exclude, max(KS), data.n_items, device, chunk)
 
     search_t, gemm_t = [], []
     for rep in range(sizes.repeats + 2):
         for side in ("gemm", "search") if rep % 2 == 0 else ("search", "gemm"):
             (gemm_t if side == "gemm" else search_t).append(
-                median_time(gemm if side == "gemm" else exact)
+                gpu.timed(gemm if side == "gemm" else exact, device)
             )
     out["eval_gflops"] = flops / float(np.median(search_t)) / 1e9
     out["gemm_gflops"] = flops / float(np.median(gemm_t)) / 1e9
@@ -293,7 +337,7 @@ def ann_model(sizes: Sizes, out_dir: Path, cache_dir: str, threads: int) -> Path
 
 
 def bench_ann(sizes: Sizes, source: str, embed_dir: Path | None = None, k: int = 50,
-              recall_bar: float = 0.95) -> tuple[dict, list]:  # fmt: skip
+              recall_bar: float = 0.95, device: str = "cpu") -> tuple[dict, list]:  # fmt: skip
     """ANN indexes against exact search. source "trained": the item vectors of embed_dir
     (a trained model's catalogue), queries = its user vectors; "clustered": generated unit
     vectors around N_CENTRES centres (the earlier, easier data)."""
@@ -306,6 +350,13 @@ def bench_ann(sizes: Sizes, source: str, embed_dir: Path | None = None, k: int =
         items = ann.clustered_vectors(sizes.ann_items, centres, SPREAD, rng)
         queries = ann.clustered_vectors(sizes.ann_queries, centres, SPREAD, rng)
     log(f"ann: {len(items)} items, {len(queries)} queries ({source})")
+    extra = {}
+    if device != "cpu":  # exact search on the device, batched over every query
+        none = np.zeros(0, np.int64)
+        t = [gpu.timed(lambda: gpu.exact_top(items, queries, none, k, len(items), device), device)
+             for _ in range(sizes.repeats)]  # fmt: skip
+        extra["ann_device_exact_qps"] = len(queries) / float(np.median(t))
+        log(f"ann: exact search on {device}: {extra['ann_device_exact_qps']:.0f} q/s")
     rows = ann.sweep(items, queries, sizes.ann_candidates, k, sizes.repeats, log=log)
     best = ann.best_meeting(rows, recall_bar)
     exact = rows[0]["exact_qps"]
@@ -313,7 +364,7 @@ def bench_ann(sizes: Sizes, source: str, embed_dir: Path | None = None, k: int =
            "ann_dim": int(items.shape[1]), "ann_exact": rows[0]["index"],
            "ann_exact_qps": rows[0]["qps"], "ann_flat_qps": exact["faiss"],
            "ann_twotower_exact_qps": exact["twotower"],
-           "ann_exact_mib": rows[0]["bytes"] / 2**20}  # fmt: skip
+           "ann_exact_mib": rows[0]["bytes"] / 2**20, **extra}  # fmt: skip
     for r in rows[1:]:
         key = f"ann/{r['index']}/{r['param']}"
         out.update({f"{key}/recall@{k}": r["recall"], f"{key}/qps": r["qps"],
@@ -436,6 +487,9 @@ def main(argv: list[str] | None = None) -> None:
         help="also take the results of another run's output folder",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--device", default="cpu", help="cuda: train, eval and ann on the GPU (make bench-gpu)"
+    )
     parser.add_argument("--ann-source", choices=("trained", "clustered"), default="trained")
     parser.add_argument(
         "--ann-embed",
@@ -450,13 +504,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.train_steps:
         sizes.train_steps = args.train_steps
     sections = [s for s in args.sections.split(",") if s]
+    device_name = "cpu"
+    if args.device != "cpu":
+        device_name = gpu.require_cuda()
+        sizes.batch_size = gpu.GPU_BATCH
     torch.set_num_threads(args.threads)
     ann.set_threads(args.threads)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     old = out_dir / "bench.json"
     results: dict = json.loads(old.read_text()) if args.update and old.exists() else {}
-    results |= {"quick": args.quick, "threads": args.threads,
+    results |= {"quick": args.quick, "threads": args.threads, "device": args.device,
+                "device_name": device_name,
                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     ann_path = out_dir / "ann.json"
     ann_rows: list = json.loads(ann_path.read_text()) if args.update and ann_path.exists() else []
@@ -468,15 +527,16 @@ def main(argv: list[str] | None = None) -> None:
     if {"train", "eval"} & set(sections):
         data = Data(sizes, args.cache_dir)
         if "train" in sections:
-            results.update(bench_train(data, sizes))
+            results.update(bench_train(data, sizes, args.device))
         if "eval" in sections:
-            results.update(bench_eval(data, sizes))
+            results.update(bench_eval(data, sizes, args.device))
     if "ann" in sections:
         embed_dir = None
         if args.ann_source == "trained":
             embed_dir = Path(args.ann_embed) if args.ann_embed else ann_model(
                 sizes, out_dir, args.cache_dir, args.threads)  # fmt: skip
-        ann_results, ann_rows = bench_ann(sizes, args.ann_source, embed_dir)
+        ann_results, ann_rows = bench_ann(sizes, args.ann_source, embed_dir,
+                                          device=args.device)  # fmt: skip
         results.update(ann_results)
         ann_path.write_text(json.dumps(ann_rows, indent=1))
     if "peers" in sections:
