@@ -2,9 +2,11 @@
 
 Sections (pick with --sections): `train` (twotower's trainer against a per-row Dataset /
 DataLoader loop), `eval` (twotower's evaluation against a per-user Python loop, and its exact
-search against a plain matrix multiply), `ann` (faiss indexes on a large catalogue), `scale`
-(the whole pipeline at growing sizes, one `twotower run` subprocess each) and `dist`
-(`twotower train` samples/s with train.nproc 1 and 2, one thread each). Both sides of every
+search against a plain matrix multiply), `ann` (faiss indexes on the vectors of a model trained
+on a million items), `scale` (the whole pipeline at growing sizes, one `twotower run`
+subprocess each), `dist` (`twotower train` samples/s with train.nproc 1 and 2, one thread each)
+and `peers` (torch-rechub's DSSM beside twotower's default, bench/peers.py). `--device cuda`
+runs train, eval and ann on a GPU (bench/gpu.py, `make bench-gpu`). Both sides of every
 comparison run in this process, alternating, and the medians of the repeats are reported.
 Writes outputs/bench/bench.json (flat keys), bench.md and scale.png.
 """
@@ -469,7 +471,7 @@ def bench_peers(out_dir: Path, threads: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
-    parser.add_argument("--sections", default="train,eval,ann,scale,dist")
+    parser.add_argument("--sections", default="train,eval,ann,scale,dist,peers")
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--cache-dir", default="data/synthetic")
     parser.add_argument("--repeats", type=int, default=None)
