@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-fast lint bench loadtest clean compare-models compare-history compare-samplers news-sim
+.PHONY: help install run test test-fast lint bench bench-gpu bench-extra loadtest clean compare-models compare-history compare-samplers news-sim
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,10 +32,17 @@ lint: install ## ruff format check and lint
 	$(BIN)/ruff format --check twotower_cli tests bench
 	$(BIN)/ruff check twotower_cli tests bench
 
-# BENCH_ARGS=--quick for a few minutes; --sections train,eval,ann,scale picks parts
+# BENCH_ARGS=--quick for a few minutes; --sections train,eval,ann,scale,dist,peers picks parts
 BENCH_ARGS ?=
-bench: install ## speed and scale benchmark -> outputs/bench/bench.{json,md}, scale.png (long)
+bench-extra: install ## the optional `bench` extra (torch-rechub, for the peers section)
+	$(BIN)/python -c "import torch_rechub" 2>/dev/null || $(BIN)/pip install -q -e '.[dev,bench]'
+
+bench: bench-extra ## speed and scale benchmark -> outputs/bench/bench.{json,md}, scale.png (long)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-gpu: install ## train, eval and ANN search on CUDA -> outputs/bench-gpu/ (fails without a GPU)
+	$(BIN)/python -m bench.run --device cuda --sections train,eval,ann --out outputs/bench-gpu \
+		$(BENCH_ARGS)
 
 compare-models: install ## the four tower variants on MovieLens-100K, one sampler -> outputs/compare/models.md
 	$(BIN)/python -m twotower_cli.compare --name models \

@@ -56,19 +56,22 @@ def reference_train(
     make_optimizers,
     log_q: torch.Tensor | None,
     seed: int = 0,
+    device: str = "cpu",
 ) -> int:
     """`steps` optimiser steps through DataLoader(shuffle=True) with the default collate;
-    `make_optimizers(model)` gives the same optimisers the trainer uses. Returns the number of
-    examples processed."""
+    `make_optimizers(model)` gives the same optimisers the trainer uses; each collated batch
+    moves to `device`. Returns the number of examples processed."""
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen)
+    model.to(device)
+    log_q = None if log_q is None else log_q.to(device)
     opts = make_optimizers(model)
     model.train()
     seen = 0
     for step, batch in enumerate(loader):
         if step == steps:
             break
-        user, item = split_batch(batch)
+        user, item = split_batch({n: t.to(device) for n, t in batch.items()})
         u, v = model.user_vectors(user), model.item_vectors(item)
         # the same per-batch logQ column as the in-batch sampler's batch_fn: log(B * Q(item))
         lq = None if log_q is None else log_q[item["item"]] + float(np.log(len(item["item"])))
@@ -82,6 +85,7 @@ def reference_train(
         for opt in opts:
             opt.step()
         seen += len(item["item"])
+    model.cpu()
     return seen
 
 

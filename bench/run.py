@@ -2,9 +2,11 @@
 
 Sections (pick with --sections): `train` (twotower's trainer against a per-row Dataset /
 DataLoader loop), `eval` (twotower's evaluation against a per-user Python loop, and its exact
-search against a plain matrix multiply), `ann` (faiss indexes on a large catalogue), `scale`
-(the whole pipeline at growing sizes, one `twotower run` subprocess each) and `dist`
-(`twotower train` samples/s with train.nproc 1 and 2, one thread each). Both sides of every
+search against a plain matrix multiply), `ann` (faiss indexes on the vectors of a model trained
+on a million items), `scale` (the whole pipeline at growing sizes, one `twotower run`
+subprocess each), `dist` (`twotower train` samples/s with train.nproc 1 and 2, one thread each)
+and `peers` (torch-rechub's DSSM beside twotower's default, bench/peers.py). `--device cuda`
+runs train, eval and ann on a GPU (bench/gpu.py, `make bench-gpu`). Both sides of every
 comparison run in this process, alternating, and the medians of the repeats are reported.
 Writes outputs/bench/bench.json (flat keys), bench.md and scale.png.
 """
@@ -30,7 +32,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from bench import ann, reference, report
+from bench import ann, flops, gpu, peers, reference, report
 from twotower_cli import losses
 from twotower_cli.data import synthetic
 from twotower_cli.data.preprocess import SplitSettings, preprocess
@@ -40,11 +42,19 @@ from twotower_cli.retrieval import (
     EvalSet,
     build_index,
     evaluate_index,
+    evaluate_ranked,
     exact_top_unseen,
     search_chunk_rows,
 )
 from twotower_cli.samplers import InBatchSampler, item_log_frequency
-from twotower_cli.trainer import TrainSettings, encode_all, optimizers, train
+from twotower_cli.trainer import (  # noqa: E402
+    TrainSettings,
+    encode_all,
+    gather,
+    optimizers,
+    train,
+    user_features,
+)
 
 KS = [10, 20, 50]
 # ANN vectors: unit vectors around N_CENTRES random centres with noise SPREAD per dimension:
@@ -68,11 +78,22 @@ class Sizes:
     train_steps: int = 50
     train_rounds: int = 8
     reference_users: int = 1000
+    # ann: a DSSM trained one epoch by `twotower run dataset=synthetic` on ann_items items
     ann_items: int = 1_000_000
+    ann_users: int = 20_000
+    ann_interactions: int = 1_500_000
+    ann_clusters: int = 200
     ann_queries: int = 10_000
+    # int: nprobe (IVF) or efSearch (HNSW); str: faiss ParameterSpace settings
     ann_candidates: dict = field(
-        default_factory=lambda: {"IVF1024,Flat": [4, 8, 16, 32], "HNSW16": [64, 128]}
-    )
+        default_factory=lambda: {
+            # the exact refine (RFlat): on trained vectors the 50th and 51st neighbours' scores
+            # differ by ~6e-4, below SQ8's error; Refine(SQ8) stayed at recall@50 0.44-0.50
+            "IVF4096,PQ32x4fs,RFlat": ["nprobe=32,k_factor_rf=4", "nprobe=64,k_factor_rf=8"],
+            "IVF4096,Flat": [16, 32, 64],
+            "HNSW32": [128, 256, 512],
+        }
+    )  # fmt: skip
     scale: tuple = (1_000_000, 3_000_000, 10_000_000, 100_000_000)
     scale_items: int = 50_000
     # (n_users, n_items) of a size; the others have n // 20 users and scale_items items
@@ -91,8 +112,15 @@ QUICK = Sizes(
     train_rounds=4,
     reference_users=300,
     ann_items=100_000,
+    ann_users=3000,
+    ann_interactions=100_000,
+    ann_clusters=50,
     ann_queries=2000,
-    ann_candidates={"IVF256,Flat": [4, 8, 16], "HNSW16": [64]},
+    ann_candidates={
+        "IVF256,PQ32x4fs,Refine(SQ8)": ["nprobe=16,k_factor_rf=4"],
+        "IVF256,Flat": [8, 16],
+        "HNSW32": [128],
+    },  # fmt: skip
     scale=(30_000, 100_000, 300_000),
     scale_items=5000,
     scale_shapes={},
@@ -105,12 +133,6 @@ QUICK = Sizes(
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def median_time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 class Data:
@@ -132,7 +154,7 @@ class Data:
         self.model = DSSM(self.schema, embed_dim=32, hidden=[256], out_dim=64, dropout=0.1)
 
 
-def bench_train(data: Data, sizes: Sizes) -> dict:
+def bench_train(data: Data, sizes: Sizes, device: str = "cpu") -> dict:
     """Samples/s of trainer.train against reference.reference_train: same model init, loss,
     optimisers, batch size and steps. The sides alternate in `train_rounds` rounds of
     `train_steps` steps each (fresh positives every round), so both see the same machine load;
@@ -151,10 +173,14 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
     valid = data.parts["valid"]
     some = np.sort(valid["user"].unique())[:200]
     valid_set = EvalSet.build(valid[valid["user"].isin(some)], train_pos, data.n_items)
-    settings = TrainSettings(epochs=1, batch_size=sizes.batch_size, patience=1,
+    settings = TrainSettings(epochs=1, batch_size=sizes.batch_size, patience=1, device=device,
                              sparse_embeddings=sizes.sparse_embeddings)  # fmt: skip
     models = {"twotower": data.model, "reference": copy.deepcopy(data.model)}
     seconds: dict[str, list[float]] = {"twotower": [], "reference": [], "loader": []}
+    replay = flops.GemmReplay(
+        step_gemms(data, users[: sizes.batch_size], items[: sizes.batch_size])
+    )
+    step_s, gemm_s = [], []  # the trainer's loop (validation and set-up excluded), the replay
     for r in range(rounds):
         part = slice(r * per_round, (r + 1) * per_round)
         examples = {"user": torch.from_numpy(users[part]), "item": torch.from_numpy(items[part]),
@@ -164,13 +190,15 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
             model = models[side]
             start = time.perf_counter()
             if side == "twotower":
-                train(model, losses.inbatch_softmax, examples, data.users, data.items,
-                      valid_set, data.n_items, settings,
-                      InBatchSampler().batch_fn(data.log_q))  # fmt: skip
+                history = train(model, losses.inbatch_softmax, examples, data.users, data.items,
+                                valid_set, data.n_items, settings,
+                                InBatchSampler().batch_fn(data.log_q))  # fmt: skip
+                step_s.append(per_round / history[0]["samples_per_s"])
+                gemm_s.append(replay.run(sizes.train_steps))
             else:
                 reference.reference_train(
                     model, losses.inbatch_softmax, dataset, sizes.batch_size, sizes.train_steps,
-                    lambda m: optimizers(m, settings), data.log_q, r)  # fmt: skip
+                    lambda m: optimizers(m, settings), data.log_q, r, device)  # fmt: skip
             seconds[side].append(time.perf_counter() - start)
             for table in model.modules():  # what trainer.train does on its way out
                 if isinstance(table, torch.nn.Embedding):
@@ -195,12 +223,41 @@ def bench_train(data: Data, sizes: Sizes) -> dict:
             "train_speedup_total": float(theirs.sum() / ours.sum()),
             "train_rounds": rounds, "train_steps_per_round": sizes.train_steps,
             "train_batch_size": sizes.batch_size,
-            "train_sparse_embeddings": sizes.sparse_embeddings}  # fmt: skip
+            "train_sparse_embeddings": sizes.sparse_embeddings,
+            **gemm_fraction(replay, sizes.train_steps, step_s, gemm_s)}  # fmt: skip
 
 
-def bench_eval(data: Data, sizes: Sizes) -> dict:
+def step_gemms(data: Data, users: np.ndarray, items: np.ndarray) -> list[tuple[int, int, int]]:
+    """The matrix products of one training step (forward + backward, in-batch softmax with
+    logQ) of a copy of the bench model on these positives."""
+    model = copy.deepcopy(data.model)
+    model.train()
+    batch = InBatchSampler().batch_fn(data.log_q)(
+        {"user": torch.from_numpy(users), "item": torch.from_numpy(items),
+         "label": torch.ones(len(users))})  # fmt: skip
+
+    def step():
+        loss = model.batch_loss(losses.inbatch_softmax, user_features(data.users, batch),
+                                gather(data.items, batch["item"]), batch, None)  # fmt: skip
+        loss.backward()
+
+    return flops.record_gemms(step)
+
+
+def gemm_fraction(replay: flops.GemmReplay, steps: int, step_s: list, gemm_s: list) -> dict:
+    """train_gemm_fraction: the step's model FLOPs per second (the trainer's loop time) over
+    torch.mm's on the same shapes, timed right after it each round; median of the rounds."""
+    step_s, gemm_s = np.array(step_s), np.array(gemm_s)
+    return {"train_gemm_fraction": float(np.median(gemm_s / step_s)),
+            "train_step_gflop": replay.flops / 1e9, "train_step_gemms": len(replay.ops),
+            "train_gflops": replay.flops * steps / float(np.median(step_s)) / 1e9,
+            "train_mm_gflops": replay.flops * steps / float(np.median(gemm_s)) / 1e9}  # fmt: skip
+
+
+def bench_eval(data: Data, sizes: Sizes, device: str = "cpu") -> dict:
     """evaluate_index (Flat) against reference.reference_evaluate on the same embeddings and
-    users; then the exact search's GFLOP/s beside torch.mm of the same chunk shapes."""
+    users; then the exact search's GFLOP/s beside torch.mm of the same chunk shapes. On cuda,
+    twotower's side is the same masked exact search on the device (gpu.exact_top)."""
     test = data.parts["test"]
     seen = pd.concat([data.parts["train"], data.parts["valid"]])
     model = data.model
@@ -213,7 +270,10 @@ def bench_eval(data: Data, sizes: Sizes) -> dict:
 
     def ours_fn():
         ev = EvalSet.build(held, seen, data.n_items)
-        return evaluate_index(index, u, ev, KS, data.n_items)
+        if device == "cpu":
+            return evaluate_index(index, u, ev, KS, data.n_items)
+        ranked = gpu.exact_top(items, u, ev.exclude, max(KS), data.n_items, device)
+        return evaluate_ranked(ranked, ev, KS, data.n_items)
 
     def ref_fn():
         return reference.reference_evaluate(items, u, users, held, seen, KS, data.n_items)
@@ -239,22 +299,26 @@ def bench_eval(data: Data, sizes: Sizes) -> dict:
     u_all = encode_all(model, data.users, all_users, "user")
     ev_all = EvalSet.build(test, seen, data.n_items)
     flops = 2.0 * len(u_all) * items.shape[0] * items.shape[1]
-    chunk = search_chunk_rows(items.shape[0])
-    Vt, U = torch.from_numpy(items).T, torch.from_numpy(u_all)
-    buf = torch.empty(min(chunk, len(U)), items.shape[0])
+    chunk = search_chunk_rows(items.shape[0]) if device == "cpu" else 4096
+    Vt = torch.from_numpy(items).to(device).T
+    U = torch.from_numpy(u_all).to(device)
+    buf = torch.empty(min(chunk, len(U)), items.shape[0], device=device)
 
     def gemm():
         for s in range(0, len(U), chunk):
             torch.mm(U[s : s + chunk], Vt, out=buf[: min(chunk, len(U) - s)])
 
     def exact():
-        exact_top_unseen(items, u_all, ev_all.exclude, max(KS), data.n_items)
+        if device == "cpu":
+            exact_top_unseen(items, u_all, ev_all.exclude, max(KS), data.n_items)
+        else:
+            gpu.exact_top(items, u_all, ev_all.exclude, max(KS), data.n_items, device, chunk)
 
     search_t, gemm_t = [], []
     for rep in range(sizes.repeats + 2):
         for side in ("gemm", "search") if rep % 2 == 0 else ("search", "gemm"):
             (gemm_t if side == "gemm" else search_t).append(
-                median_time(gemm if side == "gemm" else exact)
+                gpu.timed(gemm if side == "gemm" else exact, device)
             )
     out["eval_gflops"] = flops / float(np.median(search_t)) / 1e9
     out["gemm_gflops"] = flops / float(np.median(gemm_t)) / 1e9
@@ -264,24 +328,60 @@ def bench_eval(data: Data, sizes: Sizes) -> dict:
     return out
 
 
-def bench_ann(sizes: Sizes, k: int = 50, recall_bar: float = 0.95) -> tuple[dict, list]:
+def ann_model(sizes: Sizes, out_dir: Path, cache_dir: str, threads: int) -> Path:
+    """`twotower run dataset=synthetic` at ann_items items, one epoch, sparse embeddings (a
+    subprocess; a rerun skips the stages that are current). Returns its embed dir."""
+    run_out = out_dir / "ann-model"
+    overrides = ["dataset=synthetic", f"dataset.load.n_items={sizes.ann_items}",
+                 f"dataset.load.n_users={sizes.ann_users}",
+                 f"dataset.load.n_interactions={sizes.ann_interactions}",
+                 f"dataset.load.n_clusters={sizes.ann_clusters}",
+                 f"dataset.load.cache_dir={cache_dir}", "train.epochs=1",
+                 "train.sparse_embeddings=true", f"threads={threads}",
+                 f"paths.out={run_out}"]  # fmt: skip
+    log(f"ann: twotower run {' '.join(overrides)}")
+    script = Path(sys.executable).with_name("twotower")
+    subprocess.run([str(script), "run", *overrides], check=True, stdout=subprocess.DEVNULL)
+    return run_out / "synthetic" / "sample" / "inbatch" / "dssm" / "embed"
+
+
+def bench_ann(sizes: Sizes, source: str, embed_dir: Path | None = None, k: int = 50,
+              recall_bar: float = 0.95, device: str = "cpu") -> tuple[dict, list]:  # fmt: skip
+    """ANN indexes against exact search. source "trained": the item vectors of embed_dir
+    (a trained model's catalogue), queries = its user vectors; "clustered": generated unit
+    vectors around N_CENTRES centres (the earlier, easier data)."""
     rng = np.random.default_rng(0)
-    # items and queries (users) share the interest centres
-    centres = rng.standard_normal((N_CENTRES, 64)).astype(np.float32)
-    items = ann.clustered_vectors(sizes.ann_items, centres, SPREAD, rng)
-    queries = ann.clustered_vectors(sizes.ann_queries, centres, SPREAD, rng)
-    log(f"ann: {len(items)} items, {len(queries)} queries")
+    if source == "trained":
+        items, queries = ann.trained_vectors(embed_dir, sizes.ann_queries)
+    else:
+        # items and queries (users) share the interest centres
+        centres = rng.standard_normal((N_CENTRES, 64)).astype(np.float32)
+        items = ann.clustered_vectors(sizes.ann_items, centres, SPREAD, rng)
+        queries = ann.clustered_vectors(sizes.ann_queries, centres, SPREAD, rng)
+    log(f"ann: {len(items)} items, {len(queries)} queries ({source})")
+    extra = {}
+    if device != "cpu":  # exact search on the device, batched over every query
+        none = np.zeros(0, np.int64)
+        t = [gpu.timed(lambda: gpu.exact_top(items, queries, none, k, len(items), device), device)
+             for _ in range(sizes.repeats)]  # fmt: skip
+        extra["ann_device_exact_qps"] = len(queries) / float(np.median(t))
+        log(f"ann: exact search on {device}: {extra['ann_device_exact_qps']:.0f} q/s")
     rows = ann.sweep(items, queries, sizes.ann_candidates, k, sizes.repeats, log=log)
     best = ann.best_meeting(rows, recall_bar)
-    out = {"ann_items": len(items), "ann_queries": len(queries),
-           "ann_flat_qps": rows[0]["qps"]}  # fmt: skip
+    exact = rows[0]["exact_qps"]
+    out = {"ann_source": source, "ann_items": len(items), "ann_queries": len(queries),
+           "ann_dim": int(items.shape[1]), "ann_exact": rows[0]["index"],
+           "ann_exact_qps": rows[0]["qps"], "ann_flat_qps": exact["faiss"],
+           "ann_twotower_exact_qps": exact["twotower"],
+           "ann_exact_mib": rows[0]["bytes"] / 2**20, **extra}  # fmt: skip
     for r in rows[1:]:
         key = f"ann/{r['index']}/{r['param']}"
         out.update({f"{key}/recall@{k}": r["recall"], f"{key}/qps": r["qps"],
-                    f"{key}/build_s": r["build_s"]})  # fmt: skip
+                    f"{key}/build_s": r["build_s"], f"{key}/mib": r["bytes"] / 2**20})  # fmt: skip
     if best is not None:
         out.update({f"ann_recall@{k}": best["recall"], "ann_qps_ratio": best["qps_ratio"],
-                    "ann_index": f"{best['index']} @ {best['param']}"})  # fmt: skip
+                    "ann_index": f"{best['index']} @ {best['param']}",
+                    "ann_index_mib": best["bytes"] / 2**20})  # fmt: skip
     return out, rows
 
 
@@ -354,10 +454,38 @@ def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
             "dist/runs@1": rates[1], "dist/runs@2": rates[2]}  # fmt: skip
 
 
+def bench_peers(out_dir: Path, threads: int) -> dict:
+    """twotower's default `twotower run` on MovieLens-100K (a subprocess, its own paths.out),
+    then torch-rechub's DSSM on the tables that run's preprocess wrote (bench/peers.py), both
+    on `threads` threads: training positives/s, wall seconds, test Recall@20."""
+    try:
+        import torch_rechub  # noqa: F401
+    except ImportError as err:
+        raise SystemExit(
+            "bench: section peers needs torch-rechub: pip install -e '.[bench]'"
+        ) from err
+    run_out = out_dir / "peers"
+    script = Path(sys.executable).with_name("twotower")
+    log(f"peers: twotower run paths.out={run_out} threads={threads}")
+    start = time.perf_counter()
+    subprocess.run([str(script), "run", f"paths.out={run_out}", f"threads={threads}"], check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    wall = time.perf_counter() - start
+    root = run_out / "ml100k" / "sample" / "inbatch" / "dssm"
+    train = json.loads((root / "train" / "manifest.json").read_text())
+    metrics = json.loads((root / "evaluate" / "manifest.json").read_text())["figures"]
+    ours = {"peer_twotower_samples_per_s": train["figures"]["samples_per_s"],
+            "peer_twotower_train_s": train["seconds"], "peer_twotower_wall_s": wall,
+            "peer_twotower_recall@20": metrics["model/recall@20"],
+            "peer_twotower_epochs": train["figures"]["epochs"]}  # fmt: skip
+    theirs = peers.run_rechub(run_out / "ml100k" / "preprocess", peers.RechubSettings(), log=log)
+    return {**ours, **theirs, **peers.combine(theirs, ours), "peer_threads": threads}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
-    parser.add_argument("--sections", default="train,eval,ann,scale,dist")
+    parser.add_argument("--sections", default="train,eval,ann,scale,dist,peers")
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--cache-dir", default="data/synthetic")
     parser.add_argument("--repeats", type=int, default=None)
@@ -375,20 +503,46 @@ def main(argv: list[str] | None = None) -> None:
         help="also take the results of another run's output folder",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--device", default="cpu", help="cuda: train, eval and ann on the GPU (make bench-gpu)"
+    )
+    parser.add_argument("--ann-queries", type=int, default=None)
+    parser.add_argument(
+        "--ann-candidates",
+        default=None,
+        metavar="JSON",
+        help="factory -> search settings, e.g. '{\"IVF4096,Flat\": [16, 32]}'",
+    )
+    parser.add_argument("--ann-source", choices=("trained", "clustered"), default="trained")
+    parser.add_argument(
+        "--ann-embed",
+        default=None,
+        metavar="DIR",
+        help="a `twotower embed` output folder to take the ANN vectors from (default: train one)",
+    )
     args = parser.parse_args(argv)
     sizes = copy.deepcopy(QUICK if args.quick else Sizes())
     if args.repeats:
         sizes.repeats = args.repeats
     if args.train_steps:
         sizes.train_steps = args.train_steps
+    if args.ann_queries:
+        sizes.ann_queries = args.ann_queries
+    if args.ann_candidates:
+        sizes.ann_candidates = json.loads(args.ann_candidates)
     sections = [s for s in args.sections.split(",") if s]
+    device_name = "cpu"
+    if args.device != "cpu":
+        device_name = gpu.require_cuda()
+        sizes.batch_size = gpu.GPU_BATCH
     torch.set_num_threads(args.threads)
     ann.set_threads(args.threads)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     old = out_dir / "bench.json"
     results: dict = json.loads(old.read_text()) if args.update and old.exists() else {}
-    results |= {"quick": args.quick, "threads": args.threads,
+    results |= {"quick": args.quick, "threads": args.threads, "device": args.device,
+                "device_name": device_name,
                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     ann_path = out_dir / "ann.json"
     ann_rows: list = json.loads(ann_path.read_text()) if args.update and ann_path.exists() else []
@@ -400,13 +554,20 @@ def main(argv: list[str] | None = None) -> None:
     if {"train", "eval"} & set(sections):
         data = Data(sizes, args.cache_dir)
         if "train" in sections:
-            results.update(bench_train(data, sizes))
+            results.update(bench_train(data, sizes, args.device))
         if "eval" in sections:
-            results.update(bench_eval(data, sizes))
+            results.update(bench_eval(data, sizes, args.device))
     if "ann" in sections:
-        ann_results, ann_rows = bench_ann(sizes)
+        embed_dir = None
+        if args.ann_source == "trained":
+            embed_dir = Path(args.ann_embed) if args.ann_embed else ann_model(
+                sizes, out_dir, args.cache_dir, args.threads)  # fmt: skip
+        ann_results, ann_rows = bench_ann(sizes, args.ann_source, embed_dir,
+                                          device=args.device)  # fmt: skip
         results.update(ann_results)
         ann_path.write_text(json.dumps(ann_rows, indent=1))
+    if "peers" in sections:
+        results.update(bench_peers(out_dir, args.threads))
     if "dist" in sections:
         results.update(bench_dist(sizes, out_dir, args.cache_dir))
     if "scale" in sections:

@@ -15,7 +15,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the bench/ package
 
-from bench import ann, reference  # noqa: E402
+import faiss  # noqa: E402
+
+from bench import ann, flops, gpu, peers, reference  # noqa: E402
 from twotower_cli.data import synthetic  # noqa: E402
 from twotower_cli.data.preprocess import SplitSettings, preprocess  # noqa: E402
 from twotower_cli.data.tables import feature_tensors  # noqa: E402
@@ -132,8 +134,13 @@ def test_ann_sweep_reports_exact_recall_for_an_exhaustive_ivf():
     # probing all 8 lists is an exhaustive search: every neighbour found
     assert by_param[8]["recall"] == pytest.approx(1.0)
     assert 0.0 < by_param[1]["recall"] <= 1.0
-    assert rows[0]["index"] == "Flat" and rows[0]["qps_ratio"] == 1.0
+    # the first row is the faster exact search, both timed batched; every ratio divides by it
+    assert rows[0]["index"] in ("Flat", "exact (twotower)") and rows[0]["qps_ratio"] == 1.0
+    assert rows[0]["qps"] == max(rows[0]["exact_qps"].values())
     assert ann.best_meeting(rows, 0.99)["index"] == "IVF8,Flat"
+    # every row carries its index's serialised size; Flat holds 2000 x 16 float32 = 128,000 B
+    assert rows[0]["bytes"] >= 2000 * 16 * 4
+    assert all(r["bytes"] > 0 for r in rows)
 
 
 def test_synthetic_cache_returns_the_generated_tables(tmp_path: Path):
@@ -237,3 +244,166 @@ def test_synthetic_log_is_drawn_in_bounded_blocks_of_users():
     # a block is its users' draws (before repeated pairs collapse): at most chunk + one user's
     biggest_user = log.groupby("user_id").size().max()
     assert max(len(b) for b in blocks) <= 3000 + biggest_user
+
+
+def test_ann_string_settings_reach_the_refine_and_ivf_levels():
+    rng = np.random.default_rng(0)
+    items = ann.clustered_vectors(3000, rng.standard_normal((10, 16)).astype(np.float32), 0.5, rng)
+    index = build_index(items, "IVF16,PQ8x4fs,Refine(SQ8)")
+    ann.set_params(index, "nprobe=16,k_factor_rf=4")
+    assert index.k_factor == 4
+    assert faiss.extract_index_ivf(index.base_index).nprobe == 16
+    # the compressed part takes 8 x 4 bits = 4 B a vector, SQ8 16 B: far below Flat's 64 B
+    assert ann.index_bytes(index) < ann.index_bytes(build_index(items, "Flat"))
+
+
+def test_trained_vectors_reads_embed_output(tmp_path: Path):
+    items, users = _vectors(30, 0), _vectors(12, 1)
+    np.save(tmp_path / "item_vectors.npy", items)
+    np.save(tmp_path / "user_vectors.npy", users)
+    got_items, queries = ann.trained_vectors(tmp_path, n_queries=5)
+    assert np.array_equal(got_items, items)
+    # 5 distinct user rows, in their original order
+    rows = [int(np.flatnonzero((users == q).all(1))[0]) for q in queries]
+    assert len(set(rows)) == 5 and rows == sorted(rows)
+
+
+def test_record_gemms_sees_forward_and_backward_products():
+    layer = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3, requires_grad=True)
+    shapes = flops.record_gemms(lambda: layer(x).sum().backward())
+    # forward addmm [4,3]@[3,2]; backward: grad input [4,2]@[2,3], grad weight [2,4]@[4,3]
+    assert sorted(shapes) == sorted([(4, 3, 2), (4, 2, 3), (2, 4, 3)])
+    # 2 * (24 + 24 + 24) = 144 flops
+    assert flops.gemm_flops(shapes) == 144
+    replay = flops.GemmReplay(shapes)
+    assert replay.flops == 144 and [o[2].shape for o in replay.ops] == [
+        (m, n) for m, _, n in shapes
+    ]
+    assert replay.run(2) > 0
+
+
+def test_step_gemms_include_towers_and_the_score_matrix(small):
+    from types import SimpleNamespace
+
+    from bench.run import step_gemms
+    from twotower_cli.models.dssm import DSSM
+
+    enc, parts = small
+    schema = {s: [vars(f) for f in fs] for s, fs in enc.schema.items()}
+    data = SimpleNamespace(
+        model=DSSM(schema, embed_dim=8, hidden=[16], out_dim=4, dropout=0.0),
+        users=feature_tensors(enc.users, enc.schema["user"]),
+        items=feature_tensors(enc.items, enc.schema["item"]),
+        log_q=torch.zeros(enc.n_items + 1),
+    )
+    train = parts["train"].iloc[:32]
+    shapes = step_gemms(data, train["user"].to_numpy(copy=True), train["item"].to_numpy(copy=True))
+    # the 32 x 32 score matrix u @ v.T (k = out_dim 4) and its two backward products:
+    # grad u = grad S @ v [32,32]@[32,4], grad v.T = u.T @ grad S [4,32]@[32,32]
+    assert (32, 4, 32) in shapes and (32, 32, 4) in shapes and (4, 32, 32) in shapes
+    # each tower's second layer 16 -> 4 forward, for both towers
+    assert shapes.count((32, 16, 4)) == 2
+
+
+def test_last_items_are_the_earlier_items_of_the_same_user():
+    rows = pd.DataFrame({"user": [2, 1, 1, 1, 2], "item": [9, 5, 6, 7, 8],
+                         "timestamp": [3, 10, 20, 30, 1]})  # fmt: skip
+    hist, order = peers.last_items(rows, n=2)
+    # sorted (user, time): user 1: 5, 6, 7; user 2: 8 (t=1), 9 (t=3)
+    assert rows["item"].to_numpy()[order].tolist() == [5, 6, 7, 8, 9]
+    assert hist.tolist() == [[0, 0], [0, 5], [5, 6], [0, 0], [0, 8]]
+    # query history: everything seen, last 2; user 3 has none
+    q = peers.query_history(rows, np.array([1, 2, 3]), n=2)
+    assert q.tolist() == [[6, 7], [8, 9], [0, 0]]
+
+
+def _prep_dir(tmp_path: Path, enc, parts) -> Path:
+    """twotower-like preprocess tables in the ML-100K shape the peers adapter reads."""
+    import json
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = enc.n_users, enc.n_items
+    users = pd.DataFrame({"user": np.arange(1, n_users + 1), "age": rng.integers(1, 8, n_users),
+                          "gender": rng.integers(1, 3, n_users),
+                          "occupation": rng.integers(1, 22, n_users),
+                          "zip": rng.integers(1, 112, n_users)})  # fmt: skip
+    genres = [list(rng.integers(1, 20, 2)) + [0] * 4 for _ in range(n_items)]
+    items = pd.DataFrame({"item": np.arange(1, n_items + 1), "genres": genres})
+    users.to_parquet(tmp_path / "users.parquet")
+    items.to_parquet(tmp_path / "items.parquet")
+    for name in ("train", "valid", "test"):
+        parts[name][["user", "item", "timestamp"]].to_parquet(tmp_path / f"{name}.parquet")
+    sizes = {"user": n_users + 1, "age": 8, "gender": 3, "occupation": 22, "zip": 112}
+    schema = {"user": [{"name": n, "vocab_size": v} for n, v in sizes.items()],
+              "item": [{"name": "item", "vocab_size": n_items + 1},
+                       {"name": "genres", "vocab_size": 20}]}  # fmt: skip
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    return tmp_path
+
+
+def test_rechub_adapter_inputs_and_a_tiny_run(small, tmp_path: Path):
+    pytest.importorskip("torch_rechub")
+    enc, parts = small
+    prep = _prep_dir(tmp_path, enc, parts)
+    settings = peers.RechubSettings(dims=[16, 8], neg_ratio=2, batch_size=256, epochs=1,
+                                    lrs=[1e-3])  # fmt: skip
+    ad = peers.RechubAdapter(prep, settings)
+    x, y = ad.train_inputs(seed=0)
+    n = len(parts["train"])
+    # every positive once plus 2 negatives each sharing its user row and history
+    assert len(y) == 3 * n and y.sum() == n
+    assert x["hist"].shape == (3 * n, peers.HIST_LEN)
+    assert np.array_equal(x["user"][n::2], x["user"][:n]) and np.array_equal(
+        x["hist"][n::2], x["hist"][:n]
+    )
+    assert set(np.unique(x["item"][n:])) <= set(parts["train"]["item"])
+    out = peers.run_rechub(prep, settings, log=lambda m: None)
+    assert 0.0 <= out["peer_rechub_recall@20"] <= 1.0 and out["peer_rechub_lr"] == 1e-3
+    assert out["peer_rechub_samples_per_s"] > 0 and out["peer_rechub_train_positives"] == n
+    rate = out["peer_rechub_samples_per_s"]
+    ours = {"peer_twotower_samples_per_s": 2 * rate, "peer_twotower_recall@20": 0.5}
+    ratios = peers.combine(out, ours)
+    assert ratios["peer_speedup"] == pytest.approx(2.0)
+
+
+def test_rechub_adapter_names_a_missing_feature(tmp_path: Path):
+    import json
+
+    from twotower_cli.errors import TwoTowerError
+
+    (tmp_path / "schema.json").write_text(json.dumps({"user": [{"name": "user", "vocab_size": 3}],
+                                                       "item": []}))  # fmt: skip
+    with pytest.raises(TwoTowerError, match=r"schema.json: no feature 'gender'"):
+        peers.RechubAdapter(tmp_path, peers.RechubSettings())
+
+
+def test_device_exact_top_matches_twotowers_exact_search(small):
+    enc, parts = small
+    seen = pd.concat([parts["train"], parts["valid"]])
+    ev = EvalSet.build(parts["test"], seen, enc.n_items)
+    items, u = _vectors(enc.n_items, 6), _vectors(len(ev.users), 7)
+    ours = exact_top_unseen(items, u, ev.exclude, 20, enc.n_items)
+    assert np.array_equal(gpu.exact_top(items, u, ev.exclude, 20, enc.n_items, "cpu", 16), ours)
+
+
+def test_bench_gpu_without_cuda_is_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"--device cuda needs a CUDA GPU") as err:
+        gpu.require_cuda()
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_make_bench_gpu_fails_clearly_without_cuda(tmp_path: Path):
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--device", "cuda", "--out",
+                           str(tmp_path)], cwd=root, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"bench: --device cuda needs a CUDA GPU; torch {torch.__version__} sees none here "
+        "(run `make bench` for the CPU benchmark)"
+    ]
+    assert not (tmp_path / "bench.json").exists()
