@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from twotower_cli.errors import ConfigError
 from twotower_cli.metrics import ranking_metrics
+from twotower_cli.progress import bar
 from twotower_cli.retrieval import EvalSet, evaluate_ranked, popularity_ranking, top_k_columns
 
 # the lambdas tried on validation unless eval.ease_lambdas names others
@@ -92,7 +92,7 @@ def ease_top_unseen(B: torch.Tensor, inputs: pd.DataFrame, ev: EvalSet, k: int, 
     cols = None if ids is None else torch.from_numpy(np.asarray(ids) - 1)
     k_eff = min(k, n_items if ids is None else len(ids))
     out = np.full((len(ev.users), k), -1, dtype=np.int64)
-    progress = tqdm(total=len(ev.users), desc="ease", unit="user", leave=False, mininterval=1.0)
+    progress = bar(total=len(ev.users), desc="ease", unit="user", leave=False, mininterval=1.0)
     with torch.no_grad(), progress:
         for s in range(0, len(ev.users), chunk):
             e = min(s + chunk, len(ev.users))

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from twotower_cli.data.tables import RawData
 from twotower_cli.keys import sorted_unique
+from twotower_cli.progress import bar
 
 DAY = 86_400
 # bump when the generator changes, so stale caches are never read
@@ -164,7 +164,7 @@ def write_cache(params: dict, folder: Path) -> None:
     users.to_parquet(tmp / "users.parquet", index=False)
     items.to_parquet(tmp / "items.parquet", index=False)
     writer = None
-    for block in tqdm(blocks, desc="synthetic", unit="block", mininterval=1.0):
+    for block in bar(blocks, desc="synthetic", unit="block", leave=False, mininterval=1.0):
         table = pa.Table.from_pandas(block, preserve_index=False)
         if writer is None:
             writer = pq.ParquetWriter(tmp / "interactions.parquet", table.schema)
