@@ -395,6 +395,7 @@ def test_bench_gpu_without_cuda_is_one_line(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.slow
 def test_make_bench_gpu_fails_clearly_without_cuda(tmp_path: Path):
     import subprocess
 

@@ -66,6 +66,7 @@ def test_default_news_run_beats_popularity_and_trending(realistic, tmp_path: Pat
     assert oracle["recall@20"] > model["recall@20"]
 
 
+@pytest.mark.slow
 def test_candidate_days_number_overrides_auto(realistic, tmp_path: Path, capsys):
     raw, _ = realistic
     out = tmp_path / "outputs"

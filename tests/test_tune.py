@@ -87,6 +87,7 @@ def test_unknown_sampler_argument_is_a_one_line_error(tmp_path, capsys):
     assert not (out / "synthetic" / "tune").exists()
 
 
+@pytest.mark.slow
 def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys):
     conf, out = _conf(tmp_path), tmp_path / "outputs"
     args = ["--config-dir", str(conf), "hparams_search=tiny", *SMALL, f"paths.out={out}"]
@@ -120,6 +121,7 @@ def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys)
     assert ran["train"]["epochs"] == 3 and ran["dataset"]["load"]["n_users"] == 300
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_from_its_finished_trials(tmp_path, monkeypatch):
     conf, out = _conf(tmp_path), tmp_path / "outputs"
     args = ["tune", "--config-dir", str(conf), "hparams_search=tiny", *SMALL, f"paths.out={out}",
