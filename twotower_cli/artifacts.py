@@ -109,8 +109,7 @@ def require(
 def verify(stage_dir: Path, command: str) -> dict:
     """The dir's manifest, after checking each listed output's size and sha256 (once per
     process for an unchanged manifest)."""
-    stat = (stage_dir / MANIFEST).stat()
-    key = (str(stage_dir.resolve()), stat.st_mtime_ns, stat.st_size)
+    key = _cache_key(stage_dir)
     if key in _verified:
         return _verified[key]
     manifest = read_manifest(stage_dir, command)
@@ -147,6 +146,11 @@ def is_current(out_dir: Path, sections: dict, inputs: list[Path]) -> bool:
     return manifest.get("upstream") == upstream and all(
         then.get(k) == v for k, v in sections.items()
     )
+
+
+def _cache_key(stage_dir: Path) -> tuple:
+    stat = (stage_dir / MANIFEST).stat()
+    return (str(stage_dir.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 def check_chain(dirs: list[Path]) -> None:
@@ -280,6 +284,8 @@ class StageOutput:
         part.write_text(json.dumps(manifest, indent=1, default=str))
         part.replace(self.out_dir / MANIFEST)
         self.manifest = manifest
+        # just hashed: a later stage of this process reads it without hashing it again
+        _verified[_cache_key(self.out_dir)] = manifest
         tracking.active().log_stage(self.out_dir, manifest)
         print(f"{self.stage}: done in {manifest['seconds']:.1f} s", flush=True)
 
