@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from twotower_cli.cli import CONFIG_DIR, main
@@ -48,6 +49,22 @@ def small_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small_run") / "outputs"
     assert twotower("run", *SMALL, f"paths.out={out}") == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def small():
+    """(encoded tables, splits) of a small synthetic log, preprocessed in memory (no CLI)."""
+    from twotower_cli.data import synthetic
+    from twotower_cli.data.preprocess import SplitSettings, preprocess
+
+    raw = synthetic.load(n_users=400, n_items=300, n_interactions=8000, n_clusters=8)
+    enc, parts, _ = preprocess(raw, "click", SplitSettings())
+    return enc, parts
+
+
+def unit_vectors(n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def read_json(path: Path) -> dict:

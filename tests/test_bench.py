@@ -16,35 +16,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the bench/ package
 
 import faiss  # noqa: E402
+from conftest import unit_vectors  # noqa: E402
 
 from bench import ann, flops, gpu, peers, reference  # noqa: E402
-from twotower_cli.data import synthetic  # noqa: E402
-from twotower_cli.data.preprocess import SplitSettings, preprocess  # noqa: E402
 from twotower_cli.data.tables import feature_tensors  # noqa: E402
-from twotower_cli.keys import sorted_unique  # noqa: E402
 from twotower_cli.retrieval import (  # noqa: E402
     EvalSet,
     build_index,
     evaluate_index,
-    evaluate_ranked,
     exact_top_unseen,
-    search,
 )
 from twotower_cli.trainer import gather  # noqa: E402
 
 KS = [1, 5, 20]
-
-
-@pytest.fixture(scope="module")
-def small():
-    raw = synthetic.load(n_users=400, n_items=300, n_interactions=8000, n_clusters=8)
-    enc, parts, _ = preprocess(raw, "click", SplitSettings())
-    return enc, parts
-
-
-def _vectors(n: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def test_reference_and_twotower_evaluation_agree(small):
@@ -52,7 +36,7 @@ def test_reference_and_twotower_evaluation_agree(small):
     seen = pd.concat([parts["train"], parts["valid"]])
     test = parts["test"]
     users = np.unique(test["user"].to_numpy())
-    items, u = _vectors(enc.n_items, 0), _vectors(len(users), 1)
+    items, u = unit_vectors(enc.n_items, 0), unit_vectors(len(users), 1)
     ev = EvalSet.build(test, seen, enc.n_items)
     ours = evaluate_index(build_index(items, "Flat"), u, ev, KS, enc.n_items)
     theirs = reference.reference_evaluate(items, u, users, test, seen, KS, enc.n_items)
@@ -60,42 +44,6 @@ def test_reference_and_twotower_evaluation_agree(small):
     for key, value in theirs.items():
         assert ours[key] == pytest.approx(value, abs=1e-6), key
     assert 0.0 < ours["recall@20"] < 1.0
-
-
-def test_exact_path_matches_a_deep_faiss_search(small):
-    enc, parts = small
-    seen = pd.concat([parts["train"], parts["valid"]])
-    ev = EvalSet.build(parts["test"], seen, enc.n_items)
-    items, u = _vectors(enc.n_items, 2), _vectors(len(ev.users), 3)
-    index = build_index(items, "Flat")
-    masked = exact_top_unseen(items, u, ev.exclude, 20, enc.n_items)
-    deep = evaluate_ranked(search(index, u, enc.n_items), ev, [20], enc.n_items)
-    assert evaluate_index(index, u, ev, [20], enc.n_items) == pytest.approx(deep, abs=1e-9)
-    # no ranked item is one of that user's seen items
-    width = enc.n_items + 1
-    keys = np.arange(len(u))[:, None] * width + masked
-    assert not np.isin(keys[masked > 0], ev.exclude).any()
-
-
-def test_chunked_search_of_an_approximate_index_matches_one_deep_search(small, monkeypatch):
-    enc, parts = small
-    seen = pd.concat([parts["train"], parts["valid"]])
-    ev = EvalSet.build(parts["test"], seen, enc.n_items)
-    items, u = _vectors(enc.n_items, 4), _vectors(len(ev.users), 5)
-    # HNSW takes the chunked path (no exact vectors); tiny chunks force many of them
-    index = build_index(items, "HNSW8", ef_search=64)
-    monkeypatch.setattr("twotower_cli.retrieval.CHUNK_ELEMS", 2000)
-    chunked = evaluate_index(index, u, ev, KS, enc.n_items)
-    deep = evaluate_ranked(search(index, u, enc.n_items), ev, KS, enc.n_items)
-    assert chunked == pytest.approx(deep, abs=1e-9)
-
-
-def test_user_with_fewer_unseen_items_than_k_pads_with_minus_one():
-    # 3 items; user row 0 has seen items 1 and 2, so only item 3 is left for k = 2
-    items = np.eye(3, dtype=np.float32)
-    u = np.array([[1.0, 0.5, 0.0]], dtype=np.float32)
-    exclude = np.array([0 * 4 + 1, 0 * 4 + 2])
-    assert exact_top_unseen(items, u, exclude, 2, 3).tolist() == [[3, -1]]
 
 
 def test_row_dataset_batch_equals_the_trainers_gather(small):
@@ -143,79 +91,6 @@ def test_ann_sweep_reports_exact_recall_for_an_exhaustive_ivf():
     assert all(r["bytes"] > 0 for r in rows)
 
 
-def test_synthetic_cache_returns_the_generated_tables(tmp_path: Path):
-    args = dict(n_users=50, n_items=30, n_interactions=500, n_clusters=4, seed=3)
-    first = synthetic.load(**args, cache_dir=str(tmp_path))
-    (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
-    assert {p.name for p in folder.iterdir()} >= {"interactions.parquet", "items.parquet"}
-    again = synthetic.load(**args, cache_dir=str(tmp_path))
-    fresh = synthetic.load(**args, cache_dir=None)
-    pd.testing.assert_frame_equal(first.interactions, again.interactions)
-    pd.testing.assert_frame_equal(fresh.interactions, again.interactions)
-    assert again.items["tags"].map(len).tolist() == [2] * 30
-    # another seed is another cache entry
-    synthetic.load(**{**args, "seed": 4}, cache_dir=str(tmp_path))
-    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 2
-
-
-def test_synthetic_pairs_are_unique_and_popularity_is_skewed():
-    raw = synthetic.load(n_users=2000, n_items=1000, n_interactions=50_000, seed=0)
-    inter = raw.interactions
-    assert not inter.duplicated(["user_id", "item_id"]).any()
-    counts = np.sort(np.bincount(inter["item_id"], minlength=1000))[::-1]
-    # Zipf-like: the top 10% of items hold far more than 10% of the interactions
-    assert counts[:100].sum() > 0.4 * counts.sum()
-
-
-def test_sorted_unique_matches_np_unique():
-    x = np.array([5, 3, 5, -1, 0, 3, 3])
-    assert sorted_unique(x).tolist() == [-1, 0, 3, 5]
-    assert sorted_unique(np.zeros(0, np.int64)).tolist() == []
-
-
-def test_sparse_embeddings_move_only_the_rows_in_the_batch(small):
-    from twotower_cli.models.dssm import DSSM
-    from twotower_cli.trainer import TrainSettings, optimizers
-
-    enc, _ = small
-    schema = {s: [vars(f) for f in fs] for s, fs in enc.schema.items()}
-    users = feature_tensors(enc.users, enc.schema["user"])
-    items = feature_tensors(enc.items, enc.schema["item"])
-    moved = {}
-    for sparse in (False, True):
-        torch.manual_seed(0)
-        model = DSSM(schema, embed_dim=8, hidden=[16], out_dim=8, dropout=0.0)
-        opts = optimizers(model, TrainSettings(lr=0.01, batch_size=3, sparse_embeddings=sparse))
-        table = model.user_fields.tables["user"]
-        assert table.sparse is sparse
-        for batch in ([1, 2, 3], [4, 5, 6]):  # user 1 is only in the first batch
-            ids = torch.tensor(batch)
-            u = model.user_vectors(gather(users, ids))
-            v = model.item_vectors(gather(items, ids))
-            loss = -(u * v).sum()
-            for opt in opts:
-                opt.zero_grad()
-            loss.backward()
-            if batch[0] == 4:
-                before = table.weight[1].detach().clone()
-            for opt in opts:
-                opt.step()
-        moved[sparse] = not torch.equal(table.weight[1], before)
-    # dense Adam keeps moving user 1 on momentum; the lazy (sparse) Adam leaves it alone
-    assert moved == {False: True, True: False}
-
-
-def test_pipeline_trains_with_sparse_embeddings(out_dir: Path):
-    from conftest import SMALL, read_json, twotower
-
-    args = [*SMALL, f"paths.out={out_dir}", "train.sparse_embeddings=true"]
-    for stage in ("preprocess", "sample", "train"):
-        assert twotower(stage, *args) == 0, stage
-    train_dir = out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "train"
-    figures = read_json(train_dir / "manifest.json")["figures"]
-    assert figures["best_valid"] > 0.1
-
-
 @pytest.mark.slow
 def test_dist_section_measures_both_process_counts(tmp_path: Path):
     from bench.run import QUICK, bench_dist
@@ -227,23 +102,6 @@ def test_dist_section_measures_both_process_counts(tmp_path: Path):
     assert out["dist/samples_per_s@1"] > 0 and out["dist/samples_per_s@2"] > 0
     one, two = out["dist/samples_per_s@1"], out["dist/samples_per_s@2"]
     assert out["dist_scaling_efficiency"] == pytest.approx(two / (2 * one))
-
-
-def test_synthetic_log_is_drawn_in_bounded_blocks_of_users():
-    params = dict(n_users=500, n_items=300, n_interactions=20_000, n_clusters=8, zipf=1.0,
-                  in_cluster=0.8, feature_noise=0.4, days=30, seed=0)  # fmt: skip
-    users, items, blocks = synthetic.generate_chunks(**params, chunk=3000)
-    blocks = list(blocks)
-    assert len(blocks) >= 20_000 // 3000 and len(users) == 500 and len(items) == 300
-    ranges = [(b["user_id"].min(), b["user_id"].max()) for b in blocks]
-    # blocks hold disjoint, increasing user ranges: pairs stay unique across blocks
-    assert all(hi < lo for (_, hi), (lo, _) in zip(ranges, ranges[1:], strict=False))
-    log = pd.concat(blocks, ignore_index=True)
-    keys = log["user_id"] * 300 + log["item_id"]
-    assert keys.is_unique and keys.is_monotonic_increasing
-    # a block is its users' draws (before repeated pairs collapse): at most chunk + one user's
-    biggest_user = log.groupby("user_id").size().max()
-    assert max(len(b) for b in blocks) <= 3000 + biggest_user
 
 
 def test_ann_string_settings_reach_the_refine_and_ivf_levels():
@@ -258,7 +116,7 @@ def test_ann_string_settings_reach_the_refine_and_ivf_levels():
 
 
 def test_trained_vectors_reads_embed_output(tmp_path: Path):
-    items, users = _vectors(30, 0), _vectors(12, 1)
+    items, users = unit_vectors(30, 0), unit_vectors(12, 1)
     np.save(tmp_path / "item_vectors.npy", items)
     np.save(tmp_path / "user_vectors.npy", users)
     got_items, queries = ann.trained_vectors(tmp_path, n_queries=5)
@@ -382,7 +240,7 @@ def test_device_exact_top_matches_twotowers_exact_search(small):
     enc, parts = small
     seen = pd.concat([parts["train"], parts["valid"]])
     ev = EvalSet.build(parts["test"], seen, enc.n_items)
-    items, u = _vectors(enc.n_items, 6), _vectors(len(ev.users), 7)
+    items, u = unit_vectors(enc.n_items, 6), unit_vectors(len(ev.users), 7)
     ours = exact_top_unseen(items, u, ev.exclude, 20, enc.n_items)
     assert np.array_equal(gpu.exact_top(items, u, ev.exclude, 20, enc.n_items, "cpu", 16), ours)
 
