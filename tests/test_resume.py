@@ -86,10 +86,13 @@ def test_run_skips_current_stages_and_redoes_stale_ones(tmp_path, capsys):
     paths = f"paths.out={tmp_path}"
     assert twotower("run", *SMALL, "threads=1", paths) == 0
     capsys.readouterr()
+    dead = tmp_path / "synthetic" / "preprocess" / ".partial-1-deadbeef"  # a killed writer's
+    dead.mkdir()
     assert twotower("run", *SMALL, "threads=1", paths) == 0
     out = capsys.readouterr().out
     for stage in ("preprocess", "sample", "train", "embed", "index", "evaluate"):
         assert f"{stage}: up to date" in out
+    assert not dead.exists()  # a skipped stage's dir is swept of dead writers' leftovers
     # an index setting changes: index and evaluate are redone, nothing before them
     assert twotower("run", *SMALL, "threads=1", paths, "index.factory=HNSW16") == 0
     out = capsys.readouterr().out

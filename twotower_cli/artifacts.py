@@ -148,6 +148,27 @@ def is_current(out_dir: Path, sections: dict, inputs: list[Path]) -> bool:
     )
 
 
+def sweep_partials(stage_dir: Path) -> None:
+    """Remove what dead writers left in a stage dir that is not rewritten (`run` skipping it):
+    under the dir's lock no writer is alive, so every `.partial-*` is a dead one's."""
+    if not (stage_dir / LOCK).exists():
+        return
+    with open(stage_dir / LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a live writer: its partial dir is its own
+        _remove_leftovers(stage_dir)
+
+
+def _remove_leftovers(stage_dir: Path) -> None:
+    """Dead writers' partial dirs and half-written manifests (`manifest.json.<pid>`)."""
+    for stale in stage_dir.glob(f"{PARTIAL}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in stage_dir.glob(f"{MANIFEST}.*"):
+        stale.unlink(missing_ok=True)
+
+
 def _cache_key(stage_dir: Path) -> tuple:
     stat = (stage_dir / MANIFEST).stat()
     return (str(stage_dir.resolve()), stat.st_mtime_ns, stat.st_size)
@@ -228,8 +249,7 @@ class StageOutput:
             self.lock.close()
             raise TwoTowerError(f"{self.out_dir}: another twotower process is writing it; "
                                 "wait for it or use another paths.out") from None  # fmt: skip
-        for stale in self.out_dir.glob(f"{PARTIAL}*"):  # their writers are dead: we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
+        _remove_leftovers(self.out_dir)  # their writers are dead: we hold the lock
         self.tmp.mkdir()
         return self
 

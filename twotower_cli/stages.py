@@ -28,6 +28,7 @@ from twotower_cli.artifacts import (
     read_split,
     require,
     seen_rows,
+    sweep_partials,
 )
 from twotower_cli.baselines import BaselineSettings
 from twotower_cli.data.examples import load_training_examples, with_history
@@ -308,6 +309,7 @@ def run(cfg: DictConfig) -> dict:
         out_dir = getattr(L, name)
         if not cfg.run.force and is_current(out_dir, now, inputs[name]):
             print(f"{name}: up to date in {out_dir} (run.force=true redoes it)")
+            sweep_partials(out_dir)
             tracking.active().log_finished(out_dir)  # a tracked run still records it
             continue
         stage(cfg)
