@@ -208,7 +208,8 @@ def _resume(cfg: DictConfig, L: Layout, inputs: list[Path]) -> Resume:
     """Per-epoch state of this training run: fingerprinted by what the trained model depends
     on (the train sections of the config and the ids of its inputs), so a state made with other
     settings or from other inputs is never resumed."""
-    made_of = {s: OmegaConf.to_container(cfg, resolve=True)[s] for s in SECTIONS["train"]}
+    resolved = _config(cfg)
+    made_of = {s: resolved[s] for s in SECTIONS["train"]}
     made_of["inputs"] = [read_manifest(d).get("id") for d in inputs]
     for key in ("resume", "backend", "dist_timeout_s"):  # how, not what, it trains
         made_of["train"].pop(key, None)
@@ -299,13 +300,14 @@ def run(cfg: DictConfig) -> dict:
     """The six stages in order; one whose output is complete, intact, made with the same
     settings and from the current outputs before it is skipped (`run.force=true` redoes it).
     Returns evaluate's metrics."""
+    resolved = _config(cfg)
     L = Layout.of(cfg.paths)
     inputs = {"preprocess": [], "sample": [L.preprocess], "train": [L.preprocess, L.sample],
               "embed": [L.preprocess, L.train], "index": [L.embed],
               "evaluate": [L.preprocess, L.train, L.embed, L.index]}  # fmt: skip
     for name, stage in (("preprocess", preprocess), ("sample", sample), ("train", train),
                         ("embed", embed), ("index", index), ("evaluate", evaluate)):  # fmt: skip
-        now = {s: OmegaConf.to_container(cfg, resolve=True)[s] for s in SECTIONS[name]}
+        now = {s: resolved[s] for s in SECTIONS[name]}
         out_dir = getattr(L, name)
         if not cfg.run.force and is_current(out_dir, now, inputs[name]):
             print(f"{name}: up to date in {out_dir} (run.force=true redoes it)")
