@@ -98,6 +98,10 @@ def test_every_group_has_an_option():
         ("model.dropout=1.0", "model.dropout must be < 1.0, got 1.0"),
         ("model.similarity=euclid", "model.similarity: 'euclid' not in ('cosine', 'dot')"),
         ("dataset.split.test_fraction=1.5", "dataset.split.test_fraction must be < 1.0, got 1.5"),
+        (
+            "dataset.engine_memory=lots",
+            "dataset.engine_memory: 'lots' is not a memory size like 1GB or 512MB",
+        ),
         ("eval.ks=[10,0]", "eval.ks: need a non-empty list of values >= 1, got [10, 0]"),
         ("serve.port=70001", "serve.port: must be an integer in 1-65535, got 70001"),
         ("threads=0", "threads must be null (every core) or an integer >= 1, got 0"),

@@ -302,3 +302,27 @@ def test_experiment_overlay_composes_and_has_its_own_run_dir(name: str):
     # the plain config's run name follows the model choice (a Hydra interpolation)
     assert plain.paths._get_node("run")._value() == "${run_name:${hydra:runtime.choices.model}}"
     assert cfg.seed == plain.seed
+
+
+@pytest.mark.parametrize("sampler", [InBatchSampler(), InBatchSampler(logq="off"),
+                                     MixedSampler(n_uniform=8)])  # fmt: skip
+def test_streamed_sample_equals_the_in_memory_one(tmp_path: Path, sampler):
+    """The sample stage's bounded pass (fit_stream over batches of train.parquet, written as
+    it goes) gives the examples and logQ of fit + examples() on the whole table."""
+    from twotower_cli.artifacts import iter_split, write_batches
+
+    train = make_train().assign(timestamp=0)
+    train.to_parquet(tmp_path / "train.parquet", row_group_size=50)
+    fitted = type(sampler)(**{k: v for k, v in vars(sampler).items()}).fit(train, N_ITEMS)
+    batches = iter_split(tmp_path, "train", ["user", "item"], rows=37)  # batches of 37 rows
+    path = tmp_path / "examples.parquet"
+    n = sampler.fit_stream(batches, N_ITEMS, lambda frames: write_batches(path, frames))
+    assert n == len(train)
+    pd.testing.assert_frame_equal(pd.read_parquet(path), fitted.examples())
+    np.testing.assert_array_equal(sampler.item_log_q_, fitted.item_log_q_)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    train.iloc[:0].to_parquet(empty / "train.parquet")
+    with pytest.raises(TwoTowerError, match="the training split has no positives"):
+        sampler.fit_stream(iter_split(empty, "train", ["user", "item"]), N_ITEMS,
+                           lambda frames: write_batches(empty / "x.parquet", frames))  # fmt: skip

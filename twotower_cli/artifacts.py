@@ -23,9 +23,12 @@ import resource
 import shutil
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from twotower_cli import tracking
 from twotower_cli.errors import TwoTowerError
@@ -213,6 +216,30 @@ def first_difference(then, now, key: str, ignore: tuple = ()) -> tuple | None:
 def read_split(prep_dir: Path, name: str) -> pd.DataFrame:
     """One table `twotower preprocess` wrote: `train`, `valid`, `test`, `tasks_train`, ..."""
     return pd.read_parquet(Path(prep_dir) / f"{name}.parquet")
+
+
+def iter_split(prep_dir: Path, name: str, columns: list[str],
+               rows: int = 1_000_000) -> Iterator[pd.DataFrame]:  # fmt: skip
+    """`read_split`'s table in batches of `rows`: memory bounded by a batch at any log size."""
+    for batch in pq.ParquetFile(Path(prep_dir) / f"{name}.parquet").iter_batches(
+        rows, columns=columns
+    ):
+        yield batch.to_pandas()
+
+
+def write_batches(path: Path, frames: Iterable[pd.DataFrame]) -> int:
+    """DataFrames with one schema appended to one parquet file; returns the rows written."""
+    writer, n = None, 0
+    try:
+        for frame in frames:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            n += len(frame)
+    finally:
+        if writer is not None:
+            writer.close()
+    return n
 
 
 def seen_rows(prep_dir: Path, prefix: str = "") -> pd.DataFrame:

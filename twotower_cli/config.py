@@ -12,6 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from twotower_cli.data.engine import check_memory
 from twotower_cli.data.preprocess import SplitSettings
 from twotower_cli.errors import ConfigError
 from twotower_cli.settings import (
@@ -112,6 +113,9 @@ def check(cfg: DictConfig) -> None:
     threads = cfg.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be null (every core) or an integer >= 1, got {threads!r}")
+    memory = OmegaConf.select(cfg, "dataset.engine_memory")
+    if memory is not None:
+        check_memory(memory)
     if cfg.get("loss") not in LOSSES:
         raise ConfigError(f"loss: {cfg.get('loss')!r} not in {LOSSES}")
     if cfg.get("serve") is not None:

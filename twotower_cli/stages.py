@@ -24,16 +24,18 @@ from twotower_cli.artifacts import (
     StageOutput,
     check_chain,
     is_current,
+    iter_split,
     read_manifest,
     read_split,
     require,
     seen_rows,
     sweep_partials,
+    write_batches,
 )
 from twotower_cli.baselines import BaselineSettings
+from twotower_cli.data.engine import ENGINE_MEMORY, Engine
 from twotower_cli.data.examples import load_training_examples, with_history
-from twotower_cli.data.preprocess import SplitSettings
-from twotower_cli.data.preprocess import preprocess as preprocess_tables
+from twotower_cli.data.preprocess import SplitSettings, write_preprocess
 from twotower_cli.data.tables import load_tables, save_encoded, schema_dicts
 from twotower_cli.errors import TwoTowerError
 from twotower_cli.evaluation import evaluate_run, format_table
@@ -59,6 +61,10 @@ SECTIONS = {
 }
 
 
+# keys that bound how a stage runs, not what it writes: a change does not make outputs stale
+NOT_OUTPUT = ("dataset.engine_memory",)
+
+
 def _config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -67,7 +73,7 @@ def _earlier(cfg: DictConfig, stage: str, sections: tuple = ("dataset",), ignore
     """The output dir of an earlier `stage` for this config, made with the same settings in
     `sections` (artifacts.require: else a one-line error naming the command to run)."""
     made_with = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in sections}
-    return require(cfg.paths[f"{stage}_dir"], stage, made_with, ignore)
+    return require(cfg.paths[f"{stage}_dir"], stage, made_with, (*ignore, *NOT_OUTPUT))
 
 
 def preprocess(cfg: DictConfig) -> dict:
@@ -75,12 +81,13 @@ def preprocess(cfg: DictConfig) -> dict:
     with StageOutput("preprocess", L.preprocess, _config(cfg), []) as out:
         # partial, then call: Hydra would wrap the loader's TwoTowerError in its own exception
         raw = instantiate(cfg.dataset.load, _partial_=True)()
-        enc, parts, counts = preprocess_tables(raw, cfg.dataset.label,
-                                               SplitSettings(**cfg.dataset.split),
-                                               cfg.dataset.get("tasks") or ())  # fmt: skip
+        split, tasks = SplitSettings(**cfg.dataset.split), cfg.dataset.get("tasks") or ()
+        # the log goes through DuckDB within engine_memory, spilling under paths.out/.engine
+        memory = cfg.dataset.get("engine_memory", ENGINE_MEMORY)
+        with Engine(memory, Path(cfg.paths.out) / ".engine", cfg.get("threads")) as engine:
+            enc, counts, _ = write_preprocess(raw, cfg.dataset.label, split, tasks, out.tmp,
+                                              engine)  # fmt: skip
         save_encoded(enc, out.tmp)
-        for name, frame in parts.items():
-            frame.to_parquet(out.path(f"{name}.parquet"), index=False)
         out.figures = {**counts, "n_users": enc.n_users, "n_items": enc.n_items}
     print(f"preprocess: {json.dumps(out.figures)}")
     return out.figures
@@ -92,6 +99,10 @@ def sample(cfg: DictConfig) -> dict:
     with StageOutput("sample", L.sample, _config(cfg), [prep_dir]) as out:
         n_items = read_manifest(prep_dir)["figures"]["n_items"]
         sampler = instantiate(cfg.sampler)
+        if getattr(sampler, "streams", False) and not cfg.exposures.use:
+            out.figures = _stream_sample(sampler, prep_dir, n_items, out)
+            print(f"sample: {json.dumps(out.figures)}")
+            return out.figures
         s = cfg.sampler
         band = ({"band_items": mined_band(s.source_dir, s.source_run, n_items, tuple(s.band))}
                 if getattr(sampler, "needs_band", False) else {})  # fmt: skip
@@ -111,6 +122,14 @@ def sample(cfg: DictConfig) -> dict:
                        "exposure_negatives": n_exposures}  # fmt: skip
     print(f"sample: {json.dumps(out.figures)}")
     return out.figures
+
+
+def _stream_sample(sampler, prep_dir: Path, n_items: int, out: StageOutput) -> dict:
+    """An in-batch sampler's sample in one bounded pass (its examples are the positives)."""
+    batches = iter_split(prep_dir, "train", ["user", "item"])
+    n = sampler.fit_stream(batches, n_items, partial(write_batches, out.path("examples.parquet")))
+    np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
+    return {"examples": n, "loss": sampler.loss, "n_neg": 0, "exposure_negatives": 0}
 
 
 def train(cfg: DictConfig) -> dict:

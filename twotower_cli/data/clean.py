@@ -77,10 +77,15 @@ def check_times(seconds: np.ndarray, index: pd.Index, path, col: str, raw=None) 
     if bad.any():
         pos = int(np.argmax(bad))
         value = _plain(x[pos] if raw is None else raw.iloc[pos])
-        raise TwoTowerError(
-            f"{path}: column {col!r} row {index[pos]} holds {value!r}: not a time between 1900 "
-            f"and 2100 in epoch seconds{' (milliseconds?)' if x[pos] > TIME_MAX else ''}"
-        )
+        raise time_error(path, col, index[pos], value, x[pos] > TIME_MAX)
+
+
+def time_error(path, col: str, row, value, too_late: bool) -> TwoTowerError:
+    """The one line for a time outside 1900..2100 (also raised by data/preprocess.py)."""
+    return TwoTowerError(
+        f"{path}: column {col!r} row {row} holds {value!r}: not a time between 1900 "
+        f"and 2100 in epoch seconds{' (milliseconds?)' if too_late else ''}"
+    )
 
 
 def epoch_seconds(values: pd.Series, path, col: str, per_second: int = 1) -> np.ndarray:

@@ -1,21 +1,116 @@
-"""The per-user split of `twotower preprocess` as plain SQL, run on DuckDB (the first piece of
-issue 13's out-of-core preprocess; docs/scale.md says how it runs on Spark SQL).
+"""The queries of `twotower preprocess`, as plain SQL text (run on DuckDB by data/engine.py).
 
-`per_user_split_sql` returns one query that labels every positive `train`, `valid` or `test`
-exactly as `split.per_user_split` does: per user, rows ordered by (timestamp, item, then file
-order); users with >= min_positives rows send the last round(fraction * n) (at least 1) to
-test, and the same rule on what is left carves validation. Only window functions, CASE and
-FLOOR: the same text runs on DuckDB, Spark SQL, Postgres or BigQuery.
+Only SELECT, joins, GROUP BY, window functions, CASE and NOT EXISTS: the same text runs on
+Spark SQL, Postgres or BigQuery once the tables are there (docs/scale.md). Each builder takes
+table and column names and returns a query; data/preprocess.py runs them in order:
+
+    src -> clean (missing ids and exact duplicates out) -> log (dense ids, known ids only)
+        -> split (positives labelled train / valid / test) -> tables written as parquet
+
+`_row` is a row's position in the source file: the tie-breaker that makes every order as
+stable as pandas' stable sorts were.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import duckdb
-import pandas as pd
-
 PARTS = ("train", "valid", "test")
+BIG = 9_223_372_036_854_775_807  # stands for "no such time" in least()/comparisons
+MISSING_TOKENS = ("", "nan", "null", "none")  # data/clean.py's MISSING_TOKENS
+WHITESPACE = " \t\n\r\x0b\x0c"
+
+
+def q(name: str) -> str:
+    """A quoted identifier (`user` is a keyword in several dialects)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def cols(names) -> str:
+    return ", ".join(q(c) for c in names)
+
+
+def literal(value) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+def is_float(sql_type: str) -> bool:
+    return sql_type.upper() in ("FLOAT", "DOUBLE", "REAL") or sql_type.upper().startswith(
+        "DECIMAL"
+    )
+
+
+def is_number(sql_type: str) -> bool:
+    t = sql_type.upper()
+    return is_float(t) or t.rstrip("0123456789").endswith("INT") or t in ("BIGINT", "HUGEINT")
+
+
+def missing(col: str, sql_type: str) -> str:
+    """True where an id is missing: null, NaN, or text spelling missing (data/clean.py)."""
+    if is_float(sql_type):
+        return f"({q(col)} IS NULL OR isnan({q(col)}))"
+    if is_number(sql_type):
+        return f"{q(col)} IS NULL"
+    tokens = ", ".join(literal(t) for t in MISSING_TOKENS)
+    text = f"lower(trim(CAST({q(col)} AS VARCHAR), {literal(WHITESPACE)}))"
+    return f"({q(col)} IS NULL OR {text} IN ({tokens}))"
+
+
+def positive(col: str, sql_type: str) -> str:
+    """label > 0, false for null and NaN (pandas' `log[label] > 0`)."""
+    nan = f" AND NOT isnan({q(col)})" if is_float(sql_type) else ""
+    return f"coalesce({q(col)} > 0{nan}, false)"
+
+
+def bad_time(col: str, sql_type: str, lo: int, hi: int) -> str:
+    """True where a time is null, not finite or outside [lo, hi] epoch seconds."""
+    nan = f" OR NOT isfinite({q(col)})" if is_float(sql_type) else ""
+    return f"({q(col)} IS NULL{nan} OR {q(col)} < {lo} OR {q(col)} > {hi})"
+
+
+def first_bad_time(source: str, col: str, sql_type: str, lo: int, hi: int) -> str:
+    return (
+        f"SELECT _row, {q(col)} FROM {source} "
+        f"WHERE {bad_time(col, sql_type, lo, hi)} ORDER BY _row LIMIT 1"
+    )
+
+
+def with_ids(source: str, names: list[str], missing_ids: str) -> str:
+    """(rows with both ids, distinct hashes of those rows). Equal counts prove that no two
+    rows are equal (equal rows hash alike), so `clean`'s GROUP BY can be skipped; a hash
+    collision only sends a log down the exact path."""
+    return (
+        f"SELECT count(*), count(DISTINCT hash({cols(names)})) FROM {source} "
+        f"WHERE NOT {missing_ids}"
+    )
+
+
+def clean(source: str, names: list[str], missing_ids: str) -> str:
+    """`source` without rows with a missing id, and with one row (the first) of every set of
+    exact duplicates; `_n` = how many rows it stands for, so the counts follow."""
+    return (
+        f"SELECT {cols(names)}, min(_row) AS _row, count(*) AS _n FROM {source} "
+        f"WHERE NOT {missing_ids} GROUP BY {cols(names)}"
+    )
+
+
+def join_key(left: str, right: str, same_kind: bool) -> str:
+    """An id join; ids of different kinds (text against numbers) compare as text."""
+    if same_kind:
+        return f"{left} = {right}"
+    return f"CAST({left} AS VARCHAR) = CAST({right} AS VARCHAR)"
+
+
+def encoded_log(
+    source: str, others: list[str], time_expr: str, user_join: str, item_join: str
+) -> str:
+    """Every row of `source` with dense ids (known ids only): user, item, timestamp, the other
+    columns, _row. The maps `umap(user_id, user)` and `imap(item_id, item)` hold the ids."""
+    rest = "".join(f", c.{q(c)}" for c in others)
+    return (
+        f'SELECT u."user", i."item", {time_expr} AS "timestamp"{rest}, c._row '
+        f"FROM {source} c JOIN umap u ON {user_join} JOIN imap i ON {item_join}"
+    )
 
 
 def _held_out(n: str, fraction: float, min_positives: int) -> str:
@@ -26,69 +121,95 @@ def _held_out(n: str, fraction: float, min_positives: int) -> str:
     )
 
 
-def per_user_split_sql(
-    source: str, columns: list[str], test_fraction: float, valid_fraction: float,
+def per_user_split(
+    source: str, names: list[str], test_fraction: float, valid_fraction: float,
     min_positives: int,
 ) -> str:  # fmt: skip
-    """A query over `source` (a table with `columns`, among them user, item, timestamp, and a
-    `_row` column holding the file order) giving `columns` and `part`, in (user, timestamp,
-    item, _row) order."""
-    cols = ", ".join(f'"{c}"' for c in columns)
-    order = 'PARTITION BY "user" ORDER BY "timestamp", "item", "_row"'
+    """`names` and `part` for every row of `source` (user, item, timestamp, _row among its
+    columns): per user, rows ordered by (timestamp, item, _row); users with >= min_positives
+    rows send the last round(fraction * n) (at least 1) to test, and the same rule on the
+    rest carves validation. One window: the rest is a prefix of the same order. Rows come in
+    (user, timestamp, item, _row) order, the order the parts are written in."""
+    order = 'PARTITION BY "user" ORDER BY "timestamp", "item", _row'
+    n_test = _held_out("n", test_fraction, min_positives)
+    n_valid = _held_out(f"(n - {n_test})", valid_fraction, min_positives)
     return f"""
-WITH ranked AS (
-    SELECT {cols}, "_row",
-           ROW_NUMBER() OVER ({order}) - 1 AS rank_all,
-           COUNT(*) OVER (PARTITION BY "user") AS n_all
-    FROM {source}
-),
-rest AS (
-    SELECT {cols}, "_row",
-           ROW_NUMBER() OVER ({order}) - 1 AS rank_rest,
-           COUNT(*) OVER (PARTITION BY "user") AS n_rest
-    FROM ranked
-    WHERE rank_all < n_all - {_held_out("n_all", test_fraction, min_positives)}
-)
-SELECT {cols}, 'test' AS part, "_row" FROM ranked
-WHERE rank_all >= n_all - {_held_out("n_all", test_fraction, min_positives)}
-UNION ALL
-SELECT {cols},
-       CASE WHEN rank_rest >= n_rest - {_held_out("n_rest", valid_fraction, min_positives)}
-            THEN 'valid' ELSE 'train' END AS part, "_row"
-FROM rest
-ORDER BY "user", "timestamp", "item", "_row"
+SELECT {cols(names)}, _row,
+       CASE WHEN rank >= n - {n_test} THEN 'test'
+            WHEN rank >= n - {n_test} - {n_valid} THEN 'valid'
+            ELSE 'train' END AS part
+FROM (SELECT {cols(names)}, _row,
+             ROW_NUMBER() OVER ({order}) - 1 AS rank,
+             COUNT(*) OVER (PARTITION BY "user") AS n
+      FROM {source})
+ORDER BY "user", "timestamp", "item", _row
 """
 
 
-def connect(memory_limit: str = "1GB", temp_dir: str | Path | None = None, threads: int = 0):
-    """A DuckDB connection bounded to `memory_limit` (it spills to `temp_dir` beyond it)."""
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{memory_limit}'")
-    if temp_dir is not None:
-        Path(temp_dir).mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET temp_directory = '{Path(temp_dir)}'")
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-    return con
+def temporal_split(source: str, names: list[str], valid_start: int, test_start: int,
+                   end: int) -> str:  # fmt: skip
+    """`names` and `part` by time: train before valid_start, validation up to test_start,
+    test up to end (exclusive); rows at or after end get no part (NULL). File order."""
+    ts = '"timestamp"'
+    return (
+        f"SELECT {cols(names)}, _row, CASE WHEN {ts} < {valid_start} THEN 'train' "
+        f"WHEN {ts} < {test_start} THEN 'valid' WHEN {ts} < {end} THEN 'test' END AS part "
+        f"FROM {source} ORDER BY _row"
+    )
 
 
-def per_user_split_duckdb(
-    positives: pd.DataFrame, test_fraction: float, valid_fraction: float, min_positives: int,
-    con=None,
-) -> dict[str, pd.DataFrame]:  # fmt: skip
-    """split.per_user_split computed by the SQL above on DuckDB: the same three tables."""
-    con = con or connect()
-    frame = positives.assign(_row=range(len(positives)))
-    con.register("positives", frame)
-    try:
-        query = per_user_split_sql("positives", list(positives.columns), test_fraction,
-                                   valid_fraction, min_positives)  # fmt: skip
-        out = con.execute(query).df()
-    finally:
-        con.unregister("positives")
-    part = out.pop("part").to_numpy()
-    out = out.drop(columns="_row")
-    return {
-        name: out[part == name].reset_index(drop=True).astype(positives.dtypes.to_dict())
-        for name in PARTS
-    }
+def firsts(split: str) -> str:
+    """Per user, the first validation and the first test timestamp (NULL: none)."""
+    return (
+        f'SELECT "user", min("timestamp") FILTER (WHERE part = \'valid\') AS fv, '
+        f'min("timestamp") FILTER (WHERE part = \'test\') AS ft FROM {split} GROUP BY "user"'
+    )
+
+
+def part_rows(split: str, names: list[str], part: str) -> str:
+    """One part of the split, in the order the split table holds its rows (DuckDB keeps a
+    table's order in a scan without ORDER BY; on an engine that does not, append the split
+    query's ORDER BY)."""
+    return f"SELECT {cols(names)} FROM {split} WHERE part = {literal(part)}"
+
+
+def task_rows(log: str, split: str, names: list[str], part: str, not_label: str,
+              any_task: str) -> str:  # fmt: skip
+    """`tasks_<part>`: the label's positives of that part plus every other row positive for a
+    task, placed per user on the label split's timeline: from the user's first test
+    positive on -> test, from the first validation (or test) positive on -> validation, else
+    train. Order: (user, timestamp, item), the label's rows before other rows on ties."""
+    v_from = f"least(coalesce(f.fv, {BIG}), coalesce(f.ft, {BIG}))"
+    t_from = f"coalesce(f.ft, {BIG})"
+    ts = 'l."timestamp"'
+    where = (
+        f"CASE WHEN {ts} >= {t_from} THEN 'test' WHEN {ts} >= {v_from} THEN 'valid' "
+        f"ELSE 'train' END"
+    )
+    picked = ", ".join(f"l.{q(c)}" for c in names)
+    return f"""
+SELECT {cols(names)} FROM (
+    SELECT {cols(names)}, _row, 0 AS src FROM {split} WHERE part = {literal(part)}
+    UNION ALL
+    SELECT {picked}, l._row, 1 AS src FROM {log} l LEFT JOIN firsts f ON l."user" = f."user"
+    WHERE {not_label} AND {any_task} AND {where} = {literal(part)}
+)
+ORDER BY "user", "timestamp", "item", src, _row
+"""
+
+
+def exposures(log: str, split: str, names: list[str], is_positive: str,
+              before: int | None) -> str:  # fmt: skip
+    """Rows whose label is not positive, usable as training negatives: before the user's first
+    held-out positive (no peeking at the evaluation period) and never a positive of that
+    user; `before` (temporal split) keeps only rows before validation starts. File order."""
+    picked = ", ".join(f"l.{q(c)}" for c in names)
+    early = "" if before is None else f' AND l."timestamp" < {int(before)}'
+    return f"""
+SELECT {picked} FROM {log} l LEFT JOIN firsts f ON l."user" = f."user"
+WHERE NOT {is_positive}{early}
+  AND (f.fv IS NULL AND f.ft IS NULL OR l."timestamp" < least(f.fv, f.ft))
+  AND NOT EXISTS (SELECT 1 FROM {split} p
+                  WHERE p."user" = l."user" AND p."item" = l."item" AND p.part IS NOT NULL)
+ORDER BY l._row
+"""

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from twotower_cli.data.engine import LogFile
 from twotower_cli.data.tables import RawData
 from twotower_cli.keys import sorted_unique
 from twotower_cli.progress import bar
@@ -145,14 +146,17 @@ def generate(**params) -> dict[str, pd.DataFrame]:
             "items": items}  # fmt: skip
 
 
-def _cached(params: dict, cache_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
-    """Read the tables for these parameters from the cache, generating them on a miss (the log
-    written block by block: the generator never holds it whole)."""
+def _cached(params: dict, cache_dir: str | os.PathLike) -> dict:
+    """The tables for these parameters from the cache, generating them on a miss (the log
+    written block by block: the generator never holds it whole). The log stays on disk: a
+    LogFile the preprocess engine scans."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / digest
     if not all((folder / f"{t}.parquet").exists() for t in TABLES):
         write_cache(params, folder)
-    return {t: pd.read_parquet(folder / f"{t}.parquet") for t in TABLES}
+    return {"interactions": LogFile(folder / "interactions.parquet"),
+            "users": pd.read_parquet(folder / "users.parquet"),
+            "items": pd.read_parquet(folder / "items.parquet")}  # fmt: skip
 
 
 def write_cache(params: dict, folder: Path) -> None:
@@ -174,6 +178,10 @@ def write_cache(params: dict, folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+
+
+def _rows(log) -> int:
+    return log.rows if isinstance(log, LogFile) else len(log)
 
 
 def load(
@@ -208,6 +216,6 @@ def load(
         item_fields=dict(ITEM_FIELDS),
         counts={
             "generated": int(n_interactions),
-            "interactions_unique": len(tables["interactions"]),
+            "interactions_unique": _rows(tables["interactions"]),
         },  # fmt: skip
     )

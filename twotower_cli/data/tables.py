@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from twotower_cli.data.clean import check_numbers
+from twotower_cli.data.engine import LogFile
 from twotower_cli.errors import TwoTowerError
 
 KINDS = ("categorical", "multihot", "numeric")
@@ -37,11 +38,13 @@ class Field:
 class RawData:
     """What a loader returns: raw values, one row per interaction / user / item.
 
-    interactions has user_id, item_id, timestamp and label columns; users/items have their id
-    column plus the raw feature columns named in user_fields/item_fields (name -> kind)
+    interactions has user_id, item_id, timestamp and label columns (a DataFrame, or a LogFile:
+    parquet on disk that the preprocess engine scans without loading it); users/items have
+    their id column plus the raw feature columns named in user_fields/item_fields
+    (name -> kind)
     """
 
-    interactions: pd.DataFrame
+    interactions: pd.DataFrame | LogFile
     users: pd.DataFrame
     items: pd.DataFrame
     user_fields: dict[str, str]

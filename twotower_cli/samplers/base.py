@@ -43,7 +43,12 @@ LOGQ_MODES = ("exact", "streaming", "off")
 
 def item_log_frequency(items: np.ndarray, n_items: int) -> np.ndarray:
     """log of each item's share of `items`; unseen items get the log of half a count."""
-    counts = np.bincount(items, minlength=n_items + 1).astype(np.float64)
+    return log_frequency(np.bincount(items, minlength=n_items + 1))
+
+
+def log_frequency(counts: np.ndarray) -> np.ndarray:
+    """item_log_frequency from the counts (index = item id, 0 = padding)."""
+    counts = counts.astype(np.float64)
     counts[counts == 0] = 0.5
     return np.log(counts / counts[1:].sum()).astype(np.float32)
 

@@ -3,12 +3,14 @@ shared uniform items (`sampler=mixed`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 import numpy as np
 import pandas as pd
 import torch
 
 from twotower_cli.errors import TwoTowerError
-from twotower_cli.samplers.base import BatchFn, BatchStep, Sampler, check_logq
+from twotower_cli.samplers.base import BatchFn, BatchStep, Sampler, check_logq, log_frequency
 
 
 class InBatchSampler(Sampler):
@@ -24,11 +26,36 @@ class InBatchSampler(Sampler):
         self.logq = check_logq(logq)
         self.alpha = alpha
 
+    # the examples are the positives themselves: the sample stage makes them with
+    # `fit_stream`, one pass in batches, never holding the training log whole
+    streams = True
+
     def fit(self, train: pd.DataFrame, n_items: int, items=None) -> InBatchSampler:
         super().fit(train, n_items)
         if self.logq == "off":
             self.item_log_q_ = np.zeros(n_items + 1, dtype=np.float32)
         return self
+
+    def fit_stream(self, batches: Iterable[pd.DataFrame], n_items: int,
+                   write: Callable[[Iterable[pd.DataFrame]], int]) -> int:  # fmt: skip
+        """`fit` then `examples()`, batch by batch: `write` receives the examples' batches
+        (the same rows as examples()) and returns how many it wrote; memory is a batch plus
+        the item counts."""
+        counts = np.zeros(n_items + 1, dtype=np.int64)
+
+        def examples() -> Iterator[pd.DataFrame]:
+            for frame in batches:
+                pairs = frame[["user", "item"]].reset_index(drop=True)
+                counts[:] += np.bincount(pairs["item"].to_numpy(), minlength=n_items + 1)
+                yield pairs.assign(label=np.float32(1.0))
+
+        n = write(examples())
+        if not n:
+            raise TwoTowerError("sampler: the training split has no positives")
+        self.n_items_ = n_items
+        self.item_log_q_ = (np.zeros(n_items + 1, dtype=np.float32) if self.logq == "off"
+                            else log_frequency(counts))  # fmt: skip
+        return n
 
 
 class MixedSampler(InBatchSampler):

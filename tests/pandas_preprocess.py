@@ -1,0 +1,250 @@
+"""Raw tables -> encoded feature tables and a split of positives (`twotower preprocess`).
+
+Two splits: `per_user` (each user's latest positives held out) and `temporal` (the last
+`test_days` of the log are the test period, the `valid_days` before it validation, the rest
+train; vocabularies and numeric statistics then come from the training period only). Rows whose
+label is not positive are kept, from before each user's held-out period, as `exposures`: shown
+but not chosen, real negatives a sampler may use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from twotower_cli.data.clean import clean_log, drop_missing_keys
+from twotower_cli.data.freshness import (
+    HOUR,
+    click_age_log_density,
+    log_virality,
+    period_log_prior,
+)
+from twotower_cli.data.split import (
+    per_user_split,
+    temporal_bounds,
+    temporal_split,
+    user_time_order,
+)
+from twotower_cli.data.tables import Encoded, RawData, encode_side, encode_values
+from twotower_cli.errors import TwoTowerError
+
+SPLIT_KINDS = ("per_user", "temporal")
+
+
+@dataclass
+class SplitSettings:
+    kind: str = field(default="per_user", metadata={"choices": SPLIT_KINDS})
+    test_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0})
+    valid_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0})
+    min_positives: int = field(default=5, metadata={"ge": 1})
+    # temporal: days counted back from the window's end (fractions allowed: 0.5 = 12 hours)
+    test_days: float = field(default=1.0, metadata={"gt": 0.0})
+    valid_days: float = field(default=1.0, metadata={"gt": 0.0})
+
+    def __post_init__(self) -> None:
+        if self.kind not in SPLIT_KINDS:
+            raise TwoTowerError(f"dataset.split.kind: {self.kind!r} not in {SPLIT_KINDS}")
+
+
+def encode(raw: RawData, fit_users=None, fit_items=None) -> Encoded:
+    """Encode both sides; fit_users/fit_items (raw ids) restrict what vocabularies learn from."""
+    users, user_vocabs, user_specs = encode_side(
+        raw.users, "user_id", raw.user_fields, "user", fit_users
+    )
+    items, item_vocabs, item_specs = encode_side(
+        raw.items, "item_id", raw.item_fields, "item", fit_items
+    )
+    return Encoded(
+        users=users,
+        items=items,
+        vocabs={"user": user_vocabs, "item": item_vocabs},
+        schema={"user": user_specs, "item": item_specs},
+    )
+
+
+def encode_log(
+    raw: RawData, enc: Encoded, label: str, tasks: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Every interaction with dense user/item ids; rows with unknown ids dropped, counted."""
+    inter = raw.interactions
+    for col in (label, *tasks):
+        if col not in inter.columns:
+            kind = "label" if col == label else "task"
+            name = raw.column_names.get("label", label) if col == label else col
+            raise TwoTowerError(f"{raw.source}: no {kind} column {name!r}")
+    frame = pd.DataFrame(
+        {
+            "user": encode_values(inter["user_id"], enc.vocabs["user"]["user"]),
+            "item": encode_values(inter["item_id"], enc.vocabs["item"]["item"]),
+            "timestamp": inter["timestamp"].to_numpy(np.int64),
+        }
+    )
+    for col in inter.columns.difference(["user_id", "item_id", "timestamp"]):
+        frame[col] = inter[col].to_numpy()
+    known = (frame["user"] > 0) & (frame["item"] > 0)
+    counts = {"interactions": len(frame), "dropped_unknown_id": int((~known).sum())}
+    return frame[known].reset_index(drop=True), counts
+
+
+def encode_interactions(
+    raw: RawData, enc: Encoded, label: str
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Positives (label > 0) with dense user/item ids; rows with unknown ids dropped, counted."""
+    log, counts = encode_log(raw, enc, label)
+    positives = log[log[label] > 0].reset_index(drop=True)
+    counts["positives"] = len(positives)
+    return positives, counts
+
+
+def exposures_before_holdout(
+    negatives: pd.DataFrame, parts: dict[str, pd.DataFrame], n_items: int
+) -> pd.DataFrame:
+    """Non-positive rows usable as training negatives: before the user's first held-out
+    positive (no peeking at the evaluation period) and never a positive of that user."""
+    held = pd.concat([parts["valid"], parts["test"]])
+    first = held.groupby("user")["timestamp"].min()
+    cutoff = first.reindex(negatives["user"]).to_numpy(dtype=np.float64)
+    early = np.isnan(cutoff) | (negatives["timestamp"].to_numpy() < cutoff)
+    pos = pd.concat([parts["train"], held])
+    keys = pos["user"].to_numpy() * (n_items + 1) + pos["item"].to_numpy()
+    mine = negatives["user"].to_numpy() * (n_items + 1) + negatives["item"].to_numpy()
+    return negatives[early & ~np.isin(mine, keys)].reset_index(drop=True)
+
+
+def _no_test_users(raw: RawData, split: SplitSettings, label: str) -> TwoTowerError:
+    col = raw.column_names.get
+    if split.kind == "temporal":
+        why = (
+            f"column {col('timestamp', 'timestamp')!r}: no positive in the last "
+            f"{split.test_days:g} day(s) of the window"
+        )
+    else:
+        why = (
+            f"column {col('user_id', 'user_id')!r}: no user has >= {split.min_positives} "
+            f"positives in column {col('label', label)!r}"
+        )
+    return TwoTowerError(f"{raw.source}: split leaves no test users: {why}")
+
+
+def split_task_rows(
+    rows: pd.DataFrame, label: str, parts: dict[str, pd.DataFrame]
+) -> dict[str, pd.DataFrame]:
+    """Every row positive for some task -> `tasks_<split>`, on the label split's timeline.
+
+    The label's positives keep their split; any other row goes, per user, to test from the
+    user's first test positive's timestamp on, to validation from the first validation
+    positive's, else to train, so no task's training rows come after the label's held-out ones.
+    """
+    first = {name: parts[name].groupby("user")["timestamp"].min() for name in ("valid", "test")}
+    users = rows["user"]
+    test_from = users.map(first["test"]).fillna(np.inf).to_numpy()
+    valid_from = users.map(first["valid"]).fillna(np.inf).to_numpy()
+    valid_from = np.minimum(valid_from, test_from)
+    ts = rows["timestamp"].to_numpy()
+    names = ("train", "valid", "test")
+    where = np.where(ts >= test_from, 2, np.where(ts >= valid_from, 1, 0))  # index in names
+    not_label = (rows[label] <= 0).to_numpy()
+    other, where = rows[not_label], where[not_label]
+    tables = {
+        name: pd.concat([parts[name], other[where == i]], ignore_index=True)
+        for i, name in enumerate(names)
+    }
+    return {
+        f"tasks_{name}": t.take(user_time_order(t)).reset_index(drop=True)
+        for name, t in tables.items()
+    }
+
+
+def item_created(raw: RawData, enc: Encoded) -> np.ndarray:
+    """Each item's creation time (epoch seconds) in item id order (id i at position i - 1)."""
+    created = pd.Series(raw.item_created.to_numpy(), index=raw.items["item_id"].to_numpy())
+    created = created[~created.index.duplicated()]
+    return created.reindex(enc.vocabs["item"]["item"]).to_numpy(np.int64)
+
+
+def preprocess(
+    raw: RawData, label: str, split: SplitSettings, tasks: tuple[str, ...] = ()
+) -> tuple[Encoded, dict[str, pd.DataFrame], dict[str, int]]:
+    """Encode features, keep positives, split them; return tables, splits and row counts.
+
+    The returned tables are train/valid/test, plus `exposures` when the log has rows whose
+    label is not positive. Encoded.candidates is set when the loader names candidate items.
+    With `tasks` (multi-task labels), the splits of the label's positives are unchanged and
+    `tasks_train/valid/test` add every row positive for some task (see `split_task_rows`).
+    """
+    tasks = tuple(tasks)
+    if raw.interactions.empty:
+        raise TwoTowerError(f"{raw.source}: the interaction log is empty")
+    raw, cleaned = clean_raw(raw)
+    if split.kind == "temporal":
+        valid_start, test_start, end = temporal_bounds(
+            raw.interactions["timestamp"], split.valid_days, split.test_days, raw.window_end
+        )
+        early = raw.interactions[raw.interactions["timestamp"].to_numpy() < valid_start]
+        enc = encode(raw, early["user_id"], early["item_id"])
+    else:
+        enc = encode(raw)
+    log, counts = encode_log(raw, enc, label, tasks)
+    positive = log[label].to_numpy() > 0
+    positives = log[positive].reset_index(drop=True)
+    counts["positives"] = len(positives)
+    if split.kind == "temporal":
+        parts = temporal_split(positives, valid_start, test_start, end)
+        counts["positives_outside_window"] = len(positives) - sum(len(p) for p in parts.values())
+        counts.update(valid_start=valid_start, test_start=test_start)
+    else:
+        parts = per_user_split(
+            positives, split.test_fraction, split.valid_fraction, split.min_positives
+        )
+    if raw.candidates is not None:
+        cand = np.unique(encode_values(raw.candidates, enc.vocabs["item"]["item"]))
+        enc.candidates = cand[cand > 0]
+        # the pool limits what is ranked, not the truth: clicks outside it stay and count
+        outside = ~np.isin(parts["test"]["item"].to_numpy(), enc.candidates)
+        counts["test_outside_candidates"] = int(outside.sum())
+        counts["candidates"] = len(enc.candidates)
+    if raw.item_created is not None and raw.click_ages is not None and split.kind == "temporal":
+        created = item_created(raw, enc)
+        density = click_age_log_density(
+            raw.click_ages, int(np.max(raw.click_ages, initial=0) // HOUR) + 2
+        )
+        ts, items = log["timestamp"].to_numpy(), log["item"].to_numpy()
+
+        def prior(lo: int, hi: int) -> np.ndarray:
+            """log(share of [lo, hi)'s clicks by age) + log(virality in the day before lo)."""
+            recent = positive & (ts >= lo - 24 * HOUR) & (ts < lo)
+            viral = log_virality(created, items[recent], lo - 24 * HOUR, lo, density)
+            age = period_log_prior(created, lo, hi, density)
+            return np.concatenate([[0.0], age + viral]).astype(np.float32)
+
+        enc.item_log_prior = prior(test_start, end)
+        enc.valid_item_log_prior = prior(valid_start, test_start)
+        if raw.candidate_seconds is not None:
+            fresh = (created < test_start) & (created >= test_start - raw.candidate_seconds)
+            enc.valid_candidates = np.flatnonzero(fresh) + 1
+    if parts["test"].empty:
+        raise _no_test_users(raw, split, label)
+    if tasks:
+        wanted = positive | (log[list(tasks)].to_numpy() > 0).any(axis=1)
+        parts.update(split_task_rows(log[wanted].reset_index(drop=True), label, parts))
+    negatives = log[~positive]
+    if split.kind == "temporal":
+        negatives = negatives[negatives["timestamp"].to_numpy() < valid_start]
+    if len(negatives):
+        parts["exposures"] = exposures_before_holdout(negatives, parts, enc.n_items)
+    counts.update({name: len(df) for name, df in parts.items()})
+    counts["test_users"] = int(parts["test"]["user"].nunique())
+    return enc, parts, {**raw.counts, **counts, **cleaned}
+
+
+def clean_raw(raw: RawData) -> tuple[RawData, dict[str, int]]:
+    """The data rules of data/clean.py on a loader's output; the counts add to the loader's."""
+    time_col = raw.column_names.get("timestamp", "timestamp")
+    inter, cleaned = clean_log(raw.interactions, raw.source, time_col)
+    if inter.empty:
+        raise TwoTowerError(f"{raw.source}: no interactions left after dropping missing ids")
+    raw = replace(raw, interactions=inter, users=drop_missing_keys(raw.users, "user_id"),
+                  items=drop_missing_keys(raw.items, "item_id"))  # fmt: skip
+    return raw, {k: raw.counts.get(k, 0) + n for k, n in cleaned.items()}
