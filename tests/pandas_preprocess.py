@@ -1,4 +1,8 @@
-"""Raw tables -> encoded feature tables and a split of positives (`twotower preprocess`).
+"""The pandas preprocess that the DuckDB engine replaced, kept as the test oracle
+(tests/test_sql.py): the whole log in memory, numpy sorts, the same rules. The settings, the
+side encoding and the messages are the package's (imported), the log pipeline is this file's.
+
+Raw tables -> encoded feature tables and a split of positives (`twotower preprocess`).
 
 Two splits: `per_user` (each user's latest positives held out) and `temporal` (the last
 `test_days` of the log are the test period, the `valid_days` before it validation, the rest
@@ -9,59 +13,22 @@ but not chosen, real negatives a sampler may use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from twotower_cli.data.clean import clean_log, drop_missing_keys
-from twotower_cli.data.freshness import (
-    HOUR,
-    click_age_log_density,
-    log_virality,
-    period_log_prior,
-)
+from twotower_cli.data.preprocess import SplitSettings, _no_test_users, encode, freshness
 from twotower_cli.data.split import (
+    DAY,
     per_user_split,
     temporal_bounds,
     temporal_split,
     user_time_order,
 )
-from twotower_cli.data.tables import Encoded, RawData, encode_side, encode_values
+from twotower_cli.data.tables import Encoded, RawData, encode_values
 from twotower_cli.errors import TwoTowerError
-
-SPLIT_KINDS = ("per_user", "temporal")
-
-
-@dataclass
-class SplitSettings:
-    kind: str = field(default="per_user", metadata={"choices": SPLIT_KINDS})
-    test_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0})
-    valid_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0})
-    min_positives: int = field(default=5, metadata={"ge": 1})
-    # temporal: days counted back from the window's end (fractions allowed: 0.5 = 12 hours)
-    test_days: float = field(default=1.0, metadata={"gt": 0.0})
-    valid_days: float = field(default=1.0, metadata={"gt": 0.0})
-
-    def __post_init__(self) -> None:
-        if self.kind not in SPLIT_KINDS:
-            raise TwoTowerError(f"dataset.split.kind: {self.kind!r} not in {SPLIT_KINDS}")
-
-
-def encode(raw: RawData, fit_users=None, fit_items=None) -> Encoded:
-    """Encode both sides; fit_users/fit_items (raw ids) restrict what vocabularies learn from."""
-    users, user_vocabs, user_specs = encode_side(
-        raw.users, "user_id", raw.user_fields, "user", fit_users
-    )
-    items, item_vocabs, item_specs = encode_side(
-        raw.items, "item_id", raw.item_fields, "item", fit_items
-    )
-    return Encoded(
-        users=users,
-        items=items,
-        vocabs={"user": user_vocabs, "item": item_vocabs},
-        schema={"user": user_specs, "item": item_specs},
-    )
 
 
 def encode_log(
@@ -113,21 +80,6 @@ def exposures_before_holdout(
     return negatives[early & ~np.isin(mine, keys)].reset_index(drop=True)
 
 
-def _no_test_users(raw: RawData, split: SplitSettings, label: str) -> TwoTowerError:
-    col = raw.column_names.get
-    if split.kind == "temporal":
-        why = (
-            f"column {col('timestamp', 'timestamp')!r}: no positive in the last "
-            f"{split.test_days:g} day(s) of the window"
-        )
-    else:
-        why = (
-            f"column {col('user_id', 'user_id')!r}: no user has >= {split.min_positives} "
-            f"positives in column {col('label', label)!r}"
-        )
-    return TwoTowerError(f"{raw.source}: split leaves no test users: {why}")
-
-
 def split_task_rows(
     rows: pd.DataFrame, label: str, parts: dict[str, pd.DataFrame]
 ) -> dict[str, pd.DataFrame]:
@@ -155,13 +107,6 @@ def split_task_rows(
         f"tasks_{name}": t.take(user_time_order(t)).reset_index(drop=True)
         for name, t in tables.items()
     }
-
-
-def item_created(raw: RawData, enc: Encoded) -> np.ndarray:
-    """Each item's creation time (epoch seconds) in item id order (id i at position i - 1)."""
-    created = pd.Series(raw.item_created.to_numpy(), index=raw.items["item_id"].to_numpy())
-    created = created[~created.index.duplicated()]
-    return created.reindex(enc.vocabs["item"]["item"]).to_numpy(np.int64)
 
 
 def preprocess(
@@ -206,24 +151,9 @@ def preprocess(
         counts["test_outside_candidates"] = int(outside.sum())
         counts["candidates"] = len(enc.candidates)
     if raw.item_created is not None and raw.click_ages is not None and split.kind == "temporal":
-        created = item_created(raw, enc)
-        density = click_age_log_density(
-            raw.click_ages, int(np.max(raw.click_ages, initial=0) // HOUR) + 2
-        )
         ts, items = log["timestamp"].to_numpy(), log["item"].to_numpy()
-
-        def prior(lo: int, hi: int) -> np.ndarray:
-            """log(share of [lo, hi)'s clicks by age) + log(virality in the day before lo)."""
-            recent = positive & (ts >= lo - 24 * HOUR) & (ts < lo)
-            viral = log_virality(created, items[recent], lo - 24 * HOUR, lo, density)
-            age = period_log_prior(created, lo, hi, density)
-            return np.concatenate([[0.0], age + viral]).astype(np.float32)
-
-        enc.item_log_prior = prior(test_start, end)
-        enc.valid_item_log_prior = prior(valid_start, test_start)
-        if raw.candidate_seconds is not None:
-            fresh = (created < test_start) & (created >= test_start - raw.candidate_seconds)
-            enc.valid_candidates = np.flatnonzero(fresh) + 1
+        clicked = lambda t: items[positive & (ts >= t - DAY) & (ts < t)]  # noqa: E731
+        freshness(raw, enc, clicked, valid_start, test_start, end)
     if parts["test"].empty:
         raise _no_test_users(raw, split, label)
     if tasks:

@@ -65,6 +65,7 @@ def test_engine_equals_pandas_on_temporal_splits():
         split = SplitSettings(kind="temporal", valid_days=days[0], test_days=days[1])
         counts = _same(raw, "label", split, ("task",))
         assert counts["train"] and counts["valid"] and counts["test"]
+        _same(raw, "label", split, ("label",))  # tasks_* hold the label's rows, re-ordered
     cut = SplitSettings(kind="temporal", valid_days=1 / 24, test_days=1 / 24)
     late = RawData(**{**raw.__dict__, "window_end": 1_600_000_000 + 3 * 3600})
     assert _same(late, "label", cut)["positives_outside_window"] > 0

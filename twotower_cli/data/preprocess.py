@@ -15,6 +15,7 @@ DataFrames (tests, benchmarks): the same queries either way.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from twotower_cli.data.freshness import (
     log_virality,
     period_log_prior,
 )
-from twotower_cli.data.split import temporal_bounds
+from twotower_cli.data.split import DAY, temporal_bounds
 from twotower_cli.data.tables import Encoded, RawData, encode_side, encode_values
 from twotower_cli.errors import TwoTowerError
 
@@ -182,7 +183,10 @@ def _plan(eng: Engine, raw: RawData, label: str, split: SplitSettings, tasks: tu
     if raw.candidates is not None:
         counts.update(_candidates(eng, raw, enc))
     if raw.item_created is not None and raw.click_ages is not None and temporal:
-        _freshness(eng, raw, enc, pos, valid_start, test_start, end)
+        clicked = lambda t: eng.numpy(  # noqa: E731
+            f'SELECT "item" FROM log WHERE {pos} AND "timestamp" >= {t - DAY} '
+            f'AND "timestamp" < {t} ORDER BY _row')  # fmt: skip
+        freshness(raw, enc, clicked, valid_start, test_start, end)
     if not eng.one("SELECT count(*) FROM split WHERE part = 'test'")[0]:
         raise _no_test_users(raw, split, label)
     eng.table("firsts", sql.firsts("split"))
@@ -191,8 +195,11 @@ def _plan(eng: Engine, raw: RawData, label: str, split: SplitSettings, tasks: tu
         not_label = f"coalesce({sql.q(label)} <= 0, false)"
         any_task = "(" + " OR ".join(sql.positive(t, types[t]) for t in tasks) + ")"
         others = eng.one(f"SELECT count(*) FROM log WHERE {not_label} AND {any_task}")[0]
-        for p in sql.PARTS:  # no other task's rows: tasks_<p> is <p> (written once, copied)
-            queries[f"tasks_{p}"] = queries[p] if not others else sql.task_rows(
+        # no other task's rows and the parts already in (user, timestamp, item) order:
+        # tasks_<p> is <p> (written once, copied)
+        same = not others and not temporal
+        for p in sql.PARTS:
+            queries[f"tasks_{p}"] = queries[p] if same else sql.task_rows(
                 "log", "split", names, p, not_label, any_task)  # fmt: skip
     before = valid_start if temporal else None
     early = "" if before is None else f' AND "timestamp" < {before}'
@@ -270,9 +277,10 @@ def _candidates(eng: Engine, raw: RawData, enc: Encoded) -> dict[str, int]:
     return {"test_outside_candidates": int(outside), "candidates": len(enc.candidates)}
 
 
-def _freshness(eng: Engine, raw: RawData, enc: Encoded, pos: str, valid_start: int,
-               test_start: int, end: int) -> None:  # fmt: skip
-    """The freshness priors of the test and validation periods (data/freshness.py)."""
+def freshness(raw: RawData, enc: Encoded, clicked: Callable[[int], np.ndarray],
+              valid_start: int, test_start: int, end: int) -> None:  # fmt: skip
+    """The freshness priors of the test and validation periods (data/freshness.py);
+    `clicked(t)` gives the items of the positives in the day before t."""
     created = item_created(raw, enc)
     density = click_age_log_density(
         raw.click_ages, int(np.max(raw.click_ages, initial=0) // HOUR) + 2
@@ -280,11 +288,7 @@ def _freshness(eng: Engine, raw: RawData, enc: Encoded, pos: str, valid_start: i
 
     def prior(lo: int, hi: int) -> np.ndarray:
         """log(share of [lo, hi)'s clicks by age) + log(virality in the day before lo)."""
-        recent = eng.numpy(
-            f'SELECT "item" FROM log WHERE {pos} AND "timestamp" >= {lo - 24 * HOUR} '
-            f'AND "timestamp" < {lo} ORDER BY _row'
-        )
-        viral = log_virality(created, recent, lo - 24 * HOUR, lo, density)
+        viral = log_virality(created, clicked(lo), lo - DAY, lo, density)
         age = period_log_prior(created, lo, hi, density)
         return np.concatenate([[0.0], age + viral]).astype(np.float32)
 
