@@ -11,6 +11,7 @@ they were stored, which the writes of data/preprocess.py rely on.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -56,6 +57,7 @@ class Engine:
 
     def __init__(self, memory: str = ENGINE_MEMORY, temp_root: str | Path | None = None,
                  threads: int | None = None) -> None:  # fmt: skip
+        self.own_root = temp_root is not None
         if temp_root is not None:
             Path(temp_root).mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix="engine-", dir=temp_root))
@@ -77,6 +79,9 @@ class Engine:
     def close(self) -> None:
         self.con.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.own_root:  # the temp root too, unless another engine still uses it
+            with contextlib.suppress(OSError):
+                self.dir.parent.rmdir()
 
     def source(self, name: str, data: pd.DataFrame | LogFile) -> None:
         """`name` as a view over a DataFrame or a parquet file, with `_row` = the row's
