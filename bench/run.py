@@ -426,10 +426,13 @@ def run_pipeline(n: int, sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
 def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
     """Training samples/s of `twotower train` (subprocesses) with train.nproc=1 and 2, one
     thread per process, on the bench data, alternating 1 2 / 2 1 over `repeats` rounds; the
-    rate is the manifest's (examples per second of the training loop, validation and start-up
-    excluded). dist_scaling_efficiency = rate(2) / (2 x rate(1)): 1.0 = two processes train
-    twice as fast as one. Both sides use `sizes.sparse_embeddings` (the lazy Adam, as the
-    train section; gloo all-reduces the sparse gradients: docs/scale.md)."""
+    rate is the manifest's: per epoch, the examples trained over the seconds from a barrier at
+    the epoch's start to the end of its last step and the loss's sum over the ranks (launch,
+    data loading and validation excluded), and of the `dist_epochs` epochs' rates the median
+    (the upper one of an even count: of 2 epochs, the faster), for both nproc alike.
+    dist_scaling_efficiency = rate(2) / (2 x rate(1)): 1.0 = two processes train twice as fast
+    as one. Both sides use `sizes.sparse_embeddings` (the lazy Adam, as the train section; the
+    sparse gradients are averaged in one all_gather per step: docs/scale.md)."""
     run_out = out_dir / "dist"
     d = sizes.data
     base = ["dataset=synthetic", f"dataset.load.n_interactions={d['n_interactions']}",

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import SMALL, read_json, twotower
 
-from twotower_cli import distributed
+from twotower_cli import distributed, sparse_sync
 from twotower_cli.errors import TwoTowerError
 from twotower_cli.losses import bce, inbatch_softmax
 from twotower_cli.models.dssm import DSSM
@@ -157,6 +157,18 @@ def test_local_rows_slice_rows_and_keep_shared_negatives_whole():
     rows = distributed.local_rows(batch, distributed.Group(rank=1, world_size=2))
     assert rows["user"].tolist() == [4, 5, 6, 7] and rows["log_q"].tolist() == [4, 5, 6, 7]
     assert rows["neg"].tolist() == [5, 6, 7]
+
+
+def test_sparse_pairs_travel_exactly_and_pad_to_the_lookups():
+    # ids [4, 0, 2]: 3 lookups, but the padding row 0 gets no gradient pair, so the rank's 2
+    # pairs are padded to 3 with row -1; the rows travel as the bits of float32 columns
+    table = torch.nn.Embedding(5, 3, padding_idx=0, sparse=True)
+    (table(torch.tensor([4, 0, 2])) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    part = sparse_sync._pairs(table.weight, 3)
+    rows, values = sparse_sync._unpack(part)
+    assert part.shape == (3, 2 + 3) and part.dtype == torch.float32
+    assert rows.tolist() == [4, 2, -1]
+    assert values.tolist() == [[1.0, 2.0, 3.0]] * 2 + [[0.0, 0.0, 0.0]]
 
 
 def test_settings_are_checked_with_the_key_named():

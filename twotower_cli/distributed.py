@@ -5,11 +5,13 @@ One process per rank, each holding the whole model and the whole example table. 
 the same permutation, so every rank knows each global batch (`train.batch_size` rows); it runs
 the sampler's per-batch work on the global batch (the mixed sampler's uniform draws and the
 streaming logQ estimate are then the same on every rank, fed every rank's ids) and trains on its
-own slice of rows. The item vectors of the other slices and their ids, user ids and logQ are
-gathered with `torch.distributed.nn.functional.all_gather` (gradients flow back to the rank that
-computed them), so each row's in-batch softmax sees the global batch's columns, masks included.
-Each rank's loss is the mean over its own rows and DDP averages the gradients, which is the
-gradient of the one-process loss (equal slices: the mean of the slices' means is the mean).
+own slice of rows. The item vectors of the other slices are gathered with an autograd
+all_gather (gradients flow back to the rank that computed them) and their ids, user ids and logQ
+read from the global batch, so each row's in-batch softmax sees the global batch's columns,
+masks included. Each rank's loss is the mean over its own rows and DDP averages the gradients,
+which is the gradient of the one-process loss (equal slices: the mean of the slices' means is
+the mean). Per step that is one all_gather, one reduce_scatter, DDP's all-reduce and, with
+sparse tables, one all_gather of their gradients (sparse_sync.py; docs/scale.md).
 
 Launch: `launch` runs N local workers through torch's elastic launcher (what `torchrun
 --standalone --nproc_per_node=N` does); a worker that dies ends the run with one line naming
@@ -24,23 +26,24 @@ import logging
 import os
 import sys
 import uuid
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.distributed.nn.functional import all_gather
 
 from twotower_cli.errors import TwoTowerError
 from twotower_cli.models.base import batch_rows
+from twotower_cli.sparse_sync import SparseGradSync
 
 BACKENDS = ("auto", "gloo", "nccl")
 # the keys of conf/train/default.yaml that belong here, not to the training loop
 KEYS = ("nproc", "backend", "dist_timeout_s")
 # what torchrun (and the elastic launcher) put in each worker's environment
 ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# the batch columns each row's in-batch softmax needs of every column
+COLUMNS = ("item", "user", "log_q")
 TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
 
 
@@ -256,50 +259,50 @@ def batch_bounds(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int
 
 
 def local_rows(batch: dict[str, torch.Tensor], group: Group) -> dict[str, torch.Tensor]:
-    """This rank's slice of a global batch (shared negatives stay whole)."""
+    """This rank's slice of a global batch (shared negatives stay whole), and under `all.<key>`
+    the global batch's `item`, `user` and `log_q` columns in `gather_columns`' order: every
+    rank holds the whole global batch, so the loss's columns need no collective."""
     if not group.active:
         return batch
     b = len(batch["user"]) // group.world_size
-    return batch_rows(batch, slice(group.rank * b, (group.rank + 1) * b))
+    rows = batch_rows(batch, slice(group.rank * b, (group.rank + 1) * b))
+    for k in COLUMNS:
+        if k in batch:
+            rows[f"all.{k}"] = torch.roll(batch[k], -group.rank * b)  # this rank's rows first
+    return rows
 
 
 def gather_columns(
     v: torch.Tensor, batch: dict[str, torch.Tensor], group: Group
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Every rank's item vectors (autograd all_gather: their gradients flow back to the rank
-    that computed them) and their `item`, `user` and `log_q` columns, this rank's first, then
-    the others in rank order: the loss's rows are this rank's, and its diagonal (row i's
-    positive in column i) holds as in one process."""
-    order = [(group.rank + i) % group.world_size for i in range(group.world_size)]
-    with warnings.catch_warnings():
-        # deprecated for the functional collectives, which the issue does not build on (yet)
-        warnings.simplefilter("ignore", FutureWarning)
-        parts = [_ContiguousGrad.apply(p) for p in all_gather(v)]
-    cols = torch.cat([parts[r] for r in order])
-    keys = [k for k in ("item", "user", "log_q") if k in batch]
-    # one collective for the id and logQ columns; float64 holds ids up to 2**53 exactly
-    packed = torch.stack([batch[k].to(torch.float64) for k in keys], dim=1)
-    gathered = [torch.empty_like(packed) for _ in range(group.world_size)]
-    dist.all_gather(gathered, packed)
-    packed = torch.cat([gathered[r] for r in order])
-    out = dict(batch)
-    for i, k in enumerate(keys):
-        out[k] = packed[:, i].to(batch[k].dtype)
+    """Every rank's item vectors (gradients flow back to the rank that computed them) and their
+    `item`, `user` and `log_q` columns (`local_rows`), this rank's first, then the others in
+    rank order: the loss's rows are this rank's, and its diagonal (row i's positive in column
+    i) holds as in one process."""
+    cols = torch.roll(_AllGather.apply(v, group.world_size), -group.rank * len(v), dims=0)
+    out = {k: t for k, t in batch.items() if not k.startswith("all.")}
+    out.update({k: batch[f"all.{k}"] for k in COLUMNS if f"all.{k}" in batch})
     return cols, out
 
 
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward hands on a contiguous gradient: all_gather's backward sends the
-    gradient slices through gloo's all_to_all, which reads the memory as laid out, and the
-    fused softmax's gradient of its columns is a transposed view (losses.py)."""
+class _AllGather(torch.autograd.Function):
+    """The ranks' tensors stacked in rank order; backward: each rank's slice of the summed
+    gradient. One collective each way: torch.distributed.nn.functional.all_gather sends the
+    gradient back through world_size scatters on gloo, and its `_all_gather_base` has no gloo
+    backward. (The contiguous gradient: the fused softmax's gradient of its columns is a
+    transposed view, losses.py, and gloo reads memory as laid out.)"""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
+    def forward(ctx, x: torch.Tensor, world_size: int) -> torch.Tensor:
+        out = x.new_empty((world_size * len(x), *x.shape[1:]))
+        dist.all_gather_single(out, x.contiguous())
+        return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous()
+    def backward(ctx, grad: torch.Tensor):
+        out = grad.new_empty((grad.shape[0] // dist.get_world_size(), *grad.shape[1:]))
+        dist.reduce_scatter_single(out, grad.contiguous())
+        return out, None
 
 
 def global_loss(loss_fn: Callable, group: Group) -> Callable:
@@ -321,27 +324,36 @@ def global_loss(loss_fn: Callable, group: Group) -> Callable:
 class _BatchLoss(torch.nn.Module):
     """The model's `batch_loss` as a forward pass, so DDP sees the step."""
 
-    def __init__(self, model: torch.nn.Module, loss_fn: Callable) -> None:
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable, sync=None) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
+        self.sync = sync
 
     def forward(self, user_feats, item_feats, batch, neg_feats=None) -> torch.Tensor:
-        return self.model.batch_loss(self.loss_fn, user_feats, item_feats, batch, neg_feats)
+        if self.sync is None:
+            return self.model.batch_loss(self.loss_fn, user_feats, item_feats, batch, neg_feats)
+        self.sync.start()
+        loss = self.model.batch_loss(self.loss_fn, user_feats, item_feats, batch, neg_feats)
+        return self.sync.after_backward(loss)
 
 
 def step_loss(model: torch.nn.Module, loss_fn: Callable, group: Group) -> Callable:
     """`(user_feats, item_feats, batch, neg_feats) -> loss` of one rank's rows; under a group,
     the model wrapped in DistributedDataParallel (its gradients averaged over the ranks in
-    backward; rank 0's initial weights broadcast to all) and the loss over global columns."""
-    step = _BatchLoss(model, global_loss(loss_fn, group))
+    backward; rank 0's initial weights broadcast to all) and the loss over global columns.
+    Sparse tables (train.sparse_embeddings, gloo) stay out of DDP: their gradients are averaged
+    in one collective when backward ends (sparse_sync.py)."""
     if not group.active:
-        return step
+        return _BatchLoss(model, loss_fn)
+    sync = SparseGradSync(model, group.world_size)
+    step = _BatchLoss(model, global_loss(loss_fn, group), sync)
+    DDP = torch.nn.parallel.DistributedDataParallel
+    DDP._set_params_and_buffers_to_ignore_for_model(step, [f"model.{n}" for n in sync.names])
+    sync.broadcast_weights()
     # buffers (embedding paddings, decay tables) never change in training: no per-step broadcast
     devices = [torch.cuda.current_device()] if group.backend == "nccl" else None
-    return torch.nn.parallel.DistributedDataParallel(
-        step, device_ids=devices, forward_sync_buffers=False
-    )
+    return DDP(step, device_ids=devices, forward_sync_buffers=False)
 
 
 def sparse_supported(group: Group) -> bool:

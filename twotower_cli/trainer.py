@@ -211,6 +211,7 @@ def train(
     epochs = bar(desc="train", unit="epoch", disable=quiet, initial=first, total=settings.epochs)
     for epoch in range(first, settings.epochs):
         model.train()
+        distributed.barrier(group)  # the epoch's rate counts training, not a peer still loading
         start, total = time.perf_counter(), 0.0
         perm = torch.randperm(n, generator=gen).to(device)
         epoch_bounds = bounds[: steps_allowed(len(bounds), settings.max_steps, history)]
