@@ -10,7 +10,15 @@ import pytest
 import torch
 from conftest import SMALL, read_json, twotower
 
-from twotower_cli.baselines import ease_select, ease_top_unseen, ease_weights, gram
+from twotower_cli.baselines import (
+    BaselineSettings,
+    baseline_metrics,
+    ease_peak_bytes,
+    ease_select,
+    ease_top_unseen,
+    ease_weights,
+    gram,
+)
 from twotower_cli.retrieval import EvalSet
 
 
@@ -57,6 +65,30 @@ def test_lambda_is_picked_on_validation():
     lam, scores = ease_select(_pairs(train), _pairs(valid), 9, [0.1, 1e4], 1)
     assert scores == pytest.approx({0.1: 0.23, 1e4: 0.29})
     assert lam == 1e4
+
+
+def test_ease_peak_memory_is_three_items_by_items_matrices():
+    # float64 up to 4,096 items: 3 * 4096^2 * 8 B = 402,653,184 B (384 MiB);
+    # float32 above: at the default eval.ease_max_items, 3 * 20000^2 * 4 B = 4.8e9 B (4.5 GiB)
+    assert ease_peak_bytes(4096) == 402_653_184
+    assert ease_peak_bytes(20_000) == 4_800_000_000
+    assert BaselineSettings().ease_max_items == 20_000
+
+
+def test_ease_is_skipped_above_ease_max_items_with_its_memory_in_the_note(capsys):
+    train, valid = _pairs([(1, 1), (1, 2), (2, 2), (2, 3)]), _pairs([(1, 3), (2, 1)])
+    ev = EvalSet.build(_pairs([(1, 3), (2, 1)]), pd.concat([train, valid]), 3)
+    at = BaselineSettings(names=["ease"], ease_max_items=3, ease_lambdas=[1.0], select_k=2)
+    out, skipped = baseline_metrics(at, train, valid, ev, [2], 3, None)
+    assert set(out) == {"ease"} and not skipped  # 3 items <= 3: fitted
+    above = BaselineSettings(names=["ease"], ease_max_items=2, ease_lambdas=[1.0], select_k=2)
+    out, skipped = baseline_metrics(above, train, valid, ev, [2], 3, None)
+    # 3 * 3^2 * 8 B = 216 B = 0.0 GiB
+    note = (
+        "3 items > eval.ease_max_items=2 (EASE would hold three 3 x 3 float64 matrices, 0.0 GiB)"
+    )
+    assert out == {} and skipped == {"ease": note}
+    assert capsys.readouterr().out.strip() == f"evaluate: EASE skipped: {note}"
 
 
 def test_evaluate_scores_ease_beside_the_model(out_dir: Path, capsys):

@@ -1,5 +1,6 @@
-"""`twotower tune`: the search-space syntax, its errors, a tiny search end to end, the best
-overlay accepted by `twotower run`, and a killed search resumed from its finished trials."""
+"""`twotower tune`: the search-space syntax, its errors, a tiny search end to end (the top
+trials confirmed with more seeds), the best overlay accepted by `twotower run`, and a killed
+search resumed from its finished trials, the trial it cut off marked FAIL."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from conftest import SMALL, read_json, twotower
 
 from twotower_cli import stages
 from twotower_cli.errors import TwoTowerError
-from twotower_cli.tune import search_space
+from twotower_cli.tune import search_space, study_lock, tpe
 
 TINY = """
 sampler: {seed: 0, n_startup_trials: 2}
@@ -87,6 +88,37 @@ def test_unknown_sampler_argument_is_a_one_line_error(tmp_path, capsys):
     assert not (out / "synthetic" / "tune").exists()
 
 
+def test_gamma_is_a_share_of_the_trials():
+    # the best ceil(0.25 * n) trials are "good": 2 of 8, 4 of 16 (optuna's 0.1: 1 and 2)
+    sampler = tpe({"seed": 0, "gamma": 0.25}, "x.yaml")
+    assert [sampler._gamma(n) for n in (8, 16, 200)] == [2, 4, 25]
+    for bad in (0, 1.5, "a", True):
+        with pytest.raises(TwoTowerError, match=r"^x.yaml: sampler.gamma: .* not a share"):
+            tpe({"gamma": bad}, "x.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("tune.confirm_top=-1", "tune.confirm_top: -1"), ("tune.trials=many", "tune.trials: 'many'")],
+)
+def test_bad_tune_counts_are_one_line_errors(tmp_path, capsys, override, message):
+    out = tmp_path / "outputs"
+    assert twotower("tune", *SMALL, f"paths.out={out}", override) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"twotower tune: error: {message} is not a count (an integer >= 0)"]
+    assert not (out / "synthetic" / "tune").exists()
+
+
+def test_a_second_tune_on_a_running_study_is_a_one_line_error(tmp_path, capsys):
+    conf, out = _conf(tmp_path), tmp_path / "outputs"
+    with study_lock(out / "synthetic" / "tune" / "tiny"):  # a live run holds the study
+        code = twotower("tune", "--config-dir", str(conf), "hparams_search=tiny", *SMALL,
+                        f"paths.out={out}")  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another `twotower tune` is running this study" in err[0]
+
+
 @pytest.mark.slow
 def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys):
     conf, out = _conf(tmp_path), tmp_path / "outputs"
@@ -101,7 +133,15 @@ def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys)
     for png in ("scores.png", "params.png"):
         assert (tune_dir / png).read_bytes()[:4] == b"\x89PNG"
     metrics = read_json(tune_dir / "metrics.json")
-    best = frame.loc[frame["valid_recall@20"].idxmax()]
+    # all 3 trials are in the top 3: each trained again with seeds 1 and 2, the best mean wins
+    confirmed = metrics["confirmed"]
+    assert sorted(confirmed) == ["0", "1", "2"]
+    for n, c in confirmed.items():
+        assert list(c["seeds"]) == ["0", "1", "2"]
+        assert c["seeds"]["0"] == frame.loc[int(n), "valid_recall@20"]  # the trial itself
+        assert c["mean"] == pytest.approx(sum(c["seeds"].values()) / 3)
+        assert frame.loc[int(n), "valid_recall@20_mean"] == pytest.approx(c["mean"])
+    best = frame.loc[frame["valid_recall@20_mean"].idxmax()]
     assert metrics["best_trial"] == best["trial"]
     assert metrics["params"]["model.temperature"] == best["model.temperature"]
     # the retrained best is evaluated on test, beside the baselines
@@ -121,30 +161,40 @@ def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys)
     assert ran["train"]["epochs"] == 3 and ran["dataset"]["load"]["n_users"] == 300
 
 
+class Killed(BaseException):
+    """SIGKILL in the middle of a trial: nothing in the process gets to clean up (optuna
+    catches Exception and KeyboardInterrupt, which it marks FAIL itself)."""
+
+
 @pytest.mark.slow
-def test_a_killed_search_resumes_from_its_finished_trials(tmp_path, monkeypatch):
+def test_a_killed_search_resumes_from_its_finished_trials(tmp_path, monkeypatch, capsys):
     conf, out = _conf(tmp_path), tmp_path / "outputs"
     args = ["tune", "--config-dir", str(conf), "hparams_search=tiny", *SMALL, f"paths.out={out}",
-            "tune.trials=3"]  # fmt: skip
+            "tune.trials=3", "tune.confirm_top=1"]  # fmt: skip
     fit, calls = stages.fit, []
 
     def killed_at_third(cfg, *args, **kwargs):
         calls.append(cfg.model.temperature)
         if len(calls) == 3:
-            raise KeyboardInterrupt  # Ctrl-C / kill in the middle of trial 2
+            raise Killed  # the process dies in the middle of trial 2
         return fit(cfg, *args, **kwargs)
 
     monkeypatch.setattr(stages, "fit", killed_at_third)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         twotower(*args)
     tune_dir = out / "synthetic" / "tune" / "tiny"
     assert (tune_dir / "study.journal").exists()
     assert not (tune_dir / "trials.csv").exists()  # written only when the search ends
+    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tune_dir / "study.journal"))))  # fmt: skip
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "RUNNING"]
     calls.clear()
+    capsys.readouterr()
     assert twotower(*args) == 0
+    assert "tune: trials [2] were cut off by a killed run: marked FAIL" in capsys.readouterr().out
     # one trial to go, plus the retrain of the best: two trainings, not four
     assert len(calls) == 2
     frame = pd.read_csv(tune_dir / "trials.csv")
-    done = frame[frame["state"] == "COMPLETE"]
-    assert list(done["trial"]) == [0, 1, 3]  # trial 2 was the one killed
+    assert list(frame["state"]) == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert list(frame.loc[frame["state"] == "COMPLETE", "trial"]) == [0, 1, 3]
     assert read_json(tune_dir / "metrics.json")["trials"] == 3

@@ -30,7 +30,7 @@ class BaselineSettings:
     """`eval.*` keys the baselines read."""
 
     names: list[str] = field(default_factory=lambda: ["popularity", "ease"])
-    ease_max_items: int = 50000
+    ease_max_items: int = 20000
     ease_lambdas: list[float] = field(default_factory=lambda: list(DEFAULT_LAMBDAS))
     select_k: int = 20  # validation Recall@k that picks lambda (train.early_stop_k)
 
@@ -39,6 +39,12 @@ def _dtype(n_items: int) -> torch.dtype:
     # float64 keeps the hand-checked closed form exact on small catalogues; float32 halves the
     # memory of the n x n matrices on large ones
     return torch.float64 if n_items <= 4096 else torch.float32
+
+
+def ease_peak_bytes(n_items: int) -> int:
+    """EASE's peak memory: three items x items matrices at once (the Gram matrix, and the
+    shifted copy and its Cholesky factor, or the factor and the inverse: ease_weights)."""
+    return 3 * n_items * n_items * _dtype(n_items).itemsize
 
 
 def _user_rows(pairs: pd.DataFrame, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +82,11 @@ def ease_weights(G: torch.Tensor, lam: float) -> torch.Tensor:
     i.e. B_ij = -P_ij / P_jj off the diagonal and 0 on it (Steck 2019, eq. 8)."""
     A = G.clone()
     A.diagonal().add_(lam)
-    P = torch.cholesky_inverse(torch.linalg.cholesky(A))
-    B = -P / P.diagonal()[None, :]
+    L = torch.linalg.cholesky(A)
+    del A  # at most three n x n matrices alive with G: ease_peak_bytes
+    B = torch.cholesky_inverse(L)
+    del L
+    B.div_(-B.diagonal().clone()[None, :])  # B is P until here: B_ij = -P_ij / P_jj
     B.diagonal().zero_()
     return B
 
@@ -154,7 +163,9 @@ def baseline_metrics(settings: BaselineSettings, train: pd.DataFrame, valid: pd.
     if "ease" in settings.names:
         if n_items > settings.ease_max_items:
             skipped["ease"] = (f"{n_items} items > eval.ease_max_items={settings.ease_max_items}"
-                               " (EASE needs two items x items matrices)")  # fmt: skip
+                               f" (EASE would hold three {n_items} x {n_items} "
+                               f"{str(_dtype(n_items)).removeprefix('torch.')} matrices,"
+                               f" {ease_peak_bytes(n_items) / 2**30:.1f} GiB)")  # fmt: skip
             print(f"evaluate: EASE skipped: {skipped['ease']}")
         else:
             out["ease"] = ease_metrics(train, valid, ev, ks, n_items, settings.ease_lambdas,

@@ -1,5 +1,6 @@
-"""The plots of `twotower report`, drawn on matplotlib's Agg canvas (Figure objects, no pyplot
-and no display): each takes one run or several (a comparison) and returns a PNG."""
+"""The plots of `twotower report` and `twotower tune`, drawn on matplotlib's Agg canvas (Figure
+objects, no pyplot and no display): each takes one run or several (a comparison), or a tune
+study's trials, and returns a PNG."""
 
 from __future__ import annotations
 
@@ -215,3 +216,31 @@ def plots(runs: list[RunData]) -> list[Plot]:
             user_bucket_plot(runs), coverage_plot(runs), score_plot(runs),
             field_weight_plot(runs), task_weight_plot(runs)]  # fmt: skip
     return [p for p in made if p is not None]
+
+
+def tune_plots(frame: pd.DataFrame, metric: str, params: list[str]) -> dict[str, bytes]:
+    """`twotower tune`'s scores.png (each trial's validation score and the best so far) and
+    params.png (the score against each parameter), from trials.csv's rows."""
+    done = frame[frame["state"] == "COMPLETE"]
+    fig, (ax,) = _figure(1, 6, 3.5)
+    ax.plot(done["trial"], done[metric], "o", label="trial")
+    ax.plot(done["trial"], done[metric].cummax(), "-", label="best so far")
+    ax.set(xlabel="trial", ylabel=metric, title="tune: validation score over trials")
+    ax.legend()
+    pngs = {"scores.png": to_png(fig)}
+    cols = min(3, len(params))
+    rows = -(-len(params) // cols)
+    fig = Figure(figsize=(4 * cols, 3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, name in zip(axes.ravel(), params, strict=False):
+        values = done[name]
+        if values.map(lambda v: isinstance(v, str | bool)).any():
+            labels = sorted(values.astype(str).unique())
+            ax.set_xticks(range(len(labels)), labels)
+            values = values.astype(str).map({s: i for i, s in enumerate(labels)})
+        ax.plot(values, done[metric], "o")
+        ax.set(xlabel=name, ylabel=metric)
+    for ax in axes.ravel()[len(params) :]:
+        ax.axis("off")
+    pngs["params.png"] = to_png(fig)
+    return pngs

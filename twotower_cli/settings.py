@@ -93,7 +93,7 @@ class EvalSettings:
     # classical baselines beside the model (baselines.py); EASE only up to ease_max_items, its
     # lambda picked on validation from ease_lambdas
     baselines: list[str] = field(default_factory=lambda: ["popularity", "ease"])
-    ease_max_items: int = field(default=50_000, metadata={"ge": 1})
+    ease_max_items: int = field(default=20_000, metadata={"ge": 1})
     ease_lambdas: list[float] = field(default_factory=lambda: [10.0, 50.0, 100.0, 200.0, 500.0,
                                                                 1000.0, 2000.0])  # fmt: skip
 

@@ -8,14 +8,21 @@ optuna < 3, so twotower drives current Optuna itself: each trial composes the co
 with Hydra's compose API (command-line overrides + the trial's values), trains in memory
 (stages.fit) and scores validation Recall@`train.early_stop_k`; test is never read until the
 best trial is retrained. Preprocess and sample outputs are made once per sampler and reused.
-The study lives in `<tune_dir>/study.journal` (Optuna's journal file), so a killed tune run
-restarted with the same command continues from its finished trials.
+One seed's validation score is noisy, so the top `tune.confirm_top` trials are trained again
+with `tune.confirm_seeds` and the best mean over seeds is retrained. The study lives in
+`<tune_dir>/study.journal` (Optuna's journal file), so a killed tune run restarted with the
+same command continues from its finished trials; one run at a time holds `<tune_dir>/study.lock`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import time
+import warnings
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +35,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from twotower_cli import stages
+from twotower_cli import plots, stages
 from twotower_cli.artifacts import StageOutput
 from twotower_cli.errors import TwoTowerError
 
@@ -139,23 +146,58 @@ def suggest(trial: optuna.Trial, key: str, dist) -> object:
     return trial.suggest_float(key, dist.low, dist.high, log=dist.log)
 
 
-def open_study(tune_dir: Path, name: str, sampler: dict, source: str):
-    """The study in `tune_dir/study.journal`, created or continued; TPE seeded."""
-    try:  # a bad sampler argument fails before the tune dir exists
-        optuna.samplers.TPESampler(**sampler)
+def tpe(sampler: dict, source: str, done: int = 0) -> optuna.samplers.TPESampler:
+    """TPESampler from the search file's `sampler:` block; `gamma` there is a share of the
+    trials (the best share models "good" values), and a resumed study seeds TPE with
+    seed + finished trials: deterministic, never a replay."""
+    kwargs = dict(sampler)
+    if "gamma" in kwargs:
+        share = kwargs["gamma"]
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+            raise TwoTowerError(f"{source}: sampler.gamma: {share!r} is not a share in (0, 1]")
+        kwargs["gamma"] = partial(_good_trials, float(share))
+    kwargs["seed"] = int(kwargs.get("seed", 0)) + done
+    try:
+        with warnings.catch_warnings():  # multivariate: "experimental" in optuna 4; gamma:
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # "to go in 6"
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.samplers.TPESampler(**kwargs)
     except TypeError as err:
         raise TwoTowerError(f"{source}: sampler: {err}") from err
+
+
+def _good_trials(share: float, n: int) -> int:
+    return min(math.ceil(share * n), 25)  # optuna's default_gamma with another share
+
+
+@contextmanager
+def study_lock(tune_dir: Path):
+    """Held for a whole tune run: a second run on the same study fails fast, and a trial the
+    holder finds RUNNING was left by a dead run."""
     tune_dir.mkdir(parents=True, exist_ok=True)
+    with open(tune_dir / "study.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TwoTowerError(f"{tune_dir}: another `twotower tune` is running this study; "
+                                "wait for it or pick another tune.name") from None  # fmt: skip
+        yield
+
+
+def open_study(tune_dir: Path, name: str, sampler: dict, source: str):
+    """The study in `tune_dir/study.journal`, created or continued, with a seeded TPE; trials
+    a killed run left RUNNING are marked FAIL (the caller holds the study's lock)."""
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tune_dir / "study.journal"))
     )
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                 load_if_exists=True)  # fmt: skip
-    done = len(finished(study))
-    kwargs = dict(sampler)
-    # a resumed study seeds TPE with seed + finished trials: deterministic, never a replay
-    kwargs["seed"] = int(kwargs.get("seed", 0)) + done
-    study.sampler = optuna.samplers.TPESampler(**kwargs)
+    dead = [t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))]
+    for number in dead:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    if dead:
+        print(f"tune: trials {dead} were cut off by a killed run: marked FAIL")
+    study.sampler = tpe(sampler, source, len(finished(study)))
     return study
 
 
@@ -177,42 +219,6 @@ def trials_frame(study, metric: str) -> pd.DataFrame:
         for t in study.trials
     ]
     return pd.DataFrame(rows)
-
-
-def plot_trials(frame: pd.DataFrame, metric: str, params: list[str], out_dir: Path) -> list[str]:
-    """scores.png (each trial's validation score and the best so far) and params.png (score
-    against each parameter)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = frame[frame["state"] == "COMPLETE"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(done["trial"], done[metric], "o", label="trial")
-    ax.plot(done["trial"], done[metric].cummax(), "-", label="best so far")
-    ax.set(xlabel="trial", ylabel=metric, title="tune: validation score over trials")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "scores.png", dpi=100)
-    plt.close(fig)
-    cols = min(3, len(params))
-    rows = -(-len(params) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, name in zip(axes.ravel(), params, strict=False):
-        values = done[name]
-        if values.map(lambda v: isinstance(v, str | bool)).any():
-            labels = sorted(values.astype(str).unique())
-            ax.set_xticks(range(len(labels)), labels)
-            values = values.astype(str).map({s: i for i, s in enumerate(labels)})
-        ax.plot(values, done[metric], "o")
-        ax.set(xlabel=name, ylabel=metric)
-    for ax in axes.ravel()[len(params) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out_dir / "params.png", dpi=100)
-    plt.close(fig)
-    return ["scores.png", "params.png"]
 
 
 def overlay(params: dict, command: list[str], choices: dict, run: str, header: str) -> str:
@@ -240,6 +246,10 @@ def _trial_settings(cfg: DictConfig) -> tuple[dict, str, dict]:
     source = f"conf/hparams_search/{HydraConfig.get().runtime.choices.get('hparams_search')}.yaml"
     params, sampler = (OmegaConf.to_container(hs[k], resolve=True) if hs.get(k) else {}
                        for k in ("params", "sampler"))  # fmt: skip
+    for key in ("trials", "confirm_top"):
+        value = cfg.tune[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TwoTowerError(f"tune.{key}: {value!r} is not a count (an integer >= 0)")
     return search_space(params, source), source, sampler
 
 
@@ -258,42 +268,87 @@ def run_tune(cfg: DictConfig) -> dict:
         compose_run([*base, *probe])
     except HydraException as err:
         raise TwoTowerError(f"{source}: {str(err).splitlines()[0]}") from err
-    study = open_study(tune_dir, name, sampler, source)
-    settings = {"overrides": sorted(o for o in base if not _is_run_key(o)),
-                "space": {k: str(v) for k, v in cfg.hparams_search.params.items()}}  # fmt: skip
-    if "settings" not in study.user_attrs:
-        study.set_user_attr("settings", settings)
-    elif study.user_attrs["settings"] != settings:
-        raise TwoTowerError(f"{tune_dir} holds a study started with {study.user_attrs['settings']}"
-                            f"; rerun with those settings or pick another tune.name")  # fmt: skip
-    made: set = set()
-    n_new = max(0, int(cfg.tune.trials) - len(finished(study)))
-    print(f"tune: {len(finished(study))} finished trials in {tune_dir}, {n_new} to run")
+    tpe(sampler, source)  # a bad sampler argument fails before the tune dir exists
+    with study_lock(tune_dir):
+        study = open_study(tune_dir, name, sampler, source)
+        space_text = {k: str(v) for k, v in cfg.hparams_search.params.items()}
+        settings = {"overrides": sorted(o for o in base if not _is_run_key(o)),
+                    "space": space_text}  # fmt: skip
+        if "settings" not in study.user_attrs:
+            study.set_user_attr("settings", settings)
+        elif study.user_attrs["settings"] != settings:
+            raise TwoTowerError(f"{tune_dir} holds a study started with "
+                                f"{study.user_attrs['settings']}; rerun with those settings or "
+                                "pick another tune.name")  # fmt: skip
+        made: set = set()
+        n_new = max(0, int(cfg.tune.trials) - len(finished(study)))
+        print(f"tune: {len(finished(study))} finished trials in {tune_dir}, {n_new} to run")
 
-    def objective(trial: optuna.Trial) -> float:
-        params = {key: suggest(trial, key, dist) for key, dist in space.items()}
-        trial_cfg, _ = compose_run([*base, *(_override(k, v) for k, v in params.items())])
-        _ensure_inputs(trial_cfg, made)
-        start = time.perf_counter()
-        history = stages.fit(trial_cfg, *stages.train_inputs(trial_cfg)).history
-        score = max(h[metric] for h in history)
-        trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
-        trial.set_user_attr("epochs", len(history))
-        best = max([score, *(t.value for t in finished(trial.study))])
-        print(f"tune: trial {trial.number} {metric} {score:.4f} (best {best:.4f}) "
-              f"{json.dumps(params)}", flush=True)  # fmt: skip
-        return score
+        def objective(trial: optuna.Trial) -> float:
+            params = {key: suggest(trial, key, dist) for key, dist in space.items()}
+            start = time.perf_counter()
+            score, epochs = _score([*base, *_overrides(params)], metric, made)
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
+            trial.set_user_attr("epochs", epochs)
+            best = max([score, *(t.value for t in finished(trial.study))])
+            print(f"tune: trial {trial.number} {metric} {score:.4f} (best {best:.4f}) "
+                  f"{json.dumps(params)}", flush=True)  # fmt: skip
+            return score
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(objective, n_trials=n_new, catch=())
-    return _retrain_best(cfg, study, base, command, metric, tune_dir, name, list(space), started)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(objective, n_trials=n_new, catch=())
+        best, means = confirm(cfg, study, base, metric, made)
+        return _retrain_best(cfg, study, best, means, base, command, metric, list(space),
+                             started)  # fmt: skip
 
 
-def _retrain_best(cfg, study, base, command, metric, tune_dir, name, params, started) -> dict:
-    """The best trial retrained for each of tune.seeds and run through embed, index and
+def _overrides(params: dict) -> list[str]:
+    return [_override(k, v) for k, v in params.items()]
+
+
+def _score(overrides: list[str], metric: str, made: set) -> tuple[float, int]:
+    """Train `twotower ... OVERRIDES` in memory: its best validation score and epochs run."""
+    trial_cfg, _ = compose_run(overrides)
+    _ensure_inputs(trial_cfg, made)
+    history = stages.fit(trial_cfg, *stages.train_inputs(trial_cfg)).history
+    return max(h[metric] for h in history), len(history)
+
+
+def confirm(cfg: DictConfig, study, base: list[str], metric: str, made: set) -> tuple:
+    """The trial to retrain: the top `tune.confirm_top` trials by their score are trained
+    again with each of `tune.confirm_seeds` (in memory, validation only) and the best mean over
+    seeds wins, so a lucky seed does not pick the configuration (docs/tuning.md). Scores are
+    stored in the study, so a restarted run does not train them again. Returns the trial and
+    {trial number: {"seeds": {seed: score}, "mean": ...}} of the confirmed ones."""
+    top = sorted(finished(study), key=lambda t: t.value, reverse=True)[: cfg.tune.confirm_top]
+    seeds = [int(s) for s in cfg.tune.confirm_seeds if int(s) != int(cfg.seed)]
+    if len(top) < 2 or not seeds:
+        return study.best_trial, {}
+    stored = study.user_attrs.get("confirm", {})
+    means = {}
+    for t in top:
+        scores = {str(cfg.seed): t.value, **stored.get(str(t.number), {})}
+        for seed in seeds:
+            if str(seed) not in scores:
+                scores[str(seed)], _ = _score(
+                    [*base, *_overrides(t.params), f"seed={seed}"], metric, made
+                )
+                stored = {**stored, str(t.number): scores}
+                study.set_user_attr("confirm", stored)
+        runs = {s: scores[str(s)] for s in [int(cfg.seed), *seeds]}
+        means[t.number] = {"seeds": runs, "mean": float(np.mean(list(runs.values())))}
+        print(f"tune: trial {t.number} {metric} seeds {list(runs)}: "
+              f"{' / '.join(f'{v:.4f}' for v in runs.values())}, "
+              f"mean {means[t.number]['mean']:.4f}", flush=True)  # fmt: skip
+    number = max(means, key=lambda n: means[n]["mean"])
+    return study.trials[number], means
+
+
+def _retrain_best(cfg, study, best, means, base, command, metric, params, started) -> dict:
+    """The chosen trial retrained for each of tune.seeds and run through embed, index and
     evaluate; tune_dir gets trials.csv, best.yaml, plots and metrics.json."""
-    best = study.best_trial
-    overrides = [*base, *(_override(k, v) for k, v in best.params.items())]
+    tune_dir, name = Path(cfg.paths.tune_dir), str(cfg.tune.name)
+    overrides = [*base, *_overrides(best.params)]
     run = f"tuned-{name}"
     per_seed = {}
     for seed in cfg.tune.seeds:
@@ -314,21 +369,27 @@ def _retrain_best(cfg, study, base, command, metric, tune_dir, name, params, sta
         metric: best.value,
         "params": best.params,
         "trials": len(finished(study)),
+        # the top trials trained again with other seeds: the best mean picked `best_trial`
+        "confirmed": means,
         "test_model": test,
         "per_seed": per_seed,
         "baselines": {b: first[b] for b in ("popularity", "ease") if b in first},
     }
+    mean = f", mean over seeds {means[best.number]['mean']:.4f}" if means else ""
     header = (f"# `twotower tune` best of {len(finished(study))} trials on validation "
-              f"({metric} {best.value:.4f}, trial {best.number}); {tune_dir}\n")  # fmt: skip
+              f"({metric} {best.value:.4f}{mean}, trial {best.number}); {tune_dir}\n")  # fmt: skip
     with StageOutput("tune", tune_dir, stages._config(cfg), [cfg.paths.preprocess_dir]) as out:
         frame = trials_frame(study, metric)
+        frame.insert(3, f"{metric}_mean", frame["trial"].map(
+            lambda n: means[n]["mean"] if n in means else None))  # fmt: skip
         frame.to_csv(out.path("trials.csv"), index=False)
         out.path("best.yaml").write_text(overlay(best.params, command, choices, run, header))
-        plot_trials(frame, metric, params, out.tmp)
+        for png, data in plots.tune_plots(frame, metric, params).items():
+            out.path(png).write_bytes(data)
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
-        means = {f"test_recall@{k}_mean": test[f"recall@{k}"]["mean"] for k in ks}
+        test_means = {f"test_recall@{k}_mean": test[f"recall@{k}"]["mean"] for k in ks}
         # this run's whole time (the manifest's `seconds` count only the final evaluate)
-        out.figures = {metric: best.value, "trials": len(finished(study)), **means,
+        out.figures = {metric: best.value, "trials": len(finished(study)), **test_means,
                        "run_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     print(f"tune: best trial {best.number} {metric} {best.value:.4f} {json.dumps(best.params)}")
     for k in ks:
