@@ -455,34 +455,6 @@ def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
             "dist/runs@1": rates[1], "dist/runs@2": rates[2]}  # fmt: skip
 
 
-def bench_peers(out_dir: Path, threads: int) -> dict:
-    """twotower's default `twotower run` on MovieLens-100K (a subprocess, its own paths.out),
-    then torch-rechub's DSSM on the tables that run's preprocess wrote (bench/peers.py), both
-    on `threads` threads: training positives/s, wall seconds, test Recall@20."""
-    try:
-        import torch_rechub  # noqa: F401
-    except ImportError as err:
-        raise SystemExit(
-            "bench: section peers needs torch-rechub: pip install -e '.[bench]'"
-        ) from err
-    run_out = out_dir / "peers"
-    script = Path(sys.executable).with_name("twotower")
-    log(f"peers: twotower run paths.out={run_out} threads={threads}")
-    start = time.perf_counter()
-    subprocess.run([str(script), "run", f"paths.out={run_out}", f"threads={threads}"], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
-    wall = time.perf_counter() - start
-    root = run_out / "ml100k" / "sample" / "inbatch" / "dssm"
-    train = json.loads((root / "train" / "manifest.json").read_text())
-    metrics = json.loads((root / "evaluate" / "manifest.json").read_text())["figures"]
-    ours = {"peer_twotower_samples_per_s": train["figures"]["samples_per_s"],
-            "peer_twotower_train_s": train["seconds"], "peer_twotower_wall_s": wall,
-            "peer_twotower_recall@20": metrics["model/recall@20"],
-            "peer_twotower_epochs": train["figures"]["epochs"]}  # fmt: skip
-    theirs = peers.run_rechub(run_out / "ml100k" / "preprocess", peers.RechubSettings(), log=log)
-    return {**ours, **theirs, **peers.combine(theirs, ours), "peer_threads": threads}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
@@ -568,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
         results.update(ann_results)
         ann_path.write_text(json.dumps(ann_rows, indent=1))
     if "peers" in sections:
-        results.update(bench_peers(out_dir, args.threads))
+        results.update(peers.section(out_dir, args.threads, sizes.repeats, log))
     if "dist" in sections:
         results.update(bench_dist(sizes, out_dir, args.cache_dir))
     if "scale" in sections:
