@@ -87,9 +87,12 @@ class Sizes:
     # int: nprobe (IVF) or efSearch (HNSW); str: faiss ParameterSpace settings
     ann_candidates: dict = field(
         default_factory=lambda: {
-            # the exact refine (RFlat): on trained vectors the 50th and 51st neighbours' scores
-            # differ by ~6e-4, below SQ8's error; Refine(SQ8) stayed at recall@50 0.44-0.50
-            "IVF4096,PQ32x4fs,RFlat": ["nprobe=32,k_factor_rf=4", "nprobe=64,k_factor_rf=8"],
+            # 8-bit scalar codes: recall@50 0.973 at nprobe 32, 21x Flat, 70 MiB (1 Dec). 4-bit
+            # PQ ranks trained vectors too coarsely for its refine: 2 dimensions a code
+            # (PQ32x4fs) held 0.44-0.55 at k_factor_rf 4-8 and 0.80 at 64, 1 dimension a code
+            # 0.80-0.86 at 16-32, 0.947 at 64 (docs/bench.md)
+            "IVF4096,SQ8": [32, 64],
+            "IVF4096,PQ64x4fs,Refine(SQ8)": ["nprobe=32,k_factor_rf=32"],
             "IVF4096,Flat": [16, 32, 64],
             "HNSW32": [128, 256, 512],
         }
@@ -117,7 +120,8 @@ QUICK = Sizes(
     ann_clusters=50,
     ann_queries=2000,
     ann_candidates={
-        "IVF256,PQ32x4fs,Refine(SQ8)": ["nprobe=16,k_factor_rf=4"],
+        "IVF256,SQ8": [16],
+        "IVF256,PQ64x4fs,Refine(SQ8)": ["nprobe=16,k_factor_rf=16"],
         "IVF256,Flat": [8, 16],
         "HNSW32": [128],
     },  # fmt: skip
