@@ -1,22 +1,28 @@
-"""Peers side by side (`make bench`, section `peers`): torch-rechub's DSSM (the optional `bench`
-extra, `pip install -e '.[bench]'`) against twotower's default on the same MovieLens-100K split
-(`twotower preprocess`'s tables), scored with twotower's metric code on the same test users
-and masks.
+"""Peers side by side (`make bench`, section `peers`: `section`): torch-rechub's DSSM (the
+optional `bench` extra, `pip install -e '.[bench]'`) against twotower's default on the same
+MovieLens-100K split
+(`twotower preprocess`'s tables), scored with twotower's metric code on the same test users and
+masks; the speed keys come from rounds that alternate the two sides.
 
 rechub runs as its own example (`examples/matching/run_ml_dssm.py`) sets it up: 16-dim
 embeddings of user id, gender, age, occupation, zip and the mean of the user's last 50 items
 (shared with the item id table); item id and first genre; towers [256, 128, 64] with PReLU;
 point-wise BCE with 3 negatives per positive drawn by count^0.75 (its `negative_sample`,
-method 1); Adam with weight decay 1e-6; batch 4096; 10 epochs; its `MatchTrainer` and
-`MatchDataGenerator`. Its learning rate (and the epoch to stop at) is picked on the validation
-split, as twotower's early stopping picks its epoch. The adapter below builds rechub's inputs
-from twotower's tables (vectorised; rechub's own `generate_seq_feature_match` makes its own
-leave-one-out split, not this one).
+method 1); Adam with weight decay 1e-6; batch 4096; its `MatchTrainer` and
+`MatchDataGenerator`. Its learning rate and epoch count are picked on the validation split:
+each rate trains until `patience` epochs bring no better validation Recall@20 (at most
+`epochs`, twotower's own limit; the example's fixed 10 epochs left its best run still rising),
+and the grid widens by half-decades past whichever end holds the best
+(`next_lr`). The adapter below builds rechub's inputs from twotower's tables (vectorised;
+rechub's own `generate_seq_feature_match` makes its own leave-one-out split, not this one).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,20 +36,30 @@ from twotower_cli.errors import TwoTowerError
 from twotower_cli.retrieval import EvalSet, build_index, evaluate_index
 
 HIST_LEN = 50
+# rechub epochs per speed round (~10 s on one thread, about one `twotower train`)
+PEER_EPOCHS = 2
 USER_COLS = ("user", "gender", "age", "occupation", "zip")
 
 
 @dataclass
 class RechubSettings:
-    """rechub's ML example settings; `lrs` is the validation grid (its default 1e-4 first)."""
+    """rechub's ML example settings; `lrs` is the starting validation grid (its default 1e-4
+    first), widened within `lr_range` while an end of it is best; per rate, early stopping
+    after `patience` epochs without a better validation recall, `epochs` at most (twotower's
+    train.epochs)."""
 
     embed_dim: int = 16
     dims: list = field(default_factory=lambda: [256, 128, 64])
     neg_ratio: int = 3
     batch_size: int = 4096
-    epochs: int = 10
+    epochs: int = 40
+    # twotower's patience is 4, but rechub's validation recall jumps by +-0.02 between its
+    # epochs of 35 steps (batch 4096), and 4 stopped its 1e-3 run at 0.054 where 10 fixed
+    # epochs had reached 0.084: 10 lets the noise pass
+    patience: int = 10
     weight_decay: float = 1e-6
     lrs: list = field(default_factory=lambda: [1e-4, 1e-3, 1e-2])
+    lr_range: tuple = (1e-5, 1.0)
     seed: int = 2022
 
 
@@ -79,8 +95,6 @@ class RechubAdapter:
     """twotower's preprocessed tables -> rechub's feature lists, input dicts and model."""
 
     def __init__(self, prep_dir: Path, settings: RechubSettings) -> None:
-        import json
-
         self.prep_dir, self.s = Path(prep_dir), settings
         schema = json.loads((self.prep_dir / "schema.json").read_text())
         self.vocab = {f["name"]: f["vocab_size"] for side in schema.values() for f in side}
@@ -167,60 +181,163 @@ def recall(model, ad: RechubAdapter, held: pd.DataFrame, seen: pd.DataFrame,
     return evaluate_index(build_index(items, "Flat"), u, ev, ks, ad.n_items)
 
 
-def run_rechub(prep_dir: Path, settings: RechubSettings, k: int = 20, log=print) -> dict:
-    """Each learning rate in the grid: rechub's MatchTrainer for `epochs` epochs, validation
-    Recall@k after each; the (lr, epoch) with the best validation recall is scored on the test
-    split. Positives/s counts training positives over the training loop's seconds only."""
+def next_lr(best_valid: dict[float, float], lr_range: tuple[float, float]) -> float | None:
+    """The next rate to try: half a decade past the grid's end when that end holds the best
+    validation recall (the top end first), inside lr_range; None when the best is inside the
+    grid (or at a bound of the range)."""
+    best = max(best_valid, key=best_valid.get)
+    lo, hi = min(best_valid), max(best_valid)
+    step = 10**0.5
+    if best == hi and hi * step <= lr_range[1] * (1 + 1e-9):
+        return hi * step
+    if best == lo and lo / step >= lr_range[0] * (1 - 1e-9):
+        return lo / step
+    return None
+
+
+def prepare(prep_dir: Path, settings: RechubSettings) -> tuple[RechubAdapter, dict, np.ndarray]:
+    """The adapter and rechub's training inputs (positives and their drawn negatives)."""
+    ad = RechubAdapter(prep_dir, settings)
+    x, y = ad.train_inputs(settings.seed)
+    return ad, x, y
+
+
+def trainer_and_loader(ad: RechubAdapter, x: dict, y: np.ndarray, settings: RechubSettings,
+                       lr: float):  # fmt: skip
+    """A fresh rechub DSSM (seeded), its MatchTrainer at `lr` and its training DataLoader."""
     from torch_rechub.trainers import MatchTrainer
     from torch_rechub.utils.data import MatchDataGenerator
 
+    torch.manual_seed(settings.seed)
+    model = ad.model()
+    trainer = MatchTrainer(model, mode=0, n_epoch=settings.epochs, device="cpu",
+                           optimizer_params={"lr": lr, "weight_decay": settings.weight_decay},
+                           model_path=str(ad.prep_dir))  # fmt: skip
+    # num_workers=0: the loader shares this process's threads, as twotower's data path does
+    loader = MatchDataGenerator(x=x, y=y).generate_dataloader(
+        ad.item_inputs(np.arange(1, 2)), ad.item_inputs(np.arange(1, 2)),
+        batch_size=settings.batch_size, num_workers=0)[0]  # fmt: skip
+    return model, trainer, loader
+
+
+def rates(ad: RechubAdapter, x: dict, y: np.ndarray, settings: RechubSettings, lr: float,
+          epochs: int) -> list[float]:  # fmt: skip
+    """Training positives/s of each of `epochs` epochs of a fresh model at `lr` (the speed
+    rounds, which alternate with twotower's)."""
+    _, trainer, loader = trainer_and_loader(ad, x, y, settings, lr)
+    out = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        trainer.train_one_epoch(loader)
+        out.append(float(y.sum()) / (time.perf_counter() - t0))
+    return out
+
+
+def run_rechub(prep_dir: Path, settings: RechubSettings, k: int = 20, log=print) -> dict:
+    """The validation search: each learning rate trains with early stopping on validation
+    Recall@k (rechub's MatchTrainer), the grid widening past a best end (`next_lr`); the
+    (lr, epoch) with the best validation recall is scored on the test split. Positives/s counts
+    training positives over the training loop's seconds only (here: every epoch of the
+    search; the speed keys come from the alternating rounds in bench/run.py)."""
     start = time.perf_counter()
-    ad = RechubAdapter(prep_dir, settings)
-    x, y = ad.train_inputs(settings.seed)
+    ad, x, y = prepare(prep_dir, settings)
     n_pos = int(y.sum())
     prep_s = time.perf_counter() - start
     best = {"valid": -1.0}
-    rates, runs = [], {}
-    for lr in settings.lrs:
-        torch.manual_seed(settings.seed)
-        model = ad.model()
-        trainer = MatchTrainer(model, mode=0, n_epoch=settings.epochs, device="cpu",
-                               optimizer_params={"lr": lr, "weight_decay": settings.weight_decay},
-                               model_path=str(prep_dir))  # fmt: skip
-        # num_workers=0: the loader shares this process's threads, as twotower's data path does
-        loader = MatchDataGenerator(x=x, y=y).generate_dataloader(
-            ad.item_inputs(np.arange(1, 2)), ad.item_inputs(np.arange(1, 2)),
-            batch_size=settings.batch_size, num_workers=0)[0]  # fmt: skip
+    speeds, runs, queue = [], {}, sorted(settings.lrs)
+    while queue:
+        lr = queue.pop(0)
+        model, trainer, loader = trainer_and_loader(ad, x, y, settings, lr)
         curve, train_s = [], 0.0
         for epoch in range(settings.epochs):
             t0 = time.perf_counter()
             trainer.train_one_epoch(loader)
             seconds = time.perf_counter() - t0
             train_s += seconds
-            rates.append(n_pos / seconds)
+            speeds.append(n_pos / seconds)
             value = recall(model, ad, ad.valid, ad.train, [k])[f"recall@{k}"]
             curve.append(value)
             log(f"peers: rechub lr {lr:g} epoch {epoch + 1}: valid recall@{k} {value:.4f}, "
                 f"{n_pos / seconds:.0f} positives/s")  # fmt: skip
             if value > best["valid"]:
-                best = {"valid": value, "lr": lr, "epoch": epoch + 1,
+                best = {"valid": value, "lr": lr, "epoch": epoch + 1, "train_s": train_s,
                         "state": copy.deepcopy(model.state_dict())}  # fmt: skip
+            if epoch + 1 - int(np.argmax(curve)) - 1 >= settings.patience:
+                break
         runs[lr] = {"valid_curve": curve, "train_s": train_s}
+        if not queue:
+            more = next_lr({r: max(v["valid_curve"]) for r, v in runs.items()}, settings.lr_range)
+            queue = [more] if more is not None else []
     model = ad.model()
     model.load_state_dict(best["state"])
     seen = pd.concat([ad.train, ad.valid])
     test = recall(model, ad, ad.test, seen, [10, k, 50])
-    out = {f"peers/rechub/lr={lr:g}/best_valid_recall@{k}": max(r["valid_curve"])
-           for lr, r in runs.items()}  # fmt: skip
+    out = {}
+    for lr, r in runs.items():
+        out[f"peers/rechub/lr={lr:.3g}/best_valid_recall@{k}"] = max(r["valid_curve"])
+        out[f"peers/rechub/lr={lr:.3g}/best_epoch"] = int(np.argmax(r["valid_curve"])) + 1
+        out[f"peers/rechub/lr={lr:.3g}/epochs_run"] = len(r["valid_curve"])
     return {**out, "peer_rechub_recall@20": test[f"recall@{k}"],
             "peer_rechub_recall@10": test["recall@10"],
             "peer_rechub_recall@50": test["recall@50"],
             "peer_rechub_valid_recall@20": best["valid"], "peer_rechub_lr": best["lr"],
-            "peer_rechub_epochs": best["epoch"],
-            "peer_rechub_samples_per_s": float(np.median(rates)),
-            "peer_rechub_train_s": runs[best["lr"]]["train_s"] * best["epoch"] / settings.epochs,
+            "peer_rechub_epochs": best["epoch"], "peer_rechub_lrs_tried": sorted(runs),
+            "peer_rechub_samples_per_s": float(np.median(speeds)),
+            "peer_rechub_train_s": best["train_s"],
             "peer_rechub_input_s": prep_s, "peer_rechub_wall_s": time.perf_counter() - start,
             "peer_rechub_train_rows": len(y), "peer_rechub_train_positives": n_pos}  # fmt: skip
+
+
+def section(out_dir: Path, threads: int, repeats: int, log=print) -> dict:
+    """twotower's default `twotower run` on MovieLens-100K (a subprocess, its own paths.out),
+    then torch-rechub's DSSM on the tables that run's preprocess wrote (this module), both
+    on `threads` threads: test Recall@20 and wall seconds from those runs. The speed keys come
+    from `repeats` rounds that alternate the sides (twotower rechub, then rechub twotower, ...)
+    so that machine load hits both alike: twotower's `twotower train` again (its manifest's
+    training positives/s), rechub's `train_one_epoch` for PEER_EPOCHS epochs of a fresh model at
+    its chosen rate; medians of the rounds."""
+    try:
+        import torch_rechub  # noqa: F401
+    except ImportError as err:
+        raise SystemExit(
+            "bench: section peers needs torch-rechub: pip install -e '.[bench]'"
+        ) from err
+    run_out = out_dir / "peers"
+    script = str(Path(sys.executable).with_name("twotower"))
+    base = [f"paths.out={run_out}", f"threads={threads}"]
+    log(f"peers: twotower run {' '.join(base)}")
+    start = time.perf_counter()
+    subprocess.run([script, "run", *base], check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    root = run_out / "ml100k" / "sample" / "inbatch"
+    train = json.loads((root / "dssm" / "train" / "manifest.json").read_text())
+    metrics = json.loads((root / "dssm" / "evaluate" / "manifest.json").read_text())["figures"]
+    ours = {"peer_twotower_run_samples_per_s": train["figures"]["samples_per_s"],
+            "peer_twotower_train_s": train["seconds"], "peer_twotower_wall_s": wall,
+            "peer_twotower_recall@20": metrics["model/recall@20"],
+            "peer_twotower_epochs": train["figures"]["epochs"]}  # fmt: skip
+    settings = RechubSettings()
+    prep_dir = run_out / "ml100k" / "preprocess"
+    theirs = run_rechub(prep_dir, settings, log=log)
+    theirs["peer_rechub_search_samples_per_s"] = theirs.pop("peer_rechub_samples_per_s")
+    ad, x, y = prepare(prep_dir, settings)
+    speed: dict[str, list[float]] = {"twotower": [], "rechub": []}
+    for r in range(repeats):
+        for side in ("twotower", "rechub") if r % 2 == 0 else ("rechub", "twotower"):
+            log(f"peers: speed round {r + 1}/{repeats}: {side}")
+            if side == "twotower":  # a run of its own (paths.run), beside the scored one
+                subprocess.run([script, "train", *base, "paths.run=speed"], check=True,
+                               stdout=subprocess.DEVNULL)  # fmt: skip
+                manifest = root / "speed" / "train" / "manifest.json"
+                speed[side].append(json.loads(manifest.read_text())["figures"]["samples_per_s"])
+            else:
+                epochs = rates(ad, x, y, settings, theirs["peer_rechub_lr"], PEER_EPOCHS)
+                speed[side].append(float(np.median(epochs)))
+    ours["peer_twotower_samples_per_s"] = float(np.median(speed["twotower"]))
+    theirs["peer_rechub_samples_per_s"] = float(np.median(speed["rechub"]))
+    rounds = {"peer_speed_rounds": repeats, "peers/speed/twotower": speed["twotower"],
+              "peers/speed/rechub": speed["rechub"]}  # fmt: skip
+    return {**ours, **theirs, **combine(theirs, ours), **rounds, "peer_threads": threads}
 
 
 def combine(rechub: dict, twotower: dict) -> dict:

@@ -104,8 +104,10 @@ def peers_lines(results: dict) -> list[str]:
             f"{r['peer_rechub_samples_per_s']:,.0f} | {r['peer_rechub_train_s']:.1f} | "
             f"{r['peer_rechub_wall_s']:.1f} | {r['peer_rechub_recall@20']:.4f} |", "",
             f"peer_speedup {r['peer_speedup']:.2f}, peer_recall_ratio "
-            f"{r['peer_recall_ratio']:.2f}; rechub's wall includes its learning-rate grid, "
-            "its train s only the chosen run's epochs."]  # fmt: skip
+            f"{r['peer_recall_ratio']:.2f}; positives/s: medians of "
+            f"{r.get('peer_speed_rounds', 1)} rounds alternating the sides; rechub's wall "
+            "includes its validation search over learning rates and epochs, its train s the "
+            "chosen run up to its best epoch."]  # fmt: skip
 
 
 def write(results: dict, ann_rows: list[dict], out_dir: Path, command: str) -> None:

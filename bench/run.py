@@ -87,9 +87,12 @@ class Sizes:
     # int: nprobe (IVF) or efSearch (HNSW); str: faiss ParameterSpace settings
     ann_candidates: dict = field(
         default_factory=lambda: {
-            # the exact refine (RFlat): on trained vectors the 50th and 51st neighbours' scores
-            # differ by ~6e-4, below SQ8's error; Refine(SQ8) stayed at recall@50 0.44-0.50
-            "IVF4096,PQ32x4fs,RFlat": ["nprobe=32,k_factor_rf=4", "nprobe=64,k_factor_rf=8"],
+            # 8-bit scalar codes: recall@50 0.973 at nprobe 32, 21x Flat, 70 MiB (1 Dec). 4-bit
+            # PQ ranks trained vectors too coarsely for its refine: 2 dimensions a code
+            # (PQ32x4fs) held 0.44-0.55 at k_factor_rf 4-8 and 0.80 at 64, 1 dimension a code
+            # 0.80-0.86 at 16-32, 0.947 at 64 (docs/bench.md)
+            "IVF4096,SQ8": [32, 64],
+            "IVF4096,PQ64x4fs,Refine(SQ8)": ["nprobe=32,k_factor_rf=32"],
             "IVF4096,Flat": [16, 32, 64],
             "HNSW32": [128, 256, 512],
         }
@@ -117,7 +120,8 @@ QUICK = Sizes(
     ann_clusters=50,
     ann_queries=2000,
     ann_candidates={
-        "IVF256,PQ32x4fs,Refine(SQ8)": ["nprobe=16,k_factor_rf=4"],
+        "IVF256,SQ8": [16],
+        "IVF256,PQ64x4fs,Refine(SQ8)": ["nprobe=16,k_factor_rf=16"],
         "IVF256,Flat": [8, 16],
         "HNSW32": [128],
     },  # fmt: skip
@@ -458,34 +462,6 @@ def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
             "dist/runs@1": rates[1], "dist/runs@2": rates[2]}  # fmt: skip
 
 
-def bench_peers(out_dir: Path, threads: int) -> dict:
-    """twotower's default `twotower run` on MovieLens-100K (a subprocess, its own paths.out),
-    then torch-rechub's DSSM on the tables that run's preprocess wrote (bench/peers.py), both
-    on `threads` threads: training positives/s, wall seconds, test Recall@20."""
-    try:
-        import torch_rechub  # noqa: F401
-    except ImportError as err:
-        raise SystemExit(
-            "bench: section peers needs torch-rechub: pip install -e '.[bench]'"
-        ) from err
-    run_out = out_dir / "peers"
-    script = Path(sys.executable).with_name("twotower")
-    log(f"peers: twotower run paths.out={run_out} threads={threads}")
-    start = time.perf_counter()
-    subprocess.run([str(script), "run", f"paths.out={run_out}", f"threads={threads}"], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
-    wall = time.perf_counter() - start
-    root = run_out / "ml100k" / "sample" / "inbatch" / "dssm"
-    train = json.loads((root / "train" / "manifest.json").read_text())
-    metrics = json.loads((root / "evaluate" / "manifest.json").read_text())["figures"]
-    ours = {"peer_twotower_samples_per_s": train["figures"]["samples_per_s"],
-            "peer_twotower_train_s": train["seconds"], "peer_twotower_wall_s": wall,
-            "peer_twotower_recall@20": metrics["model/recall@20"],
-            "peer_twotower_epochs": train["figures"]["epochs"]}  # fmt: skip
-    theirs = peers.run_rechub(run_out / "ml100k" / "preprocess", peers.RechubSettings(), log=log)
-    return {**ours, **theirs, **peers.combine(theirs, ours), "peer_threads": threads}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
@@ -571,7 +547,7 @@ def main(argv: list[str] | None = None) -> None:
         results.update(ann_results)
         ann_path.write_text(json.dumps(ann_rows, indent=1))
     if "peers" in sections:
-        results.update(bench_peers(out_dir, args.threads))
+        results.update(peers.section(out_dir, args.threads, sizes.repeats, log))
     if "dist" in sections:
         results.update(bench_dist(sizes, out_dir, args.cache_dir))
     if "scale" in sections:

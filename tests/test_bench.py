@@ -204,8 +204,8 @@ def test_rechub_adapter_inputs_and_a_tiny_run(small, tmp_path: Path):
     pytest.importorskip("torch_rechub")
     enc, parts = small
     prep = _prep_dir(tmp_path, enc, parts)
-    settings = peers.RechubSettings(dims=[16, 8], neg_ratio=2, batch_size=256, epochs=1,
-                                    lrs=[1e-3])  # fmt: skip
+    settings = peers.RechubSettings(dims=[16, 8], neg_ratio=2, batch_size=256, epochs=2,
+                                    patience=1, lrs=[1e-3], lr_range=(1e-3, 1e-3))  # fmt: skip
     ad = peers.RechubAdapter(prep, settings)
     x, y = ad.train_inputs(seed=0)
     n = len(parts["train"])
@@ -218,11 +218,22 @@ def test_rechub_adapter_inputs_and_a_tiny_run(small, tmp_path: Path):
     assert set(np.unique(x["item"][n:])) <= set(parts["train"]["item"])
     out = peers.run_rechub(prep, settings, log=lambda m: None)
     assert 0.0 <= out["peer_rechub_recall@20"] <= 1.0 and out["peer_rechub_lr"] == 1e-3
+    assert out["peer_rechub_lrs_tried"] == [1e-3] and 1 <= out["peer_rechub_epochs"] <= 2
+    assert len(peers.rates(ad, x, y, settings, 1e-3, 2)) == 2
     assert out["peer_rechub_samples_per_s"] > 0 and out["peer_rechub_train_positives"] == n
     rate = out["peer_rechub_samples_per_s"]
     ours = {"peer_twotower_samples_per_s": 2 * rate, "peer_twotower_recall@20": 0.5}
     ratios = peers.combine(out, ours)
     assert ratios["peer_speedup"] == pytest.approx(2.0)
+
+
+def test_the_rechub_grid_widens_past_a_best_end_within_the_range():
+    # half a decade (x 10^0.5 = 3.16) past the end that holds the best validation recall
+    grid = {1e-4: 0.08, 1e-3: 0.084, 1e-2: 0.112}
+    assert peers.next_lr(grid, (1e-5, 1.0)) == pytest.approx(10**-1.5)
+    assert peers.next_lr({**grid, 1e-4: 0.2}, (1e-5, 1.0)) == pytest.approx(10**-4.5)
+    assert peers.next_lr({**grid, 1e-3: 0.2}, (1e-5, 1.0)) is None  # best inside: done
+    assert peers.next_lr(grid, (1e-5, 1e-2)) is None  # the range's top reached
 
 
 def test_rechub_adapter_names_a_missing_feature(tmp_path: Path):

@@ -126,7 +126,7 @@ def test_the_optimiser_is_a_partial_target_node():
     from twotower_cli.trainer import optimizers
 
     cfg = composed("train.optimizer._target_=torch.optim.SGD", "train.lr=0.5",
-                   "~train.optimizer.foreach")  # fmt: skip
+                   "~train.optimizer.fused")  # fmt: skip
     settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
     (opt,) = optimizers(torch.nn.Linear(2, 1), settings)
     assert type(opt) is torch.optim.SGD and opt.param_groups[0]["lr"] == 0.5

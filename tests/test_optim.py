@@ -74,6 +74,36 @@ def test_dropout_is_the_identity_in_eval_and_seeded_in_training():
         Dropout(1.0)
 
 
+def test_the_mlp_fuses_relu_and_dropout_into_the_same_values_and_gradients():
+    # the MLP's training path (ReLU and Dropout as one masked product) against the plain
+    # chain relu(x) * [draw >= threshold] / (1 - p) from the same random draw, bit for bit
+    from twotower_cli.models.blocks import MLP
+
+    mlp = MLP(12, [32, 16], 4, dropout=0.25)
+    x = torch.randn(64, 12, requires_grad=True)
+    torch.manual_seed(3)
+    out = mlp(x)
+    grads = torch.autograd.grad(out.square().sum(), [x, *mlp.parameters()])
+
+    def plain(h: torch.Tensor, drop: Dropout) -> torch.Tensor:
+        bits = torch.empty((h.numel() + 3) // 4, dtype=torch.int64)
+        bits.random_(-(2**63), 2**63 - 1)
+        keep = bits.view(torch.int16)[: h.numel()].view(h.shape) >= drop.threshold
+        return torch.relu(h) * (keep.float() * (1 / (1 - drop.p)))
+
+    torch.manual_seed(3)
+    h = x
+    for i in (0, 3):
+        h = plain(mlp[i](h), mlp[i + 2])
+    expected = mlp[6](h)
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, *mlp.parameters()])
+    assert torch.equal(out, expected)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+    mlp.eval()  # no dropout: the layers one by one
+    assert torch.equal(mlp(x), mlp[6](torch.relu(mlp[3](torch.relu(mlp[0](x))))))
+
+
 def test_sparse_embeddings_move_only_the_rows_in_the_batch(small):
     from twotower_cli.models.dssm import DSSM
     from twotower_cli.trainer import TrainSettings, optimizers

@@ -127,11 +127,13 @@ class DiagonalSoftmaxLoss(torch.autograd.Function):
     (`hit`: (rows, columns) index tensors).
 
     The same value and gradients as `F.cross_entropy((a @ b.T - log_q).masked_fill(mask,
-    -inf), arange(B))`, computed in one [B, C] buffer: the softmax is formed in place and is,
-    minus 1 on the diagonal, the logits' gradient. The autograd chain of matmul, subtract,
-    masked_fill and log_softmax makes ~12 passes over the [B, C] logits; this makes 6, which
-    took a DSSM step at batch 1024 from 29 to ~22 ms (docs/bench.md). Backward reuses the saved
-    buffer, so the graph cannot be backpropagated twice (`retain_graph=True` raises).
+    -inf), arange(B))`, computed in one [B, C] buffer: log_softmax runs in place (one fused
+    pass per row, in cache), backward exponentiates it in place into the softmax, which minus
+    1 on the diagonal is the logits' gradient up to the factor grad / B, applied to the two
+    [B, d] and [C, d] products instead of the [B, C] buffer. The autograd chain of matmul,
+    subtract, masked_fill and log_softmax makes ~12 passes over the [B, C] logits; this makes 3
+    besides the three products (docs/bench.md). Backward reuses the saved buffer, so the graph
+    cannot be backpropagated twice (`retain_graph=True` raises).
     """
 
     @staticmethod
@@ -140,24 +142,21 @@ class DiagonalSoftmaxLoss(torch.autograd.Function):
         if log_q is not None:
             logits.sub_(log_q)  # (an addmm with the broadcast log_q was slower)
         logits.index_put_(hit, logits.new_tensor(NEG_INF))
-        top = logits.amax(dim=1, keepdim=True)
-        diagonal = logits.diagonal() - top.squeeze(1)
-        probs = logits.sub_(top).exp_()
-        total = probs.sum(dim=1, keepdim=True)
-        probs.div_(total)
-        ctx.save_for_backward(a, b, probs)
-        return (total.squeeze(1).log() - diagonal).mean()
+        log_probs = torch._log_softmax(logits, 1, False, out=logits)
+        ctx.save_for_backward(a, b, log_probs)
+        return -log_probs.diagonal().mean()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        a, b, probs = ctx.saved_tensors
-        # d loss / d logits = (softmax - onehot(diagonal)) / B, built in the saved buffer
-        probs.diagonal().sub_(1.0)
-        probs.mul_(grad / len(a))
-        grad_a = probs @ b if ctx.needs_input_grad[0] else None
-        # (a.T @ probs).T: a transposed [B, C] operand made mm copy it (~2 ms at batch 1024)
-        grad_b = (a.T @ probs).T if ctx.needs_input_grad[1] else None
+        a, b, log_probs = ctx.saved_tensors
+        # d loss / d logits = (softmax - onehot(diagonal)) * grad / B, its factor applied last
+        delta = log_probs.exp_()
+        delta.diagonal().sub_(1.0)
+        factor = grad / len(a)
+        grad_a = (delta @ b).mul_(factor) if ctx.needs_input_grad[0] else None
+        # (a.T @ delta).T: a transposed [B, C] operand made mm copy it (~2 ms at batch 1024)
+        grad_b = (a.T @ delta).T.mul_(factor) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b, None, None
 
 

@@ -54,7 +54,11 @@ class LazyAdam(torch.optim.Optimizer):
                 state["exp_avg_sq"].index_copy_(0, rows, v)
                 step = state["step"]
                 step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                p.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])), alpha=-step_size)
+                # rows are distinct: gather, add, write back (index_add_ into the whole table
+                # took ~2x as long, same values)
+                w = p.index_select(0, rows).add_(m.div_(v.sqrt_().add_(group["eps"])),
+                                                 alpha=-step_size)  # fmt: skip
+                p.index_copy_(0, rows, w)
         return loss
 
 

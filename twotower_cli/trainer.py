@@ -121,7 +121,7 @@ def optimizers(model: torch.nn.Module, settings: TrainSettings) -> list[torch.op
     stays dense (docs/scale.md)."""
     dense_adam = settings.optimizer if callable(settings.optimizer) else (
         lambda params: torch.optim.Adam(
-            params, lr=settings.lr, weight_decay=settings.weight_decay, foreach=True
+            params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True
         )
     )  # fmt: skip
     if not settings.sparse_embeddings or not distributed.sparse_supported(distributed.current()):
