@@ -37,12 +37,17 @@ def scale_table(results: dict) -> list[str]:
     for n in sizes:
         p = f"scale/{n}/"
         cells = [f"{n:,}", f"{results[p + 'positives']:,}"]
-        cells += [f"{results[p + s + '_s']:.1f}" for s in STAGES]
-        cells += [f"{results.get(p + s + '_rss_gib', float('nan')):.2f}" for s in STAGES]
-        cells += [f"{results[p + 'wall_s']:.1f}", f"{results[p + 'peak_rss_gib']:.2f}",
-                  f"{results[p + 'recall@20']:.4f}"]  # fmt: skip
+        # a size that runs only some stages (bench/run.py's scale_stages) leaves the rest "-"
+        cells += [_cell(results, p + f"{s}_s", ".1f") for s in STAGES]
+        cells += [_cell(results, p + f"{s}_rss_gib", ".2f") for s in STAGES]
+        cells += [_cell(results, p + k, f) for k, f in
+                  (("wall_s", ".1f"), ("peak_rss_gib", ".2f"), ("recall@20", ".4f"))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _cell(results: dict, key: str, fmt: str) -> str:
+    return format(results[key], fmt) if key in results else "-"
 
 
 def growth(results: dict) -> dict[str, float]:
@@ -51,9 +56,12 @@ def growth(results: dict) -> dict[str, float]:
     sizes = results.get("scale_sizes", [])
     if len(sizes) < 2:
         return {}
-    lo, hi = sizes[0], sizes[-1]
     out = {}
-    for s in STAGES:
+    for s in STAGES:  # from the smallest to the largest size that ran the stage
+        ran = [n for n in sizes if f"scale/{n}/{s}_s" in results]
+        if len(ran) < 2:
+            continue
+        lo, hi = ran[0], ran[-1]
         a, b = results[f"scale/{lo}/{s}_s"], results[f"scale/{hi}/{s}_s"]
         out[s] = (b / max(a, 1e-9)) / (hi / lo)
     return out
@@ -70,8 +78,14 @@ def plot(results: dict, path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in STAGES:
-        ax.plot(sizes, [results[f"scale/{n}/{s}_s"] for n in sizes], marker="o", label=s)
-    wall = [results[f"scale/{n}/wall_s"] for n in sizes]
+        ax.plot(sizes, [results.get(f"scale/{n}/{s}_s", float("nan")) for n in sizes], marker="o",
+                label=s)  # fmt: skip
+    # the whole run's wall time, only for sizes that ran every stage
+    full = [all(f"scale/{n}/{s}_s" in results for s in STAGES) for n in sizes]
+    wall = [
+        results[f"scale/{n}/wall_s"] if f else float("nan")
+        for n, f in zip(sizes, full, strict=True)
+    ]
     ax.plot(sizes, wall, marker="s", color="black", label="whole run (wall)")
     ax.plot(sizes, [wall[0] * n / sizes[0] for n in sizes], ls="--", color="grey",
             label="linear from the first run")  # fmt: skip

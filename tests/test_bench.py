@@ -277,3 +277,22 @@ def test_make_bench_gpu_fails_clearly_without_cuda(tmp_path: Path):
         "(run `make bench` for the CPU benchmark)"
     ]
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_scale_report_keeps_sizes_that_ran_only_some_stages(tmp_path: Path):
+    """The 100M size runs preprocess and sample only (bench/run.py's scale_stages): its row
+    shows them and "-" for the rest, growth compares each stage over the sizes that ran it."""
+    from bench import report
+
+    results = {"scale_sizes": [10, 100], "scale/10/positives": 8, "scale/100/positives": 80}
+    for s in report.STAGES:
+        results.update({f"scale/10/{s}_s": 1.0, f"scale/10/{s}_rss_gib": 0.5})
+    results.update({"scale/10/wall_s": 6.0, "scale/10/peak_rss_gib": 0.5,
+                    "scale/10/recall@20": 0.1, "scale/100/preprocess_s": 20.0,
+                    "scale/100/sample_s": 10.0, "scale/100/preprocess_rss_gib": 1.9,
+                    "scale/100/sample_rss_gib": 0.7, "scale/100/wall_s": 30.0,
+                    "scale/100/peak_rss_gib": 1.9})  # fmt: skip
+    row = report.scale_table(results)[-1].split(" | ")
+    assert row[2:4] == ["20.0", "10.0"] and row[4:8] == ["-"] * 4 and row[-1] == "- |"
+    assert report.growth(results) == {"preprocess": 2.0, "sample": 1.0}
+    assert report.plot(results, tmp_path / "scale.png") and (tmp_path / "scale.png").stat().st_size
