@@ -9,6 +9,7 @@ import pandas as pd
 import pandas_preprocess as oracle
 import pytest
 
+from twotower_cli.data import sql
 from twotower_cli.data.engine import Engine, LogFile, check_memory
 from twotower_cli.data.preprocess import SplitSettings, preprocess, write_preprocess
 from twotower_cli.data.tables import RawData
@@ -114,3 +115,13 @@ def test_engine_errors_name_the_row_and_the_setting():
         with pytest.raises(ConfigError, match="dataset.engine_memory: .* is not a memory size"):
             check_memory(bad)
     assert check_memory(" 512MB") == "512MB"
+
+
+def test_narrow_integer_ids_join_as_numbers():
+    raw = _dirty_log(1500, 5)
+    log = raw.interactions[raw.interactions["user_id"] != "NULL"]
+    log = log.astype({"user_id": np.int32, "item_id": np.int16})
+    assert all(sql.is_number(t) for t in ("INTEGER", "SMALLINT", "UBIGINT", "DOUBLE"))
+    assert not sql.is_number("VARCHAR")
+    counts = _same(RawData(**{**raw.__dict__, "interactions": log}), "label", SplitSettings())
+    assert counts["dropped_unknown_id"] > 0  # item 99 is still unknown

@@ -39,9 +39,10 @@ class LogFile:
     def rows(self) -> int:
         return pq.ParquetFile(self.path).metadata.num_rows
 
-    @property
-    def columns(self) -> list[str]:
-        return list(pq.ParquetFile(self.path).schema_arrow.names)
+
+def log_rows(log: pd.DataFrame | LogFile) -> int:
+    """The rows of a log, in memory or on disk."""
+    return log.rows if isinstance(log, LogFile) else len(log)
 
 
 def check_memory(value: str, key: str = "dataset.engine_memory") -> str:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from twotower_cli.data import sql
 from twotower_cli.data.clean import TIME_MAX, TIME_MIN, drop_missing_keys, time_error
-from twotower_cli.data.engine import Engine, LogFile
+from twotower_cli.data.engine import Engine, log_rows
 from twotower_cli.data.freshness import (
     HOUR,
     click_age_log_density,
@@ -138,7 +138,7 @@ def _counts(raw: RawData, plan: Plan, sizes: dict, test_users: int) -> dict[str,
 def _plan(eng: Engine, raw: RawData, label: str, split: SplitSettings, tasks: tuple) -> Plan:
     """Run the cleaning, encoding and split queries; return the output tables' queries."""
     source = raw.interactions
-    n_rows = source.rows if isinstance(source, LogFile) else len(source)
+    n_rows = log_rows(source)
     if n_rows == 0:
         raise TwoTowerError(f"{raw.source}: the interaction log is empty")
     eng.source("src", source)

@@ -40,9 +40,12 @@ def is_float(sql_type: str) -> bool:
     )
 
 
+INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+            "UINTEGER", "UBIGINT", "UHUGEINT"}  # fmt: skip
+
+
 def is_number(sql_type: str) -> bool:
-    t = sql_type.upper()
-    return is_float(t) or t.rstrip("0123456789").endswith("INT") or t in ("BIGINT", "HUGEINT")
+    return is_float(sql_type) or sql_type.upper() in INTEGERS
 
 
 def missing(col: str, sql_type: str) -> str:

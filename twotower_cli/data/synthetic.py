@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from twotower_cli.data.engine import LogFile
+from twotower_cli.data.engine import LogFile, log_rows
 from twotower_cli.data.tables import RawData
 from twotower_cli.keys import sorted_unique
 from twotower_cli.progress import bar
@@ -180,10 +180,6 @@ def write_cache(params: dict, folder: Path) -> None:
     tmp.rename(folder)
 
 
-def _rows(log) -> int:
-    return log.rows if isinstance(log, LogFile) else len(log)
-
-
 def load(
     n_users: int = 5000,
     n_items: int = 2000,
@@ -216,6 +212,6 @@ def load(
         item_fields=dict(ITEM_FIELDS),
         counts={
             "generated": int(n_interactions),
-            "interactions_unique": _rows(tables["interactions"]),
+            "interactions_unique": log_rows(tables["interactions"]),
         },  # fmt: skip
     )
