@@ -101,27 +101,31 @@ def sample(cfg: DictConfig) -> dict:
         sampler = instantiate(cfg.sampler)
         if getattr(sampler, "streams", False) and not cfg.exposures.use:
             out.figures = _stream_sample(sampler, prep_dir, n_items, out)
-            print(f"sample: {json.dumps(out.figures)}")
-            return out.figures
-        s = cfg.sampler
-        band = ({"band_items": mined_band(s.source_dir, s.source_run, n_items, tuple(s.band))}
-                if getattr(sampler, "needs_band", False) else {})  # fmt: skip
-        sampler.fit(read_split(prep_dir, "train"), n_items, pd.read_parquet(L.items), **band)
-        examples = sampler.examples()
-        examples.to_parquet(out.path("examples.parquet"), index=False)
-        np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
-        negatives, n_exposures = sampler.negatives(), 0
-        if cfg.exposures.use:
-            negatives, n_exposures = add_exposure_negatives(
-                examples, negatives, L.exposures, cfg.exposures.per_positive, cfg.seed
-            )
-        if negatives is not None:  # [n_examples, n_neg]: row i holds example i's negatives
-            np.save(out.path("negatives.npy"), negatives)
-        n_neg = 0 if negatives is None else int(negatives.shape[1])
-        out.figures = {"examples": len(examples), "loss": sampler.loss, "n_neg": n_neg,
-                       "exposure_negatives": n_exposures}  # fmt: skip
+        else:
+            out.figures = _fit_sample(cfg, sampler, prep_dir, n_items, out)
     print(f"sample: {json.dumps(out.figures)}")
     return out.figures
+
+
+def _fit_sample(cfg: DictConfig, sampler, prep_dir: Path, n_items: int, out: StageOutput):
+    """A sampler's sample with the training split in memory (explicit negatives, exposures)."""
+    L, s = Layout.of(cfg.paths), cfg.sampler
+    band = ({"band_items": mined_band(s.source_dir, s.source_run, n_items, tuple(s.band))}
+            if getattr(sampler, "needs_band", False) else {})  # fmt: skip
+    sampler.fit(read_split(prep_dir, "train"), n_items, pd.read_parquet(L.items), **band)
+    examples = sampler.examples()
+    examples.to_parquet(out.path("examples.parquet"), index=False)
+    np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
+    negatives, n_exposures = sampler.negatives(), 0
+    if cfg.exposures.use:
+        negatives, n_exposures = add_exposure_negatives(
+            examples, negatives, L.exposures, cfg.exposures.per_positive, cfg.seed
+        )
+    if negatives is not None:  # [n_examples, n_neg]: row i holds example i's negatives
+        np.save(out.path("negatives.npy"), negatives)
+    n_neg = 0 if negatives is None else int(negatives.shape[1])
+    return {"examples": len(examples), "loss": sampler.loss, "n_neg": n_neg,
+            "exposure_negatives": n_exposures}  # fmt: skip
 
 
 def _stream_sample(sampler, prep_dir: Path, n_items: int, out: StageOutput) -> dict:
