@@ -189,6 +189,15 @@ def _plan(eng: Engine, raw: RawData, label: str, split: SplitSettings, tasks: tu
         freshness(raw, enc, clicked, valid_start, test_start, end)
     if not eng.one("SELECT count(*) FROM split WHERE part = 'test'")[0]:
         raise _no_test_users(raw, split, label)
+    before = valid_start if temporal else None
+    queries = _output_queries(eng, names, types, label, tasks, pos, before)
+    return Plan(enc, queries, counts, cleaned)
+
+
+def _output_queries(eng: Engine, names: list[str], types: dict, label: str, tasks: tuple,
+                    pos: str, before: int | None) -> dict[str, str]:  # fmt: skip
+    """{table name: the query of its rows} over `log` and `split`; `before` is a temporal
+    split's validation start (exposures end there), None for the per-user split."""
     eng.table("firsts", sql.firsts("split"))
     queries = {p: sql.part_rows("split", names, p) for p in sql.PARTS}
     if tasks:
@@ -197,15 +206,14 @@ def _plan(eng: Engine, raw: RawData, label: str, split: SplitSettings, tasks: tu
         others = eng.one(f"SELECT count(*) FROM log WHERE {not_label} AND {any_task}")[0]
         # no other task's rows and the parts already in (user, timestamp, item) order:
         # tasks_<p> is <p> (written once, copied)
-        same = not others and not temporal
+        same = not others and before is None
         for p in sql.PARTS:
             queries[f"tasks_{p}"] = queries[p] if same else sql.task_rows(
                 "log", "split", names, p, not_label, any_task)  # fmt: skip
-    before = valid_start if temporal else None
-    early = "" if before is None else f' AND "timestamp" < {before}'
-    if eng.one(f"SELECT count(*) FROM log WHERE NOT {pos}{early}")[0]:
+    cut = "" if before is None else f' AND "timestamp" < {before}'
+    if eng.one(f"SELECT count(*) FROM log WHERE NOT {pos}{cut}")[0]:
         queries["exposures"] = sql.exposures("log", "split", names, pos, before)
-    return Plan(enc, queries, counts, cleaned)
+    return queries
 
 
 def _clean(eng: Engine, raw: RawData, types: dict, n_rows: int) -> tuple[dict, int]:
