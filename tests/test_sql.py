@@ -109,6 +109,9 @@ def test_engine_errors_name_the_row_and_the_setting():
     log.loc[17, "timestamp"] = 1_600_000_000_000  # milliseconds read as seconds
     with pytest.raises(TwoTowerError, match=r"column 'timestamp' row 17 holds .*milliseconds"):
         preprocess(RawData(**{**raw.__dict__, "interactions": log}), "label", SplitSettings())
+    log.loc[17, "timestamp"] = np.nan
+    with pytest.raises(TwoTowerError, match=r"column 'timestamp' row 17 has no time$"):
+        preprocess(RawData(**{**raw.__dict__, "interactions": log}), "label", SplitSettings())
     with pytest.raises(TwoTowerError, match="no label column 'click'"):
         preprocess(raw, "click", SplitSettings())
     for bad in ("lots", "1 G", 5, "-1GB"):

@@ -224,8 +224,9 @@ def _clean(eng: Engine, raw: RawData, types: dict, n_rows: int) -> tuple[dict, i
     if bad is not None:
         row, value = bad
         col = raw.column_names.get("timestamp", "timestamp")
-        raise time_error(raw.source, col, eng.label(row), value,
-                         value is not None and value > TIME_MAX)  # fmt: skip
+        if value is None or value != value:  # null or NaN: the loaders' message for a row without a time
+            raise TwoTowerError(f"{raw.source}: column {col!r} row {eng.label(row)} has no time")
+        raise time_error(raw.source, col, eng.label(row), value, value > TIME_MAX)
     names = [c for c in types if c != "_row"]
     missing = f"({sql.missing('user_id', types['user_id'])} OR " \
               f"{sql.missing('item_id', types['item_id'])})"  # fmt: skip
