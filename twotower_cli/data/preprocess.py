@@ -224,7 +224,7 @@ def _clean(eng: Engine, raw: RawData, types: dict, n_rows: int) -> tuple[dict, i
     if bad is not None:
         row, value = bad
         col = raw.column_names.get("timestamp", "timestamp")
-        if value is None or value != value:  # null or NaN: the loaders' message for a row without a time
+        if value is None or value != value:  # null or NaN: the loaders' message
             raise TwoTowerError(f"{raw.source}: column {col!r} row {eng.label(row)} has no time")
         raise time_error(raw.source, col, eng.label(row), value, value > TIME_MAX)
     names = [c for c in types if c != "_row"]
