@@ -90,9 +90,9 @@ def with_ids(source: str, names: list[str], missing_ids: str) -> str:
 
 def clean(source: str, names: list[str], missing_ids: str) -> str:
     """`source` without rows with a missing id, and with one row (the first) of every set of
-    exact duplicates; `_n` = how many rows it stands for, so the counts follow."""
+    exact duplicates."""
     return (
-        f"SELECT {cols(names)}, min(_row) AS _row, count(*) AS _n FROM {source} "
+        f"SELECT {cols(names)}, min(_row) AS _row FROM {source} "
         f"WHERE NOT {missing_ids} GROUP BY {cols(names)}"
     )
 
