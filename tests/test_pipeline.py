@@ -137,6 +137,30 @@ def test_max_steps_caps_training_and_validates_the_last_epoch(out_dir: Path):
     assert all(0.0 <= h["valid_recall@20"] <= 1.0 for h in history)
 
 
+def test_user_samples_bound_validation_and_evaluation(out_dir: Path):
+    paths = f"paths.out={out_dir}"
+    run_root = out_dir / "synthetic" / "sample" / "inbatch" / "dssm"
+    assert twotower("run", *SMALL, paths) == 0
+    full = read_json(run_root / "evaluate" / "metrics.json")
+    full_valid = read_json(run_root / "train" / "history.json")[0]["valid_recall@20"]
+    n_test = read_json(run_root / "embed" / "manifest.json")["figures"]["users"]
+    assert "users_sampled" not in full
+    # a sample of 10 test users: every ranking scored over the same 10, and said so
+    assert twotower("evaluate", *SMALL, paths, "eval.max_users=10") == 0
+    sampled = read_json(run_root / "evaluate" / "metrics.json")
+    assert sampled["users_sampled"] == {"evaluated": 10, "of": n_test, "seed": 0}
+    assert read_json(run_root / "evaluate" / "manifest.json")["figures"]["users"] == 10
+    assert sampled["model"]["recall@20"] != full["model"]["recall@20"]
+    assert sampled["popularity"]["recall@20"] != full["popularity"]["recall@20"]
+    # a sample as large as the test users is every user: the same numbers as no sample
+    assert twotower("evaluate", *SMALL, paths, f"eval.max_users={n_test}") == 0
+    assert read_json(run_root / "evaluate" / "metrics.json") == full
+    # early stopping on 3 validation users: another score than on all of them
+    assert twotower("train", *SMALL, paths, "train.valid_max_users=3") == 0
+    three = read_json(run_root / "train" / "history.json")[0]["valid_recall@20"]
+    assert three != full_valid and 0.0 <= three <= 1.0
+
+
 def test_steps_allowed_counts_the_cap_from_the_history():
     from twotower_cli.trainer import steps_allowed
 

@@ -19,6 +19,7 @@ from twotower_cli.data.freshness import (
 )
 from twotower_cli.pools import (
     cold_items,
+    item_counts,
     score_rankings,
     trending_ranking,
     unknown_cold_ids,
@@ -119,5 +120,8 @@ def test_id_dropout_and_cold_ids():
     kept = out["item"] > 0
     assert (out["item"][kept] == feats["item"][kept]).all()
     items = {"item": torch.arange(0, 5), "cate": torch.tensor([0, 7, 7, 8, 8])}
-    cold = unknown_cold_ids(items, pd.DataFrame({"item": [1, 3, 3]}))
+    # training positives on items 1, 3, 3 (read in two batches): items 2 and 4 are cold
+    counts = item_counts([pd.DataFrame({"item": [1, 3]}), pd.DataFrame({"item": [3]})], 4)
+    assert counts.tolist() == [0, 1, 0, 2, 0]
+    cold = unknown_cold_ids(items, counts)
     assert cold["item"].tolist() == [0, 1, 0, 3, 0] and cold["cate"].tolist() == [0, 7, 7, 8, 8]

@@ -15,7 +15,10 @@ from twotower_cli.retrieval import (
     evaluate_index,
     evaluate_ranked,
     exact_top_unseen,
+    index_top_unseen,
+    sample_users,
     search,
+    subset_ids,
 )
 
 KS = [1, 5, 20]
@@ -61,3 +64,53 @@ def test_sorted_unique_matches_np_unique():
     x = np.array([5, 3, 5, -1, 0, 3, 3])
     assert sorted_unique(x).tolist() == [-1, 0, 3, 5]
     assert sorted_unique(np.zeros(0, np.int64)).tolist() == []
+
+
+def test_evalset_from_seen_batches_equals_one_frame(small):
+    enc, parts = small
+    seen = pd.concat([parts["train"], parts["valid"]])
+    whole = EvalSet.build(parts["test"], seen, enc.n_items)
+    # the seen rows in uneven batches, as evaluate reads them (artifacts.iter_seen)
+    cuts = [0, 7, 300, len(seen)]
+    batches = (seen.iloc[a:b] for a, b in zip(cuts, cuts[1:], strict=False))
+    streamed = EvalSet.build(parts["test"], batches, enc.n_items)
+    for name in ("users", "truth", "n_truth", "exclude"):
+        assert np.array_equal(getattr(whole, name), getattr(streamed, name)), name
+    assert whole.max_exclude == streamed.max_exclude
+    # a seen row of a user with no held-out row is never kept
+    assert len(whole.exclude) < len(seen)
+
+
+def test_sampled_users_score_as_the_held_out_rows_of_those_users(small):
+    enc, parts = small
+    seen = pd.concat([parts["train"], parts["valid"]])
+    test = parts["test"]
+    all_users = sorted_unique(test["user"].to_numpy())
+    some = sample_users(all_users, 5, seed=3)
+    assert len(some) == 5 and np.array_equal(some, np.sort(some))
+    assert np.isin(some, all_users).all()
+    assert np.array_equal(sample_users(all_users, 5, seed=3), some)  # seeded
+    assert not np.array_equal(sample_users(all_users, 5, seed=4), some)
+    assert sample_users(all_users, 0, seed=3) is all_users  # 0 = every user
+    assert sample_users(all_users, len(all_users) + 1, seed=3) is all_users
+    sampled = EvalSet.build(test, seen, enc.n_items, some)
+    only = EvalSet.build(test[test["user"].isin(some)], seen, enc.n_items)
+    for name in ("users", "truth", "n_truth", "exclude"):
+        assert np.array_equal(getattr(sampled, name), getattr(only, name)), name
+
+
+def test_whole_catalogue_ids_take_the_exact_path(small):
+    enc, parts = small
+    n = enc.n_items
+    assert subset_ids(np.arange(1, n + 1), n) is None
+    assert subset_ids(np.arange(1, n), n) is not None  # a pool: one item missing
+    assert subset_ids(np.arange(n, 0, -1), n) is not None  # rows in another order
+    # the exact path and the chunked faiss search over the same ids rank alike
+    seen = pd.concat([parts["train"], parts["valid"]])
+    ev = EvalSet.build(parts["test"], seen, n)
+    items, u = unit_vectors(n, 6), unit_vectors(len(ev.users), 7)
+    index = build_index(items, "Flat")
+    ids = np.arange(1, n + 1)
+    via_ids = index_top_unseen(index, u, ev, 20, n, ids=ids)
+    exact = index_top_unseen(index, u, ev, 20, n, ids=subset_ids(ids, n))
+    assert np.array_equal(via_ids, exact)

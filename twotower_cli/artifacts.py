@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -213,9 +214,18 @@ def first_difference(then, now, key: str, ignore: tuple = ()) -> tuple | None:
     return None if then == now else (key, then, now)
 
 
-def read_split(prep_dir: Path, name: str) -> pd.DataFrame:
-    """One table `twotower preprocess` wrote: `train`, `valid`, `test`, `tasks_train`, ..."""
-    return pd.read_parquet(Path(prep_dir) / f"{name}.parquet")
+def read_split(prep_dir: Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One table `twotower preprocess` wrote: `train`, `valid`, `test`, `tasks_train`, ...
+    (`columns`: only those; a stage reads what it needs, not every label column)."""
+    return pd.read_parquet(Path(prep_dir) / f"{name}.parquet", columns=columns)
+
+
+def read_columns(path: Path, columns: list[str]) -> dict[str, np.ndarray]:
+    """Columns of a parquet file as numpy arrays, straight from Arrow (no DataFrame)."""
+    # one column at a time, so Arrow's copy of only one is held beside the arrays; writable
+    # (torch.from_numpy shares it): a copy only where Arrow's buffer is read-only
+    return {c: np.require(pq.read_table(path, columns=[c]).column(c).to_numpy(), requirements="W")
+            for c in columns}  # fmt: skip
 
 
 def iter_split(prep_dir: Path, name: str, columns: list[str],
@@ -242,12 +252,20 @@ def write_batches(path: Path, frames: Iterable[pd.DataFrame]) -> int:
     return n
 
 
-def seen_rows(prep_dir: Path, prefix: str = "") -> pd.DataFrame:
+SEEN = ("train", "valid")  # the splits a user has met before the test period
+
+
+def seen_rows(prep_dir: Path, prefix: str = "", columns: list[str] | None = None) -> pd.DataFrame:
     """Each user's train + validation rows: what evaluation and serving mask, and what the
     history feature reads at evaluation and serving time."""
-    return pd.concat(
-        [read_split(prep_dir, f"{prefix}train"), read_split(prep_dir, f"{prefix}valid")]
-    )
+    return pd.concat([read_split(prep_dir, f"{prefix}{s}", columns) for s in SEEN],
+                     ignore_index=True)  # fmt: skip
+
+
+def iter_seen(prep_dir: Path, columns: list[str], prefix: str = "") -> Iterator[pd.DataFrame]:
+    """`seen_rows` in batches (iter_split over train, then valid)."""
+    for name in SEEN:
+        yield from iter_split(prep_dir, f"{prefix}{name}", columns)
 
 
 class StageOutput:

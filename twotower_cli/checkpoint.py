@@ -74,7 +74,8 @@ def load(path: Path) -> tuple[TwoTower, dict]:
     try:
         _require_plain(ckpt.get("schema"), "schema")
         model = build(str(ckpt.get("tower")), dict(ckpt.get("args") or {}), ckpt["schema"])
-        model.load_state_dict(ckpt["state_dict"])
+        # assign: the model takes the loaded tensors, so the weights are held once, not twice
+        model.load_state_dict(ckpt["state_dict"], assign=True)
     except (ConfigError, KeyError, RuntimeError, TypeError, ValueError) as err:
         raise TwoTowerError(f"{path}: does not rebuild its model ({_first_line(err)}); "
                             f"{rerun}") from None  # fmt: skip

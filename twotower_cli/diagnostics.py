@@ -23,6 +23,7 @@ from twotower_cli.retrieval import (
     index_top_unseen,
     popularity_ranking,
     set_search_params,
+    subset_ids,
     top_unseen,
 )
 
@@ -197,13 +198,21 @@ def pairwise_auc(positive: np.ndarray, random: np.ndarray) -> float:
     return float(np.mean((below + 0.5 * ties) / len(r)))
 
 
+def rankings(metrics: dict) -> dict:
+    """metrics.json's ranked runs (model, baselines, tasks), without its notes such as
+    `baselines_skipped` and `users_sampled`."""
+    return {name: m for name, m in metrics.items()
+            if isinstance(m, dict) and any(k.startswith("recall@") for k in m)}  # fmt: skip
+
+
 def analyse(run: RunDirs, settings: BucketSettings) -> Diagnostics:
     """Every number of the report's bucket, coverage and score sections for one run."""
     settings.check()
     prep, k = run.preprocess, settings.k
     n_items = read_manifest(prep)["figures"]["n_items"]
-    train, seen = read_split(prep, "train"), seen_rows(prep)
-    ev = EvalSet.build(read_split(prep, "test"), seen, n_items)
+    train = read_split(prep, "train", ["user", "item"])
+    seen = seen_rows(prep, columns=["user", "item"])
+    ev = EvalSet.build(read_split(prep, "test", ["user", "item"]), seen, n_items)
     embed = run.root / "embed"
     user_ids, u = np.load(embed / "user_ids.npy"), np.load(embed / "user_vectors.npy")
     item_ids, v = np.load(embed / "item_ids.npy"), np.load(embed / "item_vectors.npy")
@@ -212,7 +221,7 @@ def analyse(run: RunDirs, settings: BucketSettings) -> Diagnostics:
     index = faiss.read_index(str(run.root / "index" / "items.faiss"))
     conf = read_manifest(run.root / "evaluate")["config"]["index"]
     set_search_params(index, conf["nprobe"], conf["ef_search"])
-    ranked = {"model": index_top_unseen(index, u, ev, k, n_items, ids=item_ids)}
+    ranked = {"model": index_top_unseen(index, u, ev, k, n_items, subset_ids(item_ids, n_items))}
     counts = np.bincount(seen["item"].to_numpy(), minlength=n_items + 1)[1:]
     depth = min(len(item_ids), k + ev.max_exclude)
     pop = popularity_ranking(counts, len(ev.users), depth, item_ids)
@@ -288,7 +297,7 @@ class RunData:
             label or dirs.label,
             dirs,
             json.loads((train / "history.json").read_text()),
-            json.loads((dirs.root / "evaluate" / "metrics.json").read_text()),
+            rankings(json.loads((dirs.root / "evaluate" / "metrics.json").read_text())),
             {s: read_manifest(dirs.stage(s)) for s in STAGE_ORDER},
             analyse(dirs, settings),
             optional("field_weights.json"),

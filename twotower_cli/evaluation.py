@@ -7,45 +7,67 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from twotower_cli import pools
-from twotower_cli.artifacts import read_manifest, read_split, seen_rows
+from twotower_cli.artifacts import (
+    SEEN,
+    iter_seen,
+    iter_split,
+    read_manifest,
+    read_split,
+    seen_rows,
+)
 from twotower_cli.baselines import BaselineSettings, baseline_metrics
 from twotower_cli.errors import TwoTowerError
-from twotower_cli.keys import find
+from twotower_cli.keys import find, sorted_unique
 from twotower_cli.layout import Layout
 from twotower_cli.models.base import TwoTower
-from twotower_cli.retrieval import EvalSet, build_index, evaluate_index, index_top_unseen
+from twotower_cli.retrieval import (
+    EvalSet,
+    build_index,
+    evaluate_index,
+    index_top_unseen,
+    sample_users,
+    subset_ids,
+)
 
 METRIC_NAMES = ("recall", "precision", "ndcg", "hit_rate", "coverage")
 
 
 def evaluate_run(
     index, model: TwoTower, L: Layout, ks: list[int], n_items: int,
-    baselines: BaselineSettings, trending_hours: float = 24.0,
+    baselines: BaselineSettings, trending_hours: float = 24.0, max_users: int = 0, seed: int = 0,
 ) -> dict[str, dict]:  # fmt: skip
     """{"model": ..., "popularity": ..., "trending": ..., "task/<name>": ...} metrics on the test
     split, each user's train + validation items excluded, every ranking over the same items
     (the candidate pool when preprocess made one: every test click still counts, and
     `candidate_coverage` and `cold_recall@k` stand beside; pools.py). Trending needs a test
     period's start (temporal splits); EASE (baselines.py) is fit on train, its lambda picked on
-    validation."""
+    validation. `max_users` > 0: every ranking over the same seeded sample of test users."""
+    prep = L.preprocess
     item_ids = np.load(L.ids("item"))  # the index's rows (candidates or all)
-    seen = seen_rows(L.preprocess)
-    ev = EvalSet.build(read_split(L.preprocess, "test"), seen, n_items)
+    # what evaluation needs of the log, read in batches: the test pairs, the seen pairs of the
+    # test users (masked) and item counts; never the whole log as a frame
+    test = read_split(prep, "test", ["user", "item"])
     user_ids, u = np.load(L.ids("user")), np.load(L.vectors("user"))
-    if not np.array_equal(user_ids, ev.users):
+    if not np.array_equal(user_ids, sorted_unique(test["user"].to_numpy())):
         raise TwoTowerError(f"{L.embed}: user vectors do not match the test users; rerun embed")
-    test_start = read_manifest(L.preprocess)["figures"].get("test_start")
-    tops = {
-        "model": index_top_unseen(index, u, ev, max(ks), n_items, ids=item_ids),
-        **pools.baseline_tops(seen, ev, max(ks), n_items, item_ids, test_start, trending_hours),
-    }
+    users = sample_users(user_ids, max_users, seed)
+    ev = EvalSet.build(test, iter_seen(prep, ["user", "item"]), n_items, users)
+    u = u[np.searchsorted(user_ids, users)]
+    counts = {s: pools.item_counts(iter_split(prep, s, ["item"]), n_items) for s in SEEN}
+    pool = item_ids if L.candidates.exists() else None
+    test_start = read_manifest(prep)["figures"].get("test_start")
+    trending = (seen_rows(prep, columns=["item", "timestamp"])
+                if test_start is not None else None)  # fmt: skip
+    search_ids = subset_ids(item_ids, n_items)  # None: the index holds items 1..n in order
+    tops = {"model": index_top_unseen(index, u, ev, max(ks), n_items, search_ids)}
+    tops.update(pools.baseline_tops(sum(counts.values()), trending, ev, max(ks), n_items, pool,
+                                    test_start, trending_hours))  # fmt: skip
     if "popularity" not in baselines.names:
         tops.pop("popularity")
-    pool = item_ids if L.candidates.exists() else None
-    train = read_split(L.preprocess, "train")
-    cold = pools.cold_items(train["item"].to_numpy(), n_items)
+    cold = pools.cold_items(np.flatnonzero(counts["train"]), n_items)
     metrics = pools.score_rankings(tops, ev, ks, n_items, pool, cold)
     # EASE (a learned baseline) when the catalogue fits; its ranking over the same items
     ease = BaselineSettings(
@@ -54,10 +76,13 @@ def evaluate_run(
         baselines.ease_lambdas,
         baselines.select_k,
     )
-    learned, skipped = baseline_metrics(ease, train, read_split(L.preprocess, "valid"), ev, ks,
-                                        n_items, item_ids)  # fmt: skip
+    fits = "ease" in ease.names and n_items <= ease.ease_max_items  # else skipped with a note
+    train, valid = (read_split(prep, s, ["user", "item"]) if fits else None for s in SEEN)
+    learned, skipped = baseline_metrics(ease, train, valid, ev, ks, n_items, pool)
     metrics.update(learned, **({"baselines_skipped": skipped} if skipped else {}))
-    metrics.update(sub_retrieval_metrics(model, L.preprocess, L.embed, ks, n_items))
+    metrics.update(sub_retrieval_metrics(model, prep, L.embed, ks, n_items))
+    if len(users) < len(user_ids):
+        metrics["users_sampled"] = {"evaluated": len(users), "of": len(user_ids), "seed": seed}
     return metrics
 
 
@@ -69,17 +94,19 @@ def sub_retrieval_metrics(model: TwoTower, prep_dir: Path, embed_dir: Path, ks: 
     subs = model.sub_retrievals()
     if not subs:
         return {}
-    if not (prep_dir / "tasks_test.parquet").exists():
+    path = prep_dir / "tasks_test.parquet"
+    if not path.exists():
         raise TwoTowerError(f"{prep_dir}: no tasks_test.parquet; rerun `twotower preprocess`")
-    test = read_split(prep_dir, "tasks_test")
-    seen = seen_rows(prep_dir, "tasks_")
+    missing = [name for name in subs if name not in pq.read_schema(path).names]
+    if missing:
+        raise TwoTowerError(f"{path}: no column {missing[0]!r}")
+    test = read_split(prep_dir, "tasks_test", ["user", "item", *subs])
     user_ids, u = np.load(embed_dir / "user_ids.npy"), np.load(embed_dir / "user_vectors.npy")
     v = np.load(embed_dir / "item_vectors.npy")
     out = {}
     for name, (a, b) in subs.items():
-        if name not in test.columns:
-            raise TwoTowerError(f"{prep_dir / 'tasks_test.parquet'}: no column {name!r}")
-        ev = EvalSet.build(test[test[name] > 0], seen, n_items)
+        ev = EvalSet.build(test[test[name] > 0], iter_seen(prep_dir, ["user", "item"], "tasks_"),
+                           n_items)  # fmt: skip
         rows, found = find(user_ids, ev.users)
         if not found.all():
             raise TwoTowerError(f"{embed_dir}: user vectors miss task {name!r} users; rerun embed")

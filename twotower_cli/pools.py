@@ -8,6 +8,7 @@ true clicks pays for it, and `candidate_coverage` says how much.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -78,16 +79,16 @@ def pool_figures(top: np.ndarray, ev: EvalSet, ks: list[int], n_items: int,
     return out | cold_metrics(top, ev, cold, ks, n_items)
 
 
-def baseline_tops(seen: pd.DataFrame, ev: EvalSet, k: int, n_items: int,
-                  ids: np.ndarray | None, trending_at: int | None,
+def baseline_tops(counts: np.ndarray, seen: pd.DataFrame | None, ev: EvalSet, k: int,
+                  n_items: int, ids: np.ndarray | None, trending_at: int | None,
                   trending_hours: float) -> dict[str, np.ndarray]:  # fmt: skip
     """Top-k of the baselines, ranked over the same items (`ids`: a pool) with the same masks:
-    `popularity` (positives over train + valid) and, when the test period has a start
-    (`trending_at`, temporal splits), `trending`."""
+    `popularity` (`counts[i]`: item i's positives over train + valid) and, when the test
+    period has a start (`trending_at`, temporal splits), `trending` (`seen`: the train + valid
+    rows' item and timestamp)."""
     n_ranked = n_items if ids is None else len(ids)
     depth = min(n_ranked, k + ev.max_exclude)
-    counts = np.bincount(seen["item"].to_numpy(), minlength=n_items + 1)[1:]
-    ranked = {"popularity": popularity_ranking(counts, len(ev.users), depth, ids)}
+    ranked = {"popularity": popularity_ranking(counts[1:], len(ev.users), depth, ids)}
     if trending_at is not None:
         ranked["trending"] = trending_ranking(seen, trending_at, trending_hours, n_items,
                                               len(ev.users), depth, ids)  # fmt: skip
@@ -134,12 +135,20 @@ def valid_pool(prep_dir: Path, prior_weight: float) -> tuple[np.ndarray | None, 
     return pool, prior
 
 
-def unknown_cold_ids(items: dict, train: pd.DataFrame) -> dict:
-    """The item feature tensors with the id of every item that is no training positive set to
-    0 (unknown): such an id's embedding never trained, so the tower ranks it by content, as
-    `train.item_id_dropout` taught it to."""
+def unknown_cold_ids(items: dict, counts: np.ndarray) -> dict:
+    """The item feature tensors with the id of every item that is no training positive
+    (`counts`: training positives per item id, item_counts) set to 0 (unknown): such an id's
+    embedding never trained, so the tower ranks it by content, as `train.item_id_dropout`
+    taught it to."""
     ids = items["item"].clone()
-    trained = np.zeros(len(ids), bool)
-    trained[train["item"].to_numpy()] = True
-    ids[torch.from_numpy(~trained)] = 0
+    ids[torch.from_numpy(counts[: len(ids)] == 0)] = 0
     return {**items, "item": ids}
+
+
+def item_counts(batches: Iterable[pd.DataFrame], n_items: int) -> np.ndarray:
+    """Rows per item id (index 0..n_items) over frames with an `item` column (a split read in
+    batches: artifacts.iter_split)."""
+    counts = np.zeros(n_items + 1, np.int64)
+    for batch in batches:
+        counts += np.bincount(batch["item"].to_numpy(), minlength=n_items + 1)
+    return counts

@@ -4,6 +4,7 @@ validation."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pandas as pd
 import torch
 
 from twotower_cli.errors import ConfigError, TwoTowerError
-from twotower_cli.keys import row_keys, sorted_unique
+from twotower_cli.keys import find, pair_keys, row_keys, sorted_unique
 from twotower_cli.metrics import drop_excluded, ranking_metrics
 from twotower_cli.progress import bar
 
@@ -76,16 +77,31 @@ class EvalSet:
     item_log_prior: np.ndarray | None = None
 
     @classmethod
-    def build(cls, held_out: pd.DataFrame, seen: pd.DataFrame, n_items: int) -> EvalSet:
-        users = sorted_unique(held_out["user"].to_numpy())
-        rows_of = lambda u: np.searchsorted(users, u)  # noqa: E731
-        h_rows = rows_of(held_out["user"].to_numpy())
-        truth = row_keys(h_rows, held_out["item"].to_numpy(), n_items)
+    def build(cls, held_out: pd.DataFrame, seen: pd.DataFrame | Iterable[pd.DataFrame],
+              n_items: int, users: np.ndarray | None = None) -> EvalSet:  # fmt: skip
+        """Held-out (user, item) rows and the seen rows to exclude: a frame, or frames in
+        batches (artifacts.iter_seen), of which only the evaluated users' keys are kept.
+        `users` (sorted): evaluate only those of the held-out users (sample_users)."""
+        h_users, h_items = held_out["user"].to_numpy(), held_out["item"].to_numpy()
+        if users is None:
+            users = sorted_unique(h_users)
+        h_rows, kept = find(users, h_users)
+        truth = row_keys(h_rows[kept], h_items[kept], n_items)
         n_truth = np.bincount(truth // (n_items + 1), minlength=len(users))
-        seen = seen[np.isin(seen["user"].to_numpy(), users)]
-        exclude = row_keys(rows_of(seen["user"].to_numpy()), seen["item"].to_numpy(), n_items)
+        parts = []
+        for batch in [seen] if isinstance(seen, pd.DataFrame) else seen:
+            rows, found = find(users, batch["user"].to_numpy())
+            parts.append(pair_keys(rows[found], batch["item"].to_numpy()[found], n_items))
+        exclude = sorted_unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
         per_user = np.bincount(exclude // (n_items + 1), minlength=len(users))
         return cls(users, truth, n_truth, exclude, int(per_user.max(initial=0)))
+
+
+def sample_users(users: np.ndarray, max_users: int, seed: int) -> np.ndarray:
+    """A seeded uniform sample of `max_users` of the sorted `users`, sorted (0: all)."""
+    if not max_users or len(users) <= max_users:
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
 
 
 def search(
@@ -201,6 +217,14 @@ def evaluate_ranked(ranked: np.ndarray, ev: EvalSet, ks: list[int], n_items: int
     """Metrics of precomputed rankings (rows = ev.users), deep enough to skip seen items."""
     top = top_unseen(lambda rows, depth: ranked[rows, :depth], ev, max(ks), n_items)
     return ranking_metrics(top, ev.truth, ev.n_truth, ks, n_items)
+
+
+def subset_ids(ids: np.ndarray, n_items: int) -> np.ndarray | None:
+    """An index's row -> item id map for index_top_unseen: None when the rows are the whole
+    catalogue in order (ids 1..n_items), which lets an exact index take the masked exact
+    search, else `ids`."""
+    whole = len(ids) == n_items and np.array_equal(ids, np.arange(1, n_items + 1))
+    return None if whole else ids
 
 
 def index_top_unseen(

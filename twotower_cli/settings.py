@@ -59,6 +59,9 @@ class TrainSettings:
     # stop after this many optimiser steps in all (0 = no cap): the epoch it falls in is
     # validated and ends training (scale runs on huge logs)
     max_steps: int = field(default=0, metadata={"ge": 0})
+    # early stopping's validation on a seeded sample of this many validation users (0 = all):
+    # on a log with millions of users, an exact search over all of them costs more than an epoch
+    valid_max_users: int = field(default=0, metadata={"ge": 0})
     device: str = "cpu"
     # embedding tables get sparse gradients and a lazy Adam (optim.LazyAdam: only the batch's
     # rows and their moments move), so a step costs O(batch), not O(users + items)
@@ -90,6 +93,8 @@ class EvalSettings:
     trending_hours: float = field(default=24.0, metadata={"gt": 0.0})
     # weight of the freshness prior `embed` adds to the logit where preprocess made one (news)
     freshness_prior: float = field(default=1.0, metadata={"ge": 0.0})
+    # the metrics over a seeded sample of this many test users (0 = every test user)
+    max_users: int = field(default=0, metadata={"ge": 0})
     # classical baselines beside the model (baselines.py); EASE only up to ease_max_items, its
     # lambda picked on validation from ease_lambdas
     baselines: list[str] = field(default_factory=lambda: ["popularity", "ease"])

@@ -42,7 +42,13 @@ from twotower_cli.evaluation import evaluate_run, format_table
 from twotower_cli.keys import sorted_unique
 from twotower_cli.layout import Layout
 from twotower_cli.mining import mined_band
-from twotower_cli.retrieval import EvalSet, build_index, empty_index, read_index
+from twotower_cli.retrieval import (
+    EvalSet,
+    build_index,
+    empty_index,
+    read_index,
+    sample_users,
+)
 from twotower_cli.samplers import add_exposure_negatives
 from twotower_cli.settings import TrainSettings
 from twotower_cli.trainer import Resume, encode_all
@@ -200,23 +206,33 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
     group = group or distributed.current()
     torch.manual_seed(cfg.seed)
     schema, users, items = load_tables(prep_dir)
-    if cfg.train.item_id_dropout > 0:  # items with no training positive: unknown ids
-        items = pools.unknown_cold_ids(items, read_split(prep_dir, "train"))
     key, args = checkpoint.model_args(OmegaConf.to_container(cfg.model, resolve=True))
     model = checkpoint.build(key, args, schema_dicts(schema))
+    n_users, n_items = len(users["user"]) - 1, len(next(iter(items.values()))) - 1
+    # the training positives: in memory only for the history feature (per-example histories);
+    # else read in batches, for validation's masks and the cold items
+    train_pos = (read_split(prep_dir, "train", ["user", "item", "timestamp"])
+                 if model.history_len else None)  # fmt: skip
+
+    def train_batches(columns: list[str]):
+        return [train_pos] if train_pos is not None else iter_split(prep_dir, "train", columns)
+
+    if cfg.train.item_id_dropout > 0:  # items with no training positive: unknown ids
+        items = pools.unknown_cold_ids(items, pools.item_counts(train_batches(["item"]), n_items))
     loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
     # an index the vectors cannot go into fails now, not at `twotower index` after training
     empty_index(cfg.index.factory, encode_all(model, items, np.ones(1, np.int64), "item").shape[1])
-    n_users, n_items = len(users["user"]) - 1, len(next(iter(items.values()))) - 1
     settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
-    examples = load_training_examples(prep_dir, sample_dir, n_users, n_items,
+    examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
                                       tuple(model.tasks), model.history_len, cfg.seed,
                                       settings.history_mode)  # fmt: skip
     batch_fn = instantiate(cfg.sampler).batch_fn(
         torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
-    train_pos = read_split(prep_dir, "train")
     users = with_history(users, train_pos, model.history_len)
-    valid = EvalSet.build(read_split(prep_dir, "valid"), train_pos, n_items)
+    held = read_split(prep_dir, "valid", ["user", "item"])
+    some = sample_users(sorted_unique(held["user"].to_numpy()), settings.valid_max_users, cfg.seed)
+    valid = EvalSet.build(held, train_batches(["user", "item"]), n_items, some)
+    train_pos = held = None  # the training loop holds only the examples' columns
     valid.pool, valid.item_log_prior = pools.valid_pool(prep_dir, cfg.eval.freshness_prior)
     if group.is_main and settings.sparse_embeddings and not distributed.sparse_supported(group):
         print("train: train.sparse_embeddings is off under nccl (no sparse all-reduce): dense "
@@ -258,12 +274,15 @@ def embed(cfg: DictConfig) -> dict:
         model, ckpt = checkpoint.load(L.model)
         _, users, items = load_tables(prep_dir)
         if ckpt["config"]["train"].get("item_id_dropout", 0) > 0:  # as the model trained
-            items = pools.unknown_cold_ids(items, read_split(prep_dir, "train"))
-        users = with_history(users, seen_rows(prep_dir), model.history_len)
+            counts = pools.item_counts(iter_split(prep_dir, "train", ["item"]), len(items["item"]))
+            items = pools.unknown_cold_ids(items, counts)
+        if model.history_len:  # each user's latest seen items, as serving reads them
+            seen = seen_rows(prep_dir, columns=["user", "item", "timestamp"])
+            users = with_history(users, seen, model.history_len)
         item_ids = np.arange(1, len(next(iter(items.values()))), dtype=np.int64)
         if L.candidates.exists():
             item_ids = np.load(L.candidates)  # evaluation ranks only these
-        user_ids = sorted_unique(read_split(prep_dir, "test")["user"].to_numpy())
+        user_ids = sorted_unique(read_split(prep_dir, "test", ["user"])["user"].to_numpy())
         v, u = (
             encode_all(model, items, item_ids, "item"),
             encode_all(model, users, user_ids, "user"),
@@ -311,9 +330,11 @@ def evaluate(cfg: DictConfig) -> dict:
         e = cfg.eval
         baselines = BaselineSettings(list(e.baselines), e.ease_max_items, list(e.ease_lambdas),
                                      cfg.train.early_stop_k)  # fmt: skip
-        metrics = evaluate_run(idx, model, L, ks, n_items, baselines, e.trending_hours)
+        metrics = evaluate_run(idx, model, L, ks, n_items, baselines, e.trending_hours,
+                               e.max_users, cfg.seed)  # fmt: skip
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
-        out.figures = {"users": len(np.load(L.ids("user"))),
+        n_users = metrics.get("users_sampled", {}).get("evaluated", len(np.load(L.ids("user"))))
+        out.figures = {"users": n_users,
                        **{f"model/{k}": v for k, v in metrics["model"].items()}}  # fmt: skip
     print(format_table(metrics, ks))
     return metrics

@@ -63,6 +63,11 @@ def gather(table: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch
     return {name: t[ids] for name, t in table.items()}
 
 
+def widen_ids(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch with its int32 id columns (examples are stored narrow) as int64."""
+    return {k: v.long() if v.dtype == torch.int32 else v for k, v in batch.items()}
+
+
 def user_features(
     user_table: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -87,15 +92,18 @@ def to_device(table: dict[str, torch.Tensor], device: str) -> dict[str, torch.Te
 @torch.no_grad()
 def encode_all(model: TwoTower, table: dict[str, torch.Tensor], ids: np.ndarray, side: str,
                batch: int = 65536) -> np.ndarray:  # fmt: skip
-    """Serving vectors for entity ids, in large batches."""
+    """Serving vectors for entity ids, in large batches, written into one array (no second
+    copy of millions of vectors for a concatenation)."""
     model.eval()
     fn = model.user_vectors if side == "user" else model.item_vectors
     device = next(iter(table.values())).device
-    out = [
-        fn(gather(table, torch.as_tensor(ids[s : s + batch], device=device))).float().cpu()
-        for s in range(0, len(ids), batch)
-    ]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    out = None
+    for s in range(0, len(ids), batch):
+        x = fn(gather(table, torch.as_tensor(ids[s : s + batch], device=device))).float().cpu()
+        if out is None:
+            out = np.empty((len(ids), x.shape[1]), np.float32)
+        out[s : s + len(x)] = x.numpy()
+    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 def validate(model, user_table, item_table, ev: EvalSet, k: int, n_items: int) -> float:
@@ -213,13 +221,15 @@ def train(
         model.train()
         distributed.barrier(group)  # the epoch's rate counts training, not a peer still loading
         start, total = time.perf_counter(), 0.0
-        perm = torch.randperm(n, generator=gen).to(device)
+        # int32 while it can: the same permutation as int64, at half the memory
+        perm = torch.randperm(n, generator=gen, dtype=torch.int32 if n < 2**31 else torch.int64)
+        perm = perm.to(device)
         epoch_bounds = bounds[: steps_allowed(len(bounds), settings.max_steps, history)]
         n_used = sum(e - s for s, e in epoch_bounds)
         batches = bar(epoch_bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                        mininterval=1.0, disable=quiet)  # fmt: skip
         for s, e in batches:
-            batch = gather(examples, perm[s:e])
+            batch = widen_ids(gather(examples, perm[s:e]))
             batch = batch_fn(batch) if batch_fn is not None else batch
             batch = distributed.local_rows(batch, group)
             neg = batch.get("neg")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower_cli.artifacts import read_split
+from twotower_cli.artifacts import read_columns, read_split
 from twotower_cli.data.split import user_time_order
 from twotower_cli.errors import ConfigError, TwoTowerError
 from twotower_cli.keys import find, pair_keys
@@ -195,24 +195,31 @@ def training_examples(
 
 
 def load_training_examples(
-    prep_dir: Path, sample_dir: Path, n_users: int, n_items: int, tasks: tuple[str, ...],
-    history_len: int, seed: int, history_mode: str,
+    prep_dir: Path, sample_dir: Path, train: pd.DataFrame, n_users: int, n_items: int,
+    tasks: tuple[str, ...], history_len: int, seed: int, history_mode: str,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The sampler's examples plus what the model reads per example (task labels, history) and
-    the explicit negatives ([n_examples, n_neg] `neg`), as tensors for the training loop."""
+    the explicit negatives ([n_examples, n_neg] `neg`), as tensors for the training loop.
+    `train`: the training positives (user, item, timestamp), which the histories read."""
     if tasks and not (prep_dir / "tasks_train.parquet").exists():
         raise TwoTowerError(f"{prep_dir}: no tasks_train.parquet; set dataset.tasks="
                             f"{list(tasks)} and rerun `twotower preprocess`")  # fmt: skip
-    cols = training_examples(
-        pd.read_parquet(sample_dir / "examples.parquet"), read_split(prep_dir, "train"),
-        n_users, n_items, tasks,
-        read_split(prep_dir, "tasks_train") if tasks else None, history_len, seed, history_mode,
-    )  # fmt: skip
+    path = sample_dir / "examples.parquet"
+    if tasks or history_len:
+        task_rows = read_split(prep_dir, "tasks_train") if tasks else None
+        cols = training_examples(pd.read_parquet(path), train, n_users, n_items, tasks,
+                                 task_rows, history_len, seed, history_mode)  # fmt: skip
+    else:  # the plain columns, straight from Arrow
+        cols = read_columns(path, ["user", "item", "label"])
     if (sample_dir / "negatives.npy").exists():  # [n_examples, n_neg]: example i's negatives
         neg = np.load(sample_dir / "negatives.npy")
         # rows appended for task-only positives borrow the negatives of a sampled example
         extra = np.arange(len(cols["user"]) - len(neg)) % len(neg)
-        cols["neg"] = np.concatenate([neg, neg[extra]])
+        cols["neg"] = np.concatenate([neg, neg[extra]]) if len(extra) else neg
+    # ids stored as int32 while they fit (half the memory); trainer.widen_ids widens each batch
+    for c in ("user", "item"):
+        if len(cols[c]) and cols[c].max() < 2**31:
+            cols[c] = cols[c].astype(np.int32)
     return {c: torch.from_numpy(v) for c, v in cols.items()}
 
 

@@ -112,7 +112,7 @@ def load_bundle(dirs: ServeDirs, load_model: Callable[[Path], tuple] = load_dir)
     if not np.array_equal(item_ids, np.arange(1, index.ntotal + 1)):
         raise TwoTowerError(f"{L.index}: index does not match {L.embed}; rerun index")
     item_raw = np.array([None, *vocabs["item"]["item"]], dtype=object)
-    seen_csr = csr(seen_rows(L.preprocess), len(users))
+    seen_csr = csr(seen_rows(L.preprocess, columns=["user", "item", "timestamp"]), len(users))
     sources: dict = {s: relative(getattr(L, s), dirs.base()) for s in stages}
     sources["trained"] = read_manifest(L.train).get("figures", {})
     example = encoder.encode([UserQuery({}), UserQuery({"user_id": vocabs["user"]["user"][0]})],
