@@ -280,7 +280,7 @@ def test_make_bench_gpu_fails_clearly_without_cuda(tmp_path: Path):
 
 
 def test_scale_report_keeps_sizes_that_ran_only_some_stages(tmp_path: Path):
-    """The 100M size runs preprocess and sample only (bench/run.py's scale_stages): its row
+    """A size that runs preprocess and sample only (bench/run.py's scale_stages): its row
     shows them and "-" for the rest, growth compares each stage over the sizes that ran it."""
     from bench import report
 

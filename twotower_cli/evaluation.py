@@ -50,12 +50,13 @@ def evaluate_run(
     # what evaluation needs of the log, read in batches: the test pairs, the seen pairs of the
     # test users (masked) and item counts; never the whole log as a frame
     test = read_split(prep, "test", ["user", "item"])
-    user_ids, u = np.load(L.ids("user")), np.load(L.vectors("user"))
+    # memory-mapped: only the sampled users' rows are read (all of them when not sampling)
+    user_ids, u = np.load(L.ids("user")), np.load(L.vectors("user"), mmap_mode="r")
     if not np.array_equal(user_ids, sorted_unique(test["user"].to_numpy())):
         raise TwoTowerError(f"{L.embed}: user vectors do not match the test users; rerun embed")
     users = sample_users(user_ids, max_users, seed)
     ev = EvalSet.build(test, iter_seen(prep, ["user", "item"]), n_items, users)
-    u = u[np.searchsorted(user_ids, users)]
+    u = np.ascontiguousarray(u[np.searchsorted(user_ids, users)])
     counts = {s: pools.item_counts(iter_split(prep, s, ["item"]), n_items) for s in SEEN}
     pool = item_ids if L.candidates.exists() else None
     test_start = read_manifest(prep)["figures"].get("test_start")
