@@ -77,30 +77,52 @@ class Dropout(nn.Module):
         return self.masked(x, relu=False) if self.active else x
 
     def masked(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
-        """x (relu(x) with `relu`) times the scaled mask, as one product with one saved
-        factor, so its backward is one pass too. The mask is built in float arithmetic: on CPU
-        a bool comparison, its conversion to float or torch.where each cost ~3x a float pass
-        (docs/bench.md)."""
+        """x (relu(x) with `relu`) with the dropped elements zeroed and the kept ones scaled,
+        from 16 random bits an element."""
         bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device)
         # from/to spanning the whole int64 range: all 64 bits random (plain random_() leaves
         # the sign bit 0)
         bits.random_(-(2**63), 2**63 - 1)
         draw = bits.view(torch.int16)[: x.numel()].view(x.shape)
-        # integers are exact in float32: clamp(draw - (threshold - 1), 0, 1) = [draw >= threshold]
-        scale = draw.to(torch.float32).sub_(self.threshold - 1).clamp_(0.0, 1.0)
-        if relu:  # the ReLU's mask [x > 0] folded in: x * [x > 0] is relu(x)
-            scale.mul_(torch.sign(x.detach()).clamp_(min=0.0))
-        return x * scale.mul_(1.0 / (1.0 - self.p)).to(x.dtype)
+        return _MaskedScale.apply(x, draw, self.threshold, 1.0 / (1.0 - self.p), relu)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
+class _MaskedScale(torch.autograd.Function):
+    """relu(x) (or x) * [draw >= threshold] * scale in 4 passes forward and 2 backward, each one
+    vectorised ATen op: `threshold_backward(a, b, t)` is "a where b > t, else 0", so the int16
+    draws, made float (exact: they are integers), select the kept elements without a bool mask
+    (on CPU a bool comparison, its conversion to float or torch.where each cost ~3x a float
+    pass, docs/bench.md). With the ReLU, the output itself says where the gradient flows
+    (out > 0 exactly where x > 0 and the element is kept), so backward reads no mask."""
+
+    @staticmethod
+    def forward(ctx, x, draw, threshold, scale, relu):
+        draw = draw.to(x.dtype)  # int16 values: exact in float32
+        out = torch.ops.aten.threshold_backward(x, draw, threshold - 0.5)
+        if relu:
+            out.clamp_min_(0.0)
+        out.mul_(scale)
+        ctx.threshold, ctx.scale, ctx.relu = threshold, scale, relu
+        ctx.save_for_backward(out if relu else draw)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (saved,) = ctx.saved_tensors
+        limit = 0.0 if ctx.relu else ctx.threshold - 0.5
+        g = torch.ops.aten.threshold_backward(grad, saved.to(grad.dtype), limit)
+        return g.mul_(ctx.scale), None, None, None, None
+
+
 class MLP(nn.Sequential):
     """Linear -> ReLU -> Dropout per hidden layer, then a linear output layer. In training a
-    ReLU and its Dropout run as one masked product (`Dropout.masked`): 2 passes over the
-    hidden activations forward and 1 backward instead of 5 and 2 (docs/bench.md), the same
-    values and the same random draws."""
+    ReLU and its Dropout run as one masked product (`Dropout.masked`): 4 passes over the
+    hidden activations forward and 2 backward (a float mask built by arithmetic took 8 and 1),
+    the same values and gradients from the same random draws as the two layers in turn."""
 
     def __init__(self, in_dim: int, hidden: list[int], out_dim: int, dropout: float = 0.0):
         layers: list[nn.Module] = []
