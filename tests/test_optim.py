@@ -145,3 +145,40 @@ def test_pipeline_trains_with_sparse_embeddings(out_dir: Path):
     train_dir = out_dir / "synthetic" / "sample" / "inbatch" / "dssm" / "train"
     figures = read_json(train_dir / "manifest.json")["figures"]
     assert figures["best_valid"] > 0.1
+
+
+def test_l2_normalize_gives_f_normalize_values_and_gradients():
+    from torch.nn import functional as F
+
+    from twotower_cli.models.blocks import L2Normalize
+
+    torch.manual_seed(0)
+    x = torch.randn(50, 8, requires_grad=True)
+    x_zero = torch.zeros(2, 8, requires_grad=True)  # a clamped norm: the gradient is g / eps
+    g = torch.randn(50, 8)
+    for inp, grad in ((x, g), (x_zero, g[:2])):
+        ours = L2Normalize.apply(inp)
+        theirs = F.normalize(inp, dim=-1)
+        assert torch.equal(ours, theirs)
+        (g_ours,) = torch.autograd.grad(ours, inp, grad)
+        (g_theirs,) = torch.autograd.grad(theirs, inp, grad)
+        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(64,), (64, 3)])  # categorical, multihot
+def test_field_lookup_gives_the_embedding_gradient_padding_row_zero(shape):
+    from twotower_cli.models.blocks import FieldEmbedding
+
+    kind = "categorical" if len(shape) == 1 else "multihot"
+    torch.manual_seed(0)
+    fields = FieldEmbedding([{"name": "f", "kind": kind, "vocab_size": 7, "max_len": 3}], 4)
+    ids = torch.randint(0, 7, shape)  # 0 (padding) among them
+    w = torch.randn(64, 1, 4)
+    (fields({"f": ids}) * w).sum().backward()  # training: _Lookup's index_add_ backward
+    ours = fields.tables["f"].weight.grad.clone()
+    fields.zero_grad()
+    fields.eval()  # eval: nn.Embedding's own backward
+    (fields({"f": ids}) * w).sum().backward()
+    theirs = fields.tables["f"].weight.grad
+    assert torch.equal(ours[0], torch.zeros(4))
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from twotower_cli.errors import ConfigError
-from twotower_cli.models.blocks import FieldEmbedding, HistoryPool
+from twotower_cli.models.blocks import FieldEmbedding, HistoryPool, L2Normalize
 from twotower_cli.settings import HISTORY, SIMILARITIES, TowerSettings
 
 
@@ -57,7 +57,10 @@ class TwoTower(nn.Module):
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         """A tower's raw output -> its serving vector (L2-normalised under cosine)."""
-        return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
+        if self.similarity != "cosine":
+            return x
+        # the same values; the custom backward only in training (an exporter meets plain ops)
+        return L2Normalize.apply(x) if self.training else F.normalize(x, dim=-1)
 
     @property
     def user_field_names(self) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from twotower_cli.data.tables import Field
 from twotower_cli.errors import ConfigError
@@ -47,13 +48,43 @@ class FieldEmbedding(nn.Module):
             table = self.tables[f.name]
             if f.kind == "numeric":
                 out.append(table(x.float().unsqueeze(-1)))
-            elif f.kind == "multihot":
+                continue
+            rows = self.lookup(table, x)
+            if f.kind == "multihot":
                 mask = (x > 0).unsqueeze(-1).float()
-                summed = (table(x) * mask).sum(1)
-                out.append(summed / mask.sum(1).clamp(min=1.0))
+                out.append((rows * mask).sum(1) / mask.sum(1).clamp(min=1.0))
             else:
-                out.append(table(x))
+                out.append(rows)
         return torch.stack(out, dim=1)
+
+    def lookup(self, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        """table(ids); in training a dense-gradient table takes `_Lookup`'s backward."""
+        if self.training and not table.sparse and table.weight.requires_grad:
+            return _Lookup.apply(table.weight, ids, table.padding_idx)
+        return table(ids)
+
+
+class _Lookup(torch.autograd.Function):
+    """An embedding lookup whose (dense) weight gradient is one `index_add_` of the rows'
+    gradients into zeros, the padding row then zeroed: the sums ATen's embedding_dense_backward
+    makes (tested), which sorts the ids first and took ~2.7x as long for the bench's
+    1,024-id lookups into tables of 8-21 rows (docs/bench.md)."""
+
+    @staticmethod
+    def forward(ctx, weight, ids, padding_idx):
+        ctx.save_for_backward(ids)
+        ctx.rows, ctx.padding_idx = weight.shape[0], padding_idx
+        return F.embedding(ids, weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        dim = grad.shape[-1]
+        out = grad.new_zeros(ctx.rows, dim).index_add_(0, ids.reshape(-1), grad.reshape(-1, dim))
+        if ctx.padding_idx is not None:
+            out[ctx.padding_idx].zero_()
+        return out, None, None
 
 
 class Dropout(nn.Module):
@@ -77,30 +108,76 @@ class Dropout(nn.Module):
         return self.masked(x, relu=False) if self.active else x
 
     def masked(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
-        """x (relu(x) with `relu`) times the scaled mask, as one product with one saved
-        factor, so its backward is one pass too. The mask is built in float arithmetic: on CPU
-        a bool comparison, its conversion to float or torch.where each cost ~3x a float pass
-        (docs/bench.md)."""
+        """x (relu(x) with `relu`) with the dropped elements zeroed and the kept ones scaled,
+        from 16 random bits an element."""
         bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device)
         # from/to spanning the whole int64 range: all 64 bits random (plain random_() leaves
         # the sign bit 0)
         bits.random_(-(2**63), 2**63 - 1)
         draw = bits.view(torch.int16)[: x.numel()].view(x.shape)
-        # integers are exact in float32: clamp(draw - (threshold - 1), 0, 1) = [draw >= threshold]
-        scale = draw.to(torch.float32).sub_(self.threshold - 1).clamp_(0.0, 1.0)
-        if relu:  # the ReLU's mask [x > 0] folded in: x * [x > 0] is relu(x)
-            scale.mul_(torch.sign(x.detach()).clamp_(min=0.0))
-        return x * scale.mul_(1.0 / (1.0 - self.p)).to(x.dtype)
+        return _MaskedScale.apply(x, draw, self.threshold, 1.0 / (1.0 - self.p), relu)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
+class L2Normalize(torch.autograd.Function):
+    """`F.normalize(x, dim=-1)` (the same values) with a backward of a few ops on the saved
+    output y = x / max(|x|, eps): grad_x = (g - y <g, y>) / max(|x|, eps), and g / eps for a row
+    whose norm was clamped. Autograd's chain through norm, clamp_min, expand and div ran ~12 ops
+    per tower (forward + backward at [1024, 64]: 0.64 against 1.05 ms, docs/bench.md)."""
+
+    EPS = 1e-12  # F.normalize's default
+
+    @staticmethod
+    def forward(ctx, x):
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        denom = norm.clamp_min(L2Normalize.EPS)
+        y = x / denom
+        ctx.save_for_backward(y, denom, norm)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        y, denom, norm = ctx.saved_tensors
+        dot = (grad * y).sum(-1, keepdim=True).masked_fill_(norm < L2Normalize.EPS, 0.0)
+        return torch.addcmul(grad, y, dot, value=-1.0).div_(denom)
+
+
+class _MaskedScale(torch.autograd.Function):
+    """relu(x) (or x) * [draw >= threshold] * scale in 4 passes forward and 2 backward, each one
+    vectorised ATen op: `threshold_backward(a, b, t)` is "a where b > t, else 0", so the int16
+    draws, made float (exact: they are integers), select the kept elements without a bool mask
+    (on CPU a bool comparison, its conversion to float or torch.where each cost ~3x a float
+    pass, docs/bench.md). With the ReLU, the output itself says where the gradient flows
+    (out > 0 exactly where x > 0 and the element is kept), so backward reads no mask."""
+
+    @staticmethod
+    def forward(ctx, x, draw, threshold, scale, relu):
+        draw = draw.to(x.dtype)  # int16 values: exact in float32
+        out = torch.ops.aten.threshold_backward(x, draw, threshold - 0.5)
+        if relu:
+            out.clamp_min_(0.0)
+        out.mul_(scale)
+        ctx.threshold, ctx.scale, ctx.relu = threshold, scale, relu
+        ctx.save_for_backward(out if relu else draw)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (saved,) = ctx.saved_tensors
+        limit = 0.0 if ctx.relu else ctx.threshold - 0.5
+        g = torch.ops.aten.threshold_backward(grad, saved.to(grad.dtype), limit)
+        return g.mul_(ctx.scale), None, None, None, None
+
+
 class MLP(nn.Sequential):
     """Linear -> ReLU -> Dropout per hidden layer, then a linear output layer. In training a
-    ReLU and its Dropout run as one masked product (`Dropout.masked`): 2 passes over the
-    hidden activations forward and 1 backward instead of 5 and 2 (docs/bench.md), the same
-    values and the same random draws."""
+    ReLU and its Dropout run as one masked product (`Dropout.masked`): 4 passes over the
+    hidden activations forward and 2 backward (a float mask built by arithmetic took 8 and 1),
+    the same values and gradients from the same random draws as the two layers in turn."""
 
     def __init__(self, in_dim: int, hidden: list[int], out_dim: int, dropout: float = 0.0):
         layers: list[nn.Module] = []
