@@ -160,6 +160,20 @@ def test_report_of_a_run_has_every_plot_and_evaluates_numbers(runs: Path):
 
 
 @pytest.mark.slow
+def test_report_of_a_sampled_evaluation_scores_the_same_users(runs: Path, tmp_path: Path):
+    out = tmp_path / "outputs"
+    shutil.copytree(runs.parents[2], out)
+    sampled = [*SMALL, f"paths.out={out}", "eval.max_users=7"]
+    assert twotower("evaluate", *sampled) == 0
+    assert twotower("report", *sampled) == 0
+    run = out / "synthetic" / "sample" / "inbatch" / "dssm"
+    metrics = read_json(run / "evaluate" / "metrics.json")
+    d = read_json(run / "report" / "diagnostics.json")["inbatch/dssm"]
+    assert metrics["users_sampled"]["evaluated"] == d["users"] == 7
+    for ranker in ("model", "popularity"):
+        assert d["recall"][ranker] == pytest.approx(metrics[ranker]["recall@20"], abs=1e-12)
+
+
 def test_senet_and_multitask_reports_show_their_weights(runs: Path):
     senet = _report(runs, "senet")
     assert {p.stem for p in senet.glob("*.png")} == PLOTS | {"field_weights"}

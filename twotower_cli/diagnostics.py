@@ -15,9 +15,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from twotower_cli.artifacts import MANIFEST, read_manifest, read_split, seen_rows
+from twotower_cli.artifacts import MANIFEST, iter_seen, read_manifest, read_split
 from twotower_cli.errors import TwoTowerError
+from twotower_cli.evaluation import scored_users
 from twotower_cli.keys import is_member, pair_keys, sorted_unique
+from twotower_cli.pools import item_counts
 from twotower_cli.retrieval import (
     EvalSet,
     index_top_unseen,
@@ -211,18 +213,15 @@ def analyse(run: RunDirs, settings: BucketSettings) -> Diagnostics:
     prep, k = run.preprocess, settings.k
     n_items = read_manifest(prep)["figures"]["n_items"]
     train = read_split(prep, "train", ["user", "item"])
-    seen = seen_rows(prep, columns=["user", "item"])
-    ev = EvalSet.build(read_split(prep, "test", ["user", "item"]), seen, n_items)
     embed = run.root / "embed"
-    user_ids, u = np.load(embed / "user_ids.npy"), np.load(embed / "user_vectors.npy")
+    # the test users evaluate scored (its eval.max_users sample, if any): the same numbers
+    conf = read_manifest(run.root / "evaluate")["config"]
+    ev, u, _ = scored_users(prep, embed, n_items, conf["eval"].get("max_users", 0), conf["seed"])
     item_ids, v = np.load(embed / "item_ids.npy"), np.load(embed / "item_vectors.npy")
-    if not np.array_equal(user_ids, ev.users):
-        raise TwoTowerError(f"{embed}: user vectors do not match the test users; rerun embed")
     index = faiss.read_index(str(run.root / "index" / "items.faiss"))
-    conf = read_manifest(run.root / "evaluate")["config"]["index"]
-    set_search_params(index, conf["nprobe"], conf["ef_search"])
+    set_search_params(index, conf["index"]["nprobe"], conf["index"]["ef_search"])
     ranked = {"model": index_top_unseen(index, u, ev, k, n_items, subset_ids(item_ids, n_items))}
-    counts = np.bincount(seen["item"].to_numpy(), minlength=n_items + 1)[1:]
+    counts = item_counts(iter_seen(prep, ["item"]), n_items)[1:]
     depth = min(len(item_ids), k + ev.max_exclude)
     pop = popularity_ranking(counts, len(ev.users), depth, item_ids)
     ranked["popularity"] = top_unseen(lambda rows, d: pop[rows, :d], ev, k, n_items)

@@ -47,16 +47,8 @@ def evaluate_run(
     validation. `max_users` > 0: every ranking over the same seeded sample of test users."""
     prep = L.preprocess
     item_ids = np.load(L.ids("item"))  # the index's rows (candidates or all)
-    # what evaluation needs of the log, read in batches: the test pairs, the seen pairs of the
-    # test users (masked) and item counts; never the whole log as a frame
-    test = read_split(prep, "test", ["user", "item"])
-    # memory-mapped: only the sampled users' rows are read (all of them when not sampling)
-    user_ids, u = np.load(L.ids("user")), np.load(L.vectors("user"), mmap_mode="r")
-    if not np.array_equal(user_ids, sorted_unique(test["user"].to_numpy())):
-        raise TwoTowerError(f"{L.embed}: user vectors do not match the test users; rerun embed")
-    users = sample_users(user_ids, max_users, seed)
-    ev = EvalSet.build(test, iter_seen(prep, ["user", "item"]), n_items, users)
-    u = np.ascontiguousarray(u[np.searchsorted(user_ids, users)])
+    ev, u, n_test = scored_users(prep, L.embed, n_items, max_users, seed)
+    # item counts read in batches too: never the whole log as a frame
     counts = {s: pools.item_counts(iter_split(prep, s, ["item"]), n_items) for s in SEEN}
     pool = item_ids if L.candidates.exists() else None
     test_start = read_manifest(prep)["figures"].get("test_start")
@@ -82,9 +74,25 @@ def evaluate_run(
     learned, skipped = baseline_metrics(ease, train, valid, ev, ks, n_items, pool)
     metrics.update(learned, **({"baselines_skipped": skipped} if skipped else {}))
     metrics.update(sub_retrieval_metrics(model, prep, L.embed, ks, n_items))
-    if len(users) < len(user_ids):
-        metrics["users_sampled"] = {"evaluated": len(users), "of": len(user_ids), "seed": seed}
+    if len(ev.users) < n_test:
+        metrics["users_sampled"] = {"evaluated": len(ev.users), "of": n_test, "seed": seed}
     return metrics
+
+
+def scored_users(prep_dir: Path, embed_dir: Path, n_items: int, max_users: int = 0,
+                 seed: int = 0) -> tuple[EvalSet, np.ndarray, int]:  # fmt: skip
+    """(the EvalSet of the scored test users, their vectors, the number of test users): every
+    test user, or a seeded sample of `max_users` (eval.max_users). Read in batches: the test
+    pairs, the seen pairs of the scored users (masked); the user vectors memory-mapped, so
+    only the scored users' rows are read."""
+    test = read_split(prep_dir, "test", ["user", "item"])
+    user_ids = np.load(embed_dir / "user_ids.npy")
+    u = np.load(embed_dir / "user_vectors.npy", mmap_mode="r")
+    if not np.array_equal(user_ids, sorted_unique(test["user"].to_numpy())):
+        raise TwoTowerError(f"{embed_dir}: user vectors do not match the test users; rerun embed")
+    users = sample_users(user_ids, max_users, seed)
+    ev = EvalSet.build(test, iter_seen(prep_dir, ["user", "item"]), n_items, users)
+    return ev, np.ascontiguousarray(u[np.searchsorted(user_ids, users)]), len(user_ids)
 
 
 def sub_retrieval_metrics(model: TwoTower, prep_dir: Path, embed_dir: Path, ks: list[int],
