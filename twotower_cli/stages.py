@@ -273,13 +273,14 @@ def embed(cfg: DictConfig) -> dict:
     with StageOutput("embed", L.embed, _config(cfg), [prep_dir, train_dir]) as out:
         model, ckpt = checkpoint.load(L.model)
         _, users, items = load_tables(prep_dir)
+        n_items = len(items["item"]) - 1  # row 0 of a table is padding
         if ckpt["config"]["train"].get("item_id_dropout", 0) > 0:  # as the model trained
-            counts = pools.item_counts(iter_split(prep_dir, "train", ["item"]), len(items["item"]))
+            counts = pools.item_counts(iter_split(prep_dir, "train", ["item"]), n_items)
             items = pools.unknown_cold_ids(items, counts)
         if model.history_len:  # each user's latest seen items, as serving reads them
             seen = seen_rows(prep_dir, columns=["user", "item", "timestamp"])
             users = with_history(users, seen, model.history_len)
-        item_ids = np.arange(1, len(next(iter(items.values()))), dtype=np.int64)
+        item_ids = np.arange(1, n_items + 1, dtype=np.int64)
         if L.candidates.exists():
             item_ids = np.load(L.candidates)  # evaluation ranks only these
         user_ids = sorted_unique(read_split(prep_dir, "test", ["user"])["user"].to_numpy())
