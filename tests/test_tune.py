@@ -144,12 +144,21 @@ def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys)
     best = frame.loc[frame["valid_recall@20_mean"].idxmax()]
     assert metrics["best_trial"] == best["trial"]
     assert metrics["params"]["model.temperature"] == best["model.temperature"]
-    # the retrained best is evaluated on test, beside the baselines
-    run_root = out / "synthetic" / "sample" / "inbatch" / "tuned-tiny-s0"
+    # the retrained best is refitted on train + valid for its validation runs' mean best epoch
+    epochs = confirmed[str(metrics["best_trial"])]["best_epochs"]
+    assert list(epochs) == ["0", "1", "2"] and all(1 <= e <= 3 for e in epochs.values())
+    refit = {"fit_on": "train+valid", "train.epochs": round(sum(epochs.values()) / 3)}
+    assert metrics["refit"] == refit
+    printed = capsys.readouterr().out
+    assert f"retraining trial {metrics['best_trial']} on train + valid" in printed
+    run_root = out / "synthetic" / "sample" / "inbatch+valid" / "tuned-tiny-s0"
+    history = read_json(run_root / "train" / "history.json")
+    assert len(history) == refit["train.epochs"] and "valid_recall@20" not in history[0]
+    # ... and evaluated on test, beside the baselines
     evaluated = read_json(run_root / "evaluate" / "metrics.json")
     assert metrics["test_model"]["recall@20"]["seeds"] == [evaluated["model"]["recall@20"]]
     assert {"popularity", "ease"} <= set(metrics["baselines"])
-    assert "test recall@20 seeds [0]" in capsys.readouterr().out
+    assert "test recall@20 seeds [0]" in printed
     # best.yaml is an experiment overlay: `twotower run experiment=...` trains that config
     (conf / "experiment").mkdir()
     (conf / "experiment" / "tuned.yaml").write_text((tune_dir / "best.yaml").read_text())
@@ -158,7 +167,15 @@ def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys)
     ran = read_json(run_root.parent / "again" / "train" / "manifest.json")["config"]
     assert ran["model"]["temperature"] == best["model.temperature"]
     assert ran["train"]["lr"] == pytest.approx(best["train.lr"])
-    assert ran["train"]["epochs"] == 3 and ran["dataset"]["load"]["n_users"] == 300
+    assert ran["fit_on"] == "train+valid" and ran["train"]["epochs"] == refit["train.epochs"]
+    assert ran["dataset"]["load"]["n_users"] == 300
+    # tune.refit=false: the trial's own training (on train, early-stopped on validation)
+    assert twotower("tune", *args, "tune.trials=3", "tune.refit=false") == 0
+    assert read_json(tune_dir / "metrics.json")["refit"] == {}
+    alone = out / "synthetic" / "sample" / "inbatch" / "tuned-tiny-s0" / "train"
+    assert read_json(alone / "manifest.json")["figures"]["best_valid"] == pytest.approx(
+        metrics["confirmed"][str(metrics["best_trial"])]["seeds"]["0"]
+    )
 
 
 class Killed(BaseException):

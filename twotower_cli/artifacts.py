@@ -253,19 +253,34 @@ def write_batches(path: Path, frames: Iterable[pd.DataFrame]) -> int:
 
 
 SEEN = ("train", "valid")  # the splits a user has met before the test period
+# `fit_on` -> the splits sample and train learn from: the training split, or training and
+# validation (the refit of a configuration picked on validation: `twotower tune`)
+FIT_ON = {"train": ("train",), "train+valid": SEEN}
+
+
+def read_splits(prep_dir: Path, names: tuple[str, ...], columns: list[str] | None = None,
+                prefix: str = "") -> pd.DataFrame:  # fmt: skip
+    """Tables of `twotower preprocess` one after the other (`read_split` of each)."""
+    frames = [read_split(prep_dir, f"{prefix}{s}", columns) for s in names]
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def iter_splits(prep_dir: Path, names: tuple[str, ...], columns: list[str],
+                prefix: str = "") -> Iterator[pd.DataFrame]:  # fmt: skip
+    """`read_splits` in batches (iter_split over each table in turn)."""
+    for name in names:
+        yield from iter_split(prep_dir, f"{prefix}{name}", columns)
 
 
 def seen_rows(prep_dir: Path, prefix: str = "", columns: list[str] | None = None) -> pd.DataFrame:
     """Each user's train + validation rows: what evaluation and serving mask, and what the
     history feature reads at evaluation and serving time."""
-    return pd.concat([read_split(prep_dir, f"{prefix}{s}", columns) for s in SEEN],
-                     ignore_index=True)  # fmt: skip
+    return read_splits(prep_dir, SEEN, columns, prefix)
 
 
 def iter_seen(prep_dir: Path, columns: list[str], prefix: str = "") -> Iterator[pd.DataFrame]:
     """`seen_rows` in batches (iter_split over train, then valid)."""
-    for name in SEEN:
-        yield from iter_split(prep_dir, f"{prefix}{name}", columns)
+    return iter_splits(prep_dir, SEEN, columns, prefix)
 
 
 class StageOutput:

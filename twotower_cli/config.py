@@ -12,6 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from twotower_cli.artifacts import FIT_ON
 from twotower_cli.data.engine import check_memory
 from twotower_cli.data.preprocess import SplitSettings
 from twotower_cli.errors import ConfigError
@@ -78,11 +79,17 @@ def run_name(model: str) -> str:
     return f"{model}-{','.join(mine)}".replace("/", "_") if mine else model
 
 
+def sample_name(sampler: str, fit_on: str) -> str:
+    """The sample dir's name: the sampler choice, `+valid` when it learns from train+valid."""
+    return sampler if fit_on == "train" else f"{sampler}+valid"
+
+
 def register() -> None:
     """Put the schemas where the YAML files' defaults lists find them (`/schema/<group>`), and
-    the `run_name` resolver of conf/paths/default.yaml."""
-    if not OmegaConf.has_resolver("run_name"):
-        OmegaConf.register_new_resolver("run_name", run_name)
+    the `run_name` and `sample_name` resolvers of conf/paths/default.yaml."""
+    for name, fn in (("run_name", run_name), ("sample_name", sample_name)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
     cs = ConfigStore.instance()
     for name, node in (("dssm", ModelSchema), ("senet", SENetSchema),
                        ("parallel", ParallelSchema), ("multitask", MultiTaskSchema)):  # fmt: skip
@@ -116,6 +123,8 @@ def check(cfg: DictConfig) -> None:
     memory = OmegaConf.select(cfg, "dataset.engine_memory")
     if memory is not None:
         check_memory(memory)
+    if cfg.get("fit_on", "train") not in FIT_ON:
+        raise ConfigError(f"fit_on: {cfg.get('fit_on')!r} not in {tuple(FIT_ON)}")
     if cfg.get("loss") not in LOSSES:
         raise ConfigError(f"loss: {cfg.get('loss')!r} not in {LOSSES}")
     if cfg.get("serve") is not None:

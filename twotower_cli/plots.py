@@ -40,14 +40,18 @@ def training_plot(runs: list[RunData]) -> Plot:
     valid_key = ""
     for run in runs:
         h = pd.DataFrame(run.history)
-        valid_key = next(c for c in h.columns if c.startswith("valid_recall@"))
         loss_ax.plot(h["epoch"], h["loss"], marker="o", ms=3, label=run.label)
+        valid_key = next((c for c in h.columns if c.startswith("valid_recall@")), valid_key)
+        if valid_key not in h:  # a refit on train + validation: no validation, last epoch kept
+            continue
         line = valid_ax.plot(h["epoch"], h[valid_key], marker="o", ms=3, label=run.label)[0]
         best = h[valid_key].idxmax()
         valid_ax.scatter(h["epoch"][best], h[valid_key][best], s=80, facecolors="none",
                          edgecolors=line.get_color())  # fmt: skip
     loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss per epoch")
-    valid_ax.set(xlabel="epoch", ylabel=valid_key, title=f"{valid_key} (o = the kept epoch)")
+    valid_ax.set(xlabel="epoch", ylabel=valid_key or "validation recall",
+                 title=f"{valid_key} (o = the kept epoch)" if valid_key else
+                 "no validation: refit on train + valid, the last epoch kept")  # fmt: skip
     for ax in (loss_ax, valid_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -21,12 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from twotower_cli import checkpoint, distributed, losses, pools, tracking
 from twotower_cli.artifacts import (
+    FIT_ON,
     StageOutput,
     check_chain,
     is_current,
-    iter_split,
+    iter_splits,
     read_manifest,
     read_split,
+    read_splits,
     require,
     seen_rows,
     sweep_partials,
@@ -59,8 +61,8 @@ RESUME_DIR = ".resume"  # train's per-epoch state, beside its outputs (trainer.R
 # stage when one of them changed, as make would
 SECTIONS = {
     "preprocess": ("dataset",),
-    "sample": ("dataset", "sampler", "exposures", "seed"),
-    "train": ("dataset", "sampler", "exposures", "model", "train", "loss", "seed"),
+    "sample": ("dataset", "sampler", "exposures", "fit_on", "seed"),
+    "train": ("dataset", "sampler", "exposures", "fit_on", "model", "train", "loss", "seed"),
     "embed": (),
     "index": ("index",),
     "evaluate": ("eval", "index"),
@@ -78,7 +80,12 @@ def _config(cfg: DictConfig) -> dict:
 def _earlier(cfg: DictConfig, stage: str, sections: tuple = ("dataset",), ignore: tuple = ()):
     """The output dir of an earlier `stage` for this config, made with the same settings in
     `sections` (artifacts.require: else a one-line error naming the command to run)."""
-    made_with = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in sections}
+    made_with = {
+        name: OmegaConf.to_container(cfg[name], resolve=True)
+        if OmegaConf.is_config(cfg[name])
+        else cfg[name]  # a top-level value: fit_on
+        for name in sections
+    }
     return require(cfg.paths[f"{stage}_dir"], stage, made_with, (*ignore, *NOT_OUTPUT))
 
 
@@ -106,7 +113,7 @@ def sample(cfg: DictConfig) -> dict:
         n_items = read_manifest(prep_dir)["figures"]["n_items"]
         sampler = instantiate(cfg.sampler)
         if getattr(sampler, "streams", False) and not cfg.exposures.use:
-            out.figures = _stream_sample(sampler, prep_dir, n_items, out)
+            out.figures = _stream_sample(sampler, prep_dir, FIT_ON[cfg.fit_on], n_items, out)
         else:
             out.figures = _fit_sample(cfg, sampler, prep_dir, n_items, out)
     print(f"sample: {json.dumps(out.figures)}")
@@ -118,7 +125,8 @@ def _fit_sample(cfg: DictConfig, sampler, prep_dir: Path, n_items: int, out: Sta
     L, s = Layout.of(cfg.paths), cfg.sampler
     band = ({"band_items": mined_band(s.source_dir, s.source_run, n_items, tuple(s.band))}
             if getattr(sampler, "needs_band", False) else {})  # fmt: skip
-    sampler.fit(read_split(prep_dir, "train"), n_items, pd.read_parquet(L.items), **band)
+    train = read_splits(prep_dir, FIT_ON[cfg.fit_on])
+    sampler.fit(train, n_items, pd.read_parquet(L.items), **band)
     examples = sampler.examples()
     examples.to_parquet(out.path("examples.parquet"), index=False)
     np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
@@ -134,9 +142,10 @@ def _fit_sample(cfg: DictConfig, sampler, prep_dir: Path, n_items: int, out: Sta
             "exposure_negatives": n_exposures}  # fmt: skip
 
 
-def _stream_sample(sampler, prep_dir: Path, n_items: int, out: StageOutput) -> dict:
+def _stream_sample(sampler, prep_dir: Path, splits: tuple, n_items: int,
+                   out: StageOutput) -> dict:  # fmt: skip
     """An in-batch sampler's sample in one bounded pass (its examples are the positives)."""
-    batches = iter_split(prep_dir, "train", ["user", "item"])
+    batches = iter_splits(prep_dir, splits, ["user", "item"])
     n = sampler.fit_stream(batches, n_items, partial(write_batches, out.path("examples.parquet")))
     np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
     return {"examples": n, "loss": sampler.loss, "n_neg": 0, "exposure_negatives": 0}
@@ -166,8 +175,10 @@ def train(cfg: DictConfig) -> dict:
         out.path("history.json").write_text(json.dumps(f.history, indent=1))
         for name, obj in f.model.artifacts(f.users, f.items).items():
             out.path(f"{name}.json").write_text(json.dumps(obj, indent=1))
-        best = max(h[f"valid_recall@{f.settings.early_stop_k}"] for h in f.history)
-        out.figures = {"loss": f.loss_name, "epochs": len(f.history), "best_valid": best,
+        scores = [h[f"valid_recall@{f.settings.early_stop_k}"] for h in f.history
+                  if f"valid_recall@{f.settings.early_stop_k}" in h]  # fmt: skip
+        best = {"best_valid": max(scores)} if scores else {"fit_on": cfg.fit_on}
+        out.figures = {"loss": f.loss_name, "epochs": len(f.history), **best,
                        "parameters": sum(p.numel() for p in f.model.parameters()),
                        **distributed.figures(group, f.settings.batch_size, f.history)}  # fmt: skip
     shutil.rmtree(L.train / RESUME_DIR, ignore_errors=True)  # the finished model supersedes it
@@ -179,7 +190,8 @@ def train_inputs(cfg: DictConfig) -> tuple[Path, Path]:
     """The preprocess and sample dirs training reads, checked to be one chain."""
     prep_dir = _earlier(cfg, "preprocess")
     train_only = tuple(f"sampler.{k}" for k in instantiate(cfg.sampler).train_only)
-    sample_dir = _earlier(cfg, "sample", ("dataset", "sampler", "exposures"), train_only)
+    sample_dir = _earlier(cfg, "sample", ("dataset", "sampler", "exposures", "fit_on"),
+                          train_only)  # fmt: skip
     check_chain([prep_dir, sample_dir])
     return prep_dir, sample_dir
 
@@ -209,13 +221,14 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
     key, args = checkpoint.model_args(OmegaConf.to_container(cfg.model, resolve=True))
     model = checkpoint.build(key, args, schema_dicts(schema))
     n_users, n_items = len(users["user"]) - 1, len(next(iter(items.values()))) - 1
+    splits = FIT_ON[cfg.fit_on]  # train, or train + valid for a refit (no validation then)
     # the training positives: in memory only for the history feature (per-example histories);
     # else read in batches, for validation's masks and the cold items
-    train_pos = (read_split(prep_dir, "train", ["user", "item", "timestamp"])
+    train_pos = (read_splits(prep_dir, splits, ["user", "item", "timestamp"])
                  if model.history_len else None)  # fmt: skip
 
     def train_batches(columns: list[str]):
-        return [train_pos] if train_pos is not None else iter_split(prep_dir, "train", columns)
+        return [train_pos] if train_pos is not None else iter_splits(prep_dir, splits, columns)
 
     if cfg.train.item_id_dropout > 0:  # items with no training positive: unknown ids
         items = pools.unknown_cold_ids(items, pools.item_counts(train_batches(["item"]), n_items))
@@ -225,15 +238,13 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
     settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
     examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
                                       tuple(model.tasks), model.history_len, cfg.seed,
-                                      settings.history_mode)  # fmt: skip
+                                      settings.history_mode, splits)  # fmt: skip
     batch_fn = instantiate(cfg.sampler).batch_fn(
         torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
     users = with_history(users, train_pos, model.history_len)
-    held = read_split(prep_dir, "valid", ["user", "item"])
-    some = sample_users(sorted_unique(held["user"].to_numpy()), settings.valid_max_users, cfg.seed)
-    valid = EvalSet.build(held, train_batches(["user", "item"]), n_items, some)
-    train_pos = held = None  # the training loop holds only the examples' columns
-    valid.pool, valid.item_log_prior = pools.valid_pool(prep_dir, cfg.eval.freshness_prior)
+    valid = None if "valid" in splits else _valid_set(cfg, prep_dir, settings, train_batches,
+                                                       n_items)  # fmt: skip
+    train_pos = None  # the training loop holds only the examples' columns
     if group.is_main and settings.sparse_embeddings and not distributed.sparse_supported(group):
         print("train: train.sparse_embeddings is off under nccl (no sparse all-reduce): dense "
               "gradients, all-reduced (docs/scale.md)", flush=True)  # fmt: skip
@@ -241,6 +252,17 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
                           batch_fn, seed=cfg.seed, resume=resume, on_epoch=on_epoch)  # fmt: skip
     return Fitted(model, history, settings, loss_name, key, args, schema_dicts(schema), users,
                   items)  # fmt: skip
+
+
+def _valid_set(cfg: DictConfig, prep_dir: Path, settings: TrainSettings, train_batches,
+               n_items: int) -> EvalSet:  # fmt: skip
+    """Early stopping's validation users (all, or a seeded `train.valid_max_users` sample),
+    their positives and the training items masked for them."""
+    held = read_split(prep_dir, "valid", ["user", "item"])
+    some = sample_users(sorted_unique(held["user"].to_numpy()), settings.valid_max_users, cfg.seed)
+    valid = EvalSet.build(held, train_batches(["user", "item"]), n_items, some)
+    valid.pool, valid.item_log_prior = pools.valid_pool(prep_dir, cfg.eval.freshness_prior)
+    return valid
 
 
 def _resume(cfg: DictConfig, L: Layout, inputs: list[Path]) -> Resume:
@@ -275,7 +297,8 @@ def embed(cfg: DictConfig) -> dict:
         _, users, items = load_tables(prep_dir)
         n_items = len(items["item"]) - 1  # row 0 of a table is padding
         if ckpt["config"]["train"].get("item_id_dropout", 0) > 0:  # as the model trained
-            counts = pools.item_counts(iter_split(prep_dir, "train", ["item"]), n_items)
+            splits = FIT_ON[ckpt["config"].get("fit_on", "train")]
+            counts = pools.item_counts(iter_splits(prep_dir, splits, ["item"]), n_items)
             items = pools.unknown_cold_ids(items, counts)
         if model.history_len:  # each user's latest seen items, as serving reads them
             seen = seen_rows(prep_dir, columns=["user", "item", "timestamp"])

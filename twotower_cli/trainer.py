@@ -169,7 +169,7 @@ def train(
     examples: dict[str, torch.Tensor],
     user_table: dict[str, torch.Tensor],
     item_table: dict[str, torch.Tensor],
-    valid: EvalSet,
+    valid: EvalSet | None,
     n_items: int,
     settings: TrainSettings,
     batch_fn=None,
@@ -178,6 +178,8 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Train in place; leaves the best-validation weights in `model`; returns per-epoch history.
+    With `valid` None (a refit on train + validation, `fit_on: train+valid`) every one of
+    `settings.epochs` epochs runs and the last one's weights are kept.
 
     `examples` holds `user`, `item`, `label` and optionally `neg` ([n, n_neg] explicit negative
     ids); `batch_fn(batch) -> batch`, from the sampler, does its per-batch work (shared
@@ -255,20 +257,25 @@ def train(
         if not math.isfinite(total):  # the same reduced total on every rank: all stop together
             raise TwoTowerError(f"train: the loss became {total} in epoch {epoch + 1} (try a "
                                 "lower train.lr); nothing was written")  # fmt: skip
-        score = validate(model, user_table, item_table, valid, k, n_items) if group.is_main else 0
-        score = distributed.from_main(score, group)
-        history.append({"epoch": epoch + 1, "loss": total / n_used, f"valid_recall@{k}": score,
+        scored = {}
+        if valid is not None:
+            score = (validate(model, user_table, item_table, valid, k, n_items)
+                     if group.is_main else 0)  # fmt: skip
+            scored = {f"valid_recall@{k}": distributed.from_main(score, group)}
+        history.append({"epoch": epoch + 1, "loss": total / n_used, **scored,
                         "seconds": time.perf_counter() - start,
                         "samples_per_s": n_used / train_s,
                         "steps": len(epoch_bounds)})  # fmt: skip
         epoch_done(history[-1])
-        epochs.set_postfix(loss=f"{total / n_used:.4f}", **{f"val_r@{k}": f"{score:.4f}"},
+        epochs.set_postfix(loss=f"{total / n_used:.4f}",
+                           **{f"val_r@{k}": f"{v:.4f}" for v in scored.values()},
                            refresh=False)  # fmt: skip
         epochs.update()  # one redraw (or one log line) per epoch, with this epoch's postfix
-        if score > best:
-            best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
-        else:
-            waited += 1
+        for score in scored.values():
+            if score > best:
+                best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
+            else:
+                waited += 1
         # patience ran out, or train.max_steps leaves no step for another epoch
         stopped = waited >= settings.patience or (
             steps_allowed(len(bounds), settings.max_steps, history) == 0)  # fmt: skip

@@ -255,6 +255,10 @@ def _trial_settings(cfg: DictConfig) -> tuple[dict, str, dict]:
 
 def run_tune(cfg: DictConfig) -> dict:
     started = time.perf_counter()
+    if cfg.fit_on != "train":
+        raise TwoTowerError(f"fit_on={cfg.fit_on}: tune's trials are scored on validation, so "
+                            "they train on train; tune.refit=true retrains the pick on "
+                            "train+valid")  # fmt: skip
     space, source, sampler = _trial_settings(cfg)
     tune_dir, name = Path(cfg.paths.tune_dir), str(cfg.tune.name)
     command = _command_overrides()
@@ -287,9 +291,10 @@ def run_tune(cfg: DictConfig) -> dict:
         def objective(trial: optuna.Trial) -> float:
             params = {key: suggest(trial, key, dist) for key, dist in space.items()}
             start = time.perf_counter()
-            score, epochs = _score([*base, *_overrides(params)], metric, made)
+            score, epochs, best_epoch = _score([*base, *_overrides(params)], metric, made)
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
             trial.set_user_attr("epochs", epochs)
+            trial.set_user_attr("best_epoch", best_epoch)
             best = max([score, *(t.value for t in finished(trial.study))])
             print(f"tune: trial {trial.number} {metric} {score:.4f} (best {best:.4f}) "
                   f"{json.dumps(params)}", flush=True)  # fmt: skip
@@ -299,19 +304,33 @@ def run_tune(cfg: DictConfig) -> dict:
         study.optimize(objective, n_trials=n_new, catch=())
         best, means = confirm(cfg, study, base, metric, made)
         return _retrain_best(cfg, study, best, means, base, command, metric, list(space),
-                             started)  # fmt: skip
+                             started, made)  # fmt: skip
 
 
 def _overrides(params: dict) -> list[str]:
     return [_override(k, v) for k, v in params.items()]
 
 
-def _score(overrides: list[str], metric: str, made: set) -> tuple[float, int]:
-    """Train `twotower ... OVERRIDES` in memory: its best validation score and epochs run."""
+def _score(overrides: list[str], metric: str, made: set) -> tuple[float, int, int]:
+    """Train `twotower ... OVERRIDES` in memory: its best validation score, the epochs run and
+    the epoch of the best score (the weights early stopping keeps)."""
     trial_cfg, _ = compose_run(overrides)
     _ensure_inputs(trial_cfg, made)
     history = stages.fit(trial_cfg, *stages.train_inputs(trial_cfg)).history
-    return max(h[metric] for h in history), len(history)
+    best = max(history, key=lambda h: h[metric])
+    return best[metric], len(history), int(best["epoch"])
+
+
+def best_epoch(trial, patience: int) -> int:
+    """The epoch whose weights a trial kept; a study from before `best_epoch` was recorded
+    gives the epochs run less the patience waited after the best."""
+    return int(trial.user_attrs.get("best_epoch") or max(1, trial.user_attrs["epochs"] - patience))
+
+
+def refit_epochs(best_epochs: list[int]) -> int:
+    """The epochs of the refit on train + validation: the mean of the validation runs' best
+    epochs (over the confirmation seeds), rounded."""
+    return max(1, round(float(np.mean(best_epochs))))
 
 
 def confirm(cfg: DictConfig, study, base: list[str], metric: str, made: set) -> tuple:
@@ -325,18 +344,24 @@ def confirm(cfg: DictConfig, study, base: list[str], metric: str, made: set) -> 
     if len(top) < 2 or not seeds:
         return study.best_trial, {}
     stored = study.user_attrs.get("confirm", {})
+    stored_epochs = study.user_attrs.get("confirm_epochs", {})
     means = {}
     for t in top:
         scores = {str(cfg.seed): t.value, **stored.get(str(t.number), {})}
+        epochs = {str(cfg.seed): best_epoch(t, cfg.train.patience),
+                  **stored_epochs.get(str(t.number), {})}  # fmt: skip
         for seed in seeds:
-            if str(seed) not in scores:
-                scores[str(seed)], _ = _score(
+            if str(seed) not in scores or str(seed) not in epochs:
+                scores[str(seed)], _, epochs[str(seed)] = _score(
                     [*base, *_overrides(t.params), f"seed={seed}"], metric, made
                 )
                 stored = {**stored, str(t.number): scores}
+                stored_epochs = {**stored_epochs, str(t.number): epochs}
                 study.set_user_attr("confirm", stored)
+                study.set_user_attr("confirm_epochs", stored_epochs)
         runs = {s: scores[str(s)] for s in [int(cfg.seed), *seeds]}
-        means[t.number] = {"seeds": runs, "mean": float(np.mean(list(runs.values())))}
+        means[t.number] = {"seeds": runs, "mean": float(np.mean(list(runs.values()))),
+                           "best_epochs": {s: epochs[str(s)] for s in runs}}  # fmt: skip
         print(f"tune: trial {t.number} {metric} seeds {list(runs)}: "
               f"{' / '.join(f'{v:.4f}' for v in runs.values())}, "
               f"mean {means[t.number]['mean']:.4f}", flush=True)  # fmt: skip
@@ -344,15 +369,32 @@ def confirm(cfg: DictConfig, study, base: list[str], metric: str, made: set) -> 
     return study.trials[number], means
 
 
-def _retrain_best(cfg, study, best, means, base, command, metric, params, started) -> dict:
-    """The chosen trial retrained for each of tune.seeds and run through embed, index and
-    evaluate; tune_dir gets trials.csv, best.yaml, plots and metrics.json."""
+def refit_settings(cfg: DictConfig, best, means: dict) -> dict:
+    """What the chosen trial is retrained with: under tune.refit, train + validation for the
+    mean best epoch of its validation runs (`{}`: on train, early-stopped as the trial was)."""
+    if not cfg.tune.refit:
+        return {}
+    epochs = (list(means[best.number]["best_epochs"].values()) if best.number in means
+              else [best_epoch(best, cfg.train.patience)])  # fmt: skip
+    return {"fit_on": "train+valid", "train.epochs": refit_epochs(epochs)}
+
+
+def _retrain_best(cfg, study, best, means, base, command, metric, params, started,
+                  made) -> dict:  # fmt: skip
+    """The chosen trial retrained for each of tune.seeds (on train + validation under
+    tune.refit) and run through embed, index and evaluate; tune_dir gets trials.csv,
+    best.yaml, plots and metrics.json."""
     tune_dir, name = Path(cfg.paths.tune_dir), str(cfg.tune.name)
-    overrides = [*base, *_overrides(best.params)]
+    refit = refit_settings(cfg, best, means)
+    overrides = [*base, *_overrides(best.params), *_overrides(refit)]
     run = f"tuned-{name}"
+    fitted = (f"on train + valid for {refit['train.epochs']} epochs" if refit
+              else "on train, early-stopped on validation")  # fmt: skip
+    print(f"tune: retraining trial {best.number} {fitted}, seeds {list(cfg.tune.seeds)}")
     per_seed = {}
     for seed in cfg.tune.seeds:
         run_cfg, choices = compose_run([*overrides, f"seed={seed}", f"paths.run={run}-s{seed}"])
+        _ensure_inputs(run_cfg, made)  # a refit's sample of train + validation, made once
         for stage in (stages.train, stages.embed, stages.index, stages.evaluate):
             per_seed[int(seed)] = stage(run_cfg)
     ks = list(cfg.eval.ks)
@@ -368,6 +410,8 @@ def _retrain_best(cfg, study, best, means, base, command, metric, params, starte
         "best_trial": best.number,
         metric: best.value,
         "params": best.params,
+        # the retrain: fit_on and epochs of the refit on train + validation ({}: none)
+        "refit": refit,
         "trials": len(finished(study)),
         # the top trials trained again with other seeds: the best mean picked `best_trial`
         "confirmed": means,
@@ -378,12 +422,16 @@ def _retrain_best(cfg, study, best, means, base, command, metric, params, starte
     mean = f", mean over seeds {means[best.number]['mean']:.4f}" if means else ""
     header = (f"# `twotower tune` best of {len(finished(study))} trials on validation "
               f"({metric} {best.value:.4f}{mean}, trial {best.number}); {tune_dir}\n")  # fmt: skip
+    if refit:
+        header += (f"# refit on train + validation for {refit['train.epochs']} epochs (the "
+                   "mean best epoch of its validation runs; tune.refit)\n")  # fmt: skip
     with StageOutput("tune", tune_dir, stages._config(cfg), [cfg.paths.preprocess_dir]) as out:
         frame = trials_frame(study, metric)
         frame.insert(3, f"{metric}_mean", frame["trial"].map(
             lambda n: means[n]["mean"] if n in means else None))  # fmt: skip
         frame.to_csv(out.path("trials.csv"), index=False)
-        out.path("best.yaml").write_text(overlay(best.params, command, choices, run, header))
+        out.path("best.yaml").write_text(overlay({**best.params, **refit}, command, choices,
+                                                 run, header))  # fmt: skip
         for png, data in plots.tune_plots(frame, metric, params).items():
             out.path(png).write_bytes(data)
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower_cli.artifacts import read_columns, read_split
+from twotower_cli.artifacts import read_columns, read_splits
 from twotower_cli.data.split import user_time_order
 from twotower_cli.errors import ConfigError, TwoTowerError
 from twotower_cli.keys import find, pair_keys
@@ -197,16 +197,18 @@ def training_examples(
 def load_training_examples(
     prep_dir: Path, sample_dir: Path, train: pd.DataFrame, n_users: int, n_items: int,
     tasks: tuple[str, ...], history_len: int, seed: int, history_mode: str,
+    splits: tuple[str, ...] = ("train",),
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The sampler's examples plus what the model reads per example (task labels, history) and
     the explicit negatives ([n_examples, n_neg] `neg`), as tensors for the training loop.
-    `train`: the training positives (user, item, timestamp), which the histories read."""
+    `train`: the training positives (user, item, timestamp), which the histories read;
+    `splits`: the splits they come from (the task rows are read from the same ones)."""
     if tasks and not (prep_dir / "tasks_train.parquet").exists():
         raise TwoTowerError(f"{prep_dir}: no tasks_train.parquet; set dataset.tasks="
                             f"{list(tasks)} and rerun `twotower preprocess`")  # fmt: skip
     path = sample_dir / "examples.parquet"
     if tasks or history_len:
-        task_rows = read_split(prep_dir, "tasks_train") if tasks else None
+        task_rows = read_splits(prep_dir, splits, prefix="tasks_") if tasks else None
         cols = training_examples(pd.read_parquet(path), train, n_users, n_items, tasks,
                                  task_rows, history_len, seed, history_mode)  # fmt: skip
     else:  # the plain columns, straight from Arrow

@@ -1,0 +1,114 @@
+"""`fit_on=train+valid`: the refit of a configuration picked on validation. Its sample holds
+the training and validation positives (in a dir of its own), training runs every epoch with no
+validation and keeps the last one's weights, and a bad value is a one-line error."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+from conftest import SMALL, read_json, twotower
+
+from twotower_cli import stages, trainer
+from twotower_cli.artifacts import read_splits
+from twotower_cli.data.examples import load_training_examples
+from twotower_cli.tune import refit_epochs
+
+REFIT = "fit_on=train+valid"
+
+
+@pytest.mark.parametrize("sampler", ["inbatch", "random"])
+def test_a_refit_sample_holds_the_train_and_valid_positives(out_dir, sampler):
+    paths = f"paths.out={out_dir}"
+    assert twotower("preprocess", *SMALL, paths) == 0
+    assert twotower("sample", *SMALL, paths, f"sampler={sampler}") == 0
+    assert twotower("sample", *SMALL, paths, f"sampler={sampler}", REFIT) == 0
+    prep, samples = out_dir / "synthetic" / "preprocess", out_dir / "synthetic" / "sample"
+    train, valid = (pd.read_parquet(prep / f"{s}.parquet") for s in ("train", "valid"))
+    alone = pd.read_parquet(samples / sampler / "examples.parquet")
+    refit = pd.read_parquet(samples / f"{sampler}+valid" / "examples.parquet")
+    # the train-only sample is left as it was, beside the refit's
+    assert (alone["label"] > 0).sum() == len(train)
+    assert (refit["label"] > 0).sum() == len(train) + len(valid)
+    pairs = set(zip(refit.loc[refit["label"] > 0, "user"], refit.loc[refit["label"] > 0, "item"],
+                    strict=True))  # fmt: skip
+    assert set(zip(valid["user"], valid["item"], strict=True)) <= pairs
+    assert read_json(samples / f"{sampler}+valid" / "manifest.json")["config"]["fit_on"] == (
+        "train+valid"
+    )
+
+
+def test_a_refit_trains_every_epoch_unvalidated_and_keeps_the_last(out_dir, monkeypatch):
+    paths = f"paths.out={out_dir}"
+    snapshots = []
+    fit_model = stages.train_model
+
+    def recording(model, *args, on_epoch=None, **kwargs):
+        def after_epoch(record):
+            snapshots.append(copy.deepcopy(model.state_dict()))
+            on_epoch(record)
+
+        return fit_model(model, *args, on_epoch=after_epoch, **kwargs)
+
+    def no_validation(*args, **kwargs):
+        raise AssertionError("a refit validated")
+
+    monkeypatch.setattr(stages, "train_model", recording)
+    monkeypatch.setattr(trainer, "validate", no_validation)
+    # patience 1 would stop a validated run early; a refit runs all 4 epochs
+    assert twotower("run", *SMALL, paths, REFIT, "train.epochs=4", "train.patience=1") == 0
+    run = out_dir / "synthetic" / "sample" / "inbatch+valid" / "dssm"
+    history = read_json(run / "train" / "history.json")
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert not any(k.startswith("valid_") for h in history for k in h)
+    figures = read_json(run / "train" / "manifest.json")["figures"]
+    assert figures["fit_on"] == "train+valid" and "best_valid" not in figures
+    saved = torch.load(run / "train" / "model.pt", weights_only=True)["state_dict"]
+    assert len(snapshots) == 4
+    for name, value in snapshots[-1].items():
+        assert torch.equal(saved[name], value), name
+    assert not all(torch.equal(saved[n], v) for n, v in snapshots[0].items())
+    assert 0.0 < read_json(run / "evaluate" / "metrics.json")["model"]["recall@20"] <= 1.0
+
+
+def test_a_multitask_refit_reads_the_task_rows_of_both_splits(out_dir):
+    args = [*SMALL, f"paths.out={out_dir}", "model=multitask", "+dataset.tasks=[click]", REFIT]
+    assert twotower("run", *args, "train.epochs=1") == 0
+    prep = out_dir / "synthetic" / "preprocess"
+    sample = out_dir / "synthetic" / "sample" / "inbatch+valid"
+    valid = pd.read_parquet(prep / "valid.parquet")
+    positives = read_splits(prep, ("train", "valid"), ["user", "item", "timestamp"])
+    n_users, n_items = int(positives["user"].max()), int(positives["item"].max())
+
+    def click_labels_of_valid_pairs(splits):
+        cols = load_training_examples(prep, sample, positives, n_users, n_items, ("click",), 0,
+                                      0, "causal", splits)  # fmt: skip
+        ex = pd.DataFrame({k: cols[k].numpy() for k in ("user", "item", "task.click")})
+        return ex.merge(valid[["user", "item"]].drop_duplicates())["task.click"]
+
+    # the valid positives' task labels come from tasks_valid: all 0 if only tasks_train is read
+    assert (click_labels_of_valid_pairs(("train", "valid")) > 0).all()
+    assert (click_labels_of_valid_pairs(("train",)) == 0).all()
+
+
+def test_a_bad_fit_on_is_a_one_line_error(out_dir, capsys):
+    assert twotower("train", *SMALL, f"paths.out={out_dir}", "fit_on=everything") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["twotower train: error: fit_on: 'everything' not in ('train', 'train+valid')"]
+
+
+def test_tune_searches_on_train_only(out_dir, capsys):
+    assert twotower("tune", *SMALL, f"paths.out={out_dir}", REFIT) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fit_on=train+valid: tune's trials are scored on validation" in err[0]
+    assert not (out_dir / "synthetic" / "tune").exists()
+
+
+def test_refit_epochs_are_the_rounded_mean_best_epoch():
+    assert refit_epochs([10]) == 10
+    assert refit_epochs([9, 10, 12]) == 10  # 10.33
+    assert refit_epochs([9, 12, 12]) == 11  # 11.0
+    assert refit_epochs([1, 2]) == 2  # 1.5: round half to even
+    assert refit_epochs([0]) == 1
