@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import SMALL, read_json, twotower
 
-from twotower_cli import stages, trainer
+from twotower_cli import fitting, trainer
 from twotower_cli.artifacts import read_splits
 from twotower_cli.data.examples import load_training_examples
 from twotower_cli.tune import refit_epochs
@@ -43,7 +43,7 @@ def test_a_refit_sample_holds_the_train_and_valid_positives(out_dir, sampler):
 def test_a_refit_trains_every_epoch_unvalidated_and_keeps_the_last(out_dir, monkeypatch):
     paths = f"paths.out={out_dir}"
     snapshots = []
-    fit_model = stages.train_model
+    fit_model = fitting.train_model
 
     def recording(model, *args, on_epoch=None, **kwargs):
         def after_epoch(record):
@@ -55,7 +55,7 @@ def test_a_refit_trains_every_epoch_unvalidated_and_keeps_the_last(out_dir, monk
     def no_validation(*args, **kwargs):
         raise AssertionError("a refit validated")
 
-    monkeypatch.setattr(stages, "train_model", recording)
+    monkeypatch.setattr(fitting, "train_model", recording)
     monkeypatch.setattr(trainer, "validate", no_validation)
     # patience 1 would stop a validated run early; a refit runs all 4 epochs
     assert twotower("run", *SMALL, paths, REFIT, "train.epochs=4", "train.patience=1") == 0

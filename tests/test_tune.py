@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from conftest import SMALL, read_json, twotower
 
-from twotower_cli import stages
+from twotower_cli import fitting
 from twotower_cli.errors import TwoTowerError
-from twotower_cli.tune import search_space, study_lock, tpe
+from twotower_cli.study import search_space, study_lock, tpe
 
 TINY = """
 sampler: {seed: 0, n_startup_trials: 2}
@@ -188,7 +188,7 @@ def test_a_killed_search_resumes_from_its_finished_trials(tmp_path, monkeypatch,
     conf, out = _conf(tmp_path), tmp_path / "outputs"
     args = ["tune", "--config-dir", str(conf), "hparams_search=tiny", *SMALL, f"paths.out={out}",
             "tune.trials=3", "tune.confirm_top=1"]  # fmt: skip
-    fit, calls = stages.fit, []
+    fit, calls = fitting.fit, []
 
     def killed_at_third(cfg, *args, **kwargs):
         calls.append(cfg.model.temperature)
@@ -196,7 +196,7 @@ def test_a_killed_search_resumes_from_its_finished_trials(tmp_path, monkeypatch,
             raise Killed  # the process dies in the middle of trial 2
         return fit(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(stages, "fit", killed_at_third)
+    monkeypatch.setattr(fitting, "fit", killed_at_third)
     with pytest.raises(Killed):
         twotower(*args)
     tune_dir = out / "synthetic" / "tune" / "tiny"

@@ -8,18 +8,16 @@ import json
 import os
 import shutil
 from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pandas as pd
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from twotower_cli import checkpoint, distributed, losses, pools, tracking
+from twotower_cli import checkpoint, distributed, fitting, pools, tracking
 from twotower_cli.artifacts import (
     FIT_ON,
     StageOutput,
@@ -36,25 +34,17 @@ from twotower_cli.artifacts import (
 )
 from twotower_cli.baselines import BaselineSettings
 from twotower_cli.data.engine import ENGINE_MEMORY, Engine
-from twotower_cli.data.examples import load_training_examples, with_history
+from twotower_cli.data.examples import with_history
 from twotower_cli.data.preprocess import SplitSettings, write_preprocess
-from twotower_cli.data.tables import load_tables, save_encoded, schema_dicts
+from twotower_cli.data.tables import load_tables, save_encoded
 from twotower_cli.errors import TwoTowerError
 from twotower_cli.evaluation import evaluate_run, format_table
 from twotower_cli.keys import sorted_unique
 from twotower_cli.layout import Layout
 from twotower_cli.mining import mined_band
-from twotower_cli.retrieval import (
-    EvalSet,
-    build_index,
-    empty_index,
-    read_index,
-    sample_users,
-)
+from twotower_cli.retrieval import build_index, read_index
 from twotower_cli.samplers import add_exposure_negatives
-from twotower_cli.settings import TrainSettings
 from twotower_cli.trainer import Resume, encode_all
-from twotower_cli.trainer import train as train_model
 
 RESUME_DIR = ".resume"  # train's per-epoch state, beside its outputs (trainer.Resume)
 # the config sections each stage's output depends on (besides its inputs): `run` redoes a
@@ -167,7 +157,7 @@ def train(cfg: DictConfig) -> dict:
     writer = StageOutput("train", L.train, _config(cfg), [prep_dir, sample_dir])
     with writer if group.is_main else nullcontext(writer) as out:
         resume = _resume(cfg, L, [prep_dir, sample_dir]) if cfg.train.resume == "auto" else None
-        f = fit(cfg, prep_dir, sample_dir, group, resume, tracking.active().log_epoch)
+        f = fitting.fit(cfg, prep_dir, sample_dir, group, resume, tracking.active().log_epoch)
         distributed.barrier(group)  # every rank is done before rank 0 writes
         if not group.is_main:
             return {}
@@ -194,75 +184,6 @@ def train_inputs(cfg: DictConfig) -> tuple[Path, Path]:
                           train_only)  # fmt: skip
     check_chain([prep_dir, sample_dir])
     return prep_dir, sample_dir
-
-
-@dataclass
-class Fitted:
-    """A model trained in memory (`fit`) and what saving it needs."""
-
-    model: object
-    history: list[dict]
-    settings: TrainSettings
-    loss_name: str
-    key: str
-    args: dict
-    schema: dict
-    users: dict
-    items: dict
-
-
-def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
-        resume: Resume | None = None, on_epoch=None) -> Fitted:  # fmt: skip
-    """Train the configured model in memory: what `train` saves, and what each `tune` trial
-    scores on validation."""
-    group = group or distributed.current()
-    torch.manual_seed(cfg.seed)
-    schema, users, items = load_tables(prep_dir)
-    key, args = checkpoint.model_args(OmegaConf.to_container(cfg.model, resolve=True))
-    model = checkpoint.build(key, args, schema_dicts(schema))
-    n_users, n_items = len(users["user"]) - 1, len(next(iter(items.values()))) - 1
-    splits = FIT_ON[cfg.fit_on]  # train, or train + valid for a refit (no validation then)
-    # the training positives: in memory only for the history feature (per-example histories);
-    # else read in batches, for validation's masks and the cold items
-    train_pos = (read_splits(prep_dir, splits, ["user", "item", "timestamp"])
-                 if model.history_len else None)  # fmt: skip
-
-    def train_batches(columns: list[str]):
-        return [train_pos] if train_pos is not None else iter_splits(prep_dir, splits, columns)
-
-    if cfg.train.item_id_dropout > 0:  # items with no training positive: unknown ids
-        items = pools.unknown_cold_ids(items, pools.item_counts(train_batches(["item"]), n_items))
-    loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
-    # an index the vectors cannot go into fails now, not at `twotower index` after training
-    empty_index(cfg.index.factory, encode_all(model, items, np.ones(1, np.int64), "item").shape[1])
-    settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
-    examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
-                                      tuple(model.tasks), model.history_len, cfg.seed,
-                                      settings.history_mode, splits)  # fmt: skip
-    batch_fn = instantiate(cfg.sampler).batch_fn(
-        torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
-    users = with_history(users, train_pos, model.history_len)
-    valid = None if "valid" in splits else _valid_set(cfg, prep_dir, settings, train_batches,
-                                                       n_items)  # fmt: skip
-    train_pos = None  # the training loop holds only the examples' columns
-    if group.is_main and settings.sparse_embeddings and not distributed.sparse_supported(group):
-        print("train: train.sparse_embeddings is off under nccl (no sparse all-reduce): dense "
-              "gradients, all-reduced (docs/scale.md)", flush=True)  # fmt: skip
-    history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings,
-                          batch_fn, seed=cfg.seed, resume=resume, on_epoch=on_epoch)  # fmt: skip
-    return Fitted(model, history, settings, loss_name, key, args, schema_dicts(schema), users,
-                  items)  # fmt: skip
-
-
-def _valid_set(cfg: DictConfig, prep_dir: Path, settings: TrainSettings, train_batches,
-               n_items: int) -> EvalSet:  # fmt: skip
-    """Early stopping's validation users (all, or a seeded `train.valid_max_users` sample),
-    their positives and the training items masked for them."""
-    held = read_split(prep_dir, "valid", ["user", "item"])
-    some = sample_users(sorted_unique(held["user"].to_numpy()), settings.valid_max_users, cfg.seed)
-    valid = EvalSet.build(held, train_batches(["user", "item"]), n_items, some)
-    valid.pool, valid.item_log_prior = pools.valid_pool(prep_dir, cfg.eval.freshness_prior)
-    return valid
 
 
 def _resume(cfg: DictConfig, L: Layout, inputs: list[Path]) -> Resume:
