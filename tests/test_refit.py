@@ -71,6 +71,10 @@ def test_a_refit_trains_every_epoch_unvalidated_and_keeps_the_last(out_dir, monk
         assert torch.equal(saved[name], value), name
     assert not all(torch.equal(saved[n], v) for n, v in snapshots[0].items())
     assert 0.0 < read_json(run / "evaluate" / "metrics.json")["model"]["recall@20"] <= 1.0
+    # the report draws a refit's loss curve and no validation curve
+    monkeypatch.undo()
+    assert twotower("report", *SMALL, paths, REFIT) == 0
+    assert (run / "report" / "training.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_multitask_refit_reads_the_task_rows_of_both_splits(out_dir):

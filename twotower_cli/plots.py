@@ -54,7 +54,8 @@ def training_plot(runs: list[RunData]) -> Plot:
                  "no validation: refit on train + valid, the last epoch kept")  # fmt: skip
     for ax in (loss_ax, valid_ax):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a refit's validation panel has no curve
+            ax.legend(fontsize=8)
     return Plot(
         "training",
         "Training curves",
