@@ -110,6 +110,12 @@ def test_tune_searches_on_train_only(out_dir, capsys):
     assert not (out_dir / "synthetic" / "tune").exists()
 
 
+def test_a_bad_tune_refit_is_a_one_line_error(out_dir, capsys):
+    assert twotower("tune", *SMALL, f"paths.out={out_dir}", "tune.refit=sometimes") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["twotower tune: error: tune.refit: 'sometimes' is not true or false"]
+
+
 def test_refit_epochs_are_the_rounded_mean_best_epoch():
     assert refit_epochs([10]) == 10
     assert refit_epochs([9, 10, 12]) == 10  # 10.33
