@@ -20,7 +20,7 @@ from twotower_cli.diagnostics import BucketSettings
 from twotower_cli.errors import ConfigError
 from twotower_cli.layout import STAGE_DIRS, Layout
 from twotower_cli.settings import EvalSettings, IndexSettings, TrainSettings
-from twotower_cli.tune import search_space
+from twotower_cli.study import search_space
 
 GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "serve", "export", "paths",
           "tracking", "report", "tune", "hparams_search"]  # fmt: skip
