@@ -165,8 +165,8 @@ def train(cfg: DictConfig) -> dict:
         out.path("history.json").write_text(json.dumps(f.history, indent=1))
         for name, obj in f.model.artifacts(f.users, f.items).items():
             out.path(f"{name}.json").write_text(json.dumps(obj, indent=1))
-        scores = [h[f"valid_recall@{f.settings.early_stop_k}"] for h in f.history
-                  if f"valid_recall@{f.settings.early_stop_k}" in h]  # fmt: skip
+        key = f"valid_recall@{f.settings.early_stop_k}"
+        scores = [h[key] for h in f.history if key in h]  # none in a refit (fit_on: train+valid)
         best = {"best_valid": max(scores)} if scores else {"fit_on": cfg.fit_on}
         out.figures = {"loss": f.loss_name, "epochs": len(f.history), **best,
                        "parameters": sum(p.numel() for p in f.model.parameters()),
