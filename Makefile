@@ -45,26 +45,26 @@ bench-gpu: install ## train, eval and ANN search on CUDA -> outputs/bench-gpu/ (
 		$(BENCH_ARGS)
 
 compare-models: install ## the four tower variants on MovieLens-100K, one sampler -> outputs/compare/models.md
-	$(BIN)/python -m twotower_cli.compare --name models \
+	$(BIN)/python -m twotower_cli.tools.compare --name models \
 		--runs "model=dssm" "model=senet" "model=parallel" "model=multitask" --seeds 0 \
 		-- sampler=inbatch
 
 compare-history: install ## DSSM with/without the user-history feature -> outputs/compare/history.md
-	$(BIN)/python -m twotower_cli.compare --name history \
+	$(BIN)/python -m twotower_cli.tools.compare --name history \
 		--runs "model=dssm" "model=dssm model.history=true" \
 		"model=dssm model.history=true model.history_pooling=attention" --seeds 0 \
 		-- sampler=inbatch
 
 loadtest: install ## 32 clients on 127.0.0.1 against `twotower serve` -> outputs/loadtest.json
 	test -f outputs/ml100k/sample/inbatch/dssm/index/manifest.json || $(BIN)/twotower run
-	$(BIN)/python -m twotower_cli.loadtest --requests 20000 --concurrency 32 --max-seconds 120
+	$(BIN)/python -m twotower_cli.tools.loadtest --requests 20000 --concurrency 32 --max-seconds 120
 
 NEWS_ARGS ?= threads=1
 news-sim: install ## a simulated 3,000-user news app: the default `dataset=news` run and the oracle
-	$(BIN)/python -m twotower_cli.data.news_sim outputs/news_sim/raw
+	$(BIN)/python -m twotower_cli.tools.news_sim outputs/news_sim/raw
 	$(BIN)/twotower run dataset=news dataset.load.raw_dir=outputs/news_sim/raw \
 		paths.out=outputs/news_sim $(NEWS_ARGS)
-	$(BIN)/python -m twotower_cli.data.news_sim outputs/news_sim/raw \
+	$(BIN)/python -m twotower_cli.tools.news_sim outputs/news_sim/raw \
 		--oracle outputs/news_sim/news/preprocess
 
 clean: ## delete outputs/ (always safe)
@@ -81,5 +81,5 @@ COMPARE_ARGS ?=
 SEEDS ?= 0 1 2
 
 compare-samplers: install ## samplers x metrics (mean over SEEDS) -> outputs/compare/samplers.md
-	$(BIN)/python -m twotower_cli.compare --name samplers --seeds $(SEEDS) \
+	$(BIN)/python -m twotower_cli.tools.compare --name samplers --seeds $(SEEDS) \
 		--runs $(SAMPLER_RUNS) -- $(COMPARE_ARGS)

@@ -11,8 +11,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from twotower_cli.keys import is_member
-from twotower_cli.retrieval import build_index, exact_top_unseen, set_search_params
+from twotower_cli.core.keys import is_member
+from twotower_cli.retrieval.search import build_index, exact_top_unseen, set_search_params
 
 
 def clustered_vectors(

@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower_cli.artifacts import read_split
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.retrieval import EvalSet, build_index, evaluate_index
+from twotower_cli.artifacts.store import read_split
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.retrieval.search import EvalSet, build_index, evaluate_index
 
 HIST_LEN = 50
 # rechub epochs per speed round (~10 s on one thread, about one `twotower train`)

@@ -33,12 +33,11 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from bench import ann, flops, gpu, peers, reference, report
-from twotower_cli import losses
 from twotower_cli.data import synthetic
 from twotower_cli.data.preprocess import SplitSettings, preprocess
 from twotower_cli.data.tables import feature_tensors
 from twotower_cli.models.dssm import DSSM
-from twotower_cli.retrieval import (
+from twotower_cli.retrieval.search import (
     EvalSet,
     build_index,
     evaluate_index,
@@ -47,7 +46,8 @@ from twotower_cli.retrieval import (
     search_chunk_rows,
 )
 from twotower_cli.samplers import InBatchSampler, item_log_frequency
-from twotower_cli.trainer import (  # noqa: E402
+from twotower_cli.training import losses
+from twotower_cli.training.trainer import (  # noqa: E402
     TrainSettings,
     encode_all,
     gather,

@@ -163,10 +163,10 @@ def write_news(raw_dir: Path, n_users: int = 400, per_day: int = 40, seed: int =
 
 def write_realistic_news(raw_dir: Path, n_users: int = 1000, n_articles: int = 1333,
                          n_exposures: int = 55_000, seed: int = 0) -> dict[str, int]:  # fmt: skip
-    """A news app as it really is (twotower_cli.data.news_sim: hourly arrivals, lifetimes of a
+    """A news app as it really is (twotower_cli.tools.news_sim: hourly arrivals, lifetimes of a
     day or two, exposures picked by the app's recommender, clicks by hidden taste and
     quality, dirty rows): a third of issue 14's 3,000 / 4,000 / 165k log, same proportions;
     returns the dirty rows planted."""
-    from twotower_cli.data.news_sim import NewsShape, NewsSim
+    from twotower_cli.tools.news_sim import NewsShape, NewsSim
 
     return NewsSim(NewsShape(n_users, n_articles, n_exposures, seed=seed)).write(raw_dir)

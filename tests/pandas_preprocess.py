@@ -18,6 +18,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data.clean import clean_log, drop_missing_keys
 from twotower_cli.data.preprocess import SplitSettings, _no_test_users, encode, freshness
 from twotower_cli.data.split import (
@@ -28,7 +29,6 @@ from twotower_cli.data.split import (
     user_time_order,
 )
 from twotower_cli.data.tables import Encoded, RawData, encode_values
-from twotower_cli.errors import TwoTowerError
 
 
 def encode_log(

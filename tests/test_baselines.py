@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import SMALL, read_json, twotower
 
-from twotower_cli.baselines import (
+from twotower_cli.retrieval.baselines import (
     BaselineSettings,
     baseline_metrics,
     ease_peak_bytes,
@@ -19,7 +19,7 @@ from twotower_cli.baselines import (
     ease_weights,
     gram,
 )
-from twotower_cli.retrieval import EvalSet
+from twotower_cli.retrieval.search import EvalSet
 
 
 def _pairs(rows: list[tuple[int, int]]) -> pd.DataFrame:

@@ -20,13 +20,13 @@ from conftest import unit_vectors  # noqa: E402
 
 from bench import ann, flops, gpu, peers, reference  # noqa: E402
 from twotower_cli.data.tables import feature_tensors  # noqa: E402
-from twotower_cli.retrieval import (  # noqa: E402
+from twotower_cli.retrieval.search import (  # noqa: E402
     EvalSet,
     build_index,
     evaluate_index,
     exact_top_unseen,
 )
-from twotower_cli.trainer import gather  # noqa: E402
+from twotower_cli.training.trainer import gather  # noqa: E402
 
 KS = [1, 5, 20]
 
@@ -239,7 +239,7 @@ def test_the_rechub_grid_widens_past_a_best_end_within_the_range():
 def test_rechub_adapter_names_a_missing_feature(tmp_path: Path):
     import json
 
-    from twotower_cli.errors import TwoTowerError
+    from twotower_cli.core.errors import TwoTowerError
 
     (tmp_path / "schema.json").write_text(json.dumps({"user": [{"name": "user", "vocab_size": 3}],
                                                        "item": []}))  # fmt: skip

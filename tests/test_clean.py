@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data.clean import check_numbers, clean_log, epoch_seconds, missing_ids
 from twotower_cli.data.preprocess import SplitSettings, preprocess
 from twotower_cli.data.tables import RawData
-from twotower_cli.errors import TwoTowerError
 
 
 def test_spelled_missing_ids_are_missing_real_ids_are_not():

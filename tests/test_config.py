@@ -14,13 +14,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from twotower_cli import checkpoint, config
+from twotower_cli.artifacts import checkpoint
 from twotower_cli.cli import CONFIG_DIR
-from twotower_cli.diagnostics import BucketSettings
-from twotower_cli.errors import ConfigError
-from twotower_cli.layout import STAGE_DIRS, Layout
-from twotower_cli.settings import EvalSettings, IndexSettings, TrainSettings
-from twotower_cli.study import search_space
+from twotower_cli.core.errors import ConfigError
+from twotower_cli.core.layout import STAGE_DIRS, Layout
+from twotower_cli.core.settings import EvalSettings, IndexSettings, TrainSettings
+from twotower_cli.pipeline import config
+from twotower_cli.pipeline.study import search_space
+from twotower_cli.report.diagnostics import BucketSettings
 
 GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "serve", "export", "paths",
           "tracking", "report", "tune", "hparams_search"]  # fmt: skip
@@ -107,6 +108,12 @@ def test_every_group_has_an_option():
         ("threads=0", "threads must be null (every core) or an integer >= 1, got 0"),
         ("train.device=cuda:7", "train.device: 'cuda:7' is not available on this machine"),
         ("train.no_such_key=1", "train.no_such_key: Key 'no_such_key' not in 'TrainSettings'"),
+        # a _target_ written against the flat layout before issue 24 names its new path
+        (
+            "tracking._target_=twotower_cli.tracking.MlflowTracker",
+            "tracking._target_: twotower_cli.tracking.MlflowTracker has moved to "
+            "twotower_cli.artifacts.tracking.MlflowTracker",
+        ),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_key(override, message, tmp_path, capsys):
@@ -123,7 +130,7 @@ def test_check_passes_the_defaults_and_raises_config_error():
 
 
 def test_the_optimiser_is_a_partial_target_node():
-    from twotower_cli.trainer import optimizers
+    from twotower_cli.training.trainer import optimizers
 
     cfg = composed("train.optimizer._target_=torch.optim.SGD", "train.lr=0.5",
                    "~train.optimizer.fused")  # fmt: skip

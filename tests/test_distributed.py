@@ -21,12 +21,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import SMALL, read_json, twotower
 
-from twotower_cli import distributed, sparse_sync
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.losses import bce, inbatch_softmax
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.models.dssm import DSSM
 from twotower_cli.samplers import InBatchSampler, MixedSampler, RandomNegativeSampler
-from twotower_cli.trainer import TrainSettings, gather, optimizers, user_features
+from twotower_cli.training import distributed, sparse_sync
+from twotower_cli.training.losses import bce, inbatch_softmax
+from twotower_cli.training.trainer import TrainSettings, gather, optimizers, user_features
 
 N_USERS, N_ITEMS, B, N_NEG = 12, 30, 16, 3
 SCHEMA = {

@@ -17,10 +17,10 @@ from conftest import SMALL, read_json, twotower
 from fastapi.testclient import TestClient
 
 from twotower_cli import serve
-from twotower_cli.checkpoint import load_dir as _load_model
+from twotower_cli.artifacts.checkpoint import load_dir as _load_model
+from twotower_cli.core.layout import Layout
 from twotower_cli.data.tables import feature_tensors, load_schema
-from twotower_cli.layout import Layout
-from twotower_cli.user_tower import export_onnx
+from twotower_cli.export.user_tower import export_onnx
 
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
 
@@ -125,13 +125,17 @@ def _imports(path: Path) -> set[str]:
 
 def test_export_and_serve_share_the_user_tower_module_not_each_other():
     pkg = Path(__file__).resolve().parents[1] / "twotower_cli"
-    export = _imports(pkg / "export.py")
+    export = _imports(pkg / "export" / "bundle.py")
     serving = set().union(*(_imports(p) for p in (pkg / "serve").glob("*.py")))
-    assert "twotower_cli.user_tower" in export and "twotower_cli.user_tower" in serving
+    assert (
+        "twotower_cli.export.user_tower" in export and "twotower_cli.export.user_tower" in serving
+    )
     assert not {n for n in export if n.startswith("twotower_cli.serve")}
-    assert not {n for n in serving if n.startswith("twotower_cli.export")}
+    assert not {n for n in serving if n.startswith("twotower_cli.export.bundle")}
     # user_tower is a leaf for serving: it imports neither
-    tower = _imports(pkg / "user_tower.py")
-    assert not {n for n in tower if n.startswith(("twotower_cli.serve", "twotower_cli.export"))}
+    tower = _imports(pkg / "export" / "user_tower.py")
+    assert not {
+        n for n in tower if n.startswith(("twotower_cli.serve", "twotower_cli.export.bundle"))
+    }
     # and no module of the package is over ~400 lines
     assert max(len(p.read_text().splitlines()) for p in (pkg / "serve").glob("*.py")) < 400

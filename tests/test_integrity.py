@@ -14,10 +14,11 @@ import pytest
 import torch
 from conftest import SMALL, read_json, twotower
 
-from twotower_cli import checkpoint, trainer
-from twotower_cli.artifacts import LOCK, MANIFEST, verify
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.settings import TrainSettings
+from twotower_cli.artifacts import checkpoint
+from twotower_cli.artifacts.store import LOCK, MANIFEST, verify
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.settings import TrainSettings
+from twotower_cli.training import trainer
 
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
 STAGES = ("preprocess", "sample", "train", "embed", "index")

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.losses import bce, inbatch_softmax, resolve, sampled_softmax
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.training.losses import bce, inbatch_softmax, resolve, sampled_softmax
 
 E = math.e
 I2 = torch.eye(2)
@@ -135,7 +135,7 @@ def test_fused_inbatch_softmax_equals_the_plain_formula_and_its_gradients(shared
 
 
 def test_equal_pairs_are_the_off_diagonal_equalities_of_the_first_rows():
-    from twotower_cli.losses import equal_pairs
+    from twotower_cli.training.losses import equal_pairs
 
     keys = torch.tensor([4, 2, 4, 9, 2, 4, 7, 9])
     r, c = equal_pairs(keys, rows=5)

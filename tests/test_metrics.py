@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower_cli.errors import ConfigError
-from twotower_cli.keys import pair_keys
-from twotower_cli.metrics import drop_excluded, ranking_metrics
-from twotower_cli.retrieval import EvalSet, build_index, evaluate_index, popularity_ranking
+from twotower_cli.core.errors import ConfigError
+from twotower_cli.core.keys import pair_keys
+from twotower_cli.retrieval.metrics import drop_excluded, ranking_metrics
+from twotower_cli.retrieval.search import EvalSet, build_index, evaluate_index, popularity_ranking
 
 N_ITEMS = 10
 
@@ -74,7 +74,7 @@ def test_bad_factory_string_is_a_value_error():
 def test_top_k_columns_matches_torch_topk_and_pads_with_minus_one():
     import torch
 
-    from twotower_cli.retrieval import top_k_columns
+    from twotower_cli.retrieval.search import top_k_columns
 
     gen = torch.Generator().manual_seed(0)
     scores = torch.randn(37, 500, generator=gen)

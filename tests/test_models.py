@@ -16,16 +16,16 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from twotower_cli.cli import CONFIG_DIR
-from twotower_cli.data.examples import Timeline, attach_tasks, training_examples
+from twotower_cli.core.errors import ConfigError
 from twotower_cli.data.preprocess import SplitSettings, preprocess
 from twotower_cli.data.tables import RawData
-from twotower_cli.errors import ConfigError
-from twotower_cli.losses import bce, inbatch_softmax
 from twotower_cli.models.blocks import HistoryPool, SENet, fm_interaction
 from twotower_cli.models.multitask import MultiTaskTower
 from twotower_cli.models.parallel import ParallelTower
 from twotower_cli.models.senet import SENetTower
-from twotower_cli.trainer import user_features
+from twotower_cli.training.examples import Timeline, attach_tasks, training_examples
+from twotower_cli.training.losses import bce, inbatch_softmax
+from twotower_cli.training.trainer import user_features
 
 MODEL_YAMLS = options("model")
 N_USERS, N_ITEMS, B, L = 30, 40, 16, 5
@@ -292,7 +292,7 @@ def test_preprocess_task_rows_follow_the_label_splits_timeline():
 
 
 def test_preprocess_names_a_missing_task_column():
-    from twotower_cli.errors import TwoTowerError
+    from twotower_cli.core.errors import TwoTowerError
 
     with pytest.raises(TwoTowerError, match="no task column 'click'"):
         preprocess(toy_raw(), "like", SplitSettings(), ("click",))

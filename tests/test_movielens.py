@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import read_json, twotower
 
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data.movielens import fetch, read_recbole
-from twotower_cli.errors import TwoTowerError
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO / "data" / "raw"

@@ -13,11 +13,11 @@ import pytest
 from conftest import read_json, twotower
 from fixtures_news import DAYS, START, write_news
 
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data.news import load, read_docs, top_keywords, top_share
 from twotower_cli.data.split import DAY, temporal_bounds
 from twotower_cli.data.tables import encode_side
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.retrieval import popularity_ranking, search
+from twotower_cli.retrieval.search import popularity_ranking, search
 from twotower_cli.samplers import add_exposure_negatives
 
 

@@ -1,4 +1,4 @@
-"""`dataset=news` on a log shaped like a real news app's (twotower_cli.data.news_sim): the
+"""`dataset=news` on a log shaped like a real news app's (twotower_cli.tools.news_sim): the
 simulated shape itself, the pool window measured from the data, and the default command
 beating the better of popularity and trending by 1.3x, with every test click counted."""
 
@@ -11,7 +11,7 @@ import pytest
 from conftest import read_json, twotower
 from fixtures_news import write_realistic_news
 
-from twotower_cli.data.news_sim import HOUR, START, NewsShape, NewsSim, oracle_metrics
+from twotower_cli.tools.news_sim import HOUR, START, NewsShape, NewsSim, oracle_metrics
 
 
 @pytest.fixture(scope="module")

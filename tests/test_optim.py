@@ -12,8 +12,8 @@ import torch
 
 from twotower_cli.data.tables import feature_tensors
 from twotower_cli.models.blocks import Dropout
-from twotower_cli.optim import LazyAdam
-from twotower_cli.trainer import gather
+from twotower_cli.training.optim import LazyAdam
+from twotower_cli.training.trainer import gather
 
 
 def test_lazy_adam_matches_sparse_adam_and_leaves_untouched_rows_alone():
@@ -106,7 +106,7 @@ def test_the_mlp_fuses_relu_and_dropout_into_the_same_values_and_gradients():
 
 def test_sparse_embeddings_move_only_the_rows_in_the_batch(small):
     from twotower_cli.models.dssm import DSSM
-    from twotower_cli.trainer import TrainSettings, optimizers
+    from twotower_cli.training.trainer import TrainSettings, optimizers
 
     enc, _ = small
     schema = {s: [vars(f) for f in fs] for s, fs in enc.schema.items()}

@@ -162,7 +162,7 @@ def test_user_samples_bound_validation_and_evaluation(out_dir: Path):
 
 
 def test_steps_allowed_counts_the_cap_from_the_history():
-    from twotower_cli.trainer import steps_allowed
+    from twotower_cli.training.trainer import steps_allowed
 
     # 10 batches an epoch, cap 25: 10, 10, then 25 - 20 = 5, then none; cap 0 = no cap
     history = []

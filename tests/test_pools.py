@@ -17,7 +17,7 @@ from twotower_cli.data.freshness import (
     period_log_prior,
     pool_window,
 )
-from twotower_cli.pools import (
+from twotower_cli.retrieval.pools import (
     cold_items,
     item_counts,
     score_rankings,
@@ -25,8 +25,8 @@ from twotower_cli.pools import (
     unknown_cold_ids,
     with_item_prior,
 )
-from twotower_cli.retrieval import EvalSet
-from twotower_cli.trainer import drop_ids
+from twotower_cli.retrieval.search import EvalSet
+from twotower_cli.training.trainer import drop_ids
 
 DAY = 24 * HOUR
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from twotower_cli.progress import LineBar, bar
+from twotower_cli.core.progress import LineBar, bar
 
 
 class Terminal(io.StringIO):

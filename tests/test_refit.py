@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import SMALL, read_json, twotower
 
-from twotower_cli import fitting, trainer
-from twotower_cli.artifacts import read_splits
-from twotower_cli.data.examples import load_training_examples
-from twotower_cli.tune import refit_epochs
+from twotower_cli.artifacts.store import read_splits
+from twotower_cli.pipeline.tune import refit_epochs
+from twotower_cli.training import fitting, trainer
+from twotower_cli.training.examples import load_training_examples
 
 REFIT = "fit_on=train+valid"
 

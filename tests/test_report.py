@@ -17,7 +17,8 @@ from browser import chromium, open_page
 from conftest import SMALL, read_json, twotower
 from PIL import Image
 
-from twotower_cli.diagnostics import (
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.report.diagnostics import (
     BucketSettings,
     coverage_curve,
     pairwise_auc,
@@ -25,8 +26,7 @@ from twotower_cli.diagnostics import (
     recall_by_item_bucket,
     user_buckets,
 )
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.retrieval import EvalSet
+from twotower_cli.retrieval.search import EvalSet
 
 PLOTS = {"training", "metrics", "item_buckets", "user_buckets", "coverage", "scores"}
 

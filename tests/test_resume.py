@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import SMALL, read_json, twotower
 
-from twotower_cli.artifacts import MANIFEST, verify
+from twotower_cli.artifacts.store import MANIFEST, verify
 
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
 # ~125 steps an epoch on one thread: long enough to kill the process between two epochs

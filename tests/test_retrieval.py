@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from conftest import unit_vectors
 
-from twotower_cli.keys import sorted_unique
-from twotower_cli.retrieval import (
+from twotower_cli.core.keys import sorted_unique
+from twotower_cli.retrieval.search import (
     EvalSet,
     build_index,
     evaluate_index,
@@ -46,7 +46,7 @@ def test_chunked_search_of_an_approximate_index_matches_one_deep_search(small, m
     items, u = unit_vectors(enc.n_items, 4), unit_vectors(len(ev.users), 5)
     # HNSW takes the chunked path (no exact vectors); tiny chunks force many of them
     index = build_index(items, "HNSW8", ef_search=64)
-    monkeypatch.setattr("twotower_cli.retrieval.CHUNK_ELEMS", 2000)
+    monkeypatch.setattr("twotower_cli.retrieval.search.CHUNK_ELEMS", 2000)
     chunked = evaluate_index(index, u, ev, KS, enc.n_items)
     deep = evaluate_ranked(search(index, u, enc.n_items), ev, KS, enc.n_items)
     assert chunked == pytest.approx(deep, abs=1e-9)

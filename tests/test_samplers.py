@@ -13,10 +13,8 @@ from conftest import SMALL, options, read_json, twotower
 from hydra import compose, initialize_config_dir
 
 from twotower_cli.cli import CONFIG_DIR
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.keys import pair_keys
-from twotower_cli.losses import StreamingFrequency
-from twotower_cli.mining import mined_band
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.keys import pair_keys
 from twotower_cli.samplers import (
     HardNegativeSampler,
     InBatchSampler,
@@ -25,6 +23,8 @@ from twotower_cli.samplers import (
     RandomNegativeSampler,
     popularity_probs,
 )
+from twotower_cli.samplers.mining import mined_band
+from twotower_cli.training.losses import StreamingFrequency
 
 N_ITEMS = 40
 # one torch thread: on a small data set, more threads only contend with each other
@@ -309,7 +309,7 @@ def test_experiment_overlay_composes_and_has_its_own_run_dir(name: str):
 def test_streamed_sample_equals_the_in_memory_one(tmp_path: Path, sampler):
     """The sample stage's bounded pass (fit_stream over batches of train.parquet, written as
     it goes) gives the examples and logQ of fit + examples() on the whole table."""
-    from twotower_cli.artifacts import iter_split, write_batches
+    from twotower_cli.artifacts.store import iter_split, write_batches
 
     train = make_train().assign(timestamp=0)
     train.to_parquet(tmp_path / "train.parquet", row_group_size=50)

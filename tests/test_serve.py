@@ -25,12 +25,12 @@ from conftest import SMALL, twotower
 from fastapi.testclient import TestClient
 
 from twotower_cli import serve
-from twotower_cli.checkpoint import load_dir as _load_model
+from twotower_cli.artifacts.checkpoint import load_dir as _load_model
+from twotower_cli.core.layout import Layout
+from twotower_cli.core.settings import HISTORY
 from twotower_cli.data.tables import Field
-from twotower_cli.layout import Layout
-from twotower_cli.metrics import drop_excluded
-from twotower_cli.retrieval import EvalSet, search
-from twotower_cli.settings import HISTORY
+from twotower_cli.retrieval.metrics import drop_excluded
+from twotower_cli.retrieval.search import EvalSet, search
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
 
@@ -396,7 +396,7 @@ def test_installed_serve_answers_reloads_on_sighup_and_stops_cleanly(run_dir):
 
 
 def test_load_test_bodies_mix_known_users_and_cold_starts(run_dir):
-    from twotower_cli.loadtest import request_bodies
+    from twotower_cli.tools.loadtest import request_bodies
 
     bodies = [json.loads(b) for b in request_bodies(run_dir / "synthetic" / "preprocess", 16,
                                                     cold_every=8, k=5, seed=0)]  # fmt: skip
@@ -408,7 +408,7 @@ def test_load_test_bodies_mix_known_users_and_cold_starts(run_dir):
 
 @pytest.mark.slow
 def test_load_test_drives_a_real_server_and_writes_its_report(run_dir, tmp_path):
-    from twotower_cli.loadtest import main as loadtest
+    from twotower_cli.tools.loadtest import main as loadtest
 
     report = tmp_path / "loadtest.json"
     loadtest(["--requests", "300", "--concurrency", "8", "--warmup", "20", "--max-seconds",

@@ -19,10 +19,10 @@ from conftest import SMALL, twotower
 from fastapi.testclient import TestClient
 
 from twotower_cli import serve
-from twotower_cli.checkpoint import load_dir as _load_model
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.layout import Layout
-from twotower_cli.loadtest import drive, request_bodies
+from twotower_cli.artifacts.checkpoint import load_dir as _load_model
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.layout import Layout
+from twotower_cli.tools.loadtest import drive, request_bodies
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
 

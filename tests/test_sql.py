@@ -9,11 +9,11 @@ import pandas as pd
 import pandas_preprocess as oracle
 import pytest
 
+from twotower_cli.core.errors import ConfigError, TwoTowerError
 from twotower_cli.data import sql
 from twotower_cli.data.engine import Engine, LogFile, check_memory
 from twotower_cli.data.preprocess import SplitSettings, preprocess, write_preprocess
 from twotower_cli.data.tables import RawData
-from twotower_cli.errors import ConfigError, TwoTowerError
 
 
 def _same(raw: RawData, label: str, split: SplitSettings, tasks=()) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 from conftest import SMALL, read_json, twotower
 
-from twotower_cli.tracking import flatten, metric_key, numeric_items
+from twotower_cli.artifacts.tracking import flatten, metric_key, numeric_items
 
 
 def _runs(out_dir: Path) -> tuple[mlflow.MlflowClient, list]:

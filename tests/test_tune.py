@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from conftest import SMALL, read_json, twotower
 
-from twotower_cli import fitting
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.study import search_space, study_lock, tpe
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.pipeline.study import search_space, study_lock, tpe
+from twotower_cli.training import fitting
 
 TINY = """
 sampler: {seed: 0, n_startup_trials: 2}

@@ -14,11 +14,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from twotower_cli import config
-from twotower_cli.artifacts import prune_empty
-from twotower_cli.config import swept_keys
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.tracking import NullTracker, session
+from twotower_cli.artifacts.store import prune_empty
+from twotower_cli.artifacts.tracking import NullTracker, session
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.pipeline import config
+from twotower_cli.pipeline.config import swept_keys
 
 # absolute: a relative config_path becomes a package path once installed as a script
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -36,8 +36,8 @@ config.register()
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> None:
-    from twotower_cli import distributed
-    from twotower_cli.stages import STAGES
+    from twotower_cli.pipeline.stages import STAGES
+    from twotower_cli.training import distributed
 
     try:
         config.check(cfg)
@@ -61,7 +61,7 @@ def _stage(word: str, stages: dict):
     """The stage function; `tune` drives the other stages, so it is routed here, beside them
     (and optuna is imported only when it runs)."""
     if word == "tune":
-        from twotower_cli.tune import run_tune
+        from twotower_cli.pipeline.tune import run_tune
 
         return run_tune
     return stages[word]

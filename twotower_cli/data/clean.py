@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from twotower_cli.errors import TwoTowerError
+from twotower_cli.core.errors import TwoTowerError
 
 MISSING_TOKENS = frozenset({"", "nan", "null", "none"})
 # what read_csv should treat as missing in an id column (keep_default_na=False elsewhere)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data.clean import check_numbers, epoch_seconds, missing_ids
 from twotower_cli.data.tables import KINDS, RawData
-from twotower_cli.errors import TwoTowerError
 
 SUFFIX_SEP = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from twotower_cli.errors import ConfigError
+from twotower_cli.core.errors import ConfigError
 
 ENGINE_MEMORY = "1GB"  # dataset.engine_memory when a dataset config does not say
 MEMORY = re.compile(r"^\s*(\d+(\.\d+)?)\s*(KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*$", re.IGNORECASE)

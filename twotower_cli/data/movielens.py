@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data.clean import epoch_seconds
 from twotower_cli.data.tables import RawData
-from twotower_cli.errors import TwoTowerError
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 RECBOLE_PIN = "recbole==1.2.1"

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data.clean import check_numbers, epoch_seconds, missing_ids
 from twotower_cli.data.freshness import age_quantiles, pool_window
 from twotower_cli.data.split import DAY
 from twotower_cli.data.tables import RawData
-from twotower_cli.errors import TwoTowerError
 
 USER_FILE = "user_info_data_5w.csv"
 DOC_FILE = "doc_info.txt"

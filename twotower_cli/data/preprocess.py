@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data import sql
 from twotower_cli.data.clean import TIME_MAX, TIME_MIN, drop_missing_keys, time_error
 from twotower_cli.data.engine import Engine, log_rows
@@ -34,7 +35,6 @@ from twotower_cli.data.freshness import (
 )
 from twotower_cli.data.split import DAY, temporal_bounds
 from twotower_cli.data.tables import Encoded, RawData, encode_side, encode_values
-from twotower_cli.errors import TwoTowerError
 
 SPLIT_KINDS = ("per_user", "temporal")
 

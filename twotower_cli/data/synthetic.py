@@ -23,10 +23,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from twotower_cli.core.keys import sorted_unique
+from twotower_cli.core.progress import bar
 from twotower_cli.data.engine import LogFile, log_rows
 from twotower_cli.data.tables import RawData
-from twotower_cli.keys import sorted_unique
-from twotower_cli.progress import bar
 
 DAY = 86_400
 # bump when the generator changes, so stale caches are never read

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data.clean import check_numbers
 from twotower_cli.data.engine import LogFile
-from twotower_cli.errors import TwoTowerError
 
 KINDS = ("categorical", "multihot", "numeric")
 

@@ -3,7 +3,7 @@
 `TOWERS` is the fixed registry of twotower's own tower classes: a config names one by its
 `_target_`, a checkpoint by its key, and nothing else is ever built (checkpoint.py)."""
 
-from twotower_cli.errors import ConfigError
+from twotower_cli.core.errors import ConfigError
 from twotower_cli.models.base import TwoTower
 from twotower_cli.models.dssm import DSSM
 from twotower_cli.models.multitask import MultiTaskTower

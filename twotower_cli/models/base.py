@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from twotower_cli.errors import ConfigError
+from twotower_cli.core.errors import ConfigError
+from twotower_cli.core.settings import HISTORY, SIMILARITIES, TowerSettings
 from twotower_cli.models.blocks import FieldEmbedding, HistoryPool, L2Normalize
-from twotower_cli.settings import HISTORY, SIMILARITIES, TowerSettings
 
 
 class TwoTower(nn.Module):

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from twotower_cli.core.errors import ConfigError
 from twotower_cli.data.tables import Field
-from twotower_cli.errors import ConfigError
 
 
 def as_fields(fields: list) -> list[Field]:

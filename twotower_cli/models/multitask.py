@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from twotower_cli.errors import ConfigError
+from twotower_cli.core.errors import ConfigError
 from twotower_cli.models.base import TowerSettings, TwoTower, batch_rows, negative_vectors
 from twotower_cli.models.blocks import MLP
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from twotower_cli.errors import ConfigError
+from twotower_cli.core.errors import ConfigError
 from twotower_cli.models.base import TowerSettings, TwoTower
 from twotower_cli.models.blocks import MLP, CrossNetwork, fm_interaction
 

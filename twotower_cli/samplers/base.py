@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.losses import StreamingFrequency
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.training.losses import StreamingFrequency
 
 BatchFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.keys import find, pair_keys, sorted_unique
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.keys import find, pair_keys, sorted_unique
 from twotower_cli.samplers.base import BatchFn, Sampler, check_logq, item_log_frequency
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twotower_cli.errors import TwoTowerError
+from twotower_cli.core.errors import TwoTowerError
 
 
 def add_exposure_negatives(

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.keys import find
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.keys import find
 from twotower_cli.samplers.explicit import ExplicitSampler, draw_excluding
 
 

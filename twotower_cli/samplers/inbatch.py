@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower_cli.errors import TwoTowerError
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.samplers.base import BatchFn, BatchStep, Sampler, check_logq, log_frequency
 
 

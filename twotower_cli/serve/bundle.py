@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower_cli.artifacts import check_chain, read_manifest, require, seen_rows
-from twotower_cli.checkpoint import load_dir
+from twotower_cli.artifacts.checkpoint import load_dir
+from twotower_cli.artifacts.store import check_chain, read_manifest, require, seen_rows
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.layout import Layout
 from twotower_cli.data.tables import load_schema
-from twotower_cli.errors import TwoTowerError
-from twotower_cli.layout import Layout
-from twotower_cli.retrieval import read_index
+from twotower_cli.export.user_tower import fast_user_tower, history_length
+from twotower_cli.retrieval.search import read_index
 from twotower_cli.serve.encoding import UserEncoder, UserQuery, csr
-from twotower_cli.user_tower import fast_user_tower, history_length
 
 log = logging.getLogger("twotower.serve")
 

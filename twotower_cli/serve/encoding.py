@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from twotower_cli.core.settings import HISTORY
 from twotower_cli.data.split import user_time_order
 from twotower_cli.data.tables import Field, feature_tensors
-from twotower_cli.settings import HISTORY
 
 
 class RequestError(ValueError):

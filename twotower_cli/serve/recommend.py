@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from twotower_cli.keys import pair_keys, sorted_unique
-from twotower_cli.metrics import drop_excluded
+from twotower_cli.core.keys import pair_keys, sorted_unique
+from twotower_cli.retrieval.metrics import drop_excluded
 from twotower_cli.serve.bundle import Bundle
 from twotower_cli.serve.encoding import RequestError, UserQuery, code_of
 

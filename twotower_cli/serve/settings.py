@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
-from twotower_cli.errors import ConfigError
-from twotower_cli.user_tower import RUNTIMES
+from twotower_cli.core.errors import ConfigError
+from twotower_cli.export.user_tower import RUNTIMES
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 # where `api_key: null` looks: an environment variable stays out of `ps` and of the manifests,
