@@ -21,7 +21,7 @@ from twotower_cli.pipeline import config
 from twotower_cli.pipeline.config import swept_keys
 
 # absolute: a relative config_path becomes a package path once installed as a script
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "run", "serve",
                "export", "report", "tune")  # fmt: skip
 # faiss announces which SIMD build it loaded at INFO; not news to a user

@@ -1,0 +1,152 @@
+"""The front door: `twotower <stage> [hydra overrides]`. It only routes: the stage word becomes
+the `stage=` override and Hydra does the rest (overrides, -m sweeps, --cfg job). A config that
+does not compose, or a value out of bounds, is one line naming the key (config.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from twotower_cli.artifacts.store import prune_empty
+from twotower_cli.artifacts.tracking import NullTracker, session
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.pipeline import config
+from twotower_cli.pipeline.config import swept_keys
+
+# absolute: a relative config_path becomes a package path once installed as a script
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "run", "serve",
+               "export", "report", "tune")  # fmt: skip
+# faiss announces which SIMD build it loaded at INFO; not news to a user
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+# Hydra's flags that take a value (`--config-dir DIR` adds a directory of the user's configs)
+VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+USAGE = (f"usage: twotower {{{'|'.join(STAGE_WORDS)}}} [key=value ...] [-m] [--cfg job] "
+         "[--force]\n"
+         "       twotower report --compare RUN_DIR RUN_DIR ... [key=value ...]")  # fmt: skip
+config.register()
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def app(cfg: DictConfig) -> None:
+    from twotower_cli.pipeline.stages import STAGES
+    from twotower_cli.training import distributed
+
+    try:
+        config.check(cfg)
+        distributed.set_threads(cfg.threads)  # null: every core, shared by torchrun's local ranks
+        distributed.check_stage(cfg.stage)
+        # serve runs until stopped, and under torchrun rank 0 alone tracks: nothing to track
+        quiet = cfg.stage == "serve" or os.environ.get("RANK", "0") != "0"
+        tracker = NullTracker() if quiet else instantiate(cfg.tracking)
+        choices = HydraConfig.get().runtime.choices
+        tags = {"stage": cfg.stage, "run": str(cfg.paths.run),
+                **{g: str(choices.get(g)) for g in ("dataset", "sampler", "model")}}  # fmt: skip
+        with session(tracker, OmegaConf.to_container(cfg, resolve=True), tags):
+            _stage(cfg.stage, STAGES)(cfg)
+    except TwoTowerError as err:
+        prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)
+        print(f"twotower {cfg.stage}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _stage(word: str, stages: dict):
+    """The stage function; `tune` drives the other stages, so it is routed here, beside them
+    (and optuna is imported only when it runs)."""
+    if word == "tune":
+        from twotower_cli.pipeline.tune import run_tune
+
+        return run_tune
+    return stages[word]
+
+
+def _composes(stage: str, flags: list[str], overrides: list[str]) -> None:
+    """Compose the config once before Hydra runs (single runs only: a sweep's `a=1,2` is not a
+    value), so that a type error or an unknown key is one line naming it, not Hydra's report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(f.split("=")[0] in VALUE_FLAGS[2:] for f in flags):
+        return  # another primary config: Hydra's own report
+    dirs = []
+    for i, f in enumerate(flags):
+        name, _, value = f.partition("=")
+        if name in ("--config-dir", "-cd"):
+            dirs.append(value or (flags[i + 1] if i + 1 < len(flags) else "."))
+    paths = ",".join(f"file://{Path(d).resolve()}" for d in dirs)
+    searchpath = [f"hydra.searchpath=[{paths}]"] if dirs else []
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            compose("config", overrides=[*searchpath, *overrides])
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"twotower {stage}: error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line(err: Exception) -> str:
+    """Hydra's and OmegaConf's multi-line messages as one line: the message and the key."""
+    cause = err.__cause__ or err
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
+    detail = ("full_key:", "object_type", "reference_type")
+    message = next((ln for ln in lines if not ln.startswith(detail)), str(cause))
+    return f"{key}: {message}" if key and not message.startswith(key) else message
+
+
+def compare_override(argv: list[str]) -> list[str]:
+    """`--compare A B` -> `report.compare=['A','B']`: the run dirs after the flag, up to the
+    next override (`key=value`) or flag."""
+    at = argv.index("--compare")
+    end = at + 1
+    while end < len(argv) and "=" not in argv[end] and not argv[end].startswith("-"):
+        end += 1
+    runs = argv[at + 1 : end]
+    if not runs:
+        print(f"twotower report: --compare needs run dirs; {USAGE}", file=sys.stderr)
+        sys.exit(2)
+    quoted = ",".join("'" + r.replace("\\", "\\\\").replace("'", "\\'") + "'" for r in runs)
+    return [*argv[:at], f"report.compare=[{quoted}]", *argv[end:]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    stage = argv.pop(0)
+    if stage not in STAGE_WORDS:
+        print(f"twotower: unknown stage {stage!r}; {USAGE}", file=sys.stderr)
+        sys.exit(2)
+    if stage == "report" and "--compare" in argv:
+        argv = compare_override(argv)
+    # argparse takes overrides as one positional run: flags go first, the stage word next
+    flags, rest = [], []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--force":
+            rest.append("run.force=true")
+        elif arg in ("-m", "--multirun") or arg.split("=")[0] in VALUE_FLAGS:
+            flags.append(arg)
+            if arg in VALUE_FLAGS and argv:  # `--config-dir DIR`: the value travels along
+                flags.append(argv.pop(0))
+        else:
+            rest.append(arg)
+    multirun = any(f in ("-m", "--multirun") for f in flags)
+    config.SWEPT.clear()
+    config.SWEPT.update(swept_keys(rest) if multirun else ())
+    if not multirun and not any(a.startswith("--") for a in rest):
+        _composes(stage, flags, [f"stage={stage}", *rest])
+    sys.argv = [sys.argv[0], *flags, f"stage={stage}", *rest]
+    app()
+
+
+if __name__ == "__main__":
+    main()

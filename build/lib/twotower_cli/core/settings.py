@@ -1,0 +1,141 @@
+"""Settings dataclasses: the typed shape and the bounds of the config groups that library code
+reads (`model`, `train`, `eval`, `index`, `exposures`). Plain dataclasses, no Hydra: config.py
+registers them in Hydra's ConfigStore (types checked at composition) and checks the bounds in
+each field's `metadata` (ge, gt, le, lt, choices) before a stage runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from twotower_cli.core.errors import ConfigError
+
+SIMILARITIES = ("cosine", "dot")
+HISTORY_POOLINGS = ("mean", "attention")
+HISTORY_MODES = ("causal", "leave_one_out")
+# the user tower's optional behaviour input: the item ids a user interacted with, most recent
+# last; a model that reads it has `history_len` > 0 (`model.history: true`)
+HISTORY = "history"
+
+
+@dataclass
+class TowerSettings:
+    """What every tower variant shares (`conf/model/_tower.yaml`); `metadata` holds the bounds
+    that config.check enforces on `model.<name>` before a stage runs."""
+
+    embed_dim: int = field(default=32, metadata={"ge": 1})
+    hidden: list[int] = field(default_factory=lambda: [256])
+    out_dim: int = field(default=64, metadata={"ge": 1})
+    dropout: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0})
+    similarity: str = field(default="cosine", metadata={"choices": SIMILARITIES})
+    temperature: float = field(default=0.05, metadata={"gt": 0.0})
+    # the user-history feature: the user's latest history_len items, pooled from the item
+    # tower's id embeddings, with a recency prior exp(-a / history_decay) (0 = off)
+    history: bool = False
+    history_len: int = field(default=20, metadata={"ge": 1})
+    history_pooling: str = field(default="mean", metadata={"choices": HISTORY_POOLINGS})
+    history_decay: float = field(default=0.0, metadata={"ge": 0.0})
+
+    @classmethod
+    def of(cls, tower: dict) -> TowerSettings:
+        """From keyword arguments; an unknown key is a ConfigError naming it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(tower) - known)
+        if unknown:
+            raise ConfigError(f"model.{unknown[0]}: unknown setting; known: {sorted(known)}")
+        return cls(**tower)
+
+
+@dataclass
+class TrainSettings:
+    """`conf/train/default.yaml`."""
+
+    epochs: int = field(default=40, metadata={"ge": 1})
+    batch_size: int = field(default=1024, metadata={"ge": 1})
+    lr: float = field(default=3e-3, metadata={"gt": 0.0, "le": 10.0})
+    weight_decay: float = field(default=0.0, metadata={"ge": 0.0})
+    early_stop_k: int = field(default=20, metadata={"ge": 1})
+    patience: int = field(default=4, metadata={"ge": 1})
+    # stop after this many optimiser steps in all (0 = no cap): the epoch it falls in is
+    # validated and ends training (scale runs on huge logs)
+    max_steps: int = field(default=0, metadata={"ge": 0})
+    # early stopping's validation on a seeded sample of this many validation users (0 = all):
+    # on a log with millions of users, an exact search over all of them costs more than an epoch
+    valid_max_users: int = field(default=0, metadata={"ge": 0})
+    device: str = "cpu"
+    # embedding tables get sparse gradients and a lazy Adam (optim.LazyAdam: only the batch's
+    # rows and their moments move), so a step costs O(batch), not O(users + items)
+    sparse_embeddings: bool = False
+    # share of training rows whose item id feature is hidden (0 = unknown), so the item tower
+    # learns to rank from content alone, as it must for items with no training positive
+    # (whose ids are unknown at embed time when this is > 0; pools.unknown_cold_ids)
+    item_id_dropout: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0})
+    # the history input of each training example (data/examples.py)
+    history_mode: str = field(default="causal", metadata={"choices": HISTORY_MODES})
+    # auto: every finished epoch's state is kept (in the train dir's .resume/), and a rerun of the
+    # same command after a crash continues after the last finished epoch; never: start over
+    resume: str = field(default="auto", metadata={"choices": ("auto", "never")})
+    # the dense optimiser: a `_partial_` `_target_` node that the train stage instantiates
+    # (conf/train/default.yaml: Adam at lr / weight_decay); None = that Adam
+    optimizer: Any = None
+    # data-parallel training (distributed.py): local workers, backend, collective timeout
+    nproc: int = field(default=1, metadata={"ge": 1})
+    backend: str = field(default="auto", metadata={"choices": ("auto", "gloo", "nccl")})
+    dist_timeout_s: float = field(default=300.0, metadata={"gt": 0.0})
+
+
+@dataclass
+class EvalSettings:
+    """`conf/eval/default.yaml`."""
+
+    ks: list[int] = field(default_factory=lambda: [10, 20, 50], metadata={"each_ge": 1})
+    # the trending baseline (temporal splits): positives in this many hours before the test
+    trending_hours: float = field(default=24.0, metadata={"gt": 0.0})
+    # weight of the freshness prior `embed` adds to the logit where preprocess made one (news)
+    freshness_prior: float = field(default=1.0, metadata={"ge": 0.0})
+    # the metrics over a seeded sample of this many test users (0 = every test user)
+    max_users: int = field(default=0, metadata={"ge": 0})
+    # classical baselines beside the model (baselines.py); EASE only up to ease_max_items, its
+    # lambda picked on validation from ease_lambdas
+    baselines: list[str] = field(default_factory=lambda: ["popularity", "ease"])
+    ease_max_items: int = field(default=20_000, metadata={"ge": 1})
+    ease_lambdas: list[float] = field(default_factory=lambda: [10.0, 50.0, 100.0, 200.0, 500.0,
+                                                                1000.0, 2000.0])  # fmt: skip
+
+
+@dataclass
+class IndexSettings:
+    """`conf/index/default.yaml`."""
+
+    factory: str = "Flat"
+    nprobe: int = field(default=16, metadata={"ge": 1})
+    ef_search: int = field(default=128, metadata={"ge": 1})
+
+
+@dataclass
+class ExposureSettings:
+    """`exposures` in conf/config.yaml: shown-but-not-chosen rows as labelled negatives."""
+
+    use: bool = False
+    per_positive: float = field(default=1.0, metadata={"gt": 0.0})
+
+
+BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+BOUND_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b,
+            "lt": lambda v, b: v < b}  # fmt: skip
+
+
+def check_bounds(settings, prefix: str) -> None:
+    """ConfigError naming `prefix.<field>` for the first value outside its field's bounds."""
+    for f in fields(settings):
+        value, rule = getattr(settings, f.name), f.metadata
+        key = f"{prefix}.{f.name}"
+        if "choices" in rule and value not in rule["choices"]:
+            raise ConfigError(f"{key}: {value!r} not in {tuple(rule['choices'])}")
+        if "each_ge" in rule:
+            if not value or any(v < rule["each_ge"] for v in value):
+                raise ConfigError(f"{key}: need a non-empty list of values >= "
+                                  f"{rule['each_ge']}, got {list(value or [])}")  # fmt: skip
+        for op, word in BOUNDS.items():
+            if op in rule and not BOUND_OK[op](value, rule[op]):
+                raise ConfigError(f"{key} must be {word} {rule[op]}, got {value!r}")

@@ -1,0 +1,176 @@
+"""Data rules every loader shares (run by `twotower preprocess`): missing ids, times, numbers,
+exact duplicate log rows.
+
+- An id that is null or spells missing (`NaN`, `NULL`, `None`, empty; any case, spaces around)
+  is missing, never an id: its row is dropped and counted (`dropped_missing_id`).
+- Times are epoch seconds from numbers or date-time text; text with a UTC offset
+  (`2021-06-24T08:00:00+08:00`) is converted to UTC, text without one is read as UTC. A time
+  that is not finite or outside 1900..2100 is a one-line error naming the file, row and column
+  (1.6e21 used to wrap to INT64_MIN; a millisecond epoch read as seconds lands in year 52000).
+- A numeric value that is infinite or larger in magnitude than 1e15 is a one-line error naming
+  the file, row and column (missing values stay missing).
+- Exact duplicate log rows (every column equal) are dropped and counted (`duplicates_dropped`):
+  a log that lists one event twice would count it twice and could put one copy in train and
+  the other in test.
+
+Rows in error messages are 0-based data rows of the file, as pandas numbers them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from twotower_cli.core.errors import TwoTowerError
+
+MISSING_TOKENS = frozenset({"", "nan", "null", "none"})
+# what read_csv should treat as missing in an id column (keep_default_na=False elsewhere)
+MISSING_SPELLINGS = ["", "NaN", "nan", "NAN", "NULL", "null", "Null", "None", "none", "NONE"]
+TIME_MIN = -2_208_988_800  # 1900-01-01 UTC
+TIME_MAX = 4_102_444_800  # 2100-01-01 UTC
+NUMBER_MAX = 1e15
+
+
+def missing_ids(values: pd.Series) -> np.ndarray:
+    """True where an id is missing: null, or text that spells missing."""
+    values = pd.Series(values)
+    missing = values.isna().to_numpy()
+    if values.dtype.kind in "iubf":
+        return missing
+    # check the distinct values only: far fewer than rows in a log
+    uniq = pd.Series(values.dropna().unique(), dtype=object)
+    spelled = uniq[uniq.astype(str).str.strip().str.lower().isin(MISSING_TOKENS)]
+    if len(spelled):
+        missing = missing | values.isin(spelled.tolist()).to_numpy()
+    return missing
+
+
+def _where(values: pd.Series, bad: np.ndarray) -> tuple[object, object]:
+    """(row label, value as a plain Python scalar) of the first bad row."""
+    pos = int(np.argmax(bad))
+    return values.index[pos], _plain(values.iloc[pos])
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def check_numbers(values: pd.Series, path, col: str) -> pd.Series:
+    """values (numeric) unchanged, or a one-line error at the first infinite or absurd one."""
+    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(x) | (np.abs(x) > NUMBER_MAX)
+    if bad.any():
+        row, value = _where(values, bad)
+        what = "not finite" if np.isinf(x[int(np.argmax(bad))]) else f"|x| > {NUMBER_MAX:g}"
+        raise TwoTowerError(f"{path}: column {col!r} row {row} holds {value!r} ({what})")
+    return values
+
+
+def check_times(seconds: np.ndarray, index: pd.Index, path, col: str, raw=None) -> None:
+    """A one-line error at the first time that is not finite or outside 1900..2100."""
+    x = np.asarray(seconds)
+    with np.errstate(invalid="ignore"):
+        bad = (x < TIME_MIN) | (x > TIME_MAX)
+        if x.dtype.kind == "f":
+            bad |= ~np.isfinite(x)
+    if bad.any():
+        pos = int(np.argmax(bad))
+        value = _plain(x[pos] if raw is None else raw.iloc[pos])
+        raise time_error(path, col, index[pos], value, x[pos] > TIME_MAX)
+
+
+def time_error(path, col: str, row, value, too_late: bool) -> TwoTowerError:
+    """The one line for a time outside 1900..2100 (also raised by data/preprocess.py)."""
+    return TwoTowerError(
+        f"{path}: column {col!r} row {row} holds {value!r}: not a time between 1900 "
+        f"and 2100 in epoch seconds{' (milliseconds?)' if too_late else ''}"
+    )
+
+
+def epoch_seconds(values: pd.Series, path, col: str, per_second: int = 1) -> np.ndarray:
+    """Epoch seconds (int64) from numbers (epoch in units of 1/per_second s, floored) or from
+    date-time text (offsets converted to UTC, naive text read as UTC); one-line errors."""
+    values = pd.Series(values)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return _datetime_seconds(values, path, col)
+    if values.dtype.kind in "iu":
+        seconds = values.to_numpy(np.int64) // per_second
+        check_times(seconds, values.index, path, col, values)
+        return seconds
+    number = pd.to_numeric(values, errors="coerce")
+    if number.notna().all():
+        seconds = np.floor(number.to_numpy(np.float64) / per_second)
+        check_times(seconds, values.index, path, col, values)
+        return seconds.astype(np.int64)
+    if values.dtype.kind == "f":  # numbers with gaps
+        row = _where(values, number.isna().to_numpy())[0]
+        raise TwoTowerError(f"{path}: column {col!r} row {row} has no time")
+    return _text_seconds(values, path, col)
+
+
+def _text_seconds(values: pd.Series, path, col: str) -> np.ndarray:
+    missing = missing_ids(values)
+    if missing.any():
+        raise TwoTowerError(f"{path}: column {col!r} row {_where(values, missing)[0]} has no time")
+    try:
+        stamps = pd.to_datetime(values, utc=True, errors="raise")
+    except (ValueError, TypeError, OverflowError) as err:
+        raise TwoTowerError(
+            f"{path}: column {col!r} must be epoch seconds or date-times "
+            f"({str(err).splitlines()[0]})"
+        ) from err
+    return _datetime_seconds(stamps, path, col)
+
+
+def _datetime_seconds(stamps: pd.Series, path, col: str) -> np.ndarray:
+    if stamps.dt.tz is not None:
+        stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+    if stamps.isna().any():
+        row = _where(stamps, stamps.isna().to_numpy())[0]
+        raise TwoTowerError(f"{path}: column {col!r} row {row} has no time")
+    seconds = stamps.astype("datetime64[s]").to_numpy().astype(np.int64)
+    check_times(seconds, stamps.index, path, col, stamps)
+    return seconds
+
+
+def clean_log(inter: pd.DataFrame, source: str, time_col: str) -> tuple[pd.DataFrame, dict]:
+    """The log without rows with a missing id and without exact duplicate rows, checked times;
+    (log, {dropped_missing_id, duplicates_dropped})."""
+    check_times(inter["timestamp"].to_numpy(), inter.index, source, time_col)
+    missing = missing_ids(inter["user_id"]) | missing_ids(inter["item_id"])
+    dup = exact_duplicates(inter) & ~missing
+    counts = {"dropped_missing_id": int(missing.sum()), "duplicates_dropped": int(dup.sum())}
+    if missing.any() or dup.any():
+        inter = inter[~(missing | dup)].reset_index(drop=True)
+    return inter, counts
+
+
+def exact_duplicates(frame: pd.DataFrame, keys=("user_id", "item_id", "timestamp")) -> np.ndarray:
+    """True for each row equal in every column to an earlier row. Rows are compared in full
+    only where a hash of `keys` repeats: DataFrame.duplicated over every column took 11 s on
+    7.4M rows of a loaded machine, this under 1."""
+    h = np.zeros(len(frame), np.uint64)
+    for key in keys:
+        col = frame[key]
+        if col.dtype.kind in "iub":
+            x = col.to_numpy().astype(np.int64).view(np.uint64)
+        else:
+            x = pd.util.hash_array(col.to_numpy(dtype=object))
+        h = h * np.uint64(0x9E3779B97F4A7C15) ^ x  # wraps: a hash, not a number
+    # a sort beats a hash table here (0.3 s against 4.8 s on 7.4M keys)
+    s = np.sort(h)
+    repeated = s[1:][s[1:] == s[:-1]]
+    out = np.zeros(len(frame), bool)
+    if not len(repeated):
+        return out
+    candidate = np.isin(h, repeated)
+    rows = np.flatnonzero(candidate)  # in file order, so `duplicated` keeps the first copy
+    out[rows[frame.iloc[rows].duplicated().to_numpy()]] = True
+    return out
+
+
+def drop_missing_keys(table: pd.DataFrame, key: str) -> pd.DataFrame:
+    """A user or item table without the rows whose id is missing (they are no entity)."""
+    missing = missing_ids(table[key])
+    return table[~missing].reset_index(drop=True) if missing.any() else table

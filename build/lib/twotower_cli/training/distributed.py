@@ -1,0 +1,393 @@
+"""Data-parallel training on torch.distributed (`twotower train train.nproc=N`, or any stage
+under an external `torchrun ... -m twotower_cli train ...`).
+
+One process per rank, each holding the whole model and the whole example table. Every rank draws
+the same permutation, so every rank knows each global batch (`train.batch_size` rows); it runs
+the sampler's per-batch work on the global batch (the mixed sampler's uniform draws and the
+streaming logQ estimate are then the same on every rank, fed every rank's ids) and trains on its
+own slice of rows. The item vectors of the other slices are gathered with an autograd
+all_gather (gradients flow back to the rank that computed them) and their ids, user ids and logQ
+read from the global batch, so each row's in-batch softmax sees the global batch's columns,
+masks included. Each rank's loss is the mean over its own rows and DDP averages the gradients,
+which is the gradient of the one-process loss (equal slices: the mean of the slices' means is
+the mean). Per step that is one all_gather, one reduce_scatter, DDP's all-reduce and, with
+sparse tables, one all_gather of their gradients (sparse_sync.py; docs/scale.md).
+
+Launch: `launch` runs N local workers through torch's elastic launcher (what `torchrun
+--standalone --nproc_per_node=N` does); a worker that dies ends the run with one line naming
+its rank (the agent stops the others), and a collective that waits longer than
+`train.dist_timeout_s` raises in the ranks still alive. No Hydra here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.models.base import batch_rows
+from twotower_cli.training.sparse_sync import SparseGradSync
+
+BACKENDS = ("auto", "gloo", "nccl")
+# the keys of conf/train/default.yaml that belong here, not to the training loop
+KEYS = ("nproc", "backend", "dist_timeout_s")
+# what torchrun (and the elastic launcher) put in each worker's environment
+ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# the batch columns each row's in-batch softmax needs of every column
+COLUMNS = ("item", "user", "log_q")
+TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
+
+
+@dataclass
+class DistSettings:
+    nproc: int = 1
+    backend: str = "auto"
+    dist_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.nproc < 1:
+            raise TwoTowerError(f"train.nproc must be >= 1, got {self.nproc}")
+        if self.backend not in BACKENDS:
+            raise TwoTowerError(f"train.backend: {self.backend!r} not in {BACKENDS}")
+        if self.dist_timeout_s <= 0:
+            raise TwoTowerError(f"train.dist_timeout_s must be > 0, got {self.dist_timeout_s}")
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place in the process group (rank 0 of 1 when there is none)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    backend: str = "none"
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current() -> Group:
+    """The group this process has joined (`init`), or a group of one."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Group()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+    return Group(dist.get_rank(), dist.get_world_size(), local, dist.get_backend())
+
+
+def under_launcher() -> bool:
+    """True in a worker started by torchrun or the elastic launcher (its variables are set)."""
+    return all(k in os.environ for k in ENV)
+
+
+def resolve_backend(backend: str, device: str = "cpu") -> str:
+    """`auto`: nccl when training on CUDA, else gloo."""
+    if backend not in BACKENDS:
+        raise TwoTowerError(f"train.backend: {backend!r} not in {BACKENDS}")
+    if backend == "auto":
+        return "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    return backend
+
+
+def init(settings: DistSettings, device: str = "cpu") -> Group:
+    """Join the group the launcher's environment describes (a group of one without it)."""
+    if not under_launcher() or int(os.environ["WORLD_SIZE"]) == 1:
+        return current()
+    if not dist.is_initialized():
+        backend = resolve_backend(settings.backend, device)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend, timeout=timedelta(seconds=settings.dist_timeout_s))
+        atexit.register(shutdown)  # under torchrun no one else ends the group
+    return current()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def settings(train_cfg: dict) -> DistSettings:
+    """The distributed keys of the `train` config section."""
+    return DistSettings(**{k: train_cfg[k] for k in KEYS if k in train_cfg})
+
+
+def should_launch(settings: DistSettings, batch_size: int) -> bool:
+    """True when this process should start `settings.nproc` workers: more than one asked for
+    and not already a worker (under torchrun the launcher decides and nproc is not read)."""
+    if settings.nproc == 1 or under_launcher():
+        return False
+    if batch_size % settings.nproc:
+        raise TwoTowerError(
+            f"train.batch_size={batch_size} is not divisible by train.nproc={settings.nproc}:"
+            " every rank takes an equal slice of each global batch"
+        )
+    return True
+
+
+def check_stage(stage: str) -> None:
+    """Under a launcher with several ranks only `train` runs: any other stage would run once
+    per rank, every copy writing the same outputs."""
+    if under_launcher() and int(os.environ["WORLD_SIZE"]) > 1 and stage != "train":
+        raise TwoTowerError(
+            f"`twotower {stage}` under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}): only "
+            "train runs distributed; run the other stages in one process"
+        )
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's threads in a worker: `threads`, or the machine's cores shared by the local
+    workers (null), so N workers do not each spin up every core."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local))
+
+
+def figures(group: Group, batch_size: int, history: list[dict]) -> dict:
+    """What the train manifest records about the run's parallelism and speed (samples/s: the
+    median over epochs of examples trained per second of training, validation excluded)."""
+    rates = sorted(h["samples_per_s"] for h in history)
+    return {
+        "world_size": group.world_size,
+        "backend": group.backend if group.active else "none",
+        "global_batch": batch_size,
+        "samples_per_s": round(rates[len(rates) // 2], 1) if rates else 0.0,
+    }
+
+
+def launch(settings: DistSettings, fn: Callable, *args) -> dict[int, object]:
+    """Run `fn(*args)` in `settings.nproc` local workers (torch's elastic launcher, standalone
+    rendezvous on localhost, no restarts); returns each rank's return value. A worker that
+    fails ends the run: every worker is stopped and the first failure becomes one line."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # the agent logs its launch config, and a failure as tracebacks of its own polling; the
+    # failure becomes one line below
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    logging.getLogger("torch.multiprocessing").setLevel(logging.ERROR)
+    # the spawn start method's resource tracker (a child interpreter started with this one's
+    # -W options) warns about the semaphores of a killed worker after the run has said so
+    if TRACKER_WARNING not in sys.warnoptions:
+        sys.warnoptions.append(TRACKER_WARNING)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=settings.nproc,
+        run_id=f"twotower-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        rdzv_configs={"timeout": int(settings.dist_timeout_s)},
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+        # workers left at the end get SIGTERM, then SIGKILL this much later (default 30 s):
+        # they hold nothing to save (rank 0 writes once, at the end). (After a failure the
+        # agent waits its fixed 30 s instead, which only a worker ignoring SIGTERM, e.g. a
+        # SIGSTOPped one, makes it spend.)
+        shutdown_timeout=2,
+    )
+    try:
+        return elastic_launch(config, fn)(*args)
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        msg = _message(failure)
+        if "timed out" in msg.lower():
+            msg += (
+                f" (a peer stopped answering for train.dist_timeout_s={settings.dist_timeout_s:g})"
+            )
+        raise TwoTowerError(f"rank {rank} (pid {failure.pid}) failed: {msg}") from None
+
+
+def _message(failure) -> str:
+    """A failure's cause on one line: the worker's exception, or the signal that killed it."""
+    msg = failure.message
+    if isinstance(msg, dict):  # the error file's {"message": ..., "extraInfo": ...}
+        msg = msg.get("message", "")
+    lines = [line.strip() for line in str(msg).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else f"exit code {failure.exitcode}"
+    text = text.removeprefix(f"{TwoTowerError.__name__}: ")  # the stage's own one-line errors
+    if failure.exitcode < 0:
+        text = f"killed by signal {-failure.exitcode} ({failure.signal_name()})"
+    return text
+
+
+# --- the training loop's hooks ------------------------------------------------------------
+
+
+def check(batch_size: int, group: Group, model: torch.nn.Module) -> None:
+    """What data-parallel training needs: equal slices of every global batch, one loss over
+    the whole batch per step."""
+    if not group.active:
+        return
+    if batch_size % group.world_size:
+        raise TwoTowerError(
+            f"train.batch_size={batch_size} is not divisible by the world size "
+            f"{group.world_size} (train.nproc): every rank takes an equal slice"
+        )
+    if getattr(model, "tasks", ()):
+        raise TwoTowerError(
+            "model=multitask trains each task on a different subset of rows, which ranks "
+            "cannot gather in equal slices: train it with train.nproc=1"
+        )
+
+
+def batch_bounds(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int, int]]:
+    """[start, stop) of each global batch over n shuffled examples. With several ranks the last
+    partial batch is cut to a multiple of the world size (equal slices: gloo's all_gather
+    needs equal sizes), so up to world_size - 1 examples of an epoch (a different random few
+    each epoch) are skipped; with one rank nothing is."""
+    bounds = []
+    for s in range(0, n, batch_size):
+        e = min(s + batch_size, n)
+        e = s + (e - s) // world_size * world_size
+        if e > s:
+            bounds.append((s, e))
+    return bounds
+
+
+def local_rows(batch: dict[str, torch.Tensor], group: Group) -> dict[str, torch.Tensor]:
+    """This rank's slice of a global batch (shared negatives stay whole), and under `all.<key>`
+    the global batch's `item`, `user` and `log_q` columns in `gather_columns`' order: every
+    rank holds the whole global batch, so the loss's columns need no collective."""
+    if not group.active:
+        return batch
+    b = len(batch["user"]) // group.world_size
+    rows = batch_rows(batch, slice(group.rank * b, (group.rank + 1) * b))
+    for k in COLUMNS:
+        if k in batch:
+            rows[f"all.{k}"] = torch.roll(batch[k], -group.rank * b)  # this rank's rows first
+    return rows
+
+
+def gather_columns(
+    v: torch.Tensor, batch: dict[str, torch.Tensor], group: Group
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Every rank's item vectors (gradients flow back to the rank that computed them) and their
+    `item`, `user` and `log_q` columns (`local_rows`), this rank's first, then the others in
+    rank order: the loss's rows are this rank's, and its diagonal (row i's positive in column
+    i) holds as in one process."""
+    cols = torch.roll(_AllGather.apply(v, group.world_size), -group.rank * len(v), dims=0)
+    out = {k: t for k, t in batch.items() if not k.startswith("all.")}
+    out.update({k: batch[f"all.{k}"] for k in COLUMNS if f"all.{k}" in batch})
+    return cols, out
+
+
+class _AllGather(torch.autograd.Function):
+    """The ranks' tensors stacked in rank order; backward: each rank's slice of the summed
+    gradient. One collective each way: torch.distributed.nn.functional.all_gather sends the
+    gradient back through world_size scatters on gloo, and its `_all_gather_base` has no gloo
+    backward. (The contiguous gradient: the fused softmax's gradient of its columns is a
+    transposed view, losses.py, and gloo reads memory as laid out.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, world_size: int) -> torch.Tensor:
+        out = x.new_empty((world_size * len(x), *x.shape[1:]))
+        dist.all_gather_single(out, x.contiguous())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out = grad.new_empty((grad.shape[0] // dist.get_world_size(), *grad.shape[1:]))
+        dist.reduce_scatter_single(out, grad.contiguous())
+        return out, None
+
+
+def global_loss(loss_fn: Callable, group: Group) -> Callable:
+    """`loss_fn` over the global batch's columns: in-batch softmax sees every rank's positives
+    as negatives (and masks hits among them). Losses that score each row against its own
+    negatives only (bce, sampled softmax) need nothing from the other ranks."""
+    from twotower_cli.training.losses import inbatch_softmax
+
+    if not group.active or loss_fn is not inbatch_softmax:
+        return loss_fn
+
+    def loss(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
+        cols, batch = gather_columns(v, batch, group)
+        return loss_fn(scale, u, cols, v_neg, batch)
+
+    return loss
+
+
+class _BatchLoss(torch.nn.Module):
+    """The model's `batch_loss` as a forward pass, so DDP sees the step."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable, sync=None) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.sync = sync
+
+    def forward(self, user_feats, item_feats, batch, neg_feats=None) -> torch.Tensor:
+        if self.sync is None:
+            return self.model.batch_loss(self.loss_fn, user_feats, item_feats, batch, neg_feats)
+        self.sync.start()
+        loss = self.model.batch_loss(self.loss_fn, user_feats, item_feats, batch, neg_feats)
+        return self.sync.after_backward(loss)
+
+
+def step_loss(model: torch.nn.Module, loss_fn: Callable, group: Group) -> Callable:
+    """`(user_feats, item_feats, batch, neg_feats) -> loss` of one rank's rows; under a group,
+    the model wrapped in DistributedDataParallel (its gradients averaged over the ranks in
+    backward; rank 0's initial weights broadcast to all) and the loss over global columns.
+    Sparse tables (train.sparse_embeddings, gloo) stay out of DDP: their gradients are averaged
+    in one collective when backward ends (sparse_sync.py)."""
+    if not group.active:
+        return _BatchLoss(model, loss_fn)
+    sync = SparseGradSync(model, group.world_size)
+    step = _BatchLoss(model, global_loss(loss_fn, group), sync)
+    DDP = torch.nn.parallel.DistributedDataParallel
+    DDP._set_params_and_buffers_to_ignore_for_model(step, [f"model.{n}" for n in sync.names])
+    sync.broadcast_weights()
+    # buffers (embedding paddings, decay tables) never change in training: no per-step broadcast
+    devices = [torch.cuda.current_device()] if group.backend == "nccl" else None
+    return DDP(step, device_ids=devices, forward_sync_buffers=False)
+
+
+def sparse_supported(group: Group) -> bool:
+    """Whether sparse embedding gradients can be averaged over the group: gloo all-reduces
+    sparse tensors (DDP hands them over as they are), NCCL cannot."""
+    return group.backend != "nccl"
+
+
+def from_main(value: float, group: Group) -> float:
+    """Rank 0's value on every rank (the validation score, and with it the early-stop
+    decision, which every rank then takes alike)."""
+    if not group.active:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_device(group))
+    dist.broadcast(t, src=0)
+    return float(t[0])
+
+
+def total(value: float, group: Group) -> float:
+    """The sum of `value` over the ranks."""
+    if not group.active:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_device(group))
+    dist.all_reduce(t)
+    return float(t[0])
+
+
+def _device(group: Group) -> torch.device:
+    """Where a collective's tensors live: NCCL takes CUDA tensors only."""
+    if group.backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier(group: Group) -> None:
+    if group.active:
+        dist.barrier()

@@ -1,0 +1,100 @@
+"""The in-memory training of one configuration: what `twotower train` saves (stages.train) and
+what each `twotower tune` trial scores on validation. `fit_on` picks the splits it learns
+from: train, early-stopped on validation, or train + validation (a refit, no validation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from twotower_cli.artifacts import checkpoint
+from twotower_cli.artifacts.store import (
+    FIT_ON,
+    iter_splits,
+    read_manifest,
+    read_split,
+    read_splits,
+)
+from twotower_cli.core.keys import sorted_unique
+from twotower_cli.core.settings import TrainSettings
+from twotower_cli.data.tables import load_tables, schema_dicts
+from twotower_cli.retrieval import pools
+from twotower_cli.retrieval.search import EvalSet, empty_index, sample_users
+from twotower_cli.training import distributed, losses
+from twotower_cli.training.examples import load_training_examples, with_history
+from twotower_cli.training.trainer import Resume, encode_all
+from twotower_cli.training.trainer import train as train_model
+
+
+@dataclass
+class Fitted:
+    """A model trained in memory (`fit`) and what saving it needs."""
+
+    model: object
+    history: list[dict]
+    settings: TrainSettings
+    loss_name: str
+    key: str
+    args: dict
+    schema: dict
+    users: dict
+    items: dict
+
+
+def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
+        resume: Resume | None = None, on_epoch=None) -> Fitted:  # fmt: skip
+    """Train the configured model in memory: what `train` saves, and what each `tune` trial
+    scores on validation."""
+    group = group or distributed.current()
+    torch.manual_seed(cfg.seed)
+    schema, users, items = load_tables(prep_dir)
+    key, args = checkpoint.model_args(OmegaConf.to_container(cfg.model, resolve=True))
+    model = checkpoint.build(key, args, schema_dicts(schema))
+    n_users, n_items = len(users["user"]) - 1, len(next(iter(items.values()))) - 1
+    splits = FIT_ON[cfg.fit_on]  # train, or train + valid for a refit (no validation then)
+    # the training positives: in memory only for the history feature (per-example histories);
+    # else read in batches, for validation's masks and the cold items
+    train_pos = (read_splits(prep_dir, splits, ["user", "item", "timestamp"])
+                 if model.history_len else None)  # fmt: skip
+
+    def train_batches(columns: list[str]):
+        return [train_pos] if train_pos is not None else iter_splits(prep_dir, splits, columns)
+
+    if cfg.train.item_id_dropout > 0:  # items with no training positive: unknown ids
+        items = pools.unknown_cold_ids(items, pools.item_counts(train_batches(["item"]), n_items))
+    loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
+    # an index the vectors cannot go into fails now, not at `twotower index` after training
+    empty_index(cfg.index.factory, encode_all(model, items, np.ones(1, np.int64), "item").shape[1])
+    settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
+    examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
+                                      tuple(model.tasks), model.history_len, cfg.seed,
+                                      settings.history_mode, splits)  # fmt: skip
+    batch_fn = instantiate(cfg.sampler).batch_fn(
+        torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
+    users = with_history(users, train_pos, model.history_len)
+    valid = None if "valid" in splits else _valid_set(cfg, prep_dir, settings, train_batches,
+                                                       n_items)  # fmt: skip
+    train_pos = None  # the training loop holds only the examples' columns
+    if group.is_main and settings.sparse_embeddings and not distributed.sparse_supported(group):
+        print("train: train.sparse_embeddings is off under nccl (no sparse all-reduce): dense "
+              "gradients, all-reduced (docs/scale.md)", flush=True)  # fmt: skip
+    history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings,
+                          batch_fn, seed=cfg.seed, resume=resume, on_epoch=on_epoch)  # fmt: skip
+    return Fitted(model, history, settings, loss_name, key, args, schema_dicts(schema), users,
+                  items)  # fmt: skip
+
+
+def _valid_set(cfg: DictConfig, prep_dir: Path, settings: TrainSettings, train_batches,
+               n_items: int) -> EvalSet:  # fmt: skip
+    """Early stopping's validation users (all, or a seeded `train.valid_max_users` sample),
+    their positives and the training items masked for them."""
+    held = read_split(prep_dir, "valid", ["user", "item"])
+    some = sample_users(sorted_unique(held["user"].to_numpy()), settings.valid_max_users, cfg.seed)
+    valid = EvalSet.build(held, train_batches(["user", "item"]), n_items, some)
+    valid.pool, valid.item_log_prior = pools.valid_pool(prep_dir, cfg.eval.freshness_prior)
+    return valid
