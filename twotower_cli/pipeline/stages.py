@@ -37,7 +37,8 @@ from twotower_cli.core.keys import sorted_unique
 from twotower_cli.core.layout import Layout
 from twotower_cli.data.engine import ENGINE_MEMORY, Engine
 from twotower_cli.data.preprocess import SplitSettings, write_preprocess
-from twotower_cli.data.tables import load_tables, save_encoded
+from twotower_cli.data.tables import save_encoded
+from twotower_cli.models.inputs import load_tables
 from twotower_cli.retrieval import pools
 from twotower_cli.retrieval.baselines import BaselineSettings
 from twotower_cli.retrieval.evaluation import evaluate_run, format_table

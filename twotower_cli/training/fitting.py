@@ -22,7 +22,8 @@ from twotower_cli.artifacts.store import (
 )
 from twotower_cli.core.keys import sorted_unique
 from twotower_cli.core.settings import TrainSettings
-from twotower_cli.data.tables import load_tables, schema_dicts
+from twotower_cli.data.tables import schema_dicts
+from twotower_cli.models.inputs import load_tables
 from twotower_cli.retrieval import pools
 from twotower_cli.retrieval.search import EvalSet, empty_index, sample_users
 from twotower_cli.training import distributed, losses
