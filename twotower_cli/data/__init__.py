@@ -9,7 +9,7 @@
     clean.py      the data rules every loader shares (missing ids, times, numbers)
     tables.py     vocabularies, feature specs and the encoded tables on disk
     split.py      train/validation/test splits of positives
-    protocol.py   published protocols (conf/protocol/): positives, k-core, ratio/leave-one-out split
+    protocol.py   published protocols (conf/protocol/): positives, k-core, ratio/LOO split
     freshness.py  how fresh a candidate must be, measured from the data
     preprocess.py raw tables -> encoded tables and a split, on engine.py
     engine.py     DuckDB under a memory limit; sql.py holds its queries
