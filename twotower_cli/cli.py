@@ -52,9 +52,21 @@ def app(cfg: DictConfig) -> None:
         with session(tracker, OmegaConf.to_container(cfg, resolve=True), tags):
             _stage(cfg.stage, STAGES)(cfg)
     except TwoTowerError as err:
+        _fail(cfg, f"error: {err}", 2)
+    except KeyboardInterrupt:  # Ctrl-C: every stage dir is left as it was (artifacts/swap.py)
+        _fail(cfg, "interrupted; what it was writing is not published", 130)
+    except OSError as err:  # disk full, a read-only or unwritable paths.out
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(cfg, f"error: {where}{err.strerror or err}", 2)
+
+
+def _fail(cfg: DictConfig, line: str, code: int) -> None:
+    try:
         prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)
-        print(f"twotower {cfg.stage}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except OSError:
+        pass  # an unwritable paths.out: nothing of ours to prune
+    print(f"twotower {cfg.stage}: {line}", file=sys.stderr)
+    sys.exit(code)
 
 
 def _stage(word: str, stages: dict):
