@@ -297,7 +297,7 @@ def _retrain_best(cfg, study, best, means, base, command, metric, params, starte
         "confirmed": means,
         "test_model": test,
         "per_seed": per_seed,
-        "baselines": {b: first[b] for b in ("popularity", "ease") if b in first},
+        "baselines": {b: first[b] for b in ("popularity", "ease", "itemknn") if b in first},
     }
     mean = f", mean over seeds {means[best.number]['mean']:.4f}" if means else ""
     header = (f"# `twotower tune` best of {len(finished(study))} trials on validation "
