@@ -154,11 +154,20 @@ def test_the_optimiser_is_a_partial_target_node():
 
 
 def test_a_data_set_carries_its_own_training_defaults():
-    # conf/tuned/news.yaml is merged after the groups: news trains with its own settings,
-    # other data sets keep the groups' values, and the command line still wins
-    news, ml = composed("dataset=news"), composed("dataset=ml100k")
+    # conf/tuned/<dataset>.yaml is merged after the groups: news and ML-100K train with their
+    # own settings, other data sets keep the groups' values, and the command line still wins
+    news, ml, csv = composed("dataset=news"), composed("dataset=ml100k"), composed("dataset=csv")
     assert (news.model.temperature, news.train.patience) == (0.2, 20)
-    assert (ml.model.temperature, ml.train.patience) == (0.05, 4)
+    assert (ml.model.temperature, ml.model.history, ml.train.patience) == (0.124, True, 4)
+    assert (csv.model.temperature, csv.model.history, csv.train.patience) == (0.05, False, 4)
     assert composed("dataset=news", "train.patience=3").train.patience == 3
+    # conf/tuned/sampler/<dataset>_<sampler>.yaml: only with that sampler (ML-100K's mixed
+    # negatives ride on the in-batch sampler; another sampler takes no n_uniform)
+    assert ml.sampler.n_uniform == 1024 and news.sampler.n_uniform == 0
+    assert "n_uniform" not in composed("dataset=ml100k", "sampler=random").sampler
+    for path in (Path(CONFIG_DIR) / "tuned" / "sampler").glob("*.yaml"):
+        dataset, sampler = path.stem.rsplit("_", 1)
+        assert (Path(CONFIG_DIR) / "dataset" / f"{dataset}.yaml").exists(), path.name
+        assert (Path(CONFIG_DIR) / "sampler" / f"{sampler}.yaml").exists(), path.name
     for path in (Path(CONFIG_DIR) / "tuned").glob("*.yaml"):
         assert (Path(CONFIG_DIR) / "dataset" / path.name).exists(), path.name

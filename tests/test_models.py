@@ -411,7 +411,7 @@ def test_multitask_reports_metrics_per_task(out_dir: Path):
     assert twotower("run", *args) == 0
     root = out_dir / "synthetic" / "sample" / "inbatch" / "multitask"
     metrics = read_json(root / "evaluate" / "metrics.json")
-    assert set(metrics) == {"model", "popularity", "ease", "task/click"}
+    assert set(metrics) == {"model", "popularity", "ease", "itemknn", "task/click"}
     # one task whose positives are the label's: its own retrieval is the fused one
     assert metrics["task/click"]["recall@20"] == pytest.approx(metrics["model"]["recall@20"])
     assert read_json(root / "train" / "tasks.json")["tasks"] == ["click"]

@@ -95,12 +95,15 @@ class EvalSettings:
     freshness_prior: float = field(default=1.0, metadata={"ge": 0.0})
     # the metrics over a seeded sample of this many test users (0 = every test user)
     max_users: int = field(default=0, metadata={"ge": 0})
-    # classical baselines beside the model (baselines.py); EASE only up to ease_max_items, its
-    # lambda picked on validation from ease_lambdas
-    baselines: list[str] = field(default_factory=lambda: ["popularity", "ease"])
+    # classical baselines beside the model (baselines.py); EASE on at most ease_max_items (the
+    # most popular), its lambda picked on validation from ease_lambdas; item-KNN's
+    # neighbourhood size from knn_neighbours
+    baselines: list[str] = field(default_factory=lambda: ["popularity", "ease", "itemknn"])
     ease_max_items: int = field(default=20_000, metadata={"ge": 1})
     ease_lambdas: list[float] = field(default_factory=lambda: [10.0, 50.0, 100.0, 200.0, 500.0,
                                                                 1000.0, 2000.0])  # fmt: skip
+    knn_neighbours: list[int] = field(default_factory=lambda: [10, 20, 50, 100, 200, 500, 1000],
+                                      metadata={"each_ge": 1})  # fmt: skip
 
 
 @dataclass

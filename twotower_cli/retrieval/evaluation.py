@@ -4,6 +4,8 @@ multi-task model on its own task, and the table printed at the end."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +45,9 @@ def evaluate_run(
     split, each user's train + validation items excluded, every ranking over the same items
     (the candidate pool when preprocess made one: every test click still counts, and
     `candidate_coverage` and `cold_recall@k` stand beside; pools.py). Trending needs a test
-    period's start (temporal splits); EASE (baselines.py) is fit on train, its lambda picked on
-    validation. `max_users` > 0: every ranking over the same seeded sample of test users."""
+    period's start (temporal splits); EASE and item-KNN (baselines.py) are fit on train, their
+    lambda and neighbourhood picked on validation. `max_users` > 0: every ranking over the
+    same seeded sample of test users."""
     prep = L.preprocess
     item_ids = np.load(L.ids("item"))  # the index's rows (candidates or all)
     ev, u, n_test = scored_users(prep, L.embed, n_items, max_users, seed, baselines.mask_seen)
@@ -62,17 +65,12 @@ def evaluate_run(
         tops.pop("popularity")
     cold = pools.cold_items(np.flatnonzero(counts["train"]), n_items)
     metrics = pools.score_rankings(tops, ev, ks, n_items, pool, cold)
-    # EASE (a learned baseline) when the catalogue fits; its ranking over the same items
-    ease = BaselineSettings(
-        [n for n in baselines.names if n != "popularity"],
-        baselines.ease_max_items,
-        baselines.ease_lambdas,
-        baselines.select_k,
-        baselines.mask_seen,
-    )
-    fits = "ease" in ease.names and n_items <= ease.ease_max_items  # else skipped with a note
-    train, valid = (read_split(prep, s, ["user", "item"]) if fits else None for s in SEEN)
-    learned, skipped = baseline_metrics(ease, train, valid, ev, ks, n_items, pool)
+    # the learned baselines (EASE, item-KNN), ranked over the same items
+    learned_names = [n for n in baselines.names if n != "popularity"]
+    learned_settings = replace(baselines, names=learned_names)
+    train, valid = (read_split(prep, s, ["user", "item"]) if learned_names else None
+                    for s in SEEN)  # fmt: skip
+    learned, skipped = baseline_metrics(learned_settings, train, valid, ev, ks, n_items, pool)
     metrics.update(learned, **({"baselines_skipped": skipped} if skipped else {}))
     metrics.update(sub_retrieval_metrics(model, prep, L.embed, ks, n_items))
     if len(ev.users) < n_test:
@@ -130,7 +128,8 @@ def format_table(metrics: dict, ks: list[int], names: list[str] | tuple = METRIC
     """A Markdown table: one row per metric@k (`names`: the protocol's), one column per ranked
     run (entries that are not metric dicts, such as notes, are left out)."""
     runs = [r for r, m in metrics.items() if isinstance(m, dict) and f"recall@{ks[0]}" in m]
-    lines = ["| metric | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
+    lines = ["| metric | " + " | ".join(map(partial(_heading, metrics), runs)) + " |",
+             "|---" * (len(runs) + 1) + "|"]  # fmt: skip
     for k in ks:
         for n in names:
             cells = " | ".join(f"{metrics[r][f'{n}@{k}']:.4f}" for r in runs)
@@ -140,3 +139,9 @@ def format_table(metrics: dict, ks: list[int], names: list[str] | tuple = METRIC
         cells = " | ".join(f"{metrics[r].get(name, float('nan')):.4f}" for r in runs)
         lines.append(f"| {name} | {cells} |")
     return "\n".join(lines)
+
+
+def _heading(metrics: dict, run: str) -> str:
+    """A run's column heading; a baseline fitted on part of the catalogue says on how much."""
+    m = metrics[run]
+    return f"{run} (top {m['items']} of {m['of']} items)" if "items" in m else run
