@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-import torch
 
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data import sql
@@ -165,6 +164,8 @@ def loo_counts(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def shuffle_rank(n: int, seed: int) -> np.ndarray:
     """Each row's position in RecBole's shuffle: `torch.randperm(n)` right after
     `torch.manual_seed(seed)` puts row perm[j] at position j."""
+    import torch  # only here: the data layer loads torch only for RecBole's shuffle
+
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).numpy()
     rank = np.empty(n, dtype=np.int64)
     rank[perm] = np.arange(n, dtype=np.int64)
