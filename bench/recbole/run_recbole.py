@@ -328,11 +328,12 @@ def table(out: Path) -> str:
         dev = "; ".join(f"{k} {v['used']} (published {v['published']})"
                         for k, v in r["deviations"].items())  # fmt: skip
         best = "-" if r["best_epoch"] is None else r["best_epoch"]
+        per_epoch = r["s_per_epoch"] if r.get("epoch_limit", 2) > 1 else None  # single pass
         lines.append(
             f"| {r['model']} | {t['recall@10']:.4f} ({p['recall@10']:.4f}) "
             f"| {t['ndcg@10']:.4f} ({p['ndcg@10']:.4f}) | {t['mrr@10']:.4f} | {t['hit@10']:.4f} "
             f"| {t['precision@10']:.4f} | {r['epochs_run']} ({best}) | {fmt_s(r['train_wall_s'])} "
-            f"| {fmt_s(r['s_per_epoch'])} | {r['threads']} "
+            f"| {fmt_s(per_epoch)} | {r['threads']} "
             f"| {r['loadavg_start'][0]:.1f} / {r['loadavg_end'][0]:.1f} | {dev or '-'} |"
         )
     if rows:
