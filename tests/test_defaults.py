@@ -17,27 +17,27 @@ def _settings(**kw) -> TrainSettings:
 
 
 def test_a_small_log_gets_a_smaller_batch_and_more_patience(capsys):
-    # 3,900 rows: 1024 -> 3.8 steps, 512 -> 7.6, 256 -> 15.2 (< 16), 128 -> 30.5: batch 128;
-    # ceil(3900 / 128) = 31 steps an epoch, ceil(128 / 31) = 5 epochs of patience
-    s = adapt_to_log(_settings(), 3900)
+    # 4,141 rows: 1024 -> 4.0 steps, 512 -> 8.1, 256 -> 16.2 (< 32), 128 -> 32.4: batch 128;
+    # ceil(4141 / 128) = 33 steps an epoch, ceil(140 / 33) = 5 epochs of patience
+    s = adapt_to_log(_settings(), 4141)
     assert (s.batch_size, s.patience) == (128, 5)
     assert capsys.readouterr().out.strip() == (
-        "train: 3900 training rows: batch 1024 -> 128, patience 4 -> 5 (31 steps an epoch; "
+        "train: 4141 training rows: batch 1024 -> 128, patience 4 -> 5 (33 steps an epoch; "
         "train.min_steps_per_epoch, train.patience_min_steps)"
     )
-    # ML-100K's 35,418 rows: 34.6 steps at 1024 (>= 16), ceil(128 / 35) = 4: unchanged, silent
+    # ML-100K's 35,418 rows: 34.6 steps at 1024 (>= 32), ceil(140 / 35) = 4: unchanged, silent
     s = adapt_to_log(_settings(), 35418)
     assert (s.batch_size, s.patience) == (1024, 4) and capsys.readouterr().out == ""
-    # never below 32: 100 rows -> 32 (4 steps), patience ceil(128 / 4) = 32
+    # never below 32: 100 rows -> 32 (4 steps), patience ceil(140 / 4) = 35
     assert (
         adapt_to_log(_settings(), 100).batch_size,
         adapt_to_log(_settings(), 100).patience,
     ) == (
         32,
-        32,
+        35,
     )
     # 0 turns either rule off
-    off = adapt_to_log(_settings(min_steps_per_epoch=0, patience_min_steps=0), 3900, say=False)
+    off = adapt_to_log(_settings(min_steps_per_epoch=0, patience_min_steps=0), 4141, say=False)
     assert (off.batch_size, off.patience) == (1024, 4)
 
 
