@@ -61,7 +61,8 @@ def features(seed: int = 0) -> tuple[dict, dict, dict]:
 def compose_model(name: str, *overrides: str):
     torch.manual_seed(0)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={name}", *overrides])
+        # the model group's own values, not ML-100K's tuned ones (conf/tuned/ml100k.yaml)
+        cfg = compose("config", overrides=["~tuned", f"model={name}", *overrides])
     return instantiate(cfg.model, schema=SCHEMA)
 
 

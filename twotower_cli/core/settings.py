@@ -56,6 +56,11 @@ class TrainSettings:
     weight_decay: float = field(default=0.0, metadata={"ge": 0.0})
     early_stop_k: int = field(default=20, metadata={"ge": 1})
     patience: int = field(default=4, metadata={"ge": 1})
+    # a small log's epoch has few steps: the batch is halved (not below 32) until an epoch has
+    # at least min_steps_per_epoch steps, and patience grows to wait at least
+    # patience_min_steps steps (0 = off; fitting.adapt_to_log, docs/defaults.md)
+    min_steps_per_epoch: int = field(default=32, metadata={"ge": 0})
+    patience_min_steps: int = field(default=140, metadata={"ge": 0})
     # stop after this many optimiser steps in all (0 = no cap): the epoch it falls in is
     # validated and ends training (scale runs on huge logs)
     max_steps: int = field(default=0, metadata={"ge": 0})

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -174,12 +175,24 @@ def train(cfg: DictConfig) -> dict:
         key = f"valid_recall@{f.settings.early_stop_k}"
         scores = [h[key] for h in f.history if key in h]  # none in a refit (fit_on: train+valid)
         best = {"best_valid": max(scores)} if scores else {"fit_on": cfg.fit_on}
+        if scores:
+            best["popularity_valid"] = f.popularity_valid
+            _warn_below_popularity(max(scores), f.popularity_valid, f.settings.early_stop_k)
         out.figures = {"loss": f.loss_name, "epochs": len(f.history), **best,
                        "parameters": sum(p.numel() for p in f.model.parameters()),
                        **distributed.figures(group, f.settings.batch_size, f.history)}  # fmt: skip
     shutil.rmtree(L.train / RESUME_DIR, ignore_errors=True)  # the finished model supersedes it
     print(f"train: {json.dumps(out.figures)}")
     return out.figures
+
+
+def _warn_below_popularity(best: float, popularity: float, k: int) -> None:
+    if best < popularity:
+        print(
+            f"train: warning: validation recall@{k} {best:.4f} stayed below popularity's "
+            f"{popularity:.4f}; try twotower tune or docs/defaults.md",
+            file=sys.stderr,
+        )
 
 
 def train_inputs(cfg: DictConfig) -> tuple[Path, Path]:
