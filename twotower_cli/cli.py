@@ -22,8 +22,34 @@ from twotower_cli.pipeline.config import swept_keys
 
 # absolute: a relative config_path becomes a package path once installed as a script
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
-STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "run", "serve",
-               "export", "report", "tune")  # fmt: skip
+# `twotower --help`: the stages and the groups a user picks from, one line each
+STAGES = {
+    "preprocess": "load and clean the raw data, split it, encode the features",
+    "sample": "build the training examples the sampler needs",
+    "train": "train the two towers (early stopping on validation recall)",
+    "embed": "item vectors for the catalogue, user vectors for evaluation",
+    "index": "a faiss index over the item vectors (index.factory)",
+    "evaluate": "Recall/NDCG/... on test, beside the popularity and EASE baselines",
+    "run": "preprocess .. evaluate in order, skipping stages whose outputs are current",
+    "serve": "HTTP service: top-K items for a user or a history (docs/serving.md)",
+    "export": "a serving bundle: ONNX user tower, faiss index, vocabularies",
+    "report": "one HTML page of a finished run (--compare RUN_DIR ... side by side)",
+    "tune": "an Optuna search on validation; the best refitted and evaluated",
+}
+STAGE_WORDS = tuple(STAGES)
+GROUPS = {
+    "dataset": "the data set (your own: dataset=csv or a YAML in --config-dir)",
+    "sampler": "which negatives a batch holds",
+    "model": "the tower variant",
+    "experiment": "an overlay of a measured configuration",
+    "tracking": "none, or mlflow (tracking.uri; default $MLFLOW_TRACKING_URI, else local)",
+    "hparams_search": "twotower tune's search space",
+    "train": "epochs, batch_size, lr, device (cpu|cuda|auto), patience, nproc, ...",
+    "index": "faiss factory string, nprobe, ef_search",
+    "eval": "cut-offs ks, baselines, max_users",
+    "serve": "host, port, limits, api_key",
+    "paths": "out (where every artifact goes), run (the training run's name)",
+}
 # faiss announces which SIMD build it loaded at INFO; not news to a user
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # Hydra's flags that take a value (`--config-dir DIR` adds a directory of the user's configs)
@@ -116,11 +142,50 @@ def compare_override(argv: list[str]) -> list[str]:
     return [*argv[:at], f"report.compare=[{quoted}]", *argv[end:]]
 
 
+def group_options(group: str) -> list[str]:
+    """A config group's options (`_name.yaml` files are shared bases, not options)."""
+    files = (Path(CONFIG_DIR) / group).glob("*.yaml")
+    return sorted(p.stem for p in files if not p.stem.startswith("_"))
+
+
+def help_text(stage: str | None = None) -> str:
+    """`twotower --help` (stages and groups) or `twotower STAGE --help` (that stage's line and
+    the groups); Hydra's own listing, internal groups included, is `--hydra-help`."""
+    lines = [USAGE, ""]
+    if stage is None:
+        lines += ["stages:", *(f"  {w:<11} {line}" for w, line in STAGES.items()), ""]
+    else:
+        lines += [f"twotower {stage}: {STAGES[stage]}", ""]
+    lines.append("groups (pick with group=option; any key with key=value):")
+    for group, line in GROUPS.items():
+        opts = "|".join(group_options(group))
+        lines += [f"  {group:<15} {line}", f"  {'':<15} options: {opts}"]
+    lines += [
+        "",
+        "`twotower STAGE --cfg job` prints the composed config; --config-dir DIR adds "
+        "your own YAML files; `twotower --version`. README.md and docs/ say more.",
+    ]
+    return "\n".join(lines)
+
+
+def _front_flags(argv: list[str]) -> None:
+    """--version and --help, before any config is read (exit 0); no stage: usage, exit 2."""
+    if argv and argv[0] == "--version":
+        from twotower_cli import __version__
+
+        print(f"twotower {__version__}")
+        sys.exit(0)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(help_text() if argv else USAGE, file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
+    if argv[0] in STAGE_WORDS and any(a in ("-h", "--help") for a in argv[1:]):
+        print(help_text(argv[0]))
+        sys.exit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        sys.exit(0 if argv else 2)
+    _front_flags(argv)
     stage = argv.pop(0)
     if stage not in STAGE_WORDS:
         print(f"twotower: unknown stage {stage!r}; {USAGE}", file=sys.stderr)

@@ -162,8 +162,8 @@ def _check_targets(node: Any, where: str) -> None:
 
 
 def _check_device(device: str) -> None:
-    """train.device: cpu, or a CUDA / MPS device this machine has."""
-    if device == "cpu":
+    """train.device: cpu, auto (CUDA when present), or a CUDA / MPS device this machine has."""
+    if device in ("cpu", "auto"):
         return
     import torch
 
