@@ -95,6 +95,7 @@ def _stages_at(uri: str) -> list[str]:
 
 def test_tracking_uri_defaults_to_the_environment_then_the_key(out_dir: Path, monkeypatch):
     team = f"sqlite:///{out_dir.parent / 'team.db'}"  # an SQLite URI stands in for a server
+    monkeypatch.chdir(out_dir.parent)  # where MLflow puts a bare SQLite store's artifacts
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team)
     assert twotower("preprocess", *SMALL, f"paths.out={out_dir}", "tracking=mlflow") == 0
     assert not (out_dir / "mlruns").exists()  # nothing in the local store
