@@ -60,23 +60,29 @@ USAGE = (f"usage: twotower {{{'|'.join(STAGE_WORDS)}}} [key=value ...] [-m] [--c
 config.register()
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def app(cfg: DictConfig) -> None:
+def run_stage(cfg: DictConfig) -> dict:
+    """Check a composed config and run its stage (cfg.stage), tracked; returns the stage's
+    figures (evaluate's and run's: the metrics). Raises TwoTowerError; the Python API's door."""
     from twotower_cli.pipeline.stages import STAGES
     from twotower_cli.training import distributed
 
+    config.check(cfg)
+    distributed.set_threads(cfg.threads)  # null: every core, shared by torchrun's local ranks
+    distributed.check_stage(cfg.stage)
+    # serve runs until stopped, and under torchrun rank 0 alone tracks: nothing to track
+    quiet = cfg.stage == "serve" or os.environ.get("RANK", "0") != "0"
+    tracker = NullTracker() if quiet else instantiate(cfg.tracking)
+    choices = HydraConfig.get().runtime.choices
+    tags = {"stage": cfg.stage, "run": str(cfg.paths.run),
+            **{g: str(choices.get(g)) for g in ("dataset", "sampler", "model")}}  # fmt: skip
+    with session(tracker, OmegaConf.to_container(cfg, resolve=True), tags):
+        return _stage(cfg.stage, STAGES)(cfg)
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def app(cfg: DictConfig) -> None:
     try:
-        config.check(cfg)
-        distributed.set_threads(cfg.threads)  # null: every core, shared by torchrun's local ranks
-        distributed.check_stage(cfg.stage)
-        # serve runs until stopped, and under torchrun rank 0 alone tracks: nothing to track
-        quiet = cfg.stage == "serve" or os.environ.get("RANK", "0") != "0"
-        tracker = NullTracker() if quiet else instantiate(cfg.tracking)
-        choices = HydraConfig.get().runtime.choices
-        tags = {"stage": cfg.stage, "run": str(cfg.paths.run),
-                **{g: str(choices.get(g)) for g in ("dataset", "sampler", "model")}}  # fmt: skip
-        with session(tracker, OmegaConf.to_container(cfg, resolve=True), tags):
-            _stage(cfg.stage, STAGES)(cfg)
+        run_stage(cfg)
     except TwoTowerError as err:
         prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)
         print(f"twotower {cfg.stage}: error: {err}", file=sys.stderr)
