@@ -126,6 +126,14 @@ def _composes(stage: str, flags: list[str], overrides: list[str]) -> None:
 def _one_line(err: Exception) -> str:
     """Hydra's and OmegaConf's multi-line messages as one line: the message and the key."""
     cause = err.__cause__ or err
+    missing = getattr(cause, "missing_cfg_file", None)  # hydra's MissingConfigException
+    if missing and "/" in missing and getattr(cause, "options", None):
+        group, name = missing.rsplit("/", 1)
+        known = ", ".join(o for o in cause.options if not o.startswith("_"))
+        return (
+            f"{group}={name}: no such option; known: {known}; a YAML of "
+            f"your own goes in --config-dir DIR as DIR/{group}/{name}.yaml"
+        )
     lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
     key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
     detail = ("full_key:", "object_type", "reference_type")
