@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.data import csv_data
 from twotower_cli.data.clean import epoch_seconds
 from twotower_cli.data.tables import RawData
 
@@ -185,3 +186,33 @@ def as_raw_data(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
         item_fields=dict(ITEM_FIELDS),
         counts={"ratings": len(ratings), "users": len(users), "items": len(items)},
     )
+
+
+def write_csv(raw_dir: str | Path, files: dict[str, str | Path]) -> None:
+    """MovieLens-100K as the three plain files `dataset=ml100k_csv` reads (`files`: interactions
+    / users / items -> path), from the fetched data set; only the missing ones are written, each
+    in full or not at all (a temporary name, then a rename)."""
+    raw = load(raw_dir)
+    frames = {
+        "interactions": raw.interactions[["user_id", "item_id", "rating", "timestamp"]],
+        "users": raw.users,
+        "items": raw.items.assign(genres=raw.items["genres"].str.join("|")),
+    }
+    for key, path in files.items():
+        path = Path(path)
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        frames[key].to_csv(tmp, index=False)
+        tmp.replace(path)
+
+
+def load_csv(raw_dir: str | Path = "data/raw", **csv_keys: object) -> RawData:
+    """`dataset=ml100k_csv`: MovieLens-100K through the csv loader (`dataset=csv`'s keys); the
+    csv files are written from the fetched data set first when they are missing, so the
+    example works on a fresh clone."""
+    files = {k: csv_keys[k] for k in ("interactions", "users", "items") if csv_keys.get(k)}
+    if not all(Path(str(p)).is_file() for p in files.values()):
+        write_csv(raw_dir, files)
+    return csv_data.load(**csv_keys)

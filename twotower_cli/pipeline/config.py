@@ -168,8 +168,8 @@ def _check_targets(node: Any, where: str) -> None:
 
 
 def _check_device(device: str) -> None:
-    """train.device: cpu, or a CUDA / MPS device this machine has."""
-    if device == "cpu":
+    """train.device: cpu, auto (CUDA when present), or a CUDA / MPS device this machine has."""
+    if device in ("cpu", "auto"):
         return
     import torch
 
@@ -187,3 +187,40 @@ def _check_device(device: str) -> None:
 
 def threads(cfg: DictConfig) -> int:
     return cfg.get("threads") or os.cpu_count() or 1
+
+
+# dataset.load keys that hold file paths (data/csv_data.py)
+PATH_KEYS = ("interactions", "users", "items")
+
+
+def dataset_paths(cfg: DictConfig) -> dict[str, str]:
+    """The relative file paths that a dataset YAML of the user's (`--config-dir DIR`,
+    DIR/dataset/NAME.yaml) writes itself, resolved against that YAML's folder; the packaged
+    YAMLs' paths and values given on the command line stay relative to the working directory.
+    Passed to the loader over dataset.load."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    runtime = HydraConfig.get().runtime
+    name = runtime.choices.get("dataset")
+    own = None
+    for source in runtime.config_sources:
+        if source.schema != "file" or source.provider in ("main", "hydra"):
+            continue  # twotower's own conf/ (and Hydra's)
+        candidate = Path(source.path) / "dataset" / f"{name}.yaml"
+        if candidate.is_file():
+            own = candidate
+            break
+    if own is None:
+        return {}
+    written = OmegaConf.load(own).get("load") or {}
+    load = cfg.dataset.get("load") or {}
+    out = {}
+    for key in PATH_KEYS:
+        value = load.get(key)
+        if isinstance(value, str) and written.get(key) == value and not Path(value).is_absolute():
+            out[key] = str(own.parent / value)
+    return out

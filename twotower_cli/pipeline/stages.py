@@ -41,6 +41,7 @@ from twotower_cli.data.preprocess import SplitSettings, write_preprocess
 from twotower_cli.data.protocol import settings as protocol_settings
 from twotower_cli.data.tables import save_encoded
 from twotower_cli.models.inputs import load_tables
+from twotower_cli.pipeline import config
 from twotower_cli.retrieval import pools
 from twotower_cli.retrieval.baselines import BaselineSettings
 from twotower_cli.retrieval.evaluation import evaluate_run, format_table
@@ -88,7 +89,8 @@ def preprocess(cfg: DictConfig) -> dict:
     L = Layout.of(cfg.paths)
     with StageOutput("preprocess", L.preprocess, _config(cfg), []) as out:
         # partial, then call: Hydra would wrap the loader's TwoTowerError in its own exception
-        raw = instantiate(cfg.dataset.load, _partial_=True)()
+        # relative paths in a --config-dir dataset YAML: against that YAML (config.dataset_paths)
+        raw = instantiate(cfg.dataset.load, _partial_=True)(**config.dataset_paths(cfg))
         split, tasks = SplitSettings(**cfg.dataset.split), cfg.dataset.get("tasks") or ()
         proto = protocol_settings(cfg.dataset)
         # the log goes through DuckDB within engine_memory, spilling under paths.out/.engine

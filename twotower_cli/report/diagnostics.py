@@ -64,6 +64,11 @@ class RunDirs:
         return {"preprocess": self.preprocess, "sample": self.sample}.get(name, self.root / name)
 
     @property
+    def dataset(self) -> str:
+        """The data set's name: the path part above `sample/<sampler>/<run>`."""
+        return self.root.parents[2].name
+
+    @property
     def label(self) -> str:
         """`<sampler>/<run>`, the two path parts that tell runs of one data set apart."""
         return f"{self.root.parent.name}/{self.root.name}"
@@ -309,7 +314,9 @@ class RunData:
 
     @property
     def ks(self) -> list[int]:
-        return sorted(int(key.split("@")[1]) for key in self.metrics["model"] if "recall@" in key)
+        # startswith: `"recall@" in key` also matched cold_recall@k, listing every k twice
+        keys = self.metrics["model"]
+        return sorted(int(key.split("@")[1]) for key in keys if key.startswith("recall@"))
 
 
 def load_runs(run_dirs: list[str | Path], settings: BucketSettings) -> list[RunData]:
