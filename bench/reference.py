@@ -107,7 +107,9 @@ def reference_evaluate(
     skip = seen.groupby("user")["item"].apply(np.asarray).to_dict()
     empty = np.zeros(0, dtype=np.int64)
     top_k = max(ks)
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "precision", "ndcg", "hit_rate", "mrr")}
+    sums = {
+        f"{m}@{k}": 0.0 for k in ks for m in ("recall", "precision", "ndcg", "hit_rate", "mrr")
+    }
     covered: dict[int, set] = {k: set() for k in ks}
     for row, user in enumerate(users):
         scores = items @ u[row]
