@@ -117,6 +117,10 @@ def check(cfg: DictConfig) -> None:
         values = OmegaConf.to_container(node, resolve=True)
         names = {f for f in settings.__dataclass_fields__}
         check_bounds(settings(**{k: v for k, v in values.items() if k in names}), key)
+    _check_known(cfg)
+    seed = cfg.get("seed")
+    if type(seed) is not int:
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
     threads = cfg.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be null (every core) or an integer >= 1, got {threads!r}")
@@ -133,6 +137,23 @@ def check(cfg: DictConfig) -> None:
         ServeSettings(**OmegaConf.to_container(cfg.serve, resolve=True))  # checks its bounds
     _check_device(OmegaConf.select(cfg, "train.device") or "cpu")
     _check_targets(OmegaConf.to_container(cfg, resolve=False), "")
+
+
+# groups whose settings name every key they take: an unknown key (`+train.foo=1`) is refused
+# before it reaches a stage (or, under dataset, every later stage's lineage check)
+CLOSED = {"train": TrainSettings, "eval": EvalSettings, "index": IndexSettings,
+          "exposures": ExposureSettings, "dataset.split": SplitSettings}  # fmt: skip
+DATASET_KEYS = ("engine_memory", "load", "label", "tasks", "split")
+
+
+def _check_known(cfg: DictConfig) -> None:
+    known = {key: tuple(settings.__dataclass_fields__) for key, settings in CLOSED.items()}
+    for key, names in {**known, "dataset": DATASET_KEYS}.items():
+        node = OmegaConf.select(cfg, key)
+        unknown = sorted(set(node.keys()) - set(names)) if OmegaConf.is_dict(node) else []
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}: not a {key} setting; known: "
+                              f"{', '.join(sorted(names))}")  # fmt: skip
 
 
 # modules that moved when the package was split by role (issue 24): a `_target_` a user wrote
