@@ -23,7 +23,8 @@ from twotower_cli.training import trainer
      ("+train.foo=1", "train.foo: not a train setting; known: backend, batch_size"),
      ("+eval.foo=1", "eval.foo: not a eval setting"),
      ("+dataset.foo=1", "dataset.foo: not a dataset setting; known: engine_memory, label"),
-     ("+dataset.split.foo=1", "dataset.split.foo: not a dataset.split setting")],
+     ("+dataset.split.foo=1", "dataset.split.foo: not a dataset.split setting"),
+     ("+dataset.load.foo=1", "dataset.load.foo: not an argument of twotower_cli.data.synthetic")],
 )  # fmt: skip
 def test_config_values_are_one_line(tmp_path: Path, capsys, override, message):
     out = tmp_path / "outputs"

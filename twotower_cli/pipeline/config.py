@@ -5,6 +5,8 @@ raise one ConfigError naming the key."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,6 +139,7 @@ def check(cfg: DictConfig) -> None:
         ServeSettings(**OmegaConf.to_container(cfg.serve, resolve=True))  # checks its bounds
     _check_device(OmegaConf.select(cfg, "train.device") or "cpu")
     _check_targets(OmegaConf.to_container(cfg, resolve=False), "")
+    _check_load_keys(cfg)
 
 
 # groups whose settings name every key they take: an unknown key (`+train.foo=1`) is refused
@@ -154,6 +157,25 @@ def _check_known(cfg: DictConfig) -> None:
         if unknown:
             raise ConfigError(f"{key}.{unknown[0]}: not a {key} setting; known: "
                               f"{', '.join(sorted(names))}")  # fmt: skip
+
+
+def _check_load_keys(cfg: DictConfig) -> None:
+    """dataset.load's keys are its loader's arguments: one it does not take is refused (the
+    loaders take `**_`, so it would be ignored, yet enter every later stage's lineage check)."""
+    load = OmegaConf.select(cfg, "dataset.load")
+    target = load.get("_target_") if OmegaConf.is_dict(load) else None
+    if not isinstance(target, str):
+        return
+    module, _, name = target.rpartition(".")
+    try:
+        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return  # Hydra names a target it cannot find when it instantiates it
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    unknown = sorted(set(load.keys()) - named - {"_target_", "_partial_"})
+    if unknown:
+        raise ConfigError(f"dataset.load.{unknown[0]}: not an argument of {target}; known: "
+                          f"{', '.join(sorted(named))}")  # fmt: skip
 
 
 # modules that moved when the package was split by role (issue 24): a `_target_` a user wrote
