@@ -192,3 +192,107 @@ def test_a_manifest_with_wrong_types_or_outside_files_is_one_line(run_copy, caps
     assert f"{path}: {message}; rerun `twotower index`" in line
     with pytest.raises(TwoTowerError, match="rerun"):
         read_manifest(path.parent)
+
+
+def redone(said: str) -> list[str]:
+    order = ("preprocess", "sample", "train", "embed", "index", "evaluate")
+    return [s for s in order if f"{s}: up to date" not in said]
+
+
+@pytest.mark.parametrize(
+    ("override", "stages_redone"),
+    [("eval.freshness_prior=0.5", ["embed", "index", "evaluate"]),
+     ("eval.max_users=10", ["evaluate"]),
+     ("train.early_stop_k=10", ["train", "embed", "index", "evaluate"]),
+     ("sampler.alpha=0.1", ["train", "embed", "index", "evaluate"]),  # read by train only
+     ("dataset.engine_memory=512MB", [])],
+)  # fmt: skip
+def test_run_redoes_exactly_the_stages_a_changed_key_reaches(run_copy, capsys, override,
+                                                             stages_redone):  # fmt: skip
+    capsys.readouterr()
+    assert twotower("run", *SMALL, f"paths.out={run_copy}", override) == 0
+    assert redone(capsys.readouterr().out) == stages_redone
+    assert twotower("run", *SMALL, f"paths.out={run_copy}", override) == 0
+    assert redone(capsys.readouterr().out) == []
+
+
+@pytest.mark.parametrize(
+    ("stage", "override", "message"),
+    [("embed", "model.out_dim=16", "train was made with model.out_dim=64, not 16"),
+     ("index", "train.epochs=40", "embed was made with train.epochs=3, not 40"),
+     ("evaluate", "model=senet", "train was made with model._target_="),
+     ("evaluate", "index.factory=HNSW32", "index.factory='Flat', not 'HNSW32'"),
+     ("evaluate", "eval.freshness_prior=0", "eval.freshness_prior=1.0, not 0")],
+)  # fmt: skip
+def test_overrides_that_contradict_the_model_are_refused(run_copy, capsys, stage, override,
+                                                         message):  # fmt: skip
+    out_dir = stage_dir(run_copy, stage)
+    before = read_manifest(out_dir)["id"]
+    if override == "model=senet":  # senet's run dir must hold the dssm model to contradict it
+        shutil.copytree(out_dir.parent, out_dir.parent.with_name("senet"))
+        out_dir = out_dir.parent.with_name("senet") / stage
+    assert twotower(stage, *SMALL, f"paths.out={run_copy}", override) == 2
+    line = one_line_error(capsys)
+    assert message in line and "run `twotower" in line, line
+    assert read_manifest(out_dir)["id"] == before
+    # search-time settings and how training ran are no contradiction
+    ok = ("index.nprobe=4", "train.resume=never", "train.device=cpu")
+    assert twotower("evaluate", *SMALL, f"paths.out={run_copy}", *ok) == 0
+
+
+def test_a_checkpoint_declaring_huge_tables_is_refused_before_allocating(run_copy, tmp_path):
+    import resource
+
+    import torch
+
+    from twotower_cli.artifacts import checkpoint
+
+    good = torch.load(run_copy.joinpath(*ROOT, "train", "model.pt"), weights_only=True)
+    schema = {side: [dict(f) for f in fields] for side, fields in good["schema"].items()}
+    field = next(f for f in schema["user"] if f.get("vocab_size"))
+    field["vocab_size"] = 10_000_000  # x embed_dim 32 x 4 bytes = 1.28 GB if it were built
+    crafted = tmp_path / "model.pt"
+    torch.save({**good, "schema": schema}, crafted)
+    assert crafted.stat().st_size < 2_000_000
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    with pytest.raises(TwoTowerError, match=r"does not rebuild its model \(.*the schema and"):
+        checkpoint.load(crafted)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000
+    # the same for arguments: a 10**6-wide embedding dim
+    torch.save({**good, "args": {**good["args"], "embed_dim": 1_000_000}}, crafted)
+    with pytest.raises(TwoTowerError, match="does not rebuild its model"):
+        checkpoint.load(crafted)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000
+    model, _ = checkpoint.load(run_copy.joinpath(*ROOT, "train", "model.pt"))
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+
+
+def test_a_full_disk_while_writing_is_one_line(run_copy: Path, monkeypatch, capsys):
+    import errno
+
+    index_dir = stage_dir(run_copy, "index")
+    before = read_manifest(index_dir)["id"]
+
+    def disk_full(index, path):
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(stages.faiss, "write_index", disk_full)
+    assert twotower("index", *SMALL, f"paths.out={run_copy}") == 2
+    line = one_line_error(capsys)
+    assert line.startswith("twotower index: error: ") and "No space left on device" in line
+    assert read_manifest(index_dir)["id"] == before and not list(index_dir.glob(".partial-*"))
+
+
+def test_report_reads_no_input_dir_the_run_was_not_made_from(run_copy, tmp_path, capsys):
+    # a train manifest pointing its inputs at another preprocess output (a foreign dir)
+    elsewhere = tmp_path / "elsewhere" / "preprocess"
+    shutil.copytree(stage_dir(run_copy, "preprocess"), elsewhere)
+    republish(elsewhere, [])
+    path = stage_dir(run_copy, "train") / MANIFEST
+    manifest = read_json(path)
+    manifest["inputs"][0] = str(elsewhere)
+    path.write_text(json.dumps(manifest))
+    assert twotower("report", *SMALL, f"paths.out={run_copy}") == 2
+    line = one_line_error(capsys)
+    assert "was made from another preprocess output than" in line and str(elsewhere) in line

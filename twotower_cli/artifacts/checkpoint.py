@@ -73,7 +73,11 @@ def load(path: Path) -> tuple[TwoTower, dict]:
         raise TwoTowerError(f"{path}: not a twotower checkpoint of format {FORMAT}; {rerun}")
     try:
         _require_plain(ckpt.get("schema"), "schema")
-        model = build(str(ckpt.get("tower")), dict(ckpt.get("args") or {}), ckpt["schema"])
+        # built on the meta device: a schema or arguments that declare far larger tables than
+        # the file holds allocate nothing before the shapes below refuse them
+        with torch.device("meta"):
+            model = build(str(ckpt.get("tower")), dict(ckpt.get("args") or {}), ckpt["schema"])
+        _check_shapes(model, ckpt["state_dict"])
         # assign: the model takes the loaded tensors, so the weights are held once, not twice
         model.load_state_dict(ckpt["state_dict"], assign=True)
     except (ConfigError, KeyError, RuntimeError, TypeError, ValueError) as err:
@@ -84,6 +88,19 @@ def load(path: Path) -> tuple[TwoTower, dict]:
     if bad:
         raise TwoTowerError(f"{path}: non-finite weights in {bad[0]}; {rerun}")
     return model.eval(), ckpt
+
+
+def _check_shapes(model: TwoTower, weights) -> None:
+    """Every weight the (meta) model declares is in the file with that shape and dtype."""
+    if not isinstance(weights, dict):
+        raise TypeError("state_dict is not a dict")
+    for name, want in model.state_dict().items():
+        got = weights.get(name)
+        if not isinstance(got, torch.Tensor):
+            raise KeyError(f"no tensor {name}")
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise ValueError(f"{name} is {tuple(got.shape)} {got.dtype}, the schema and arguments "
+                             f"declare {tuple(want.shape)} {want.dtype}")  # fmt: skip
 
 
 def _first_line(err: Exception) -> str:

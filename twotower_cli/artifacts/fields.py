@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 FIELDS = {"stage": str, "id": str, "upstream": dict, "outputs": dict, "config": dict,
-          "figures": dict, "sources": list}  # fmt: skip
+          "figures": dict, "sources": list, "inputs": list}  # fmt: skip
 
 
 def badly_typed(manifest: dict) -> str | None:
@@ -17,6 +17,8 @@ def badly_typed(manifest: dict) -> str | None:
             return f"{key} is a {type(manifest[key]).__name__}, not a {kind.__name__}"
     if not all(isinstance(v, str) for v in manifest.get("upstream", {}).values()):
         return "upstream maps a stage to something other than an id"
+    if not all(isinstance(p, str) for p in manifest.get("inputs", [])):
+        return "inputs lists something other than a path"
     for name, want in manifest.get("outputs", {}).items():
         if name != Path(name).name or name in ("", ".", "..") or name.startswith("."):
             return f"output {name!r} is not a file of the stage dir"

@@ -33,11 +33,16 @@ import pyarrow.parquet as pq
 
 from twotower_cli.artifacts import tracking
 from twotower_cli.artifacts.fields import badly_typed
-from twotower_cli.artifacts.swap import BACKUP, JOURNAL, recover, swap_in
+from twotower_cli.artifacts.swap import (
+    BACKUP,
+    LOCK,
+    MANIFEST,
+    recover,
+    recover_if_dead,
+    swap_in,
+)
 from twotower_cli.core.errors import TwoTowerError
 
-MANIFEST = "manifest.json"
-LOCK = ".lock"
 PARTIAL = ".partial-"
 CHAIN = ("preprocess", "sample", "train", "embed", "index")
 # what to run after an earlier stage's output changed
@@ -105,8 +110,11 @@ def require(
     if not (stage_dir / MANIFEST).exists():
         raise TwoTowerError(f"{stage_dir} has no finished output: run `twotower {command}` first")
     then = verify(stage_dir, command).get("config", {})
-    for section, now in (made_with or {}).items():
-        diff = first_difference(then.get(section), now, section, ignore)
+    for section, now in (made_with or {}).items():  # a section, or a dotted key in one
+        old = then
+        for part in section.split("."):
+            old = old.get(part) if isinstance(old, dict) else None
+        diff = first_difference(old, now, section, ignore)
         if diff is not None:
             key, old, new = diff
             raise TwoTowerError(
@@ -140,9 +148,10 @@ def verify(stage_dir: Path, command: str) -> dict:
     return manifest
 
 
-def is_current(out_dir: Path, sections: dict, inputs: list[Path]) -> bool:
-    """Whether a stage's output is complete, intact, made with these config `sections` and
-    from the outputs now in `inputs` (what `run` skips, as make would)."""
+def is_current(out_dir: Path, config: dict, inputs: list[Path], view=lambda c: c) -> bool:
+    """Whether a stage's output is complete, intact, made with a config whose `view` (the part
+    its output depends on) is this `config`'s, and from the outputs now in `inputs` (what `run`
+    skips, as make would)."""
     for d in (out_dir, *inputs):
         recover_if_dead(d)
     if not (out_dir / MANIFEST).exists() or not all((d / MANIFEST).exists() for d in inputs):
@@ -154,9 +163,8 @@ def is_current(out_dir: Path, sections: dict, inputs: list[Path]) -> bool:
             upstream.update(lineage(read_manifest(d)))
     except TwoTowerError:
         return False
-    then = manifest.get("config", {})
-    return manifest.get("upstream") == upstream and all(
-        then.get(k) == v for k, v in sections.items()
+    return manifest.get("upstream") == upstream and view(manifest.get("config", {})) == view(
+        config
     )
 
 
@@ -171,20 +179,6 @@ def sweep_partials(stage_dir: Path) -> None:
         except BlockingIOError:
             return  # a live writer: its partial dir is its own
         _remove_leftovers(stage_dir)
-
-
-def recover_if_dead(stage_dir: Path) -> None:
-    """Undo (or finish) a move into place that a killed writer left half done (swap.py), when
-    no writer is alive: a reader then finds the previous complete output, not a mix."""
-    if not (stage_dir / JOURNAL).exists():
-        return
-    with open(stage_dir / LOCK, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # its writer is alive (or it is this process's own)
-        if recover(stage_dir, MANIFEST):
-            print(f"{stage_dir}: a killed writer's move into place undone", flush=True)
 
 
 def _remove_leftovers(stage_dir: Path) -> None:

@@ -12,12 +12,15 @@ manifest had been written, only clears the journal and the backup.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 from pathlib import Path
 
+LOCK = ".lock"  # a stage dir's writer holds it (store.StageOutput)
 JOURNAL = ".publish.json"
+MANIFEST = "manifest.json"
 BACKUP = ".previous-"
 
 
@@ -97,3 +100,21 @@ def _read_journal(path: Path) -> dict | None:
 def _forget(out_dir: Path, journal: dict) -> None:
     (out_dir / JOURNAL).unlink(missing_ok=True)
     shutil.rmtree(out_dir / Path(journal["backup"]).name, ignore_errors=True)
+
+
+def recover_if_dead(stage_dir: Path) -> None:
+    """Undo (or finish) a move into place that a killed writer left half done, when
+    no writer is alive: a reader then finds the previous complete output, not a mix."""
+    if not (stage_dir / JOURNAL).exists():
+        return
+    try:
+        lock = open(stage_dir / LOCK, "a")  # noqa: SIM115 -- closed below
+    except OSError:
+        return  # a read-only reader (serve as another user): the hashes still catch a mix
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # its writer is alive (or it is this process's own)
+        if recover(stage_dir, MANIFEST):
+            print(f"{stage_dir}: a killed writer's move into place undone", flush=True)

@@ -13,4 +13,5 @@
     freshness.py  how fresh a candidate must be, measured from the data
     preprocess.py raw tables -> encoded tables and a split, on engine.py
     engine.py     DuckDB under a memory limit; sql.py holds its queries
+    sources.py    the raw files' identity (stat key + sha256): what makes preprocess current
 """

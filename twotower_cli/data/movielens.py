@@ -148,6 +148,16 @@ def read_grouplens(zip_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     return ratings, users, items
 
 
+def raw_files(raw_dir: str | Path, **_: object) -> list[Path]:
+    """The files `load` parses, as `fetch` picks them, once fetched (data/sources.py records
+    their identity)."""
+    recbole = [Path(raw_dir) / "ml-100k" / name for name in RECBOLE_SHA256]
+    if all(p.exists() for p in recbole):
+        return recbole
+    zip_path = Path(raw_dir) / "ml-100k.zip"
+    return [zip_path] if zip_path.exists() else []
+
+
 def load(raw_dir: str | Path, min_rating: float = 4, **_: object) -> RawData:
     """MovieLens-100K as RawData: ratings with a `like` label, user and item features."""
     source = fetch(Path(raw_dir))
