@@ -25,6 +25,13 @@ from twotower_cli.export.user_tower import export_onnx
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
 
 
+def local_client(app) -> TestClient:
+    """A client as a local caller sends: Host localhost, JSON bodies."""
+    return TestClient(
+        app, base_url="http://localhost", headers={"content-type": "application/json"}
+    )
+
+
 @pytest.fixture(scope="module")
 def exported(small_run: Path) -> Path:
     assert twotower("export", *SMALL, f"paths.out={small_run}") == 0
@@ -97,7 +104,7 @@ def test_bundle_alone_recommends_what_serve_recommends(exported):
 
     dirs = serve.ServeDirs(Layout.of_run(exported.joinpath(*ROOT), exported))
     state = serve.ServeState(partial(serve.load_bundle, dirs, _load_model))
-    client = TestClient(serve.create_app(state, serve.ServeSettings()))
+    client = local_client(serve.create_app(state, serve.ServeSettings()))
     body = {"user": {"user_id": raw["user"], "region": raw["region"], "age": raw["age"]},
             "k": 10, "exclude_seen": False}  # fmt: skip
     online = [it["item_id"] for it in client.post("/recommend", json=body).json()["items"]]
