@@ -26,6 +26,13 @@ from twotower_cli.models.inputs import feature_tensors
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
 
 
+def local_client(app) -> TestClient:
+    """A client as a local caller sends: Host localhost, JSON bodies."""
+    return TestClient(
+        app, base_url="http://localhost", headers={"content-type": "application/json"}
+    )
+
+
 @pytest.fixture(scope="module")
 def exported(small_run: Path) -> Path:
     assert twotower("export", *SMALL, f"paths.out={small_run}") == 0
@@ -98,7 +105,7 @@ def test_bundle_alone_recommends_what_serve_recommends(exported):
 
     dirs = serve.ServeDirs(Layout.of_run(exported.joinpath(*ROOT), exported))
     state = serve.ServeState(partial(serve.load_bundle, dirs, _load_model))
-    client = TestClient(serve.create_app(state, serve.ServeSettings()))
+    client = local_client(serve.create_app(state, serve.ServeSettings()))
     body = {"user": {"user_id": raw["user"], "region": raw["region"], "age": raw["age"]},
             "k": 10, "exclude_seen": False}  # fmt: skip
     online = [it["item_id"] for it in client.post("/recommend", json=body).json()["items"]]

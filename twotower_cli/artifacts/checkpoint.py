@@ -11,6 +11,7 @@ TwoTowerError naming the file and the command that rewrites it.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -59,11 +60,13 @@ def save(path: Path, model: TwoTower, key: str, args: dict, schema: dict, config
                 "state_dict": model.state_dict(), "config": config}, path)  # fmt: skip
 
 
-def load(path: Path) -> tuple[TwoTower, dict]:
-    """(model in eval mode, the checkpoint dict) from `model.pt`."""
+def load(path: Path, data: bytes | None = None) -> tuple[TwoTower, dict]:
+    """(model in eval mode, the checkpoint dict) from `model.pt` (`data`: its bytes, already read
+    and checked by the caller; `path` then only names it)."""
     rerun = "rerun `twotower train`"
     try:
-        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        source = io.BytesIO(data) if data is not None else path
+        ckpt = torch.load(source, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise TwoTowerError(f"{path}: missing; {rerun}") from None
     except Exception as err:  # noqa: BLE001 -- truncated, flipped or foreign bytes
@@ -108,6 +111,7 @@ def _first_line(err: Exception) -> str:
     return text[0][:200] if text else type(err).__name__
 
 
-def load_dir(train_dir: Path) -> tuple[TwoTower, dict]:
-    """`load` of a train stage dir's `model.pt` (serve's `load_model` callable)."""
-    return load(Path(train_dir) / "model.pt")
+def load_dir(train_dir: Path, data: bytes | None = None) -> tuple[TwoTower, dict]:
+    """`load` of a train stage dir's `model.pt` (serve's `load_model` callable, given the bytes
+    it read and hashed)."""
+    return load(Path(train_dir) / "model.pt", data)

@@ -375,9 +375,10 @@ def serve(cfg: DictConfig) -> dict:
 
     p = cfg.paths
     settings = serving.ServeSettings(**cfg.serve)
+    sock = serving.listen(settings)  # a used port fails before the run loads
     dirs = serving.ServeDirs(Layout.of(p), cfg.index.nprobe, cfg.index.ef_search, settings.runtime)
     state = serving.ServeState(partial(serving.load_bundle, dirs), dirs.base())
-    serving.run_server(state, settings)
+    serving.run_server(state, settings, sock)
     return {}
 
 
