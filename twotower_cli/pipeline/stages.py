@@ -333,7 +333,8 @@ def evaluate(cfg: DictConfig) -> dict:
         e, proto = cfg.eval, protocol_settings(cfg.dataset)
         baselines = BaselineSettings(list(e.baselines), e.ease_max_items, list(e.ease_lambdas),
                                      cfg.train.early_stop_k, list(e.knn_neighbours),
-                                     proto.mask == "seen")  # fmt: skip
+                                     mask_seen=proto.mask == "seen",
+                                     refit=proto.baselines_fit == "train+valid")  # fmt: skip
         metrics = evaluate_run(idx, model, L, ks, n_items, baselines, e.trending_hours,
                                e.max_users, cfg.seed)  # fmt: skip
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
