@@ -123,7 +123,7 @@ def test_unknown_data_set_lists_the_known_ones_and_config_dir(capsys):
     err = capsys.readouterr().err.strip()
     assert err == (
         "twotower preprocess: error: dataset=nosuch: no such option; known: csv, ml100k, "
-        "ml100k_csv, news, synthetic; a YAML of your own goes in --config-dir DIR as "
+        "ml100k_csv, ml1m, news, synthetic; a YAML of your own goes in --config-dir DIR as "
         "DIR/dataset/nosuch.yaml"
     )
 

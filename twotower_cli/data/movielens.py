@@ -7,6 +7,7 @@ it, so it is fetched into `data/raw/` on first use and never committed.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import shutil
 import subprocess
@@ -226,3 +227,15 @@ def load_csv(raw_dir: str | Path = "data/raw", **csv_keys: object) -> RawData:
     if not all(Path(str(p)).is_file() for p in files.values()):
         write_csv(raw_dir, files)
     return csv_data.load(**csv_keys)
+
+
+# what load_csv takes is raw_dir plus csv_data.load's keys: its signature says so, so the
+# config check (pipeline/config.py) can refuse a key neither takes
+load_csv.__signature__ = inspect.Signature(
+    [inspect.Parameter("raw_dir", inspect.Parameter.KEYWORD_ONLY, default="data/raw")]
+    + [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(csv_data.load).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]  # fmt: skip
+)

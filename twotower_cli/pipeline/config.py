@@ -152,7 +152,7 @@ def check(cfg: DictConfig) -> None:
 # before it reaches a stage (or, under dataset, every later stage's lineage check)
 CLOSED = {"train": TrainSettings, "eval": EvalSettings, "index": IndexSettings,
           "exposures": ExposureSettings, "dataset.split": SplitSettings}  # fmt: skip
-DATASET_KEYS = ("engine_memory", "load", "label", "tasks", "split")
+DATASET_KEYS = ("engine_memory", "load", "label", "tasks", "split", "protocol")
 
 
 def _check_known(cfg: DictConfig) -> None:
