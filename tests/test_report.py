@@ -237,3 +237,13 @@ def test_report_renders_in_headless_chromium(runs: Path, tmp_path: Path):
     # the whole page: several plots tall, and not blank (ink on white, many grey levels)
     assert shot.shape[0] > 3000, shot.shape
     assert shot.std() > 10 and (shot < 128).mean() > 0.005 and len(np.unique(shot)) > 50
+
+
+@pytest.mark.slow
+def test_a_run_name_with_dollars_is_drawn_as_text(runs: Path):
+    # `$x^$` is not valid TeX: matplotlib's mathtext would raise while drawing the legend
+    odd = runs / "dssm-$x^$"
+    shutil.copytree(runs / "dssm", odd, ignore=shutil.ignore_patterns("report"))
+    out = runs.parents[2]
+    assert twotower("report", "--compare", str(odd), str(runs / "dssm"), f"paths.out={out}") == 0
+    assert "inbatch/dssm-$x^$" in (out / "compare" / "report" / "index.html").read_text()

@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 
 from twotower_cli import serve
 from twotower_cli.artifacts.checkpoint import load_dir as _load_model
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.layout import Layout
 from twotower_cli.core.settings import HISTORY
 from twotower_cli.data.tables import Field
@@ -33,6 +34,13 @@ from twotower_cli.retrieval.metrics import drop_excluded
 from twotower_cli.retrieval.search import EvalSet, search
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
+
+
+def local_client(app) -> TestClient:
+    """A client as a local caller sends: Host localhost, JSON bodies."""
+    return TestClient(
+        app, base_url="http://localhost", headers={"content-type": "application/json"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +59,7 @@ def state(run_dir: Path) -> serve.ServeState:
 
 @pytest.fixture(scope="module")
 def client(state) -> TestClient:
-    return TestClient(serve.create_app(state, serve.ServeSettings(max_batch=64)))
+    return local_client(serve.create_app(state, serve.ServeSettings(max_batch=64)))
 
 
 def offline_top(out: Path, k: int, run: tuple[str, ...] = RUN) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +109,7 @@ def test_online_equals_offline_with_the_user_history_feature(tmp_path: Path):
             "paths.run=hist"]  # fmt: skip
     assert twotower("run", *args) == 0
     state = serve.ServeState(partial(serve.load_bundle, _dirs(out, run), _load_model))
-    client = TestClient(serve.create_app(state, serve.ServeSettings(max_batch=64)))
+    client = local_client(serve.create_app(state, serve.ServeSettings(max_batch=64)))
     assert client.get("/health").status_code == 200
     users, top = offline_top(out, 10, run)
     user_raw, item_raw = raw_ids(out, "user"), raw_ids(out, "item")
@@ -322,7 +330,7 @@ def test_reload_swaps_to_new_artifacts_and_keeps_serving_when_they_are_broken(ru
     out = tmp_path / "outputs"
     shutil.copytree(run_dir, out)
     state = serve.ServeState(partial(serve.load_bundle, _dirs(out), _load_model), out)
-    app = TestClient(serve.create_app(state, serve.ServeSettings()))
+    app = local_client(serve.create_app(state, serve.ServeSettings()))
     body = {"user": {"user_id": raw_ids(out, "user")[0]}, "k": 10}
     old_bundle = state.bundle
     before = app.post("/recommend", json=body).json()["items"]
@@ -434,3 +442,94 @@ def test_top_drops_exclusions_and_missing_rows_and_keeps_each_items_score():
     assert keep.tolist() == [[True, True, False], [True, True, False]]
     assert items[keep].tolist() == [4, 3, 3, 1]
     np.testing.assert_allclose(scores[keep], [0.9, 0.7, 0.5, 0.4])
+
+
+def _private_run(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "outputs"
+    shutil.copytree(run_dir, out)
+    return out
+
+
+def _other_weights(model_pt: Path) -> bytes:
+    """model.pt as another run would have written it: the same format, other weights."""
+    import io
+
+    ckpt = torch.load(model_pt, weights_only=True)
+    ckpt["state_dict"] = {n: t + 0.5 if t.is_floating_point() else t
+                          for n, t in ckpt["state_dict"].items()}  # fmt: skip
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    return buf.getvalue()
+
+
+def test_reload_rehashes_and_refuses_a_copied_in_model_or_flipped_index_bytes(run_dir, tmp_path):
+    # issue 26.5: the hashes were cached by the manifest's mtime and size, so a reload after
+    # the files (not the manifests) changed served them with "reload ok"
+    out = _private_run(run_dir, tmp_path)
+    root = out.joinpath(*RUN)
+    state = serve.ServeState(partial(serve.load_bundle, _dirs(out)), out)
+    app = local_client(serve.create_app(state, serve.ServeSettings()))
+    body = {"user": {"user_id": raw_ids(out, "user")[0]}, "k": 10}
+    before = app.post("/recommend", json=body).json()["items"]
+    model_pt, index = root / "train" / "model.pt", root / "index" / "items.faiss"
+    good_model, good_index = model_pt.read_bytes(), index.read_bytes()
+    model_pt.write_bytes(_other_weights(model_pt))
+    assert state.reload() is False
+    assert state.last_reload["error"] == (
+        "synthetic/sample/inbatch/dssm/train/model.pt: missing, truncated or changed since "
+        "`twotower train` wrote it: rerun `twotower train`"
+    )
+    model_pt.write_bytes(good_model)
+    flipped = bytearray(good_index)
+    flipped[-7] ^= 0xFF  # inside the last item vector: a readable index with one wrong score
+    index.write_bytes(bytes(flipped))
+    assert (
+        state.reload() is False
+        and "index/items.faiss: missing, truncated or changed" in (state.last_reload["error"])
+    )
+    assert state.generation == 1 and app.post("/recommend", json=body).json()["items"] == before
+    index.write_bytes(good_index)
+    assert state.reload() is True and state.generation == 2
+
+
+def test_a_model_written_after_the_check_is_not_the_one_loaded(run_dir, tmp_path):
+    # a retrain finishing between the hash check and the read must not get its model served
+    # against the old index: serve loads the very bytes it hashed (hook: the new model.pt lands
+    # when the model is about to be rebuilt, after every check)
+    out = _private_run(run_dir, tmp_path)
+    model_pt = out.joinpath(*RUN, "train", "model.pt")
+    newer = _other_weights(model_pt)
+    original = torch.load(model_pt, weights_only=True)["state_dict"]
+
+    def retrain_lands_then_load(train_dir: Path, data: bytes | None = None):
+        model_pt.write_bytes(newer)
+        return _load_model(train_dir, data) if data is not None else _load_model(train_dir)
+
+    bundle = serve.load_bundle(_dirs(out), retrain_lands_then_load)
+    loaded = bundle.model.state_dict()
+    assert all(torch.equal(loaded[n], t) for n, t in original.items())
+
+
+def _rewrite_listed(stage_dir: Path, name: str, data: bytes) -> None:
+    """Replace one output and its manifest entry, as a hostile or buggy writer could."""
+    import hashlib
+
+    (stage_dir / name).write_bytes(data)
+    manifest = json.loads((stage_dir / "manifest.json").read_text())
+    manifest["outputs"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (stage_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_vocabulary_longer_than_the_model_s_is_refused_at_load(run_dir, tmp_path):
+    # issue 26.11: one more `region` value than the checkpoint's embedding table: requests with
+    # it gave 500s once serving; now the load fails with one line
+    out = _private_run(run_dir, tmp_path)
+    prep = out / "synthetic" / "preprocess"
+    vocabs = json.loads((prep / "vocabs.json").read_text())
+    vocabs["user"]["region"].append("atlantis")
+    _rewrite_listed(prep, "vocabs.json", json.dumps(vocabs).encode())
+    with pytest.raises(TwoTowerError, match=r"vocabs.json's user.region holds \d+ values, the "
+                       r"model \d+\); rerun `twotower preprocess`"):  # fmt: skip
+        serve.load_bundle(_dirs(out))

@@ -84,9 +84,21 @@ def app(cfg: DictConfig) -> None:
     try:
         run_stage(cfg)
     except TwoTowerError as err:
+        _fail(cfg, f"error: {err}", 2)
+    except KeyboardInterrupt:  # Ctrl-C: every stage dir is left as it was (artifacts/swap.py)
+        _fail(cfg, "interrupted; what it was writing is not published", 130)
+    except OSError as err:  # disk full, a read-only or unwritable paths.out
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(cfg, f"error: {where}{err.strerror or err}", 2)
+
+
+def _fail(cfg: DictConfig, line: str, code: int) -> None:
+    try:
         prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)
-        print(f"twotower {cfg.stage}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except OSError:
+        pass  # an unwritable paths.out: nothing of ours to prune
+    print(f"twotower {cfg.stage}: {line}", file=sys.stderr)
+    sys.exit(code)
 
 
 def _stage(word: str, stages: dict):
@@ -117,9 +129,25 @@ def _composes(stage: str, flags: list[str], overrides: list[str]) -> None:
     searchpath = [f"hydra.searchpath=[{paths}]"] if dirs else []
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            compose("config", overrides=[*searchpath, *overrides])
+            cfg = compose("config", overrides=[*searchpath, *overrides])
     except (HydraException, OmegaConfBaseException) as err:
         print(f"twotower {stage}: error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        _writable(stage, str(OmegaConf.select(cfg, "paths.out")))
+    except OmegaConfBaseException:
+        pass  # paths.out reads Hydra's runtime: Hydra itself finds out
+
+
+def _writable(stage: str, out: str) -> None:
+    """paths.out must be (or be creatable in) a writable directory: Hydra makes the stage's
+    run dir under it before any stage code runs, with a traceback if it cannot."""
+    where = Path(out).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
+        print(f"twotower {stage}: error: paths.out={out}: {where} is not a writable directory",
+              file=sys.stderr)  # fmt: skip
         sys.exit(2)
 
 
@@ -223,7 +251,11 @@ def main(argv: list[str] | None = None) -> None:
     if not multirun and not any(a.startswith("--") for a in rest):
         _composes(stage, flags, [f"stage={stage}", *rest])
     sys.argv = [sys.argv[0], *flags, f"stage={stage}", *rest]
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # before a stage started (composing, Hydra's set-up)
+        print(f"twotower {stage}: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,12 @@ def _check_known(ids, path, col, table_ids, table_path, strict, counts, name) ->
     return known
 
 
+def raw_files(interactions: str | None = None, users: str | None = None,
+              items: str | None = None, **_: object) -> list[Path]:  # fmt: skip
+    """The files `load` reads with these settings (data/sources.py records their identity)."""
+    return [Path(p) for p in (interactions, users, items) if p and Path(p).is_file()]
+
+
 def load(
     interactions: str | None = None,
     sep: str | None = None,

@@ -15,7 +15,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from twotower_cli.artifacts.store import MANIFEST, iter_seen, read_manifest, read_split
+from twotower_cli.artifacts.store import (
+    MANIFEST,
+    check_chain,
+    iter_seen,
+    read_manifest,
+    read_split,
+)
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import is_member, pair_keys, sorted_unique
 from twotower_cli.retrieval.evaluation import scored_users
@@ -58,6 +64,8 @@ class RunDirs:
                 raise TwoTowerError(
                     f"{path} (an input of {root / 'train'}) has no finished output"
                 )
+        # the dirs a manifest names are read only if they hold what the run was made from
+        check_chain([prep, sample, root / "train"])
         return cls(root, prep, sample)
 
     def stage(self, name: str) -> Path:

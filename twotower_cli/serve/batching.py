@@ -11,7 +11,8 @@ once per batch, not once per request (TF-Serving and Triton call this dynamic ba
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor, ThreadPoolExecutor
+import queue
+import threading
 
 from twotower_cli.serve.bundle import ServeState
 from twotower_cli.serve.encoding import UserQuery
@@ -35,15 +36,19 @@ def answer_batch(bundle, batch: list[tuple[UserQuery, int]]) -> list[tuple[bool,
 
 
 class MicroBatcher:
-    """Single requests that arrive while the worker is busy share its next batch."""
+    """Single requests that arrive while the worker is busy share its next batch.
 
-    def __init__(self, state: ServeState, max_batch: int, executor: Executor | None = None):
+    The hand-off is one queue put to the worker thread and one `call_soon_threadsafe` back per
+    batch (a `run_in_executor` round trip adds two futures, their locks and callbacks, and one
+    more turn of the event loop before the requests see their answers)."""
+
+    def __init__(self, state: ServeState, max_batch: int) -> None:
         self.state = state
         self.max_batch = max_batch
-        # one thread: batches run one after another, so a busy worker means a bigger batch
-        self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="micro-batch")
         self.pending: list = []
         self.busy = False
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None  # started by the first batch
 
     def submit(self, query: UserQuery, k: int) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -53,6 +58,10 @@ class MicroBatcher:
         self.pending.append((query, k, fut))
         return fut
 
+    def close(self) -> None:
+        """Stop the worker thread once it has finished its batch (the server is stopping)."""
+        self.jobs.put(None)
+
     def _flush(self) -> None:
         if self.busy or not self.pending:
             return
@@ -61,19 +70,28 @@ class MicroBatcher:
         if not chunk:  # every client of this chunk went away
             self._flush()
             return
-        bundle = self.state.bundle  # the whole batch answers from one bundle
         self.busy = True
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self.executor, answer_batch, bundle,
-                                    [(q, k) for q, k, _ in chunk])  # fmt: skip
-        work.add_done_callback(lambda done: self._deliver(chunk, bundle, done))
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._work, name="micro-batch", daemon=True)
+            self.thread.start()
+        # the whole batch answers from one bundle
+        self.jobs.put((asyncio.get_running_loop(), chunk, self.state.bundle))
 
-    def _deliver(self, chunk: list, bundle, done: asyncio.Future) -> None:
+    def _work(self) -> None:
+        """The worker thread: one batch at a time, so a busy worker means a bigger batch."""
+        while (job := self.jobs.get()) is not None:
+            loop, chunk, bundle = job
+            try:
+                results = answer_batch(bundle, [(q, k) for q, k, _ in chunk])
+            except Exception as err:  # noqa: BLE001 -- delivered to every request of the batch
+                results = [(False, err)] * len(chunk)
+            try:
+                loop.call_soon_threadsafe(self._deliver, chunk, bundle, results)
+            except RuntimeError:  # the loop is closed: the server stopped
+                return
+
+    def _deliver(self, chunk: list, bundle, results: list) -> None:
         self.busy = False
-        try:
-            results = done.result()
-        except Exception as err:  # noqa: BLE001 -- e.g. the executor shut down
-            results = [(False, err)] * len(chunk)
         for (_, _, fut), (ok, value) in zip(chunk, results, strict=True):
             if fut.done():  # the client went away
                 continue

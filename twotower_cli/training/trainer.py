@@ -54,8 +54,11 @@ class Resume:
         """Write aside, then rename: a kill mid-write leaves the previous epoch's state."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.path(rank).with_suffix(f".tmp{os.getpid()}")
-        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-        os.replace(tmp, self.path(rank))
+        try:
+            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+            os.replace(tmp, self.path(rank))
+        finally:  # a full disk (or a kill signal turned exception) leaves no half file
+            tmp.unlink(missing_ok=True)
 
 
 def gather(table: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
