@@ -62,7 +62,8 @@ def test_recommendations_equal_serves_for_the_same_user(out: Path):
     model = api.open_run([*SMALL, f"paths.out={out}"])
     dirs = serve.ServeDirs(Layout.of_run(out.joinpath(*RUN), out))
     state = serve.ServeState(partial(serve.load_bundle, dirs))
-    client = TestClient(serve.create_app(state, serve.ServeSettings()))
+    client = TestClient(serve.create_app(state, serve.ServeSettings()), base_url="http://localhost",
+                        headers={"content-type": "application/json"})  # fmt: skip
     users, items = _vocab(out, "user"), _vocab(out, "item")
     for user in users[:: max(1, len(users) // 12)]:
         served = client.post("/recommend", json={"user": {"user_id": user}, "k": 15}).json()

@@ -24,8 +24,8 @@ def test_help_lists_every_stage_and_group_with_its_options(capsys):
     assert out.startswith("usage: twotower {preprocess|")
     for stage, line in STAGES.items():
         assert f"  {stage:<11} {line}\n" in out
-    for group in GROUPS:
-        assert f"options: {'|'.join(options(group))}\n" in out
+    for group, line in GROUPS.items():  # one line each: its options, then what it is
+        assert f"  {group:<15} {'|'.join(options(group))}: {line}\n" in out
     assert "dssm|multitask|parallel|senet" in out
     assert "_tower" not in out and "schema" not in out
 

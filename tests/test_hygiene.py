@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import read_json, twotower
+from conftest import options, read_json, twotower
 from test_csv import overrides, write_log
 
 from twotower_cli.core.errors import TwoTowerError
@@ -121,10 +121,10 @@ def test_relative_paths_in_a_config_dir_yaml_follow_the_yaml(tmp_path, out_dir, 
 def test_unknown_data_set_lists_the_known_ones_and_config_dir(capsys):
     assert twotower("preprocess", "dataset=nosuch") == 2
     err = capsys.readouterr().err.strip()
+    known = ", ".join(options("dataset"))  # csv, ml100k, ml100k_csv, ...
     assert err == (
-        "twotower preprocess: error: dataset=nosuch: no such option; known: csv, ml100k, "
-        "ml100k_csv, ml1m, news, synthetic; a YAML of your own goes in --config-dir DIR as "
-        "DIR/dataset/nosuch.yaml"
+        f"twotower preprocess: error: dataset=nosuch: no such option; known: {known}; a YAML "
+        "of your own goes in --config-dir DIR as DIR/dataset/nosuch.yaml"
     )
 
 

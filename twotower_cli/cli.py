@@ -200,8 +200,7 @@ def help_text(stage: str | None = None) -> str:
         lines += [f"twotower {stage}: {STAGES[stage]}", ""]
     lines.append("groups (pick with group=option; any key with key=value):")
     for group, line in GROUPS.items():
-        opts = "|".join(group_options(group))
-        lines += [f"  {group:<15} {line}", f"  {'':<15} options: {opts}"]
+        lines.append(f"  {group:<15} {'|'.join(group_options(group))}: {line}")
     lines += [
         "",
         "`twotower STAGE --cfg job` prints the composed config; --config-dir DIR adds "
