@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from functools import partial
@@ -196,6 +197,48 @@ def test_micro_batched_requests_get_their_own_answers_and_errors(run_dir, state)
     got = asyncio.run(together())
     assert [items for items, _ in got[:5]] == alone
     assert isinstance(got[5], serve.RequestError) and got[5].field == "user.colour"
+
+
+def test_cheap_micro_batches_run_on_the_loop_and_costly_ones_in_the_worker(state, monkeypatch):
+    # issue 26.12: a thread hand-off per batch costs more than a small batch itself; a batch
+    # runs on the event loop only when the bundle's measured cost predicts it under the budget
+    # and no other thread computes
+    from twotower_cli.serve import batching
+
+    ran_in = []
+    real = batching.answer_batch
+
+    def spy(bundle, batch):
+        ran_in.append(threading.current_thread().name)
+        return real(bundle, batch)
+
+    monkeypatch.setattr(batching, "answer_batch", spy)
+    q = serve.UserQuery({"age": 1})
+
+    async def batches(batcher, sizes, cost=None):
+        for n in sizes:
+            if cost is not None:
+                batcher.cost = (cost[0] or state.bundle, cost[1])
+            got = await asyncio.gather(*(batcher.submit(q, 5) for _ in range(n)))
+            assert all(len(items) == 5 for items, _ in got)
+
+    # not measured yet: the worker; then measured far under a 10 s budget: the loop
+    asyncio.run(batches(serve.MicroBatcher(state, 64, inline_seconds=10.0), [2, 2, 2]))
+    assert ran_in == ["micro-batch", "MainThread", "MainThread"]
+    # 1 ms a unit (a query with k=5 is 1.05 units), budget 10 ms: 9 queries on the loop, 10 not
+    ran_in.clear()
+    b = serve.MicroBatcher(state, 64, inline_seconds=0.010)
+    asyncio.run(batches(b, [9, 10], cost=(None, 0.001)))
+    assert ran_in == ["MainThread", "micro-batch"]
+    # a cost measured on another bundle (before a reload) says nothing: the worker
+    ran_in.clear()
+    asyncio.run(batches(b, [1], cost=(object(), 1e-9)))
+    assert ran_in == ["micro-batch"]
+    # cheap, but another thread computes (a batch request, a reload): the worker
+    ran_in.clear()
+    busy = serve.MicroBatcher(state, 64, inline_seconds=10.0, busy_elsewhere=lambda: True)
+    asyncio.run(batches(busy, [1], cost=(None, 1e-9)))
+    assert ran_in == ["micro-batch"]
 
 
 def test_history_is_accepted_and_said_to_be_ignored_by_a_model_without_it(client):

@@ -248,6 +248,10 @@ class ServeState:
         self.last_reload: dict = {"ok": True, "at": self.bundle.loaded_at}
         self._lock = threading.Lock()
 
+    @property
+    def reloading(self) -> bool:
+        return self._lock.locked()
+
     def reload(self) -> bool:
         with self._lock:  # two SIGHUPs in a row load one after the other
             try:

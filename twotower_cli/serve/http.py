@@ -102,16 +102,35 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _json({"error": str(exc), "field": exc.field}, exc.status, close)
 
 
+class OffLoop:
+    """`await off_loop(fn, *args)`: fn in the pool of `serve.workers` threads; `running` counts
+    the calls in it now (the micro-batcher keeps off the event loop while any runs)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="serve-worker")
+        self.running = 0
+
+    async def __call__(self, fn, *args):
+        self.running += 1  # on the event loop's thread only: no lock needed
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            self.running -= 1
+
+
 def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
     """The HTTP API over a ServeState (see docs/serving.md)."""
     settings.check_key_env()
-    pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="serve-worker")
-    batcher = MicroBatcher(state, settings.max_batch) if settings.micro_batch else None
+    off_loop = OffLoop(settings.workers)
+    batcher = None
+    if settings.micro_batch:  # small batches run on the loop only while nothing else computes
+        busy = lambda: off_loop.running > 0 or state.reloading  # noqa: E731
+        batcher = MicroBatcher(state, settings.max_batch, busy_elsewhere=busy)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        off_loop.pool.shutdown(wait=False, cancel_futures=True)
         if batcher is not None:
             batcher.close()
 
@@ -126,9 +145,6 @@ def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
         hosts=HostCheck([settings.host, *settings.allowed_hosts]),
     )  # fmt: skip
     _add_error_handlers(app)
-
-    async def off_loop(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     @app.post("/recommend", openapi_extra=body_doc(RecommendBody))
     async def recommend_one(request: Request) -> Response:
