@@ -12,6 +12,7 @@ from conftest import SMALL, read_json, twotower
 
 from twotower_cli.retrieval.baselines import (
     BaselineSettings,
+    baseline_metrics,
     ease_peak_bytes,
     ease_select,
     ease_top_unseen,
