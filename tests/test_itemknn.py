@@ -90,3 +90,14 @@ def test_ease_above_max_items_is_fitted_on_the_most_popular(capsys):
     assert out["ease"]["recall@2"] == pytest.approx(2 / 3)
     line = capsys.readouterr().out.strip()
     assert line.startswith("evaluate: EASE on the 3 most popular of 4 items")
+
+
+def test_knn_follows_the_protocol_mask_on_validation():
+    # train: users 1, 2 read items 1, 2; user 3 reads 2, 3: cos(1,2) = 2 / sqrt(2*3) = 0.82,
+    # cos(2,3) = 1 / sqrt(3*1) = 0.58, cos(1,3) = 0. User 1 reads item 2 again in validation.
+    # Masked (the default), user 1's top 2 is item 3 (0.58) and nothing: recall 0; with
+    # mask_seen False items 1 and 2 (0.82 each) come first: recall 1
+    train = _pairs([(1, 1), (1, 2), (2, 1), (2, 2), (3, 2), (3, 3)])
+    valid = _pairs([(1, 2)])
+    assert knn_select(train, valid, 3, [10], 2)[1] == {10: 0.0}
+    assert knn_select(train, valid, 3, [10], 2, mask_seen=False)[1] == {10: 1.0}

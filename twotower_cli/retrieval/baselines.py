@@ -239,5 +239,6 @@ def baseline_metrics(settings: BaselineSettings, train: pd.DataFrame, valid: pd.
                                    settings.refit)  # fmt: skip
     if "itemknn" in settings.names:
         out["itemknn"] = knn_metrics(train, valid, ev, ks, n_items, settings.knn_neighbours,
-                                     settings.select_k, ids)  # fmt: skip
+                                     settings.select_k, ids, settings.mask_seen,
+                                     settings.refit)  # fmt: skip
     return out, {}

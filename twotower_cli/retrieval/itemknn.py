@@ -99,11 +99,12 @@ def knn_top_unseen(S: sp.csr_matrix, inputs: pd.DataFrame, ev: EvalSet, k: int, 
 
 
 def knn_select(train: pd.DataFrame, valid: pd.DataFrame, n_items: int, neighbours: list[int],
-               k: int) -> tuple[int, dict[int, float]]:  # fmt: skip
+               k: int, mask_seen: bool = True) -> tuple[int, dict[int, float]]:  # fmt: skip
     """The neighbourhood size with the best validation Recall@k (fit on train, train items
-    masked), and every size's score; ties go to the smaller neighbourhood."""
+    masked unless not `mask_seen`, as EASE's lambda), and every size's score; ties go to the
+    smaller neighbourhood."""
     ranked = cosine_neighbours(train, n_items)
-    ev = EvalSet.build(valid, train, n_items)
+    ev = EvalSet.build(valid, train if mask_seen else [], n_items)
     scores = {}
     for size in sorted(neighbours):
         top = knn_top_unseen(ranked.prune(size), train, ev, k, n_items)
@@ -113,11 +114,13 @@ def knn_select(train: pd.DataFrame, valid: pd.DataFrame, n_items: int, neighbour
 
 def knn_metrics(train: pd.DataFrame, valid: pd.DataFrame, ev: EvalSet, ks: list[int],
                 n_items: int, neighbours: list[int], select_k: int,
-                ids: np.ndarray | None = None) -> dict:  # fmt: skip
+                ids: np.ndarray | None = None, mask_seen: bool = True,
+                refit: bool = True) -> dict:  # fmt: skip
     """Item-KNN on the test users `ev`: the neighbourhood size picked on validation, S refit
-    on train + validation, test metrics plus the choice."""
-    size, scores = knn_select(train, valid, n_items, neighbours, select_k)
-    seen = pd.concat([train, valid])
+    on train + validation (`refit` False: S of train only, as EASE under the protocol's
+    baselines_fit), test metrics plus the choice."""
+    size, scores = knn_select(train, valid, n_items, neighbours, select_k, mask_seen)
+    seen = pd.concat([train, valid]) if refit else train
     S = cosine_neighbours(seen, n_items).prune(size)
     top = knn_top_unseen(S, seen, ev, max(ks), n_items, ids)
     metrics = ranking_metrics(top, ev.truth, ev.n_truth, ks, n_items)
