@@ -19,8 +19,9 @@ from fastapi.testclient import TestClient
 from twotower_cli import serve
 from twotower_cli.artifacts.checkpoint import load_dir as _load_model
 from twotower_cli.core.layout import Layout
-from twotower_cli.data.tables import feature_tensors, load_schema
+from twotower_cli.data.tables import load_schema
 from twotower_cli.export.user_tower import export_onnx
+from twotower_cli.models.inputs import feature_tensors
 
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
 

@@ -165,3 +165,14 @@ def test_no_function_is_too_long():
     # a shrunk function leaves the list, so the list only ever gets shorter
     shrunk = set(LONG_FUNCTIONS) - set(found)
     assert not shrunk, f"now under the cap, remove from LONG_FUNCTIONS: {sorted(shrunk)}"
+
+
+def test_the_data_layer_imports_no_torch():
+    # preprocess loads only what it uses: torch alone costs ~0.4 GiB resident (issue 24)
+    import subprocess
+    import sys
+
+    modules = sorted(m for m in import_graph() if m.startswith("twotower_cli.data"))
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", modules

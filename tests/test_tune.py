@@ -179,6 +179,23 @@ def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys)
     )
 
 
+@pytest.mark.slow
+def test_a_minutes_budget_stops_the_search_and_still_refits_the_best(tmp_path, capsys):
+    # 0.001 minutes (60 ms) is spent by the first trial: optuna starts no second one, there is
+    # nothing to confirm, and the one trial is refitted and evaluated
+    conf, out = _conf(tmp_path), tmp_path / "outputs"
+    args = ["--config-dir", str(conf), "hparams_search=tiny", *SMALL, f"paths.out={out}"]
+    assert twotower("tune", *args, "tune.trials=5", "tune.minutes=0.001") == 0
+    printed = capsys.readouterr().out
+    assert "tune: tune.minutes=0.001 spent after 1 of 5 trials" in printed
+    metrics = read_json(out / "synthetic" / "tune" / "tiny" / "metrics.json")
+    assert metrics["trials"] == 1 and metrics["best_trial"] == 0 and metrics["confirmed"] == {}
+    assert len(metrics["test_model"]["recall@20"]["seeds"]) == 1
+    assert twotower("tune", *args, "tune.minutes=0") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["twotower tune: error: tune.minutes: 0 is not null or a number of minutes > 0"]
+
+
 class Killed(BaseException):
     """SIGKILL in the middle of a trial: nothing in the process gets to clean up (optuna
     catches Exception and KeyboardInterrupt, which it marks FAIL itself)."""

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -38,7 +39,9 @@ from twotower_cli.core.layout import Layout
 from twotower_cli.data import sources
 from twotower_cli.data.engine import ENGINE_MEMORY, OUT_OF_MEMORY, Engine
 from twotower_cli.data.preprocess import SplitSettings, write_preprocess
-from twotower_cli.data.tables import load_tables, save_encoded
+from twotower_cli.data.protocol import settings as protocol_settings
+from twotower_cli.data.tables import save_encoded
+from twotower_cli.models.inputs import load_tables
 from twotower_cli.pipeline.sections import (
     HOW_TRAINED,
     MODEL_MADE_WITH,
@@ -78,18 +81,20 @@ def preprocess(cfg: DictConfig) -> dict:
     with StageOutput("preprocess", L.preprocess, _config(cfg), []) as out:
         raw = _read_raw(cfg, out)
         split, tasks = SplitSettings(**cfg.dataset.split), cfg.dataset.get("tasks") or ()
+        proto = protocol_settings(cfg.dataset)
         # the log goes through DuckDB within engine_memory, spilling under paths.out/.engine
         memory = cfg.dataset.get("engine_memory", ENGINE_MEMORY)
         try:
             with Engine(memory, Path(cfg.paths.out) / ".engine", cfg.get("threads")) as engine:
                 enc, counts, _ = write_preprocess(raw, cfg.dataset.label, split, tasks, out.tmp,
-                                                  engine)  # fmt: skip
+                                                  engine, proto)  # fmt: skip
         except OUT_OF_MEMORY as err:
             why = str(err).splitlines()[0][:120]
             raise TwoTowerError(f"dataset.engine_memory={memory} is too small for this log "
                                 f"({why}); raise it") from None  # fmt: skip
         save_encoded(enc, out.tmp)
-        out.figures = {**counts, "n_users": enc.n_users, "n_items": enc.n_items}
+        out.figures = {"protocol": proto.name, **counts, "n_users": enc.n_users,
+                       "n_items": enc.n_items}  # fmt: skip
     print(f"preprocess: {json.dumps(out.figures)}")
     return out.figures
 
@@ -189,12 +194,24 @@ def train(cfg: DictConfig) -> dict:
         key = f"valid_recall@{f.settings.early_stop_k}"
         scores = [h[key] for h in f.history if key in h]  # none in a refit (fit_on: train+valid)
         best = {"best_valid": max(scores)} if scores else {"fit_on": cfg.fit_on}
+        if scores:
+            best["popularity_valid"] = f.popularity_valid
+            _warn_below_popularity(max(scores), f.popularity_valid, f.settings.early_stop_k)
         out.figures = {"loss": f.loss_name, "epochs": len(f.history), **best,
                        "parameters": sum(p.numel() for p in f.model.parameters()),
                        **distributed.figures(group, f.settings.batch_size, f.history)}  # fmt: skip
     shutil.rmtree(L.train / RESUME_DIR, ignore_errors=True)  # the finished model supersedes it
     print(f"train: {json.dumps(out.figures)}")
     return out.figures
+
+
+def _warn_below_popularity(best: float, popularity: float, k: int) -> None:
+    if best < popularity:
+        print(
+            f"train: warning: validation recall@{k} {best:.4f} stayed below popularity's "
+            f"{popularity:.4f}; try twotower tune or docs/defaults.md",
+            file=sys.stderr,
+        )
 
 
 def train_inputs(cfg: DictConfig) -> tuple[Path, Path]:
@@ -305,16 +322,17 @@ def evaluate(cfg: DictConfig) -> dict:
         model, _ = checkpoint.load(L.model)
         n_items = read_manifest(L.preprocess)["figures"]["n_items"]
         ks = list(cfg.eval.ks)
-        e = cfg.eval
+        e, proto = cfg.eval, protocol_settings(cfg.dataset)
         baselines = BaselineSettings(list(e.baselines), e.ease_max_items, list(e.ease_lambdas),
-                                     cfg.train.early_stop_k)  # fmt: skip
+                                     cfg.train.early_stop_k, list(e.knn_neighbours),
+                                     proto.mask == "seen")  # fmt: skip
         metrics = evaluate_run(idx, model, L, ks, n_items, baselines, e.trending_hours,
                                e.max_users, cfg.seed)  # fmt: skip
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
         n_users = metrics.get("users_sampled", {}).get("evaluated", len(np.load(L.ids("user"))))
         out.figures = {"users": n_users,
                        **{f"model/{k}": v for k, v in metrics["model"].items()}}  # fmt: skip
-    print(format_table(metrics, ks))
+    print(format_table(metrics, ks, proto.metrics))
     return metrics
 
 
