@@ -28,6 +28,12 @@ def test_each_loader_names_the_files_it_reads(tmp_path: Path):
            "users": None, "items": str(tmp_path / "missing.csv")}  # fmt: skip
     assert sources.raw_files(csv) == [log]
     assert sources.raw_files({"_target_": "twotower_cli.data.synthetic.load"}) == []
+    ml1m = {"_target_": "twotower_cli.data.movielens1m.load", "raw_dir": str(tmp_path / "raw")}
+    assert sources.raw_files(ml1m) == []
+    (tmp_path / "raw" / "ml-1m").mkdir()
+    for name in ("ml-1m.inter", "ml-1m.user", "ml-1m.item"):
+        (tmp_path / "raw" / "ml-1m" / name).write_text("x")
+    assert [p.name for p in sources.raw_files(ml1m)] == ["ml-1m.inter", "ml-1m.user", "ml-1m.item"]
 
 
 def test_a_file_is_changed_only_when_its_bytes_are(tmp_path: Path):

@@ -154,6 +154,15 @@ def _numbers(values: pd.Series, source: Path, col: str) -> pd.Series:
     return out.astype("float64" if col == "rating" else "int64")
 
 
+def raw_files(raw_dir: str | Path, **_: object) -> list[Path]:
+    """The files `load` parses, as `fetch` picks them, once fetched (data/sources.py records
+    their identity)."""
+    folder, zip_path = Path(raw_dir) / "ml-1m", Path(raw_dir) / "ml-1m.zip"
+    if all((folder / name).exists() for name in FILES):
+        return [folder / name for name in FILES]
+    return [zip_path] if zip_path.exists() else []
+
+
 def load(raw_dir: str | Path, min_rating: float = 4, verify: bool = True, **_: object) -> RawData:
     """MovieLens-1M as RawData: ratings with `like` (rating >= min_rating) and `watch` labels,
     user gender, age group, occupation, zip prefix; item genres (multi-hot) and year bucket.
