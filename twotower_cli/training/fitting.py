@@ -25,8 +25,9 @@ from twotower_cli.core.settings import TrainSettings
 from twotower_cli.data.tables import load_tables, schema_dicts
 from twotower_cli.retrieval import pools
 from twotower_cli.retrieval.search import EvalSet, empty_index, sample_users
-from twotower_cli.training import distributed, losses
+from twotower_cli.training import distributed, losses, sequences
 from twotower_cli.training.examples import load_training_examples, with_history
+from twotower_cli.training.sequences import SequenceBatch
 from twotower_cli.training.trainer import Resume, encode_all
 from twotower_cli.training.trainer import train as train_model
 
@@ -71,11 +72,8 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
     # an index the vectors cannot go into fails now, not at `twotower index` after training
     empty_index(cfg.index.factory, encode_all(model, items, np.ones(1, np.int64), "item").shape[1])
     settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
-    examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
-                                      tuple(model.tasks), model.history_len, cfg.seed,
-                                      settings.history_mode, splits)  # fmt: skip
-    batch_fn = instantiate(cfg.sampler).batch_fn(
-        torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
+    examples, batch_fn = _examples(cfg, model, settings, prep_dir, sample_dir, train_pos,
+                                   n_users, n_items, splits)  # fmt: skip
     users = with_history(users, train_pos, model.history_len)
     valid = None if "valid" in splits else _valid_set(cfg, prep_dir, settings, train_batches,
                                                        n_items)  # fmt: skip
@@ -87,6 +85,24 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
                           batch_fn, seed=cfg.seed, resume=resume, on_epoch=on_epoch)  # fmt: skip
     return Fitted(model, history, settings, loss_name, key, args, schema_dicts(schema), users,
                   items)  # fmt: skip
+
+
+def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: Path,
+              train_pos, n_users: int, n_items: int, splits: tuple):  # fmt: skip
+    """The examples training iterates over and the sampler's per-batch step: the sampler's
+    examples (with task labels and histories as the model reads them), or for a sequence
+    encoder one next-item sequence per user (sequences.py)."""
+    batch_fn = instantiate(cfg.sampler).batch_fn(
+        torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
+    if getattr(model, "sequential", False):
+        sequences.check_sequence_training(model, (sample_dir / "negatives.npy").exists(),
+                                          tuple(model.tasks), settings.nproc)  # fmt: skip
+        examples = sequences.sequence_examples(train_pos, n_users, model.history_len)
+        return {c: torch.from_numpy(v) for c, v in examples.items()}, SequenceBatch(batch_fn)
+    examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
+                                      tuple(model.tasks), model.history_len, cfg.seed,
+                                      settings.history_mode, splits)  # fmt: skip
+    return examples, batch_fn
 
 
 def _valid_set(cfg: DictConfig, prep_dir: Path, settings: TrainSettings, train_batches,
