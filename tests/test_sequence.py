@@ -135,3 +135,15 @@ def test_onnx_sequence_tower_matches_pytorch(tmp_path, batch):
         None, {k: v.numpy() for k, v in feats.items()})  # fmt: skip
     with torch.no_grad():
         np.testing.assert_allclose(u_onnx, model.user_vectors(feats).numpy(), rtol=0, atol=1e-5)
+
+
+def test_all_windows_predict_every_positive_but_each_users_first():
+    # user 1: items 1..6 in time order, history_len 2: windows end at 6, 4, 2 ->
+    # [4, 5, 6], [2, 3, 4], [0, 1, 2]; targets 5, 6 | 3, 4 | 2: every item but the first
+    train = pd.DataFrame({"user": [1] * 6 + [2], "item": [1, 2, 3, 4, 5, 6, 9],
+                          "timestamp": range(7)})  # fmt: skip
+    ex = sequence_examples(train, n_users=2, history_len=2, windows="all")
+    assert ex["user"].tolist() == [1, 1, 1]
+    assert ex["user.history"].tolist() == [[4, 5, 6], [2, 3, 4], [0, 1, 2]]
+    targets = flatten_positions({**{k: torch.from_numpy(v) for k, v in ex.items()}})["item"]
+    assert sorted(targets.tolist()) == [2, 3, 4, 5, 6]

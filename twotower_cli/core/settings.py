@@ -80,6 +80,9 @@ class TrainSettings:
     item_id_dropout: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0})
     # the history input of each training example (data/examples.py)
     history_mode: str = field(default="causal", metadata={"choices": HISTORY_MODES})
+    # next-item training of a sequence tower (training/sequences.py): one window of
+    # history_len + 1 per user (last: its latest; longer histories truncated) or all windows
+    sequence_windows: str = field(default="last", metadata={"choices": ("last", "all")})
     # auto: every finished epoch's state is kept (in the train dir's .resume/), and a rerun of the
     # same command after a crash continues after the last finished epoch; never: start over
     resume: str = field(default="auto", metadata={"choices": ("auto", "never")})

@@ -97,7 +97,8 @@ def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: P
     if getattr(model, "sequential", False):
         sequences.check_sequence_training(model, (sample_dir / "negatives.npy").exists(),
                                           tuple(model.tasks), settings.nproc)  # fmt: skip
-        examples = sequences.sequence_examples(train_pos, n_users, model.history_len)
+        examples = sequences.sequence_examples(train_pos, n_users, model.history_len,
+                                               settings.sequence_windows)  # fmt: skip
         return {c: torch.from_numpy(v) for c, v in examples.items()}, SequenceBatch(batch_fn)
     examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
                                       tuple(model.tasks), model.history_len, cfg.seed,

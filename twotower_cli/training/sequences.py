@@ -2,9 +2,10 @@
 `twotower train`, docs/sequence.md): SASRec-style, every position of a user's training sequence
 predicts the item that follows it.
 
-- examples: one row per user with at least two training positives: the user's latest
-  `history_len + 1` positives in time order (right-aligned, 0-padded), from the sorted log in one
-  vectorised gather (`Timeline.per_user`). Longer histories are truncated to that window, so a
+- examples: windows of `history_len + 1` training positives in time order (right-aligned,
+  0-padded), from the sorted log in one vectorised gather (`Timeline.history`):
+  `train.sequence_windows=last`, one per user, the latest (a longer history is truncated, as in
+  SASRec); `all`, consecutive windows that together predict every positive. Either way a
   batch's memory is bounded by `batch_size * history_len` positions whatever the user.
 - batches (`SequenceBatch`): a batch of `batch_size` sequences becomes P rows, one per position
   t that holds an item (P <= batch_size * history_len): the input is the sequence less its last
@@ -29,13 +30,24 @@ from twotower_cli.training.examples import HISTORY_KEY, Timeline
 AT_KEY = f"user.{HISTORY_AT}"
 
 
-def sequence_examples(train: pd.DataFrame, n_users: int, history_len: int) -> dict:
-    """Per user with >= 2 training positives: `user`, `item` (the latest positive), `label` and
-    `user.history`, the latest history_len + 1 positives, most recent last, 0-padded."""
-    seqs = Timeline(train, n_users).per_user(n_users, history_len + 1)[1:]
+def sequence_examples(train: pd.DataFrame, n_users: int, history_len: int,
+                      windows: str = "last") -> dict:  # fmt: skip
+    """Per user with >= 2 training positives: `user`, `item` (the window's latest positive),
+    `label` and `user.history`, history_len + 1 positives in time order, 0-padded on the left.
+    windows: `last`, the user's latest history_len + 1 positives (a longer history truncated);
+    `all`, windows ending at the user's latest positive, history_len positives earlier, ...,
+    whose targets (all but a window's first item) cover every positive but the user's first."""
+    timeline = Timeline(train, n_users)
     users = np.arange(1, n_users + 1)
-    keep = (seqs > 0).sum(1) >= 2
-    seqs, users = seqs[keep], users[keep]
+    n = np.diff(timeline.start)[1:]
+    per_user = np.where(n >= 2, 1, 0)
+    if windows == "all":
+        per_user = np.where(n >= 2, -(-(n - 1) // history_len), 0)
+    elif windows != "last":
+        raise ConfigError(f"train.sequence_windows: {windows!r} not in ('last', 'all')")
+    users = np.repeat(users, per_user)
+    k = np.arange(len(users)) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+    seqs = timeline.history(users, timeline.start[users + 1] - k * history_len, history_len + 1)
     return {"user": users.astype(np.int32), "item": seqs[:, -1].astype(np.int32),
             "label": np.ones(len(users), np.float32), HISTORY_KEY: seqs}  # fmt: skip
 
