@@ -19,12 +19,15 @@ from twotower_cli.cli import CONFIG_DIR
 from twotower_cli.core.errors import ConfigError
 from twotower_cli.core.layout import STAGE_DIRS, Layout
 from twotower_cli.core.settings import EvalSettings, IndexSettings, TrainSettings
+from twotower_cli.data.protocol import settings as protocol_settings
 from twotower_cli.pipeline import config
 from twotower_cli.pipeline.study import search_space
 from twotower_cli.report.diagnostics import BucketSettings
 
-GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "serve", "export", "paths",
-          "tracking", "report", "tune", "hparams_search"]  # fmt: skip
+GROUPS = ["dataset", "protocol", "sampler", "model", "train", "index", "eval", "serve", "export",
+          "paths", "tracking", "report", "tune", "hparams_search"]  # fmt: skip
+# every metric ranking_metrics computes (a protocol's table prints some of them)
+RANKED_METRICS = ("recall", "precision", "ndcg", "hit_rate", "mrr", "coverage")
 # `_name.yaml` files are shared bases of a group's options (conf/model/_tower.yaml), not options
 OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 SCHEMA = {
@@ -46,6 +49,13 @@ def composed(*overrides: str):
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_builds(group: str, option: str):
     cfg = composed(f"{group}={option}")
+    if group == "protocol":  # a global overlay: dataset.protocol, eval.ks, train.early_stop_k
+        config.check(cfg)
+        proto = protocol_settings(cfg.dataset)
+        assert proto.name == option and set(proto.metrics) <= set(RANKED_METRICS)
+        suffix = "" if option == "default" else f"-{option}"
+        assert cfg.paths.data_dir == f"outputs/ml100k{suffix}"
+        return
     node = OmegaConf.to_container(cfg[group], resolve=True)
     config.check(cfg)
     if group == "model":

@@ -153,6 +153,14 @@ def load(raw_dir: str | Path, min_rating: float = 4, **_: object) -> RawData:
     ratings, users, items = read_recbole(source) if source.is_dir() else read_grouplens(source)
     if ratings_checksum(ratings) != RATINGS_SHA256:
         raise TwoTowerError(f"{source}: ratings checksum mismatch; delete it to refetch")
+    return as_raw_data(ratings, users, items, source, min_rating)
+
+
+def as_raw_data(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, source: Path,
+                min_rating: float) -> RawData:  # fmt: skip
+    """Parsed MovieLens tables (numeric-text ids, raw age, zip, year, genre lists) as RawData:
+    ratings with `like` (rating >= min_rating) and `watch` labels, the features of
+    USER_FIELDS and ITEM_FIELDS (MovieLens-100K and -1M alike)."""
     ratings = ratings.astype({"user_id": "int64", "item_id": "int64"})
     ratings["timestamp"] = epoch_seconds(ratings["timestamp"], source, "timestamp")
     ratings["rating"] = ratings["rating"].astype("float32")

@@ -79,6 +79,11 @@ def run_name(model: str) -> str:
     return f"{model}-{','.join(mine)}".replace("/", "_") if mine else model
 
 
+def data_name(dataset: str, protocol: str | None) -> str:
+    """The data dir's name: the dataset choice, `-<protocol>` unless the default protocol."""
+    return dataset if protocol in (None, "default") else f"{dataset}-{protocol}"
+
+
 def sample_name(sampler: str, fit_on: str) -> str:
     """The sample dir's name: the sampler choice, `+valid` when it learns from train+valid."""
     return sampler if fit_on == "train" else f"{sampler}+valid"
@@ -87,7 +92,8 @@ def sample_name(sampler: str, fit_on: str) -> str:
 def register() -> None:
     """Put the schemas where the YAML files' defaults lists find them (`/schema/<group>`), and
     the `run_name` and `sample_name` resolvers of conf/paths/default.yaml."""
-    for name, fn in (("run_name", run_name), ("sample_name", sample_name)):
+    for name, fn in (("run_name", run_name), ("sample_name", sample_name),
+                     ("data_name", data_name)):  # fmt: skip
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
     cs = ConfigStore.instance()

@@ -37,6 +37,7 @@ from twotower_cli.core.keys import sorted_unique
 from twotower_cli.core.layout import Layout
 from twotower_cli.data.engine import ENGINE_MEMORY, Engine
 from twotower_cli.data.preprocess import SplitSettings, write_preprocess
+from twotower_cli.data.protocol import settings as protocol_settings
 from twotower_cli.data.tables import load_tables, save_encoded
 from twotower_cli.retrieval import pools
 from twotower_cli.retrieval.baselines import BaselineSettings
@@ -87,13 +88,15 @@ def preprocess(cfg: DictConfig) -> dict:
         # partial, then call: Hydra would wrap the loader's TwoTowerError in its own exception
         raw = instantiate(cfg.dataset.load, _partial_=True)()
         split, tasks = SplitSettings(**cfg.dataset.split), cfg.dataset.get("tasks") or ()
+        proto = protocol_settings(cfg.dataset)
         # the log goes through DuckDB within engine_memory, spilling under paths.out/.engine
         memory = cfg.dataset.get("engine_memory", ENGINE_MEMORY)
         with Engine(memory, Path(cfg.paths.out) / ".engine", cfg.get("threads")) as engine:
             enc, counts, _ = write_preprocess(raw, cfg.dataset.label, split, tasks, out.tmp,
-                                              engine)  # fmt: skip
+                                              engine, proto)  # fmt: skip
         save_encoded(enc, out.tmp)
-        out.figures = {**counts, "n_users": enc.n_users, "n_items": enc.n_items}
+        out.figures = {"protocol": proto.name, **counts, "n_users": enc.n_users,
+                       "n_items": enc.n_items}  # fmt: skip
     print(f"preprocess: {json.dumps(out.figures)}")
     return out.figures
 
@@ -274,16 +277,16 @@ def evaluate(cfg: DictConfig) -> dict:
         model, _ = checkpoint.load(L.model)
         n_items = read_manifest(L.preprocess)["figures"]["n_items"]
         ks = list(cfg.eval.ks)
-        e = cfg.eval
+        e, proto = cfg.eval, protocol_settings(cfg.dataset)
         baselines = BaselineSettings(list(e.baselines), e.ease_max_items, list(e.ease_lambdas),
-                                     cfg.train.early_stop_k)  # fmt: skip
+                                     cfg.train.early_stop_k, proto.mask == "seen")  # fmt: skip
         metrics = evaluate_run(idx, model, L, ks, n_items, baselines, e.trending_hours,
                                e.max_users, cfg.seed)  # fmt: skip
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
         n_users = metrics.get("users_sampled", {}).get("evaluated", len(np.load(L.ids("user"))))
         out.figures = {"users": n_users,
                        **{f"model/{k}": v for k, v in metrics["model"].items()}}  # fmt: skip
-    print(format_table(metrics, ks))
+    print(format_table(metrics, ks, proto.metrics))
     return metrics
 
 

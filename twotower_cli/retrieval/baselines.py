@@ -38,6 +38,9 @@ class BaselineSettings:
     ease_max_items: int = 20000
     ease_lambdas: list[float] = field(default_factory=lambda: list(DEFAULT_LAMBDAS))
     select_k: int = 20  # validation Recall@k that picks lambda (train.early_stop_k)
+    # mask each user's seen items (train; train+valid at test); False: nothing masked, every
+    # ranking (model and baselines) may return them (protocol=deepmatch)
+    mask_seen: bool = True
 
 
 def _dtype(n_items: int) -> torch.dtype:
@@ -124,11 +127,11 @@ def ease_top_unseen(B: torch.Tensor, inputs: pd.DataFrame, ev: EvalSet, k: int, 
 
 
 def ease_select(train: pd.DataFrame, valid: pd.DataFrame, n_items: int, lambdas: list[float],
-                k: int) -> tuple[float, dict[float, float]]:  # fmt: skip
-    """The lambda with the best validation Recall@k (fit on train, train items masked), and
-    every lambda's score."""
+                k: int, mask_seen: bool = True) -> tuple[float, dict[float, float]]:  # fmt: skip
+    """The lambda with the best validation Recall@k (fit on train, train items masked unless
+    not `mask_seen`), and every lambda's score."""
     G = gram(train, n_items)
-    ev = EvalSet.build(valid, train, n_items)
+    ev = EvalSet.build(valid, train if mask_seen else [], n_items)
     scores = {}
     for lam in lambdas:
         top = ease_top_unseen(ease_weights(G, lam), train, ev, k, n_items)
@@ -140,10 +143,10 @@ def ease_select(train: pd.DataFrame, valid: pd.DataFrame, n_items: int, lambdas:
 
 def ease_metrics(train: pd.DataFrame, valid: pd.DataFrame, ev: EvalSet, ks: list[int],
                  n_items: int, lambdas: list[float], select_k: int,
-                 ids: np.ndarray | None = None) -> dict:  # fmt: skip
+                 ids: np.ndarray | None = None, mask_seen: bool = True) -> dict:  # fmt: skip
     """EASE on the test users `ev`: lambda picked on validation, B refit on train + validation
     (what evaluation masks as seen and what popularity counts), test metrics plus the choice."""
-    lam, scores = ease_select(train, valid, n_items, lambdas, select_k)
+    lam, scores = ease_select(train, valid, n_items, lambdas, select_k, mask_seen)
     seen = pd.concat([train, valid])
     top = ease_top_unseen(ease_weights(gram(seen, n_items), lam), seen, ev, max(ks), n_items, ids)
     metrics = ranking_metrics(top, ev.truth, ev.n_truth, ks, n_items)
@@ -174,5 +177,5 @@ def baseline_metrics(settings: BaselineSettings, train: pd.DataFrame, valid: pd.
             print(f"evaluate: EASE skipped: {skipped['ease']}")
         else:
             out["ease"] = ease_metrics(train, valid, ev, ks, n_items, settings.ease_lambdas,
-                                       settings.select_k, ids)  # fmt: skip
+                                       settings.select_k, ids, settings.mask_seen)  # fmt: skip
     return out, skipped

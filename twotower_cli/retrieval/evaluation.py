@@ -32,7 +32,7 @@ from twotower_cli.retrieval.search import (
     subset_ids,
 )
 
-METRIC_NAMES = ("recall", "precision", "ndcg", "hit_rate", "coverage")
+METRIC_NAMES = ("recall", "precision", "ndcg", "hit_rate", "coverage")  # the default table
 
 
 def evaluate_run(
@@ -47,7 +47,7 @@ def evaluate_run(
     validation. `max_users` > 0: every ranking over the same seeded sample of test users."""
     prep = L.preprocess
     item_ids = np.load(L.ids("item"))  # the index's rows (candidates or all)
-    ev, u, n_test = scored_users(prep, L.embed, n_items, max_users, seed)
+    ev, u, n_test = scored_users(prep, L.embed, n_items, max_users, seed, baselines.mask_seen)
     # item counts read in batches too: never the whole log as a frame
     counts = {s: pools.item_counts(iter_split(prep, s, ["item"]), n_items) for s in SEEN}
     pool = item_ids if L.candidates.exists() else None
@@ -68,6 +68,7 @@ def evaluate_run(
         baselines.ease_max_items,
         baselines.ease_lambdas,
         baselines.select_k,
+        baselines.mask_seen,
     )
     fits = "ease" in ease.names and n_items <= ease.ease_max_items  # else skipped with a note
     train, valid = (read_split(prep, s, ["user", "item"]) if fits else None for s in SEEN)
@@ -79,19 +80,20 @@ def evaluate_run(
     return metrics
 
 
-def scored_users(prep_dir: Path, embed_dir: Path, n_items: int, max_users: int = 0,
-                 seed: int = 0) -> tuple[EvalSet, np.ndarray, int]:  # fmt: skip
+def scored_users(prep_dir: Path, embed_dir: Path, n_items: int, max_users: int = 0, seed: int = 0,
+                 mask_seen: bool = True) -> tuple[EvalSet, np.ndarray, int]:  # fmt: skip
     """(the EvalSet of the scored test users, their vectors, the number of test users): every
     test user, or a seeded sample of `max_users` (eval.max_users). Read in batches: the test
-    pairs, the seen pairs of the scored users (masked); the user vectors memory-mapped, so
-    only the scored users' rows are read."""
+    pairs, the seen pairs of the scored users (masked unless not `mask_seen`); the user
+    vectors memory-mapped, so only the scored users' rows are read."""
     test = read_split(prep_dir, "test", ["user", "item"])
     user_ids = np.load(embed_dir / "user_ids.npy")
     u = np.load(embed_dir / "user_vectors.npy", mmap_mode="r")
     if not np.array_equal(user_ids, sorted_unique(test["user"].to_numpy())):
         raise TwoTowerError(f"{embed_dir}: user vectors do not match the test users; rerun embed")
     users = sample_users(user_ids, max_users, seed)
-    ev = EvalSet.build(test, iter_seen(prep_dir, ["user", "item"]), n_items, users)
+    seen = iter_seen(prep_dir, ["user", "item"]) if mask_seen else []
+    ev = EvalSet.build(test, seen, n_items, users)
     return ev, np.ascontiguousarray(u[np.searchsorted(user_ids, users)]), len(user_ids)
 
 
@@ -124,13 +126,13 @@ def sub_retrieval_metrics(model: TwoTower, prep_dir: Path, embed_dir: Path, ks: 
     return out
 
 
-def format_table(metrics: dict, ks: list[int]) -> str:
-    """A Markdown table: one row per metric@k, one column per ranked run (entries that are not
-    metric dicts, such as notes, are left out)."""
+def format_table(metrics: dict, ks: list[int], names: list[str] | tuple = METRIC_NAMES) -> str:
+    """A Markdown table: one row per metric@k (`names`: the protocol's), one column per ranked
+    run (entries that are not metric dicts, such as notes, are left out)."""
     runs = [r for r, m in metrics.items() if isinstance(m, dict) and f"recall@{ks[0]}" in m]
     lines = ["| metric | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
     for k in ks:
-        for n in METRIC_NAMES:
+        for n in names:
             cells = " | ".join(f"{metrics[r][f'{n}@{k}']:.4f}" for r in runs)
             lines.append(f"| {n}@{k} | {cells} |")
     extra = ["candidate_coverage", *(f"cold_recall@{k}" for k in ks)]  # pools.score_rankings
