@@ -4,15 +4,19 @@ built from the sorted log, and the ONNX export matches PyTorch."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
-from conftest import options
+from conftest import options, read_json, twotower
 from test_models import N_ITEMS, N_USERS, SCHEMA, B, compose_model, features
 
+from twotower_cli.artifacts.checkpoint import load_dir
 from twotower_cli.core.errors import ConfigError
+from twotower_cli.data.tables import feature_tensors, load_schema
 from twotower_cli.export.user_tower import export_onnx
 from twotower_cli.models.dssm import DSSM
 from twotower_cli.samplers import UniformSampler
@@ -21,6 +25,7 @@ from twotower_cli.training.sequences import SequenceBatch, flatten_positions, se
 from twotower_cli.training.trainer import gather, user_features
 
 L = 6
+TINY = Path(__file__).resolve().parent / "data" / "ml1m_tiny"
 SEQ = ["model.history=true", "model.history_pooling=transformer", f"model.history_len={L}",
        "model.history_heads=2", "model.dropout=0"]  # fmt: skip
 
@@ -147,3 +152,31 @@ def test_all_windows_predict_every_positive_but_each_users_first():
     assert ex["user.history"].tolist() == [[4, 5, 6], [2, 3, 4], [0, 1, 2]]
     targets = flatten_positions({**{k: torch.from_numpy(v) for k, v in ex.items()}})["item"]
     assert sorted(targets.tolist()) == [2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_loo_protocol_trains_the_sequence_tower_end_to_end_and_exports_it(tmp_path):
+    out = tmp_path / "outputs"
+    args = ["dataset=ml1m", f"dataset.load.raw_dir={TINY}", "dataset.load.verify=false",
+            "protocol=loo", "train.epochs=2", "threads=1", f"paths.out={out}"]  # fmt: skip
+    assert twotower("run", *args) == 0
+    run = out / "ml1m-loo" / "sample" / "uniform" / "dssm"
+    config = read_json(run / "train" / "manifest.json")["config"]
+    assert config["model"]["history_pooling"] == "transformer"
+    assert config["sampler"]["_target_"].endswith("UniformSampler")
+    assert {"hit_rate@10", "ndcg@10"} <= set(read_json(run / "evaluate" / "metrics.json")["model"])
+    assert twotower("export", *args) == 0
+    model, _ = load_dir(run / "train")
+    example = {"history": torch.tensor([[0, 0, 3, 5], [1, 2, 3, 4]])}
+    session = ort.InferenceSession(str(run / "export" / "user_tower.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    assert names[-1] == "history"
+    prep = out / "ml1m-loo" / "preprocess"
+    feats = gather(feature_tensors(pd.read_parquet(prep / "users.parquet"),
+                                   load_schema(prep)["user"]), torch.tensor([1, 2]))  # fmt: skip
+    hist = torch.zeros(2, model.history_len, dtype=torch.long)
+    hist[:, -4:] = example["history"]
+    feats["history"] = hist
+    (u_onnx,) = session.run(None, {n: feats[n].numpy() for n in names})
+    with torch.no_grad():
+        np.testing.assert_allclose(u_onnx, model.user_vectors(feats).numpy(), rtol=0, atol=1e-5)
