@@ -109,7 +109,7 @@ class UniformSampler(InBatchSampler):
     loss = "sampled_softmax"
     train_only = ("n_negatives",)
 
-    def __init__(self, n_negatives: int = 128) -> None:
+    def __init__(self, n_negatives: int = 1024) -> None:
         super().__init__(logq="off")
         if n_negatives < 1:
             raise TwoTowerError(f"sampler.n_negatives must be >= 1, got {n_negatives}")
