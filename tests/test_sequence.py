@@ -21,7 +21,12 @@ from twotower_cli.export.user_tower import export_onnx
 from twotower_cli.models.dssm import DSSM
 from twotower_cli.samplers import UniformSampler
 from twotower_cli.training.losses import inbatch_softmax, sampled_softmax
-from twotower_cli.training.sequences import SequenceBatch, flatten_positions, sequence_examples
+from twotower_cli.training.sequences import (
+    SequenceBatch,
+    check_sequence_training,
+    flatten_positions,
+    sequence_examples,
+)
 from twotower_cli.training.trainer import gather, user_features
 
 L = 6
@@ -180,3 +185,14 @@ def test_loo_protocol_trains_the_sequence_tower_end_to_end_and_exports_it(tmp_pa
     (u_onnx,) = session.run(None, {n: feats[n].numpy() for n in names})
     with torch.no_grad():
         np.testing.assert_allclose(u_onnx, model.user_vectors(feats).numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("negatives", "tasks", "nproc", "message"), [
+    (True, (), 1, "use sampler=inbatch|mixed|uniform"),
+    (False, ("watch",), 1, "not with model=multitask"),
+    (False, (), 2, "set train.nproc=1"),
+])  # fmt: skip
+def test_what_next_item_training_does_not_do_is_one_line(negatives, tasks, nproc, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        check_sequence_training(None, negatives, tasks, nproc)
+    assert "\n" not in str(err.value)
