@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-fast lint bench bench-gpu bench-extra loadtest clean compare-models compare-history compare-samplers news-sim
+.PHONY: help install run test test-fast lint bench bench-gpu bench-extra loadtest clean compare-models compare-history compare-samplers news-sim ml1m
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -66,6 +66,10 @@ news-sim: install ## a simulated 3,000-user news app: the default `dataset=news`
 		paths.out=outputs/news_sim $(NEWS_ARGS)
 	$(BIN)/python -m twotower_cli.tools.news_sim outputs/news_sim/raw \
 		--oracle outputs/news_sim/news/preprocess
+
+ML1M_ARGS ?= threads=1
+ml1m: install ## MovieLens-1M under RecBole's protocol: default model + baselines, prints the table
+	$(BIN)/twotower run dataset=ml1m protocol=recbole $(ML1M_ARGS)
 
 clean: ## delete outputs/ (always safe)
 	rm -rf outputs multirun

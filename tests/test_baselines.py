@@ -118,3 +118,16 @@ def test_unknown_baseline_is_a_one_line_error(small_run: Path, tmp_path: Path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("twotower evaluate: error: eval.baselines: unknown ['knn'];"
                        " choose from popularity, ease")  # fmt: skip
+
+
+def test_baselines_fit_on_train_only_when_refit_is_off():
+    # train: item 1 twice, item 2 once; valid: item 2 three times. Counting train + valid,
+    # item 2 (4) beats item 1 (2); train alone, item 1 (2) beats item 2 (1). User 9 has seen
+    # nothing and holds out item 1, so popularity's hit@1 is 0 with the refit and 1 without.
+    train = pd.DataFrame({"user": [1, 2, 3], "item": [1, 1, 2]})
+    valid = pd.DataFrame({"user": [4, 5, 6], "item": [2, 2, 2]})
+    ev = EvalSet.build(pd.DataFrame({"user": [9], "item": [1]}), train, 3)
+    for refit, hit in ((True, 0.0), (False, 1.0)):
+        s = BaselineSettings(["popularity"], refit=refit)
+        out, _ = baseline_metrics(s, train, valid, ev, [1], 3, None)
+        assert out["popularity"]["hit_rate@1"] == hit

@@ -60,6 +60,7 @@ def test_recbole_protocol_end_to_end_counts_the_filters(tmp_path: Path):
     assert (prep["kcore_interactions"], prep["kcore_users"], prep["kcore_items"]) == (140, 14, 12)
     assert prep["kcore_passes"] == 2 and (prep["n_users"], prep["n_items"]) == (14, 12)
     assert (prep["train"], prep["valid"], prep["test"]) == (112, 14, 14)
+    assert "tasks_train" not in prep  # multi-task tables follow the data set's own label only
     run = out / "ml1m-recbole" / "sample" / "inbatch" / "dssm" / "evaluate" / "metrics.json"
     metrics = read_json(run)
     assert {"recall@10", "mrr@10", "ndcg@10", "hit_rate@10", "precision@10"} <= set(

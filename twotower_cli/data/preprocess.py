@@ -149,7 +149,8 @@ def _plan(eng: Engine, raw: RawData, label: str, split: SplitSettings, tasks: tu
     raw = replace(raw, users=drop_missing_keys(raw.users, "user_id"),
                   items=drop_missing_keys(raw.items, "item_id"))  # fmt: skip
     proto = proto if proto is not None and proto.filters else None
-    if proto is not None:  # the protocol's positives and k-core decide the users and items
+    if proto is not None:  # its positives and k-core decide the users and items; no task tables
+        tasks = ()
         raw, kept = protocols.restrict(
             eng, raw, proto, protocols.positive_sql(proto, label, types)
         )

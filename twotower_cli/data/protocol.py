@@ -32,6 +32,7 @@ from twotower_cli.data.tables import RawData
 POSITIVES = ("label", "all", "rating")
 SPLITS = ("dataset", "ratio", "loo")
 MASKS = ("seen", "none")
+BASELINES_FIT = ("train+valid", "train")
 
 
 @dataclass
@@ -50,17 +51,21 @@ class ProtocolSettings:
     seed: int = 2020
     # seen: evaluation masks each user's train+valid items; none: nothing masked
     mask: str = "seen"
+    # what popularity counts and EASE's final fit read: train+valid, or train (RecBole's
+    # trainer fits on train only; its validation only picks)
+    baselines_fit: str = field(default="train+valid", metadata={"choices": BASELINES_FIT})
     # the metrics the evaluate table prints (every one is computed)
     metrics: list[str] = field(
         default_factory=lambda: ["recall", "precision", "ndcg", "hit_rate", "coverage"]
     )
 
     def __post_init__(self) -> None:
-        for key, value, allowed in (("positives", self.positives, POSITIVES),
-                                    ("split", self.split, SPLITS),
-                                    ("mask", self.mask, MASKS)):  # fmt: skip
-            if value not in allowed:
-                raise TwoTowerError(f"dataset.protocol.{key}: {value!r} not in {allowed}")
+        allowed = {"positives": POSITIVES, "split": SPLITS, "mask": MASKS,
+                   "baselines_fit": BASELINES_FIT}  # fmt: skip
+        for key, choices in allowed.items():
+            value = getattr(self, key)
+            if value not in choices:
+                raise TwoTowerError(f"dataset.protocol.{key}: {value!r} not in {choices}")
         if self.k_core < 0:
             raise TwoTowerError(f"dataset.protocol.k_core must be >= 0, got {self.k_core}")
         if len(self.ratios) != 3 or min(self.ratios) <= 0 or abs(sum(self.ratios) - 1) > 1e-9:

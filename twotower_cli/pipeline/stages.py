@@ -279,7 +279,8 @@ def evaluate(cfg: DictConfig) -> dict:
         ks = list(cfg.eval.ks)
         e, proto = cfg.eval, protocol_settings(cfg.dataset)
         baselines = BaselineSettings(list(e.baselines), e.ease_max_items, list(e.ease_lambdas),
-                                     cfg.train.early_stop_k, proto.mask == "seen")  # fmt: skip
+                                     cfg.train.early_stop_k, proto.mask == "seen",
+                                     proto.baselines_fit == "train+valid")  # fmt: skip
         metrics = evaluate_run(idx, model, L, ks, n_items, baselines, e.trending_hours,
                                e.max_users, cfg.seed)  # fmt: skip
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -41,6 +41,9 @@ class BaselineSettings:
     # mask each user's seen items (train; train+valid at test); False: nothing masked, every
     # ranking (model and baselines) may return them (protocol=deepmatch)
     mask_seen: bool = True
+    # popularity counts and EASE's final fit on train + validation (False: train only, as
+    # RecBole's trainer does: protocol=recbole)
+    refit: bool = True
 
 
 def _dtype(n_items: int) -> torch.dtype:
@@ -143,11 +146,13 @@ def ease_select(train: pd.DataFrame, valid: pd.DataFrame, n_items: int, lambdas:
 
 def ease_metrics(train: pd.DataFrame, valid: pd.DataFrame, ev: EvalSet, ks: list[int],
                  n_items: int, lambdas: list[float], select_k: int,
-                 ids: np.ndarray | None = None, mask_seen: bool = True) -> dict:  # fmt: skip
+                 ids: np.ndarray | None = None, mask_seen: bool = True,
+                 refit: bool = True) -> dict:  # fmt: skip
     """EASE on the test users `ev`: lambda picked on validation, B refit on train + validation
-    (what evaluation masks as seen and what popularity counts), test metrics plus the choice."""
+    (what evaluation masks as seen and what popularity counts; `refit` False: B of train only,
+    scoring the train rows), test metrics plus the choice."""
     lam, scores = ease_select(train, valid, n_items, lambdas, select_k, mask_seen)
-    seen = pd.concat([train, valid])
+    seen = pd.concat([train, valid]) if refit else train
     top = ease_top_unseen(ease_weights(gram(seen, n_items), lam), seen, ev, max(ks), n_items, ids)
     metrics = ranking_metrics(top, ev.truth, ev.n_truth, ks, n_items)
     return {**metrics, "lambda": lam, f"valid_recall@{select_k}": scores}
@@ -162,7 +167,7 @@ def baseline_metrics(settings: BaselineSettings, train: pd.DataFrame, valid: pd.
         raise ConfigError(f"eval.baselines: unknown {unknown}; choose from popularity, ease")
     out, skipped = {}, {}
     if "popularity" in settings.names:
-        seen = pd.concat([train, valid])
+        seen = pd.concat([train, valid]) if settings.refit else train
         counts = np.bincount(seen["item"].to_numpy(), minlength=n_items + 1)[1:]
         n_cand = n_items if ids is None else len(ids)
         depth = min(n_cand, max(ks) + ev.max_exclude)
@@ -177,5 +182,6 @@ def baseline_metrics(settings: BaselineSettings, train: pd.DataFrame, valid: pd.
             print(f"evaluate: EASE skipped: {skipped['ease']}")
         else:
             out["ease"] = ease_metrics(train, valid, ev, ks, n_items, settings.ease_lambdas,
-                                       settings.select_k, ids, settings.mask_seen)  # fmt: skip
+                                       settings.select_k, ids, settings.mask_seen,
+                                       settings.refit)  # fmt: skip
     return out, skipped

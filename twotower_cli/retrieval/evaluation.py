@@ -56,7 +56,8 @@ def evaluate_run(
                 if test_start is not None else None)  # fmt: skip
     search_ids = subset_ids(item_ids, n_items)  # None: the index holds items 1..n in order
     tops = {"model": index_top_unseen(index, u, ev, max(ks), n_items, search_ids)}
-    tops.update(pools.baseline_tops(sum(counts.values()), trending, ev, max(ks), n_items, pool,
+    pop_counts = sum(counts.values()) if baselines.refit else counts["train"]
+    tops.update(pools.baseline_tops(pop_counts, trending, ev, max(ks), n_items, pool,
                                     test_start, trending_hours))  # fmt: skip
     if "popularity" not in baselines.names:
         tops.pop("popularity")
@@ -69,6 +70,7 @@ def evaluate_run(
         baselines.ease_lambdas,
         baselines.select_k,
         baselines.mask_seen,
+        baselines.refit,
     )
     fits = "ease" in ease.names and n_items <= ease.ease_max_items  # else skipped with a note
     train, valid = (read_split(prep, s, ["user", "item"]) if fits else None for s in SEEN)
