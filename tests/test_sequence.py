@@ -16,9 +16,10 @@ from test_models import N_ITEMS, N_USERS, SCHEMA, B, compose_model, features
 
 from twotower_cli.artifacts.checkpoint import load_dir
 from twotower_cli.core.errors import ConfigError
-from twotower_cli.data.tables import feature_tensors, load_schema
+from twotower_cli.data.tables import load_schema
 from twotower_cli.export.user_tower import export_onnx
 from twotower_cli.models.dssm import DSSM
+from twotower_cli.models.inputs import feature_tensors
 from twotower_cli.samplers import UniformSampler
 from twotower_cli.training.losses import inbatch_softmax, sampled_softmax
 from twotower_cli.training.sequences import (
