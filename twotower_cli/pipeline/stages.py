@@ -46,9 +46,11 @@ from twotower_cli.samplers import add_exposure_negatives
 from twotower_cli.samplers.mining import mined_band
 from twotower_cli.training import distributed, fitting
 from twotower_cli.training.examples import with_history
-from twotower_cli.training.trainer import Resume, encode_all
+from twotower_cli.training.hooks import kill_point
+from twotower_cli.training.resume import Resume
+from twotower_cli.training.trainer import encode_all
 
-RESUME_DIR = ".resume"  # train's per-epoch state, beside its outputs (trainer.Resume)
+RESUME_DIR = ".resume"  # train's per-epoch state, beside its outputs (training/resume.py)
 # the config sections each stage's output depends on (besides its inputs): `run` redoes a
 # stage when one of them changed, as make would
 SECTIONS = {
@@ -146,7 +148,8 @@ def _stream_sample(sampler, prep_dir: Path, splits: tuple, n_items: int,
 def train(cfg: DictConfig) -> dict:
     L = Layout.of(cfg.paths)
     dist_settings = distributed.settings(OmegaConf.to_container(cfg.train, resolve=True))
-    if distributed.should_launch(dist_settings, cfg.train.batch_size):
+    tasks = OmegaConf.select(cfg, "model.tasks")  # multitask: refused on several ranks
+    if distributed.should_launch(dist_settings, cfg.train.batch_size, tasks):
         distributed.launch(dist_settings, train_worker, _config(cfg))
         tracking.active().log_finished(L.train)  # the workers track nothing: read back
         return read_manifest(L.train)["figures"]
@@ -161,6 +164,7 @@ def train(cfg: DictConfig) -> dict:
         resume = _resume(cfg, L, [prep_dir, sample_dir]) if cfg.train.resume == "auto" else None
         f = fitting.fit(cfg, prep_dir, sample_dir, group, resume, tracking.active().log_epoch)
         distributed.barrier(group)  # every rank is done before rank 0 writes
+        kill_point("publish", len(f.history), group.rank)  # a test's kill (hooks.py)
         if not group.is_main:
             return {}
         checkpoint.save(out.path("model.pt"), f.model, f.key, f.args, f.schema, _config(cfg))

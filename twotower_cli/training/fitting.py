@@ -27,7 +27,8 @@ from twotower_cli.retrieval import pools
 from twotower_cli.retrieval.search import EvalSet, empty_index, sample_users
 from twotower_cli.training import distributed, losses
 from twotower_cli.training.examples import load_training_examples, with_history
-from twotower_cli.training.trainer import Resume, encode_all
+from twotower_cli.training.resume import Resume
+from twotower_cli.training.trainer import encode_all
 from twotower_cli.training.trainer import train as train_model
 
 
