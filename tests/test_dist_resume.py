@@ -1,12 +1,15 @@
-"""Data-parallel training that survives a kill (issue 26 item 4): `train.nproc=2` killed at a
-chosen point resumes from the one state every rank agrees on and ends with the uninterrupted
-two-rank run's model. Kills are placed with TWOTOWER_KILL_AT (training/hooks.py), not timed."""
+"""Data-parallel training that survives a kill (issue 26 item 4, issue 30): `train.nproc=2`
+killed at a chosen point resumes from the one state every rank agrees on and ends with the
+uninterrupted two-rank run's model; torchrun's restarts bring a killed group back the same way;
+two torchrun agents (two "nodes" on 127.0.0.1, docs/scale.md's recipe) train the same model as
+one node's two ranks. Kills are placed with TWOTOWER_KILL_AT (training/hooks.py), not timed."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +28,7 @@ from twotower_cli.training.resume import Resume
 pytestmark = pytest.mark.slow
 ARGS = [*SMALL, "threads=1", "train.epochs=4", "train.patience=4"]
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
+DOCS = Path(__file__).parents[1] / "docs" / "scale.md"
 TIMEOUT = 240  # no run here needs it: a hang fails the test instead of stalling the suite
 
 
@@ -48,6 +52,10 @@ def run(cmd: list[str], out: Path, kill_at: str | None = None) -> tuple[int, str
 
 def twotower_cmd(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("twotower")), *args]
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args]
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
@@ -114,6 +122,65 @@ def test_nproc_2_killed_resumes_to_the_uninterrupted_model(
     assert code == 0, text[-3000:]
     assert f"train: resuming after epoch {resumes_after} " in text
     assert_same_model(out, reference, atol=1e-6)
+
+
+def test_torchrun_restarts_a_killed_group_from_the_last_finished_epoch(
+    prepared, reference, tmp_path
+):
+    out = copy_of(prepared, tmp_path)
+    cmd = torchrun("--standalone", "--nproc-per-node=2", "--max-restarts=1", "-m",
+                   "twotower_cli", "train")  # fmt: skip
+    code, text = run(cmd, out, kill_at="step@3:1")
+    assert code == 0, text[-3000:]
+    assert len(re.findall(r"train: rank 0 of 2", text)) == 2  # the group started twice
+    assert "train: resuming after epoch 2 " in text
+    assert_same_model(out, reference, atol=1e-6)
+
+
+def recipe() -> str:
+    """docs/scale.md's several-machines command (the block after `## Several machines`)."""
+    section = DOCS.read_text().split("## Several machines", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if not line.lstrip().startswith("#")]
+    return " ".join(line.rstrip("\\").strip() for line in lines)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_train_the_one_node_model_and_rank_0_alone_writes(prepared, reference,
+                                                                    tmp_path):  # fmt: skip
+    command = recipe().replace("HOST:PORT", f"127.0.0.1:{free_port()}")
+    command = command.replace("RUN_ID", f"tt-test-{os.getpid()}")
+    assert command.startswith("torchrun --nnodes=2 ") and "--rdzv-backend=c10d" in command
+    outs = [tmp_path / f"node{n}" for n in range(2)]  # each node's own disk
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop(KILL_ENV, None)
+    procs, texts = [], []
+    for out in outs:
+        shutil.copytree(prepared, out)
+        cmd = torchrun(*command.split()[1:], *ARGS, f"paths.out={out}")
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      env=env))  # fmt: skip
+        texts.append(Output(procs[-1]))
+    try:
+        codes = [p.wait(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for t in texts:
+        t.thread.join(timeout=10)
+    assert codes == [0, 0], "\n".join(t.text[-2000:] for t in texts)
+    # the rendezvous numbers the nodes; rank 0 is on the node whose log says so
+    main = [n for n, t in enumerate(texts) if re.search(r"train: rank 0 of 2,", t.text)]
+    assert len(main) == 1 and re.search(r"train: rank 1 of 2,", texts[1 - main[0]].text)
+    assert outs[main[0]].joinpath(*ROOT, "train", "manifest.json").exists()
+    # rank 1 wrote nothing (Hydra made the empty stage dir, its run dir)
+    assert not list(outs[1 - main[0]].joinpath(*ROOT, "train").iterdir())
+    assert_same_model(outs[main[0]], reference, atol=1e-5)
 
 
 def test_multitask_on_several_ranks_is_refused_before_launching(out_dir, capsys):

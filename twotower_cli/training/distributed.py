@@ -114,9 +114,20 @@ def init(settings: DistSettings, device: str = "cpu") -> Group:
         backend = resolve_backend(settings.backend, device)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend, timeout=timedelta(seconds=settings.dist_timeout_s))
+        timeout = timedelta(seconds=settings.dist_timeout_s)
+        dist.init_process_group(backend, store=_attempt_store(timeout), timeout=timeout,
+                                rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]))  # fmt: skip
         atexit.register(shutdown)  # under torchrun no one else ends the group
     return current()
+
+
+def _attempt_store(timeout: timedelta) -> dist.Store:
+    """The launcher's store (env://), its keys prefixed by the group's restart: torchrun's
+    agent keeps one store across `--max-restarts`, and a restarted rank could otherwise read
+    the dead group's addresses (gloo: "connectFullMesh failed ... Connection refused")."""
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    return dist.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shutdown() -> None:
