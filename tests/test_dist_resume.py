@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,34 @@ def test_nproc_2_killed_resumes_to_the_uninterrupted_model(
     assert code == 0, text[-3000:]
     assert f"train: resuming after epoch {resumes_after} " in text
     assert_same_model(out, reference, atol=1e-6)
+
+
+def test_killing_the_command_takes_its_workers_down_and_the_rerun_resumes(prepared, tmp_path):
+    out = copy_of(prepared, tmp_path)
+    # 16-row batches, 12 epochs: ~1 s an epoch, so the command is still training when killed
+    slow = [*ARGS, "train.batch_size=16", "train.epochs=12", "train.patience=12"]
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    proc = subprocess.Popen([*twotower_cmd("train", "train.nproc=2"), *slow, f"paths.out={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**env, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    text = Output(proc)
+    state = out.joinpath(*ROOT, "train", ".resume", "state.pt")
+    deadline = time.monotonic() + TIMEOUT
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pids = worker_pids(text.text)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert sorted(pids) == [0, 1] and state.exists()
+    while any(alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the workers notice the agent's store is gone
+    assert not any(alive(p) for p in pids.values())
+    assert not out.joinpath(*ROOT, "train", "model.pt").exists()
+    rerun = subprocess.run([*twotower_cmd("train", "train.nproc=2"), *slow, f"paths.out={out}"],
+                           capture_output=True, text=True, env=env, timeout=TIMEOUT)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert re.search(r"train: resuming after epoch \d+ ", rerun.stdout)
+    assert len(read_json(out.joinpath(*ROOT, "train", "history.json"))) == 12
 
 
 def test_torchrun_restarts_a_killed_group_from_the_last_finished_epoch(
