@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-fast lint bench bench-gpu bench-extra loadtest clean compare-models compare-history compare-samplers news-sim
+.PHONY: help install run test test-fast lint bench bench-gpu bench-extra loadtest clean compare-models compare-history compare-samplers news-sim recbole-env bench-recbole ml1m
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -44,6 +44,30 @@ bench-gpu: install ## train, eval and ANN search on CUDA -> outputs/bench-gpu/ (
 	$(BIN)/python -m bench.run --device cuda --sections train,eval,ann --out outputs/bench-gpu \
 		$(BENCH_ARGS)
 
+# RecBole 1.2.1 itself, in its own venv (its pins clash with twotower's): docs/recbole-protocol.md
+RB_VENV := .venv-recbole
+RB_BIN := $(RB_VENV)/bin
+RB_STAMP := $(RB_VENV)/.installed
+
+$(RB_STAMP): bench/recbole/requirements.txt
+	test -x $(RB_BIN)/python || $(PY) -m venv $(RB_VENV)
+	# the CPU build of torch first (it lies on disk); any other torch pulls a CUDA build
+	$(RB_BIN)/pip install -q torch==2.13.0
+	$(RB_BIN)/pip install -q -r bench/recbole/requirements.txt
+	touch $(RB_STAMP)
+
+recbole-env: $(RB_STAMP) ## create .venv-recbole: torch 2.13.0 (CPU) + recbole 1.2.1 and its pins
+
+# RECBOLE_ARGS=--threads 1 on a busy machine; RECBOLE_MODELS picks models; LightGCN is left out
+# by default: about 19 s per epoch (1 thread), hours for its up to 500 epochs (docs/bench.md)
+RECBOLE_MODELS ?= EASE BPR ItemKNN Pop
+RECBOLE_ARGS ?=
+RECBOLE_OUT ?= outputs/bench/recbole
+bench-recbole: recbole-env ## RecBole itself on ML-1M, published setup -> outputs/bench/recbole/ (long)
+	$(RB_BIN)/python bench/recbole/fetch_ml1m.py
+	$(RB_BIN)/python bench/recbole/run_recbole.py --out $(RECBOLE_OUT) $(RECBOLE_ARGS) $(RECBOLE_MODELS)
+	$(RB_BIN)/python bench/recbole/run_recbole.py --out $(RECBOLE_OUT) --table
+
 compare-models: install ## the four tower variants on MovieLens-100K, one sampler -> outputs/compare/models.md
 	$(BIN)/python -m twotower_cli.tools.compare --name models \
 		--runs "model=dssm" "model=senet" "model=parallel" "model=multitask" --seeds 0 \
@@ -66,6 +90,10 @@ news-sim: install ## a simulated 3,000-user news app: the default `dataset=news`
 		paths.out=outputs/news_sim $(NEWS_ARGS)
 	$(BIN)/python -m twotower_cli.tools.news_sim outputs/news_sim/raw \
 		--oracle outputs/news_sim/news/preprocess
+
+ML1M_ARGS ?= threads=1
+ml1m: install ## MovieLens-1M under RecBole's protocol: default model + baselines, prints the table
+	$(BIN)/twotower run dataset=ml1m protocol=recbole $(ML1M_ARGS)
 
 clean: ## delete outputs/ (always safe)
 	rm -rf outputs multirun

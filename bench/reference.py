@@ -98,7 +98,7 @@ def reference_evaluate(
     ks: list[int],
     n_items: int,
 ) -> dict[str, float]:
-    """Recall, Precision, NDCG, HitRate and coverage @k, one user at a time.
+    """Recall, Precision, NDCG, HitRate, MRR and coverage @k, one user at a time.
 
     items: [n_items, d] vectors of item ids 1..n; u[row] is the vector of users[row]; a user's
     `seen` items are removed from the ranking, `held_out` items are the truth.
@@ -107,7 +107,9 @@ def reference_evaluate(
     skip = seen.groupby("user")["item"].apply(np.asarray).to_dict()
     empty = np.zeros(0, dtype=np.int64)
     top_k = max(ks)
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "precision", "ndcg", "hit_rate")}
+    sums = {
+        f"{m}@{k}": 0.0 for k in ks for m in ("recall", "precision", "ndcg", "hit_rate", "mrr")
+    }
     covered: dict[int, set] = {k: set() for k in ks}
     for row, user in enumerate(users):
         scores = items @ u[row]
@@ -124,6 +126,8 @@ def reference_evaluate(
             sums[f"precision@{k}"] += n_hit / k
             sums[f"ndcg@{k}"] += dcg / idcg
             sums[f"hit_rate@{k}"] += float(n_hit > 0)
+            # reciprocal rank of the first hit (RecBole's MRR), 0 without one
+            sums[f"mrr@{k}"] += next((1.0 / (pos + 1) for pos, h in enumerate(hits) if h), 0.0)
             covered[k].update(top)
     out = {name: total / len(users) for name, total in sums.items()}
     out.update({f"coverage@{k}": len(covered[k]) / n_items for k in ks})

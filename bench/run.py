@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from bench import ann, flops, gpu, peers, reference, report
 from twotower_cli.data import synthetic
 from twotower_cli.data.preprocess import SplitSettings, preprocess
-from twotower_cli.data.tables import feature_tensors
 from twotower_cli.models.dssm import DSSM
+from twotower_cli.models.inputs import feature_tensors
 from twotower_cli.retrieval.search import (
     EvalSet,
     build_index,

@@ -19,6 +19,9 @@ SMALL = [
     "dataset.load.n_clusters=8",
     "train.epochs=3",
     "train.batch_size=256",
+    # the batch as given (the log-size rule, tests/test_defaults.py, would halve it here)
+    "train.min_steps_per_epoch=0",
+    "train.patience_min_steps=0",
 ]
 
 

@@ -75,38 +75,24 @@ def test_ease_peak_memory_is_three_items_by_items_matrices():
     assert BaselineSettings().ease_max_items == 20_000
 
 
-def test_ease_is_skipped_above_ease_max_items_with_its_memory_in_the_note(capsys):
-    train, valid = _pairs([(1, 1), (1, 2), (2, 2), (2, 3)]), _pairs([(1, 3), (2, 1)])
-    ev = EvalSet.build(_pairs([(1, 3), (2, 1)]), pd.concat([train, valid]), 3)
-    at = BaselineSettings(names=["ease"], ease_max_items=3, ease_lambdas=[1.0], select_k=2)
-    out, skipped = baseline_metrics(at, train, valid, ev, [2], 3, None)
-    assert set(out) == {"ease"} and not skipped  # 3 items <= 3: fitted
-    above = BaselineSettings(names=["ease"], ease_max_items=2, ease_lambdas=[1.0], select_k=2)
-    out, skipped = baseline_metrics(above, train, valid, ev, [2], 3, None)
-    # 3 * 3^2 * 8 B = 216 B = 0.0 GiB
-    note = (
-        "3 items > eval.ease_max_items=2 (EASE would hold three 3 x 3 float64 matrices, 0.0 GiB)"
-    )
-    assert out == {} and skipped == {"ease": note}
-    assert capsys.readouterr().out.strip() == f"evaluate: EASE skipped: {note}"
-
-
 def test_evaluate_scores_ease_beside_the_model(out_dir: Path, capsys):
     assert twotower("run", *SMALL, f"paths.out={out_dir}", "eval.ease_lambdas=[1,100]") == 0
     table = capsys.readouterr().out
-    assert "| metric | model | popularity | ease |" in table
+    assert "| metric | model | popularity | ease | itemknn |" in table
     run_root = out_dir / "synthetic" / "sample" / "inbatch" / "dssm"
     metrics = read_json(run_root / "evaluate" / "metrics.json")
     assert metrics["ease"]["lambda"] in (1.0, 100.0)
     assert set(metrics["ease"]["valid_recall@20"]) == {"1.0", "100.0"}
-    # planted clusters: an item-item model beats the most-popular list
+    # planted clusters: the item-item models beat the most-popular list
     assert metrics["ease"]["recall@20"] > metrics["popularity"]["recall@20"] + 0.05
-    # above eval.ease_max_items EASE is skipped, with the reason in metrics.json
+    assert metrics["itemknn"]["recall@20"] > metrics["popularity"]["recall@20"] + 0.05
+    assert metrics["itemknn"]["neighbours"] in (10, 20, 50, 100, 200, 500, 1000)
+    # above eval.ease_max_items EASE is fitted on the most popular items, and the table says so
     assert twotower("evaluate", *SMALL, f"paths.out={out_dir}", "eval.ease_max_items=10") == 0
-    assert "EASE skipped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| ease (top 10 of " in out and "evaluate: EASE on the 10 most popular of" in out
     metrics = read_json(run_root / "evaluate" / "metrics.json")
-    assert "ease" not in metrics
-    assert "eval.ease_max_items=10" in metrics["baselines_skipped"]["ease"]
+    assert metrics["ease"]["items"] == 10 and "baselines_skipped" not in metrics
 
 
 def test_unknown_baseline_is_a_one_line_error(small_run: Path, tmp_path: Path, capsys):
@@ -117,4 +103,17 @@ def test_unknown_baseline_is_a_one_line_error(small_run: Path, tmp_path: Path, c
     assert twotower("evaluate", *SMALL, f"paths.out={out}", "eval.baselines=[knn]") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("twotower evaluate: error: eval.baselines: unknown ['knn'];"
-                       " choose from popularity, ease")  # fmt: skip
+                       " choose from popularity, ease, itemknn")  # fmt: skip
+
+
+def test_baselines_fit_on_train_only_when_refit_is_off():
+    # train: item 1 twice, item 2 once; valid: item 2 three times. Counting train + valid,
+    # item 2 (4) beats item 1 (2); train alone, item 1 (2) beats item 2 (1). User 9 has seen
+    # nothing and holds out item 1, so popularity's hit@1 is 0 with the refit and 1 without.
+    train = pd.DataFrame({"user": [1, 2, 3], "item": [1, 1, 2]})
+    valid = pd.DataFrame({"user": [4, 5, 6], "item": [2, 2, 2]})
+    ev = EvalSet.build(pd.DataFrame({"user": [9], "item": [1]}), train, 3)
+    for refit, hit in ((True, 0.0), (False, 1.0)):
+        s = BaselineSettings(["popularity"], refit=refit)
+        out, _ = baseline_metrics(s, train, valid, ev, [1], 3, None)
+        assert out["popularity"]["hit_rate@1"] == hit

@@ -19,7 +19,7 @@ import faiss  # noqa: E402
 from conftest import unit_vectors  # noqa: E402
 
 from bench import ann, flops, gpu, peers, reference  # noqa: E402
-from twotower_cli.data.tables import feature_tensors  # noqa: E402
+from twotower_cli.models.inputs import feature_tensors  # noqa: E402
 from twotower_cli.retrieval.search import (  # noqa: E402
     EvalSet,
     build_index,

@@ -19,12 +19,15 @@ from twotower_cli.cli import CONFIG_DIR
 from twotower_cli.core.errors import ConfigError
 from twotower_cli.core.layout import STAGE_DIRS, Layout
 from twotower_cli.core.settings import EvalSettings, IndexSettings, TrainSettings
+from twotower_cli.data.protocol import settings as protocol_settings
 from twotower_cli.pipeline import config
 from twotower_cli.pipeline.study import search_space
 from twotower_cli.report.diagnostics import BucketSettings
 
-GROUPS = ["dataset", "sampler", "model", "train", "index", "eval", "serve", "export", "paths",
-          "tracking", "report", "tune", "hparams_search"]  # fmt: skip
+GROUPS = ["dataset", "protocol", "sampler", "model", "train", "index", "eval", "serve", "export",
+          "paths", "tracking", "report", "tune", "hparams_search"]  # fmt: skip
+# every metric ranking_metrics computes (a protocol's table prints some of them)
+RANKED_METRICS = ("recall", "precision", "ndcg", "hit_rate", "mrr", "coverage")
 # `_name.yaml` files are shared bases of a group's options (conf/model/_tower.yaml), not options
 OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 SCHEMA = {
@@ -46,6 +49,13 @@ def composed(*overrides: str):
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_builds(group: str, option: str):
     cfg = composed(f"{group}={option}")
+    if group == "protocol":  # a global overlay: dataset.protocol, eval.ks, train.early_stop_k
+        config.check(cfg)
+        proto = protocol_settings(cfg.dataset)
+        assert proto.name == option and set(proto.metrics) <= set(RANKED_METRICS)
+        suffix = "" if option == "default" else f"-{option}"
+        assert cfg.paths.data_dir == f"outputs/ml100k{suffix}"
+        return
     node = OmegaConf.to_container(cfg[group], resolve=True)
     config.check(cfg)
     if group == "model":
@@ -144,11 +154,20 @@ def test_the_optimiser_is_a_partial_target_node():
 
 
 def test_a_data_set_carries_its_own_training_defaults():
-    # conf/tuned/news.yaml is merged after the groups: news trains with its own settings,
-    # other data sets keep the groups' values, and the command line still wins
-    news, ml = composed("dataset=news"), composed("dataset=ml100k")
+    # conf/tuned/<dataset>.yaml is merged after the groups: news and ML-100K train with their
+    # own settings, other data sets keep the groups' values, and the command line still wins
+    news, ml, csv = composed("dataset=news"), composed("dataset=ml100k"), composed("dataset=csv")
     assert (news.model.temperature, news.train.patience) == (0.2, 20)
-    assert (ml.model.temperature, ml.train.patience) == (0.05, 4)
+    assert (ml.model.temperature, ml.model.history, ml.train.patience) == (0.124, True, 4)
+    assert (csv.model.temperature, csv.model.history, csv.train.patience) == (0.05, False, 4)
     assert composed("dataset=news", "train.patience=3").train.patience == 3
+    # conf/tuned/sampler/<dataset>_<sampler>.yaml: only with that sampler (ML-100K's mixed
+    # negatives ride on the in-batch sampler; another sampler takes no n_uniform)
+    assert ml.sampler.n_uniform == 1024 and news.sampler.n_uniform == 0
+    assert "n_uniform" not in composed("dataset=ml100k", "sampler=random").sampler
+    for path in (Path(CONFIG_DIR) / "tuned" / "sampler").glob("*.yaml"):
+        dataset, sampler = path.stem.rsplit("_", 1)
+        assert (Path(CONFIG_DIR) / "dataset" / f"{dataset}.yaml").exists(), path.name
+        assert (Path(CONFIG_DIR) / "sampler" / f"{sampler}.yaml").exists(), path.name
     for path in (Path(CONFIG_DIR) / "tuned").glob("*.yaml"):
         assert (Path(CONFIG_DIR) / "dataset" / path.name).exists(), path.name

@@ -244,20 +244,14 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
 
 
 def test_movielens_as_plain_csv_gives_the_same_tables(tmp_path: Path, out_dir: Path):
-    from twotower_cli.data import movielens
-
-    raw = movielens.load("data/raw")
+    # as on a fresh clone: the csv files are not there; the loader writes them from ML-100K
     src = tmp_path / "ml"
-    src.mkdir()
-    cols = ["user_id", "item_id", "rating", "timestamp"]
-    raw.interactions[cols].to_csv(src / "ratings.csv", index=False)
-    raw.users.to_csv(src / "users.csv", index=False)
-    raw.items.assign(genres=raw.items["genres"].str.join("|")).to_csv(src / "items.csv",
-                                                                      index=False)  # fmt: skip
     assert twotower("preprocess", f"paths.out={out_dir}") == 0
     names = {"interactions": "ratings.csv", "users": "users.csv", "items": "items.csv"}
     files = [f"dataset.load.{key}={src / name}" for key, name in names.items()]
     assert twotower("preprocess", "dataset=ml100k_csv", *files, f"paths.out={out_dir}") == 0
+    assert sorted(p.name for p in src.iterdir()) == ["items.csv", "ratings.csv", "users.csv"]
+    assert len(pd.read_csv(src / "ratings.csv")) == 100_000
     a, b = out_dir / "ml100k" / "preprocess", out_dir / "ml100k_csv" / "preprocess"
     for name in ("users", "items"):
         pd.testing.assert_frame_equal(pd.read_parquet(a / f"{name}.parquet"),
@@ -273,3 +267,59 @@ def test_movielens_as_plain_csv_gives_the_same_tables(tmp_path: Path, out_dir: P
         for name, vocab in va[side].items():
             assert [str(v) for v in vocab] == [str(v) for v in vb[side][name]], name
     assert read_json(a / "schema.json") == read_json(b / "schema.json")
+
+
+def test_a_raw_file_replaced_in_place_makes_run_redo_everything(tmp_path: Path, capsys):
+    import os
+
+    from twotower_cli.data import csv_data
+
+    paths = write_log(tmp_path)
+    args = overrides(paths, tmp_path / "out", "train.epochs=1", "threads=1")
+    prep = tmp_path / "out" / "csv" / "preprocess"
+
+    def run() -> str:
+        capsys.readouterr()
+        assert twotower("run", *args) == 0
+        return capsys.readouterr().out
+
+    run()
+    sources = read_json(prep / "manifest.json")["sources"]
+    assert [Path(s["path"]).name for s in sources] == ["log.csv", "users.tsv", "items.parquet"]
+    assert all(len(s["sha256"]) == 64 for s in sources)
+    rows = read_json(prep / "manifest.json")["figures"]["log_rows"]
+    # touched, same bytes: hashed again, still current
+    os.utime(paths["log"])
+    assert run().count(": up to date") == 6
+    # the daily export overwritten in place: one row fewer
+    lines = paths["log"].read_text().splitlines(keepends=True)
+    paths["log"].write_text("".join(lines[:-1]))
+    said = run()
+    assert f"preprocess: {paths['log']} changed since it was read: redoing it" in said
+    assert ": up to date" not in said
+    assert read_json(prep / "manifest.json")["figures"]["log_rows"] == rows - 1
+    # same size and mtime, other bytes (a copy that kept the time): the change time tells
+    stat = paths["log"].stat()
+    text = paths["log"].read_text()
+    paths["log"].write_text(text.replace("u1,", "u2,", 1))
+    os.utime(paths["log"], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert paths["log"].stat().st_size == stat.st_size
+    said = run()
+    assert "changed since it was read" in said and ": up to date" not in said
+    # written while preprocess reads it: nothing published
+    real = csv_data.read_any
+
+    def read_then_append(path, *a, **k):
+        frame = real(path, *a, **k)
+        if Path(path) == paths["log"]:
+            with open(path, "a") as f:
+                f.write("u0,1,5,1600000001\n")
+        return frame
+
+    csv_data.read_any = read_then_append
+    try:
+        assert twotower("preprocess", *args) == 2
+    finally:
+        csv_data.read_any = real
+    err = capsys.readouterr().err
+    assert f"{paths['log']}: changed while `twotower preprocess` read it" in err

@@ -19,10 +19,18 @@ from fastapi.testclient import TestClient
 from twotower_cli import serve
 from twotower_cli.artifacts.checkpoint import load_dir as _load_model
 from twotower_cli.core.layout import Layout
-from twotower_cli.data.tables import feature_tensors, load_schema
+from twotower_cli.data.tables import load_schema
 from twotower_cli.export.user_tower import export_onnx
+from twotower_cli.models.inputs import feature_tensors
 
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
+
+
+def local_client(app) -> TestClient:
+    """A client as a local caller sends: Host localhost, JSON bodies."""
+    return TestClient(
+        app, base_url="http://localhost", headers={"content-type": "application/json"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +105,7 @@ def test_bundle_alone_recommends_what_serve_recommends(exported):
 
     dirs = serve.ServeDirs(Layout.of_run(exported.joinpath(*ROOT), exported))
     state = serve.ServeState(partial(serve.load_bundle, dirs, _load_model))
-    client = TestClient(serve.create_app(state, serve.ServeSettings()))
+    client = local_client(serve.create_app(state, serve.ServeSettings()))
     body = {"user": {"user_id": raw["user"], "region": raw["region"], "age": raw["age"]},
             "k": 10, "exclude_seen": False}  # fmt: skip
     online = [it["item_id"] for it in client.post("/recommend", json=body).json()["items"]]

@@ -37,6 +37,15 @@ def test_metrics_by_hand():
     assert m["hit_rate@3"] == pytest.approx(0.5)
     # coverage@3: items {1,2,5,3,4,6} of 10
     assert m["coverage@3"] == pytest.approx(0.6)
+    # MRR (RecBole's): user0's first hit at rank 1 -> 1, user1 none -> 0; mean 0.5 at @1 and @3
+    assert m["mrr@1"] == pytest.approx(0.5) and m["mrr@3"] == pytest.approx(0.5)
+
+
+def test_mrr_counts_only_the_first_hit_within_k():
+    # user 0 holds out {2, 6}: hits at ranks 2 and 3 -> 1/2 at @3, 0 at @1
+    top = np.array([[1, 2, 6]])
+    m = ranking_metrics(top, keys([(0, 2), (0, 6)]), np.array([2]), [1, 3], N_ITEMS)
+    assert (m["mrr@1"], m["mrr@3"]) == (0.0, pytest.approx(0.5))
 
 
 def test_drop_excluded_keeps_order_and_pads():

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from twotower_cli.data.tables import feature_tensors
 from twotower_cli.models.blocks import Dropout
+from twotower_cli.models.inputs import feature_tensors
 from twotower_cli.training.optim import LazyAdam
 from twotower_cli.training.trainer import gather
 

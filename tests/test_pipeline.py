@@ -20,7 +20,7 @@ def test_stages_one_by_one_write_their_artifacts(out_dir: Path):
         assert manifest["stage"] == stage
         assert manifest["config"]["paths"]["out"] == str(out_dir)
     metrics = read_json(run_root / "evaluate" / "metrics.json")
-    assert set(metrics) == {"model", "popularity", "ease"}
+    assert set(metrics) == {"model", "popularity", "ease", "itemknn"}
     for run in metrics.values():
         assert {"recall@10", "precision@20", "ndcg@50", "hit_rate@20", "coverage@10"} <= set(run)
         assert all(0.0 <= v <= 1.0 for k, v in run.items() if "@" in k and "valid" not in k)

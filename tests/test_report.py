@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -157,6 +158,13 @@ def test_report_of_a_run_has_every_plot_and_evaluates_numbers(runs: Path):
     html = (report / "index.html").read_text()
     for text in ("recall@20", "popularity", "Timings", "resolved config", "head", "tail"):
         assert text in html
+    # one row per metric and k (every row was listed twice: "recall@" matched cold_recall@k)
+    assert "<h1>twotower report: synthetic, inbatch/dssm</h1>" in html
+    section = html.split("<h2>Test metrics</h2>")[1].split("<h2>")[0]
+    cells = re.findall(r"<tr><td>([^<]+)</td>", section)
+    names = ("recall", "precision", "ndcg", "hit_rate", "coverage", "cold_recall")
+    assert cells == [f"{m}@{k}" for k in (10, 20, 50) for m in names]
+    assert section.count("<tr>") == 1 + 3 * 6  # the header, 3 cut-offs x 6 metrics
 
 
 @pytest.mark.slow
@@ -229,3 +237,13 @@ def test_report_renders_in_headless_chromium(runs: Path, tmp_path: Path):
     # the whole page: several plots tall, and not blank (ink on white, many grey levels)
     assert shot.shape[0] > 3000, shot.shape
     assert shot.std() > 10 and (shot < 128).mean() > 0.005 and len(np.unique(shot)) > 50
+
+
+@pytest.mark.slow
+def test_a_run_name_with_dollars_is_drawn_as_text(runs: Path):
+    # `$x^$` is not valid TeX: matplotlib's mathtext would raise while drawing the legend
+    odd = runs / "dssm-$x^$"
+    shutil.copytree(runs / "dssm", odd, ignore=shutil.ignore_patterns("report"))
+    out = runs.parents[2]
+    assert twotower("report", "--compare", str(odd), str(runs / "dssm"), f"paths.out={out}") == 0
+    assert "inbatch/dssm-$x^$" in (out / "compare" / "report" / "index.html").read_text()

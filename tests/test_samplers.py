@@ -221,6 +221,23 @@ def test_mixed_logq_is_the_mixture_expected_count():
     assert got == pytest.approx([expect[i] for i in batch["neg"].tolist()], rel=1e-5)
 
 
+def test_inbatch_with_n_uniform_draws_what_mixed_draws():
+    # sampler.n_uniform on the in-batch sampler (conf/tuned/sampler/ml100k_inbatch.yaml) is the
+    # mixed sampler: the same uniform items and corrections for the same seed; 0 adds none
+    train = pd.DataFrame({"user": [1, 2, 3, 1], "item": [1, 1, 1, 2]})
+    both = [c(n_uniform=6, logq="exact").fit(train, 3) for c in (InBatchSampler, MixedSampler)]
+    batches = [s.batch_fn(torch.from_numpy(s.item_log_q_), seed=3)({"item": torch.tensor([1, 2])})
+               for s in both]  # fmt: skip
+    for key in ("neg", "log_q", "neg_log_q"):
+        assert torch.equal(batches[0][key], batches[1][key])
+    plain = InBatchSampler().fit(train, 3)
+    assert "neg" not in plain.batch_fn(torch.from_numpy(plain.item_log_q_))(
+        {"item": torch.ones(2, dtype=torch.long)}
+    )
+    with pytest.raises(TwoTowerError, match="sampler.n_uniform must be >= 0, got -1"):
+        InBatchSampler(n_uniform=-1)
+
+
 def test_streaming_estimate_converges_to_the_true_batch_frequency():
     # a stream of batches of 16 draws from a skewed distribution over 30 items; the chance an
     # item is in a batch is 1 - (1 - q)^16, what 1 / (average gap) estimates

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from functools import partial
@@ -26,6 +27,7 @@ from fastapi.testclient import TestClient
 
 from twotower_cli import serve
 from twotower_cli.artifacts.checkpoint import load_dir as _load_model
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.layout import Layout
 from twotower_cli.core.settings import HISTORY
 from twotower_cli.data.tables import Field
@@ -33,6 +35,13 @@ from twotower_cli.retrieval.metrics import drop_excluded
 from twotower_cli.retrieval.search import EvalSet, search
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
+
+
+def local_client(app) -> TestClient:
+    """A client as a local caller sends: Host localhost, JSON bodies."""
+    return TestClient(
+        app, base_url="http://localhost", headers={"content-type": "application/json"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +60,7 @@ def state(run_dir: Path) -> serve.ServeState:
 
 @pytest.fixture(scope="module")
 def client(state) -> TestClient:
-    return TestClient(serve.create_app(state, serve.ServeSettings(max_batch=64)))
+    return local_client(serve.create_app(state, serve.ServeSettings(max_batch=64)))
 
 
 def offline_top(out: Path, k: int, run: tuple[str, ...] = RUN) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +110,7 @@ def test_online_equals_offline_with_the_user_history_feature(tmp_path: Path):
             "paths.run=hist"]  # fmt: skip
     assert twotower("run", *args) == 0
     state = serve.ServeState(partial(serve.load_bundle, _dirs(out, run), _load_model))
-    client = TestClient(serve.create_app(state, serve.ServeSettings(max_batch=64)))
+    client = local_client(serve.create_app(state, serve.ServeSettings(max_batch=64)))
     assert client.get("/health").status_code == 200
     users, top = offline_top(out, 10, run)
     user_raw, item_raw = raw_ids(out, "user"), raw_ids(out, "item")
@@ -188,6 +197,48 @@ def test_micro_batched_requests_get_their_own_answers_and_errors(run_dir, state)
     got = asyncio.run(together())
     assert [items for items, _ in got[:5]] == alone
     assert isinstance(got[5], serve.RequestError) and got[5].field == "user.colour"
+
+
+def test_cheap_micro_batches_run_on_the_loop_and_costly_ones_in_the_worker(state, monkeypatch):
+    # issue 26.12: a thread hand-off per batch costs more than a small batch itself; a batch
+    # runs on the event loop only when the bundle's measured cost predicts it under the budget
+    # and no other thread computes
+    from twotower_cli.serve import batching
+
+    ran_in = []
+    real = batching.answer_batch
+
+    def spy(bundle, batch):
+        ran_in.append(threading.current_thread().name)
+        return real(bundle, batch)
+
+    monkeypatch.setattr(batching, "answer_batch", spy)
+    q = serve.UserQuery({"age": 1})
+
+    async def batches(batcher, sizes, cost=None):
+        for n in sizes:
+            if cost is not None:
+                batcher.cost = (cost[0] or state.bundle, cost[1])
+            got = await asyncio.gather(*(batcher.submit(q, 5) for _ in range(n)))
+            assert all(len(items) == 5 for items, _ in got)
+
+    # not measured yet: the worker; then measured far under a 10 s budget: the loop
+    asyncio.run(batches(serve.MicroBatcher(state, 64, inline_seconds=10.0), [2, 2, 2]))
+    assert ran_in == ["micro-batch", "MainThread", "MainThread"]
+    # 1 ms a unit (a query with k=5 is 1.05 units), budget 10 ms: 9 queries on the loop, 10 not
+    ran_in.clear()
+    b = serve.MicroBatcher(state, 64, inline_seconds=0.010)
+    asyncio.run(batches(b, [9, 10], cost=(None, 0.001)))
+    assert ran_in == ["MainThread", "micro-batch"]
+    # a cost measured on another bundle (before a reload) says nothing: the worker
+    ran_in.clear()
+    asyncio.run(batches(b, [1], cost=(object(), 1e-9)))
+    assert ran_in == ["micro-batch"]
+    # cheap, but another thread computes (a batch request, a reload): the worker
+    ran_in.clear()
+    busy = serve.MicroBatcher(state, 64, inline_seconds=10.0, busy_elsewhere=lambda: True)
+    asyncio.run(batches(busy, [1], cost=(None, 1e-9)))
+    assert ran_in == ["micro-batch"]
 
 
 def test_history_is_accepted_and_said_to_be_ignored_by_a_model_without_it(client):
@@ -322,7 +373,7 @@ def test_reload_swaps_to_new_artifacts_and_keeps_serving_when_they_are_broken(ru
     out = tmp_path / "outputs"
     shutil.copytree(run_dir, out)
     state = serve.ServeState(partial(serve.load_bundle, _dirs(out), _load_model), out)
-    app = TestClient(serve.create_app(state, serve.ServeSettings()))
+    app = local_client(serve.create_app(state, serve.ServeSettings()))
     body = {"user": {"user_id": raw_ids(out, "user")[0]}, "k": 10}
     old_bundle = state.bundle
     before = app.post("/recommend", json=body).json()["items"]
@@ -434,3 +485,94 @@ def test_top_drops_exclusions_and_missing_rows_and_keeps_each_items_score():
     assert keep.tolist() == [[True, True, False], [True, True, False]]
     assert items[keep].tolist() == [4, 3, 3, 1]
     np.testing.assert_allclose(scores[keep], [0.9, 0.7, 0.5, 0.4])
+
+
+def _private_run(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "outputs"
+    shutil.copytree(run_dir, out)
+    return out
+
+
+def _other_weights(model_pt: Path) -> bytes:
+    """model.pt as another run would have written it: the same format, other weights."""
+    import io
+
+    ckpt = torch.load(model_pt, weights_only=True)
+    ckpt["state_dict"] = {n: t + 0.5 if t.is_floating_point() else t
+                          for n, t in ckpt["state_dict"].items()}  # fmt: skip
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    return buf.getvalue()
+
+
+def test_reload_rehashes_and_refuses_a_copied_in_model_or_flipped_index_bytes(run_dir, tmp_path):
+    # issue 26.5: the hashes were cached by the manifest's mtime and size, so a reload after
+    # the files (not the manifests) changed served them with "reload ok"
+    out = _private_run(run_dir, tmp_path)
+    root = out.joinpath(*RUN)
+    state = serve.ServeState(partial(serve.load_bundle, _dirs(out)), out)
+    app = local_client(serve.create_app(state, serve.ServeSettings()))
+    body = {"user": {"user_id": raw_ids(out, "user")[0]}, "k": 10}
+    before = app.post("/recommend", json=body).json()["items"]
+    model_pt, index = root / "train" / "model.pt", root / "index" / "items.faiss"
+    good_model, good_index = model_pt.read_bytes(), index.read_bytes()
+    model_pt.write_bytes(_other_weights(model_pt))
+    assert state.reload() is False
+    assert state.last_reload["error"] == (
+        "synthetic/sample/inbatch/dssm/train/model.pt: missing, truncated or changed since "
+        "`twotower train` wrote it: rerun `twotower train`"
+    )
+    model_pt.write_bytes(good_model)
+    flipped = bytearray(good_index)
+    flipped[-7] ^= 0xFF  # inside the last item vector: a readable index with one wrong score
+    index.write_bytes(bytes(flipped))
+    assert (
+        state.reload() is False
+        and "index/items.faiss: missing, truncated or changed" in (state.last_reload["error"])
+    )
+    assert state.generation == 1 and app.post("/recommend", json=body).json()["items"] == before
+    index.write_bytes(good_index)
+    assert state.reload() is True and state.generation == 2
+
+
+def test_a_model_written_after_the_check_is_not_the_one_loaded(run_dir, tmp_path):
+    # a retrain finishing between the hash check and the read must not get its model served
+    # against the old index: serve loads the very bytes it hashed (hook: the new model.pt lands
+    # when the model is about to be rebuilt, after every check)
+    out = _private_run(run_dir, tmp_path)
+    model_pt = out.joinpath(*RUN, "train", "model.pt")
+    newer = _other_weights(model_pt)
+    original = torch.load(model_pt, weights_only=True)["state_dict"]
+
+    def retrain_lands_then_load(train_dir: Path, data: bytes | None = None):
+        model_pt.write_bytes(newer)
+        return _load_model(train_dir, data) if data is not None else _load_model(train_dir)
+
+    bundle = serve.load_bundle(_dirs(out), retrain_lands_then_load)
+    loaded = bundle.model.state_dict()
+    assert all(torch.equal(loaded[n], t) for n, t in original.items())
+
+
+def _rewrite_listed(stage_dir: Path, name: str, data: bytes) -> None:
+    """Replace one output and its manifest entry, as a hostile or buggy writer could."""
+    import hashlib
+
+    (stage_dir / name).write_bytes(data)
+    manifest = json.loads((stage_dir / "manifest.json").read_text())
+    manifest["outputs"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (stage_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_vocabulary_longer_than_the_model_s_is_refused_at_load(run_dir, tmp_path):
+    # issue 26.11: one more `region` value than the checkpoint's embedding table: requests with
+    # it gave 500s once serving; now the load fails with one line
+    out = _private_run(run_dir, tmp_path)
+    prep = out / "synthetic" / "preprocess"
+    vocabs = json.loads((prep / "vocabs.json").read_text())
+    vocabs["user"]["region"].append("atlantis")
+    _rewrite_listed(prep, "vocabs.json", json.dumps(vocabs).encode())
+    with pytest.raises(TwoTowerError, match=r"vocabs.json's user.region holds \d+ values, the "
+                       r"model \d+\); rerun `twotower preprocess`"):  # fmt: skip
+        serve.load_bundle(_dirs(out))

@@ -27,6 +27,13 @@ from twotower_cli.tools.loadtest import drive, request_bodies
 RUN = ("synthetic", "sample", "inbatch", "dssm")
 
 
+def local_client(app) -> TestClient:
+    """A client as a local caller sends: Host localhost, JSON bodies."""
+    return TestClient(
+        app, base_url="http://localhost", headers={"content-type": "application/json"}
+    )
+
+
 def _dirs(out: Path) -> serve.ServeDirs:
     return serve.ServeDirs(Layout.of_run(out.joinpath(*RUN), out))
 
@@ -96,7 +103,7 @@ def test_bad_serve_settings_are_one_line_errors_before_loading(tmp_path, capsys,
 
 
 def test_api_key_guards_every_route_but_health(state):
-    client = TestClient(serve.create_app(state, serve.ServeSettings(api_key="s3cret")))
+    client = local_client(serve.create_app(state, serve.ServeSettings(api_key="s3cret")))
     assert client.post("/recommend", content=USER).status_code == 401
     resp = client.post("/recommend", content=USER, headers={"authorization": "Bearer nope"})
     assert resp.status_code == 401 and resp.json()["error"].startswith("authorization:")
@@ -111,12 +118,12 @@ def test_api_key_guards_every_route_but_health(state):
     assert client.get("/openapi.json", headers=ok).status_code == 200
     assert client.get("/health").status_code == 200
     # without a key configured nothing is asked for
-    open_client = TestClient(serve.create_app(state, serve.ServeSettings()))
+    open_client = local_client(serve.create_app(state, serve.ServeSettings()))
     assert open_client.post("/recommend", content=USER).status_code == 200
 
 
 def test_health_shows_the_run_and_relative_dirs_only(state, small_run):
-    h = TestClient(serve.create_app(state, serve.ServeSettings())).get("/health").json()
+    h = local_client(serve.create_app(state, serve.ServeSettings())).get("/health").json()
     assert str(small_run) not in json.dumps(h) and str(Path.home()) not in json.dumps(h)
     assert h["run"] == "dssm"
     assert h["sources"]["train"] == "synthetic/sample/inbatch/dssm/train"
@@ -133,7 +140,7 @@ def test_failed_reload_keeps_the_old_bundle_and_health_says_why(state, small_run
         raise TwoTowerError(f"{index_dir}: missing; run `twotower index` first")
 
     flaky = serve.ServeState(loader, small_run)
-    client = TestClient(serve.create_app(flaky, serve.ServeSettings()))
+    client = local_client(serve.create_app(flaky, serve.ServeSettings()))
     before = client.post("/recommend", content=USER).json()["items"]
     assert flaky.reload() is False
     h = client.get("/health").json()
@@ -145,7 +152,7 @@ def test_failed_reload_keeps_the_old_bundle_and_health_says_why(state, small_run
 
 
 def test_body_over_the_limit_is_413_by_content_length(state):
-    client = TestClient(serve.create_app(state, serve.ServeSettings(max_body_bytes=200)))
+    client = local_client(serve.create_app(state, serve.ServeSettings(max_body_bytes=200)))
     big = json.dumps({"user": {"age": 1}, "exclude": list(range(100))}).encode()
     assert len(big) > 200
     resp = client.post("/recommend", content=big)
@@ -176,7 +183,8 @@ def _asgi_post(app, chunks, complete: bool = True, path: str = "/recommend",
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
              "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": [(b"transfer-encoding", b"chunked"), *headers], "scheme": "http",
+             "headers": [(b"transfer-encoding", b"chunked"),
+                         (b"content-type", b"application/json"), *headers], "scheme": "http",
              "server": ("test", 80), "client": ("test", 1), "root_path": ""}  # fmt: skip
     asyncio.run(app(scope, receive, send))
     return sent[0]["status"], json.loads(sent[1]["body"]), pulled
@@ -224,7 +232,7 @@ def test_server_closes_silent_slow_and_oversized_request_heads(state):
         assert got.startswith(b"HTTP/1.1 431")
         # an ordinary keep-alive request is answered, then the idle connection is closed by
         # the keep-alive timer (0.2 s), well before the next head's deadline (1 s)
-        got, took = _raw(port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        got, took = _raw(port, b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n")
         assert got.startswith(b"HTTP/1.1 200") and b'"run": "dssm"' in got
         assert 0.2 <= took < 0.9
 
@@ -248,7 +256,10 @@ def test_30_mb_body_gets_413_unread_while_other_clients_stay_fast(state, small_r
 
     def heavy_client(port: int) -> None:
         big = json.dumps({"users": [{"user": {"age": 1}}] * 200, "k": 5}).encode()
-        head = b"POST /recommend/batch HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+        head = (
+            b"POST /recommend/batch HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n"
+            b"content-type: application/json\r\n"
+        )
         while not stop.is_set():
             got, took = _raw(port, head + b"content-length: %d\r\n\r\n" % len(big) + big)
             heavy["slow"] += got.startswith(b"HTTP/1.1 200") and took >= 0.5
@@ -303,3 +314,124 @@ def test_load_test_client_sends_the_api_key(state, small_run):
     assert keyed["requests"] == 40 and keyed["errors"] == 0
     # each client's first request is a 401 that closes its connection, which ends the client
     assert bare["requests"] == 4 and bare["errors"] >= 4
+
+
+def test_empty_api_key_variable_refuses_to_serve(monkeypatch, state, tmp_path, capsys):
+    # issue 26.11: TWOTOWER_API_KEY="" (a secret that failed to load) turned auth off silently
+    monkeypatch.setenv("TWOTOWER_API_KEY", "")
+    with pytest.raises(TwoTowerError, match=r"^\$TWOTOWER_API_KEY is set but empty"):
+        serve.create_app(state, serve.ServeSettings())
+    assert twotower("serve", *SMALL, f"paths.out={tmp_path}") == 2  # before anything loads
+    err = capsys.readouterr().err.strip()
+    assert "TWOTOWER_API_KEY is set but empty" in err and len(err.splitlines()) == 1, err
+    # other stages do not serve: the variable is none of their business
+    monkeypatch.setenv("TWOTOWER_API_KEY", "  ")
+    assert twotower("preprocess", *SMALL, f"paths.out={tmp_path}", "--cfg", "job") == 0
+
+
+def test_post_bodies_must_be_declared_json(state):
+    # issue 26.11: a cross-site form or fetch() can POST text/plain without a CORS preflight
+    client = local_client(serve.create_app(state, serve.ServeSettings()))
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        resp = client.post("/recommend", content=USER, headers={"content-type": kind})
+        assert resp.status_code == 415, kind
+        assert resp.json()["error"] == f"content-type: must be application/json, got {kind!r}"
+    bare = TestClient(serve.create_app(state, serve.ServeSettings()), base_url="http://localhost")
+    assert bare.post("/recommend", content=USER).status_code == 415  # no content-type at all
+    resp = client.post("/recommend", content=USER,
+                       headers={"content-type": "Application/JSON; charset=utf-8"})  # fmt: skip
+    assert resp.status_code == 200
+
+
+def test_host_header_must_name_this_server(state):
+    # issue 26.11: with no key, a page at evil.example that rebinds its name to 127.0.0.1 could
+    # read the API (DNS rebinding); the browser still sends `Host: evil.example`
+    app = serve.create_app(state, serve.ServeSettings())
+
+    def status(host: str, app=app) -> int:
+        return TestClient(app, base_url=f"http://{host}").post("/recommend", json={"user": {}}
+                                                              ).status_code  # fmt: skip
+
+    assert status("evil.example:8000") == 421 and status("evil.example") == 421
+    resp = TestClient(app, base_url="http://evil.example").get("/health")
+    assert resp.status_code == 421
+    assert resp.json()["error"] == ("host: 'evil.example' is not a name of this server; add it "
+                                    "to serve.allowed_hosts")  # fmt: skip
+    for host in ("localhost:8000", "127.0.0.1:8000", "127.0.0.1", "[::1]:8000", "10.1.2.3"):
+        assert status(host) == 200, host
+    listed = serve.create_app(state, serve.ServeSettings(allowed_hosts=["API.example"]))
+    assert status("api.example:443", listed) == 200 and status("evil.example", listed) == 421
+    named = serve.create_app(state, serve.ServeSettings(host="box.internal"))
+    assert status("box.internal:8000", named) == 200
+    anyone = serve.create_app(state, serve.ServeSettings(allowed_hosts=["*"]))
+    assert status("evil.example", anyone) == 200
+
+
+def test_batch_answer_is_bounded_and_encoded_off_the_event_loop(state, monkeypatch):
+    # issue 26.9: 256 users x k=1000 answered 12 MB, JSON-encoded on the event loop (~0.4 s
+    # during which no other client was served)
+    from twotower_cli.serve import http
+
+    client = local_client(serve.create_app(state, serve.ServeSettings(max_results=100)))
+    users = [{"user": {"age": 1}}] * 6
+    resp = client.post("/recommend/batch", json={"users": users, "k": 20})  # 6 x 20 = 120
+    assert resp.status_code == 413
+    assert resp.json()["error"] == ("users: 6 users x k=20 = 120 items, more than "
+                                    "serve.max_results (100) in one answer: send fewer users or "
+                                    "a smaller k")  # fmt: skip
+    encoded_in = []
+    dumps = json.dumps
+
+    def spy(payload, *args, **kwargs):
+        encoded_in.append((threading.current_thread().name, type(payload).__name__))
+        return dumps(payload, *args, **kwargs)
+
+    monkeypatch.setattr(http.json, "dumps", spy)
+    resp = client.post("/recommend/batch", json={"users": users[:5], "k": 20})  # 100: fine
+    monkeypatch.setattr(http.json, "dumps", dumps)
+    assert resp.status_code == 200
+    assert [len(r["items"]) for r in resp.json()["results"]] == [20] * 5
+    # the bytes json.dumps gives for the whole answer, built one user's items at a time (one
+    # dumps call holds the GIL, so the event loop too, for all 25,600 items)
+    assert resp.content == json.dumps(resp.json()).encode()
+    rows = [t for t, kind in encoded_in if kind == "list"]
+    assert len(rows) == 5 and all(t.startswith("serve-worker") for t, _ in encoded_in), encoded_in
+
+
+def test_second_serve_on_a_used_port_fails_before_loading_or_announcing(small_run, capsys):
+    # issue 26.10: it loaded the run, printed "serve: ... on http://...", then uvicorn failed
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code = twotower("serve", *SMALL, f"paths.out={small_run}", f"serve.port={port}")
+    out, err = capsys.readouterr()
+    assert code == 2 and "serve:" not in out, out
+    assert err.strip().endswith(f"serve: cannot listen on 127.0.0.1 port {port} (serve.port): "
+                                "another process listens there"), err  # fmt: skip
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_body_deadline_reads_in_the_request_s_own_task():
+    # issue 26.12: asyncio.wait_for ran every receive() in a task of its own (~9 us of the
+    # ~16 us the limits cost a request, measured); asyncio.timeout_at keeps the one task
+    from twotower_cli.serve.limits import Limits
+
+    seen = {}
+
+    async def receive():
+        seen["receive"] = asyncio.current_task()
+        return {"type": "http.request", "body": USER, "more_body": False}
+
+    async def app(scope, receive, send):
+        seen["app"] = asyncio.current_task()
+        assert (await receive())["body"] == USER
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": "/recommend", "raw_path": b"/recommend",
+             "query_string": b"", "headers": [(b"host", b"localhost"),
+                                              (b"content-type", b"application/json")]}  # fmt: skip
+    asyncio.run(Limits(app, 1000, 5.0)(scope, receive, send))
+    assert seen["receive"] is seen["app"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import pytest
 from conftest import SMALL, read_json, twotower
 
 from twotower_cli.artifacts.tracking import flatten, metric_key, numeric_items
@@ -14,6 +15,12 @@ def _runs(out_dir: Path) -> tuple[mlflow.MlflowClient, list]:
     client = mlflow.MlflowClient(f"sqlite:///{(out_dir / 'mlruns' / 'mlflow.db').resolve()}")
     exp = client.get_experiment_by_name("twotower")
     return client, client.search_runs([exp.experiment_id])
+
+
+@pytest.fixture(autouse=True)
+def _no_team_server(monkeypatch):
+    """A CI machine's own MLFLOW_TRACKING_URI must not receive these runs."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 def test_flatten_and_metric_names():
@@ -78,3 +85,22 @@ def test_failed_stage_is_a_failed_run_and_none_logs_nothing(out_dir: Path):
     other = out_dir.parent / "other"
     assert twotower("preprocess", *SMALL, f"paths.out={other}") == 0
     assert not (other / "mlruns").exists()
+
+
+def _stages_at(uri: str) -> list[str]:
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("twotower").experiment_id])
+    return [r.data.tags["stage"] for r in runs]
+
+
+def test_tracking_uri_defaults_to_the_environment_then_the_key(out_dir: Path, monkeypatch):
+    team = f"sqlite:///{out_dir.parent / 'team.db'}"  # an SQLite URI stands in for a server
+    monkeypatch.chdir(out_dir.parent)  # where MLflow puts a bare SQLite store's artifacts
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team)
+    assert twotower("preprocess", *SMALL, f"paths.out={out_dir}", "tracking=mlflow") == 0
+    assert not (out_dir / "mlruns").exists()  # nothing in the local store
+    assert _stages_at(team) == ["preprocess"]
+    key = f"sqlite:///{out_dir.parent / 'key.db'}"
+    assert twotower("preprocess", *SMALL, f"paths.out={out_dir}", "tracking=mlflow",
+                    f"tracking.uri={key}") == 0  # fmt: skip
+    assert _stages_at(key) == ["preprocess"] and _stages_at(team) == ["preprocess"]

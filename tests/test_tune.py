@@ -4,6 +4,7 @@ search resumed from its finished trials, the trial it cut off marked FAIL."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -178,6 +179,23 @@ def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys)
     )
 
 
+@pytest.mark.slow
+def test_a_minutes_budget_stops_the_search_and_still_refits_the_best(tmp_path, capsys):
+    # 0.001 minutes (60 ms) is spent by the first trial: optuna starts no second one, there is
+    # nothing to confirm, and the one trial is refitted and evaluated
+    conf, out = _conf(tmp_path), tmp_path / "outputs"
+    args = ["--config-dir", str(conf), "hparams_search=tiny", *SMALL, f"paths.out={out}"]
+    assert twotower("tune", *args, "tune.trials=5", "tune.minutes=0.001") == 0
+    printed = capsys.readouterr().out
+    assert "tune: tune.minutes=0.001 spent after 1 of 5 trials" in printed
+    metrics = read_json(out / "synthetic" / "tune" / "tiny" / "metrics.json")
+    assert metrics["trials"] == 1 and metrics["best_trial"] == 0 and metrics["confirmed"] == {}
+    assert len(metrics["test_model"]["recall@20"]["seeds"]) == 1
+    assert twotower("tune", *args, "tune.minutes=0") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["twotower tune: error: tune.minutes: 0 is not null or a number of minutes > 0"]
+
+
 class Killed(BaseException):
     """SIGKILL in the middle of a trial: nothing in the process gets to clean up (optuna
     catches Exception and KeyboardInterrupt, which it marks FAIL itself)."""
@@ -215,3 +233,27 @@ def test_a_killed_search_resumes_from_its_finished_trials(tmp_path, monkeypatch,
     assert list(frame["state"]) == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     assert list(frame.loc[frame["state"] == "COMPLETE", "trial"]) == [0, 1, 3]
     assert read_json(tune_dir / "metrics.json")["trials"] == 3
+
+
+def test_a_torn_last_journal_line_is_dropped_and_the_study_resumes(tmp_path, capsys):
+    from twotower_cli.pipeline.study import open_study
+
+    def one_trial(study):
+        study.optimize(lambda t: t.suggest_float("a", 0, 1), n_trials=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna's experimental-feature notes
+        study = open_study(tmp_path, "s", {"seed": 0}, "test")
+        one_trial(study)
+        one_trial(study)
+        journal = tmp_path / "study.journal"
+        whole = journal.read_bytes()
+        journal.write_bytes(whole[:-20])  # killed while appending trial 1's last record
+        for _ in range(2):  # without the cut, the second open reads a joined line and fails
+            study = open_study(tmp_path, "s", {"seed": 0}, "test")
+            one_trial(study)
+    assert "dropped a half-written last line (" in capsys.readouterr().out
+    assert journal.read_bytes().endswith(b"\n")
+    states = [t.state.name for t in study.trials]
+    # trial 1 lost its finishing record: it reads RUNNING, the next open marks it FAIL
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]

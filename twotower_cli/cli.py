@@ -22,8 +22,34 @@ from twotower_cli.pipeline.config import swept_keys
 
 # absolute: a relative config_path becomes a package path once installed as a script
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
-STAGE_WORDS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "run", "serve",
-               "export", "report", "tune")  # fmt: skip
+# `twotower --help`: the stages and the groups a user picks from, one line each
+STAGES = {
+    "preprocess": "load and clean the raw data, split it, encode the features",
+    "sample": "build the training examples the sampler needs",
+    "train": "train the two towers (early stopping on validation recall)",
+    "embed": "item vectors for the catalogue, user vectors for evaluation",
+    "index": "a faiss index over the item vectors (index.factory)",
+    "evaluate": "Recall/NDCG/... on test, beside the popularity and EASE baselines",
+    "run": "preprocess .. evaluate in order, skipping stages whose outputs are current",
+    "serve": "HTTP service: top-K items for a user or a history (docs/serving.md)",
+    "export": "a serving bundle: ONNX user tower, faiss index, vocabularies",
+    "report": "one HTML page of a finished run (--compare RUN_DIR ... side by side)",
+    "tune": "an Optuna search on validation; the best refitted and evaluated",
+}
+STAGE_WORDS = tuple(STAGES)
+GROUPS = {
+    "dataset": "the data set (your own: dataset=csv or a YAML in --config-dir)",
+    "sampler": "which negatives a batch holds",
+    "model": "the tower variant",
+    "experiment": "an overlay of a measured configuration",
+    "tracking": "none, or mlflow (tracking.uri; default $MLFLOW_TRACKING_URI, else local)",
+    "hparams_search": "twotower tune's search space",
+    "train": "epochs, batch_size, lr, device (cpu|cuda|auto), patience, nproc, ...",
+    "index": "faiss factory string, nprobe, ef_search",
+    "eval": "cut-offs ks, baselines, max_users",
+    "serve": "host, port, limits, api_key",
+    "paths": "out (where every artifact goes), run (the training run's name)",
+}
 # faiss announces which SIMD build it loaded at INFO; not news to a user
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # Hydra's flags that take a value (`--config-dir DIR` adds a directory of the user's configs)
@@ -34,27 +60,45 @@ USAGE = (f"usage: twotower {{{'|'.join(STAGE_WORDS)}}} [key=value ...] [-m] [--c
 config.register()
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def app(cfg: DictConfig) -> None:
+def run_stage(cfg: DictConfig) -> dict:
+    """Check a composed config and run its stage (cfg.stage), tracked; returns the stage's
+    figures (evaluate's and run's: the metrics). Raises TwoTowerError; the Python API's door."""
     from twotower_cli.pipeline.stages import STAGES
     from twotower_cli.training import distributed
 
+    config.check(cfg)
+    distributed.set_threads(cfg.threads)  # null: every core, shared by torchrun's local ranks
+    distributed.check_stage(cfg.stage)
+    # serve runs until stopped, and under torchrun rank 0 alone tracks: nothing to track
+    quiet = cfg.stage == "serve" or os.environ.get("RANK", "0") != "0"
+    tracker = NullTracker() if quiet else instantiate(cfg.tracking)
+    choices = HydraConfig.get().runtime.choices
+    tags = {"stage": cfg.stage, "run": str(cfg.paths.run),
+            **{g: str(choices.get(g)) for g in ("dataset", "sampler", "model")}}  # fmt: skip
+    with session(tracker, OmegaConf.to_container(cfg, resolve=True), tags):
+        return _stage(cfg.stage, STAGES)(cfg)
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def app(cfg: DictConfig) -> None:
     try:
-        config.check(cfg)
-        distributed.set_threads(cfg.threads)  # null: every core, shared by torchrun's local ranks
-        distributed.check_stage(cfg.stage)
-        # serve runs until stopped, and under torchrun rank 0 alone tracks: nothing to track
-        quiet = cfg.stage == "serve" or os.environ.get("RANK", "0") != "0"
-        tracker = NullTracker() if quiet else instantiate(cfg.tracking)
-        choices = HydraConfig.get().runtime.choices
-        tags = {"stage": cfg.stage, "run": str(cfg.paths.run),
-                **{g: str(choices.get(g)) for g in ("dataset", "sampler", "model")}}  # fmt: skip
-        with session(tracker, OmegaConf.to_container(cfg, resolve=True), tags):
-            _stage(cfg.stage, STAGES)(cfg)
+        run_stage(cfg)
     except TwoTowerError as err:
+        _fail(cfg, f"error: {err}", 2)
+    except KeyboardInterrupt:  # Ctrl-C: every stage dir is left as it was (artifacts/swap.py)
+        _fail(cfg, "interrupted; what it was writing is not published", 130)
+    except OSError as err:  # disk full, a read-only or unwritable paths.out
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(cfg, f"error: {where}{err.strerror or err}", 2)
+
+
+def _fail(cfg: DictConfig, line: str, code: int) -> None:
+    try:
         prune_empty(HydraConfig.get().runtime.output_dir, cfg.paths.out)
-        print(f"twotower {cfg.stage}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except OSError:
+        pass  # an unwritable paths.out: nothing of ours to prune
+    print(f"twotower {cfg.stage}: {line}", file=sys.stderr)
+    sys.exit(code)
 
 
 def _stage(word: str, stages: dict):
@@ -85,15 +129,39 @@ def _composes(stage: str, flags: list[str], overrides: list[str]) -> None:
     searchpath = [f"hydra.searchpath=[{paths}]"] if dirs else []
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            compose("config", overrides=[*searchpath, *overrides])
+            cfg = compose("config", overrides=[*searchpath, *overrides])
     except (HydraException, OmegaConfBaseException) as err:
         print(f"twotower {stage}: error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        _writable(stage, str(OmegaConf.select(cfg, "paths.out")))
+    except OmegaConfBaseException:
+        pass  # paths.out reads Hydra's runtime: Hydra itself finds out
+
+
+def _writable(stage: str, out: str) -> None:
+    """paths.out must be (or be creatable in) a writable directory: Hydra makes the stage's
+    run dir under it before any stage code runs, with a traceback if it cannot."""
+    where = Path(out).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
+        print(f"twotower {stage}: error: paths.out={out}: {where} is not a writable directory",
+              file=sys.stderr)  # fmt: skip
         sys.exit(2)
 
 
 def _one_line(err: Exception) -> str:
     """Hydra's and OmegaConf's multi-line messages as one line: the message and the key."""
     cause = err.__cause__ or err
+    missing = getattr(cause, "missing_cfg_file", None)  # hydra's MissingConfigException
+    if missing and "/" in missing and getattr(cause, "options", None):
+        group, name = missing.rsplit("/", 1)
+        known = ", ".join(o for o in cause.options if not o.startswith("_"))
+        return (
+            f"{group}={name}: no such option; known: {known}; a YAML of "
+            f"your own goes in --config-dir DIR as DIR/{group}/{name}.yaml"
+        )
     lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
     key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
     detail = ("full_key:", "object_type", "reference_type")
@@ -116,11 +184,49 @@ def compare_override(argv: list[str]) -> list[str]:
     return [*argv[:at], f"report.compare=[{quoted}]", *argv[end:]]
 
 
+def group_options(group: str) -> list[str]:
+    """A config group's options (`_name.yaml` files are shared bases, not options)."""
+    files = (Path(CONFIG_DIR) / group).glob("*.yaml")
+    return sorted(p.stem for p in files if not p.stem.startswith("_"))
+
+
+def help_text(stage: str | None = None) -> str:
+    """`twotower --help` (stages and groups) or `twotower STAGE --help` (that stage's line and
+    the groups); Hydra's own listing, internal groups included, is `--hydra-help`."""
+    lines = [USAGE, ""]
+    if stage is None:
+        lines += ["stages:", *(f"  {w:<11} {line}" for w, line in STAGES.items()), ""]
+    else:
+        lines += [f"twotower {stage}: {STAGES[stage]}", ""]
+    lines.append("groups (pick with group=option; any key with key=value):")
+    for group, line in GROUPS.items():
+        lines.append(f"  {group:<15} {'|'.join(group_options(group))}: {line}")
+    lines += [
+        "",
+        "`twotower STAGE --cfg job` prints the composed config; --config-dir DIR adds "
+        "your own YAML files; `twotower --version`. README.md and docs/ say more.",
+    ]
+    return "\n".join(lines)
+
+
+def _front_flags(argv: list[str]) -> None:
+    """--version and --help, before any config is read (exit 0); no stage: usage, exit 2."""
+    if argv and argv[0] == "--version":
+        from twotower_cli import __version__
+
+        print(f"twotower {__version__}")
+        sys.exit(0)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(help_text() if argv else USAGE, file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
+    if argv[0] in STAGE_WORDS and any(a in ("-h", "--help") for a in argv[1:]):
+        print(help_text(argv[0]))
+        sys.exit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        sys.exit(0 if argv else 2)
+    _front_flags(argv)
     stage = argv.pop(0)
     if stage not in STAGE_WORDS:
         print(f"twotower: unknown stage {stage!r}; {USAGE}", file=sys.stderr)
@@ -145,7 +251,11 @@ def main(argv: list[str] | None = None) -> None:
     if not multirun and not any(a.startswith("--") for a in rest):
         _composes(stage, flags, [f"stage={stage}", *rest])
     sys.argv = [sys.argv[0], *flags, f"stage={stage}", *rest]
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # before a stage started (composing, Hydra's set-up)
+        print(f"twotower {stage}: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

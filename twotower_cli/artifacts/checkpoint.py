@@ -11,6 +11,7 @@ TwoTowerError naming the file and the command that rewrites it.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -59,11 +60,13 @@ def save(path: Path, model: TwoTower, key: str, args: dict, schema: dict, config
                 "state_dict": model.state_dict(), "config": config}, path)  # fmt: skip
 
 
-def load(path: Path) -> tuple[TwoTower, dict]:
-    """(model in eval mode, the checkpoint dict) from `model.pt`."""
+def load(path: Path, data: bytes | None = None) -> tuple[TwoTower, dict]:
+    """(model in eval mode, the checkpoint dict) from `model.pt` (`data`: its bytes, already read
+    and checked by the caller; `path` then only names it)."""
     rerun = "rerun `twotower train`"
     try:
-        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        source = io.BytesIO(data) if data is not None else path
+        ckpt = torch.load(source, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise TwoTowerError(f"{path}: missing; {rerun}") from None
     except Exception as err:  # noqa: BLE001 -- truncated, flipped or foreign bytes
@@ -73,7 +76,11 @@ def load(path: Path) -> tuple[TwoTower, dict]:
         raise TwoTowerError(f"{path}: not a twotower checkpoint of format {FORMAT}; {rerun}")
     try:
         _require_plain(ckpt.get("schema"), "schema")
-        model = build(str(ckpt.get("tower")), dict(ckpt.get("args") or {}), ckpt["schema"])
+        # built on the meta device: a schema or arguments that declare far larger tables than
+        # the file holds allocate nothing before the shapes below refuse them
+        with torch.device("meta"):
+            model = build(str(ckpt.get("tower")), dict(ckpt.get("args") or {}), ckpt["schema"])
+        _check_shapes(model, ckpt["state_dict"])
         # assign: the model takes the loaded tensors, so the weights are held once, not twice
         model.load_state_dict(ckpt["state_dict"], assign=True)
     except (ConfigError, KeyError, RuntimeError, TypeError, ValueError) as err:
@@ -86,11 +93,25 @@ def load(path: Path) -> tuple[TwoTower, dict]:
     return model.eval(), ckpt
 
 
+def _check_shapes(model: TwoTower, weights) -> None:
+    """Every weight the (meta) model declares is in the file with that shape and dtype."""
+    if not isinstance(weights, dict):
+        raise TypeError("state_dict is not a dict")
+    for name, want in model.state_dict().items():
+        got = weights.get(name)
+        if not isinstance(got, torch.Tensor):
+            raise KeyError(f"no tensor {name}")
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise ValueError(f"{name} is {tuple(got.shape)} {got.dtype}, the schema and arguments "
+                             f"declare {tuple(want.shape)} {want.dtype}")  # fmt: skip
+
+
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else type(err).__name__
 
 
-def load_dir(train_dir: Path) -> tuple[TwoTower, dict]:
-    """`load` of a train stage dir's `model.pt` (serve's `load_model` callable)."""
-    return load(Path(train_dir) / "model.pt")
+def load_dir(train_dir: Path, data: bytes | None = None) -> tuple[TwoTower, dict]:
+    """`load` of a train stage dir's `model.pt` (serve's `load_model` callable, given the bytes
+    it read and hashed)."""
+    return load(Path(train_dir) / "model.pt", data)

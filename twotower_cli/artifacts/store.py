@@ -32,10 +32,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twotower_cli.artifacts import tracking
+from twotower_cli.artifacts.fields import badly_typed
+from twotower_cli.artifacts.swap import (
+    BACKUP,
+    LOCK,
+    MANIFEST,
+    recover,
+    recover_if_dead,
+    swap_in,
+)
 from twotower_cli.core.errors import TwoTowerError
 
-MANIFEST = "manifest.json"
-LOCK = ".lock"
 PARTIAL = ".partial-"
 CHAIN = ("preprocess", "sample", "train", "embed", "index")
 # what to run after an earlier stage's output changed
@@ -69,6 +76,9 @@ def read_manifest(stage_dir: str | Path, command: str | None = None) -> dict:
         raise TwoTowerError(f"{path}: unreadable ({type(err).__name__}); {rerun}") from None
     if not isinstance(manifest, dict) or "stage" not in manifest:
         raise TwoTowerError(f"{path}: not a twotower manifest; {rerun}")
+    bad = badly_typed(manifest)
+    if bad:
+        raise TwoTowerError(f"{path}: {bad}; {rerun}")
     return manifest
 
 
@@ -96,11 +106,15 @@ def require(
     inputs were read from, not what they hold) and the dotted keys in `ignore` are not compared.
     """
     stage_dir = Path(stage_dir)
+    recover_if_dead(stage_dir)
     if not (stage_dir / MANIFEST).exists():
         raise TwoTowerError(f"{stage_dir} has no finished output: run `twotower {command}` first")
     then = verify(stage_dir, command).get("config", {})
-    for section, now in (made_with or {}).items():
-        diff = first_difference(then.get(section), now, section, ignore)
+    for section, now in (made_with or {}).items():  # a section, or a dotted key in one
+        old = then
+        for part in section.split("."):
+            old = old.get(part) if isinstance(old, dict) else None
+        diff = first_difference(old, now, section, ignore)
         if diff is not None:
             key, old, new = diff
             raise TwoTowerError(
@@ -134,9 +148,12 @@ def verify(stage_dir: Path, command: str) -> dict:
     return manifest
 
 
-def is_current(out_dir: Path, sections: dict, inputs: list[Path]) -> bool:
-    """Whether a stage's output is complete, intact, made with these config `sections` and
-    from the outputs now in `inputs` (what `run` skips, as make would)."""
+def is_current(out_dir: Path, config: dict, inputs: list[Path], view=lambda c: c) -> bool:
+    """Whether a stage's output is complete, intact, made with a config whose `view` (the part
+    its output depends on) is this `config`'s, and from the outputs now in `inputs` (what `run`
+    skips, as make would)."""
+    for d in (out_dir, *inputs):
+        recover_if_dead(d)
     if not (out_dir / MANIFEST).exists() or not all((d / MANIFEST).exists() for d in inputs):
         return False
     try:
@@ -146,9 +163,8 @@ def is_current(out_dir: Path, sections: dict, inputs: list[Path]) -> bool:
             upstream.update(lineage(read_manifest(d)))
     except TwoTowerError:
         return False
-    then = manifest.get("config", {})
-    return manifest.get("upstream") == upstream and all(
-        then.get(k) == v for k, v in sections.items()
+    return manifest.get("upstream") == upstream and view(manifest.get("config", {})) == view(
+        config
     )
 
 
@@ -166,8 +182,10 @@ def sweep_partials(stage_dir: Path) -> None:
 
 
 def _remove_leftovers(stage_dir: Path) -> None:
-    """Dead writers' partial dirs and half-written manifests (`manifest.json.<pid>`)."""
-    for stale in stage_dir.glob(f"{PARTIAL}*"):
+    """A killed writer's half-done move (undone), partial and backup dirs, and half-written
+    manifests (`manifest.json.<pid>`)."""
+    recover(stage_dir, MANIFEST)
+    for stale in (*stage_dir.glob(f"{PARTIAL}*"), *stage_dir.glob(f"{BACKUP}*")):
         shutil.rmtree(stale, ignore_errors=True)
     for stale in stage_dir.glob(f"{MANIFEST}.*"):
         stale.unlink(missing_ok=True)
@@ -285,7 +303,9 @@ def iter_seen(prep_dir: Path, columns: list[str], prefix: str = "") -> Iterator[
 
 class StageOutput:
     """`with StageOutput("train", out_dir, config, inputs) as out:` around a whole stage; write
-    to `out.path(name)`, set `out.figures`. `inputs` are the finished dirs the stage read."""
+    to `out.path(name)`, set `out.figures` (and `out.sources`: raw files read, data/sources.py).
+    `inputs` are the finished dirs the stage reads: their ids are taken on entering, before the
+    stage reads them, and the output is refused if one changed before it is published."""
 
     def __init__(self, stage: str, out_dir: str | Path, config: dict, inputs: list) -> None:
         self.stage = stage
@@ -293,6 +313,7 @@ class StageOutput:
         self.config = config
         self.inputs = [Path(p) for p in inputs]
         self.figures: dict = {}
+        self.sources: list | None = None
         self.tmp = self.out_dir / f"{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def path(self, name: str) -> Path:
@@ -310,8 +331,26 @@ class StageOutput:
             raise TwoTowerError(f"{self.out_dir}: another twotower process is writing it; "
                                 "wait for it or use another paths.out") from None  # fmt: skip
         _remove_leftovers(self.out_dir)  # their writers are dead: we hold the lock
+        self.upstream = self._input_ids()  # what the stage is about to read
         self.tmp.mkdir()
         return self
+
+    def _input_ids(self) -> dict[str, str]:
+        upstream: dict[str, str] = {}
+        for d in self.inputs:
+            recover_if_dead(d)
+            upstream.update(lineage(read_manifest(d)))
+        return upstream
+
+    def _check_inputs_unchanged(self) -> None:
+        """Refuse to publish what was made from inputs another process replaced meanwhile."""
+        now = self._input_ids()
+        for stage, ident in self.upstream.items():
+            if now.get(stage) != ident:
+                raise TwoTowerError(
+                    f"a new {stage} output was written while `twotower {self.stage}` read the "
+                    f"old one: nothing published; rerun `twotower {self.stage}`"
+                )
 
     def __exit__(self, exc_type, exc, tb) -> None:
         failed = exc_type is not None
@@ -322,6 +361,8 @@ class StageOutput:
             failed = True
             raise
         finally:
+            if failed:
+                recover(self.out_dir, MANIFEST)  # a move into place cut short: the old files back
             shutil.rmtree(self.tmp, ignore_errors=True)
             if failed:
                 self._roll_back()
@@ -339,30 +380,22 @@ class StageOutput:
         names = sorted(p.name for p in self.tmp.iterdir())
         outputs = {n: {"sha256": file_hash(self.tmp / n), "bytes": (self.tmp / n).stat().st_size}
                    for n in names}  # fmt: skip
-        upstream: dict[str, str] = {}
-        for d in self.inputs:
-            upstream.update(lineage(read_manifest(d)))
-        # the old manifest goes first, so a crash mid-move never leaves a stale "complete" mark
-        (self.out_dir / MANIFEST).unlink(missing_ok=True)
-        for name in names:
-            target = self.out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            (self.tmp / name).replace(target)
+        self._check_inputs_unchanged()
         manifest = {
             "stage": self.stage,
             "id": uuid.uuid4().hex,
-            "upstream": upstream,
+            "upstream": self.upstream,
             "inputs": [str(p) for p in self.inputs],
             "outputs": outputs,
             "seconds": round(time.perf_counter() - self.start, 3),
             "peak_rss_gib": peak_rss_gib(),
             "figures": self.figures,
             "config": self.config,
+            **({"sources": self.sources} if self.sources is not None else {}),
         }
-        part = self.out_dir / f"{MANIFEST}.{os.getpid()}"
-        part.write_text(json.dumps(manifest, indent=1, default=str))
-        part.replace(self.out_dir / MANIFEST)
+        text = json.dumps(manifest, indent=1, default=str)
+        # old files aside, new ones in, the manifest last; a kill leaves it recoverable (swap.py)
+        swap_in(self.out_dir, self.tmp, names, MANIFEST, text, manifest["id"])
         self.manifest = manifest
         # just hashed: a later stage of this process reads it without hashing it again
         _verified[_cache_key(self.out_dir)] = manifest

@@ -1,8 +1,9 @@
 """Experiment tracking (`tracking=mlflow`; `tracking=none`, the default, logs nothing).
 
 One MLflow run per `twotower` command (`twotower run` = one run for all six stages; a `-m`
-sweep = one run per job), in MLflow's local store under `paths.out/mlruns` (an SQLite file,
-MLflow's default backend; its file store refuses new runs since MLflow 3.7). What a run holds:
+sweep = one run per job), at `tracking.uri` (default `$MLFLOW_TRACKING_URI`: a team's server),
+else in MLflow's local store under `paths.out/mlruns` (an SQLite file, MLflow's default backend;
+its file store refuses new runs since MLflow 3.7). What a run holds:
 
 - params: the resolved config, flattened (`model.embed_dim`, `train.lr`, ...), once;
 - tags: the stage word, and `<stage>.dir` = each stage's output dir as it finishes;
@@ -85,26 +86,34 @@ class NullTracker:
 
 
 class MlflowTracker(NullTracker):
-    """`tracking=mlflow`: one MLflow run per command in the store `store_dir`."""
+    """`tracking=mlflow`: one MLflow run per command, at the tracking URI `uri` (a server or any
+    MLflow store) or, without one, in a local SQLite store under `store_dir`."""
 
-    def __init__(self, store_dir: str, experiment: str = "twotower", run_name: str = "") -> None:
+    def __init__(
+        self, store_dir: str, experiment: str = "twotower", run_name: str = "",
+        uri: str | None = None,
+    ) -> None:  # fmt: skip
         self.store_dir = Path(store_dir).resolve()
         self.experiment = experiment
         self.run_name = run_name or None
+        self.given_uri = uri or None
         self.run_id: str | None = None
 
     @property
     def uri(self) -> str:
-        return f"sqlite:///{self.store_dir / 'mlflow.db'}"
+        return self.given_uri or f"sqlite:///{self.store_dir / 'mlflow.db'}"
 
     def start(self, config: dict, tags: dict[str, str]) -> None:
         import mlflow
 
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        artifacts = None  # a given URI: the server's own artifact location
+        if self.given_uri is None:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+            artifacts = (self.store_dir / "artifacts").as_uri()
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
         exp = self.client.get_experiment_by_name(self.experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            self.experiment, artifact_location=(self.store_dir / "artifacts").as_uri()
+            self.experiment, artifact_location=artifacts
         )  # fmt: skip
         run = self.client.create_run(exp_id, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id

@@ -56,6 +56,11 @@ class TrainSettings:
     weight_decay: float = field(default=0.0, metadata={"ge": 0.0})
     early_stop_k: int = field(default=20, metadata={"ge": 1})
     patience: int = field(default=4, metadata={"ge": 1})
+    # a small log's epoch has few steps: the batch is halved (not below 32) until an epoch has
+    # at least min_steps_per_epoch steps, and patience grows to wait at least
+    # patience_min_steps steps (0 = off; fitting.adapt_to_log, docs/defaults.md)
+    min_steps_per_epoch: int = field(default=32, metadata={"ge": 0})
+    patience_min_steps: int = field(default=140, metadata={"ge": 0})
     # stop after this many optimiser steps in all (0 = no cap): the epoch it falls in is
     # validated and ends training (scale runs on huge logs)
     max_steps: int = field(default=0, metadata={"ge": 0})
@@ -95,12 +100,15 @@ class EvalSettings:
     freshness_prior: float = field(default=1.0, metadata={"ge": 0.0})
     # the metrics over a seeded sample of this many test users (0 = every test user)
     max_users: int = field(default=0, metadata={"ge": 0})
-    # classical baselines beside the model (baselines.py); EASE only up to ease_max_items, its
-    # lambda picked on validation from ease_lambdas
-    baselines: list[str] = field(default_factory=lambda: ["popularity", "ease"])
+    # classical baselines beside the model (baselines.py); EASE on at most ease_max_items (the
+    # most popular), its lambda picked on validation from ease_lambdas; item-KNN's
+    # neighbourhood size from knn_neighbours
+    baselines: list[str] = field(default_factory=lambda: ["popularity", "ease", "itemknn"])
     ease_max_items: int = field(default=20_000, metadata={"ge": 1})
     ease_lambdas: list[float] = field(default_factory=lambda: [10.0, 50.0, 100.0, 200.0, 500.0,
                                                                 1000.0, 2000.0])  # fmt: skip
+    knn_neighbours: list[int] = field(default_factory=lambda: [10, 20, 50, 100, 200, 500, 1000],
+                                      metadata={"each_ge": 1})  # fmt: skip
 
 
 @dataclass

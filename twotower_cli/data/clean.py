@@ -1,10 +1,14 @@
 """Data rules every loader shares (run by `twotower preprocess`): missing ids, times, numbers,
 exact duplicate log rows.
 
+- Ids are stripped of surrounding spaces (` u_00010 ` is `u_00010`); the rows changed are
+  counted (`ids_stripped`, and `<side>s_ids_stripped` for the user and item tables).
 - An id that is null or spells missing (`NaN`, `NULL`, `None`, empty; any case, spaces around)
   is missing, never an id: its row is dropped and counted (`dropped_missing_id`).
-- Times are epoch seconds from numbers or date-time text; text with a UTC offset
-  (`2021-06-24T08:00:00+08:00`) is converted to UTC, text without one is read as UTC. A time
+- Times are epoch seconds from numbers or date-time text: ISO 8601 in every shape (mixed in
+  one column), then pandas' `mixed` parser for other text; text with a UTC offset
+  (`2021-06-24T08:00:00+08:00`) is converted to UTC, text without one is read as UTC. Text no
+  parser reads is a one-line error naming its row and quoting it (cut to 40 characters). A time
   that is not finite or outside 1900..2100 is a one-line error naming the file, row and column
   (1.6e21 used to wrap to INT64_MIN; a millisecond epoch read as seconds lands in year 52000).
 - A numeric value that is infinite or larger in magnitude than 1e15 is a one-line error naming
@@ -29,6 +33,8 @@ MISSING_SPELLINGS = ["", "NaN", "nan", "NAN", "NULL", "null", "Null", "None", "n
 TIME_MIN = -2_208_988_800  # 1900-01-01 UTC
 TIME_MAX = 4_102_444_800  # 2100-01-01 UTC
 NUMBER_MAX = 1e15
+# longer text is no date-time (the longest ISO 8601 shapes hold ~35 characters)
+MAX_TIME_CHARS = 64
 
 
 def missing_ids(values: pd.Series) -> np.ndarray:
@@ -43,6 +49,24 @@ def missing_ids(values: pd.Series) -> np.ndarray:
     if len(spelled):
         missing = missing | values.isin(spelled.tolist()).to_numpy()
     return missing
+
+
+def strip_ids(values: pd.Series) -> tuple[pd.Series, int]:
+    """Text ids without surrounding spaces (` u_00010 ` is `u_00010`, not a second user);
+    (ids, rows changed). Only the distinct values are looked at."""
+    values = pd.Series(values)
+    if pd.api.types.is_numeric_dtype(values):
+        return values, 0
+    uniq = pd.Series(values.dropna().unique(), dtype=object)
+    text = uniq.astype(str)
+    spaced = (text != text.str.strip()).to_numpy()  # numbers' text never has spaces
+    if not spaced.any():
+        return values, 0
+    mapping = dict(zip(uniq[spaced], text[spaced].str.strip(), strict=True))
+    changed = values.isin(mapping.keys()).to_numpy()
+    out = values.astype(object).copy()
+    out[changed] = values[changed].map(mapping).to_numpy()
+    return out, int(changed.sum())
 
 
 def _where(values: pd.Series, bad: np.ndarray) -> tuple[object, object]:
@@ -82,8 +106,9 @@ def check_times(seconds: np.ndarray, index: pd.Index, path, col: str, raw=None) 
 
 def time_error(path, col: str, row, value, too_late: bool) -> TwoTowerError:
     """The one line for a time outside 1900..2100 (also raised by data/preprocess.py)."""
+    quoted = _clip(value) if isinstance(value, str) else repr(value)
     return TwoTowerError(
-        f"{path}: column {col!r} row {row} holds {value!r}: not a time between 1900 "
+        f"{path}: column {col!r} row {row} holds {quoted}: not a time between 1900 "
         f"and 2100 in epoch seconds{' (milliseconds?)' if too_late else ''}"
     )
 
@@ -99,28 +124,51 @@ def epoch_seconds(values: pd.Series, path, col: str, per_second: int = 1) -> np.
         check_times(seconds, values.index, path, col, values)
         return seconds
     number = pd.to_numeric(values, errors="coerce")
-    if number.notna().all():
-        seconds = np.floor(number.to_numpy(np.float64) / per_second)
-        check_times(seconds, values.index, path, col, values)
-        return seconds.astype(np.int64)
-    if values.dtype.kind == "f":  # numbers with gaps
-        row = _where(values, number.isna().to_numpy())[0]
+    is_number = number.notna().to_numpy()
+    if values.dtype.kind == "f" and not is_number.all():  # numbers with gaps
+        row = _where(values, ~is_number)[0]
         raise TwoTowerError(f"{path}: column {col!r} row {row} has no time")
-    return _text_seconds(values, path, col)
+    if not is_number.any():
+        return _text_seconds(values, path, col)
+    # epoch numbers, and any text beside them read as date-times, each row as what it is
+    seconds = np.floor(number[is_number].to_numpy(np.float64) / per_second)
+    check_times(seconds, values.index[is_number], path, col, values[is_number])
+    if is_number.all():
+        return seconds.astype(np.int64)
+    out = np.empty(len(values), np.int64)
+    out[is_number] = seconds
+    out[~is_number] = _text_seconds(values[~is_number], path, col)
+    return out
 
 
 def _text_seconds(values: pd.Series, path, col: str) -> np.ndarray:
+    """Date-time text: ISO 8601 in any of its shapes (offset or none, fractional seconds in some
+    rows only, date alone), then whatever pandas' `mixed` parser reads, for the rows ISO 8601
+    did not; no offset = UTC. The first row neither reads is a one-line error quoting it."""
     missing = missing_ids(values)
     if missing.any():
         raise TwoTowerError(f"{path}: column {col!r} row {_where(values, missing)[0]} has no time")
-    try:
-        stamps = pd.to_datetime(values, utc=True, errors="raise")
-    except (ValueError, TypeError, OverflowError) as err:
+    text = values.astype(str)
+    # no date-time is longer; a huge field would stall the fallback parser (dateutil)
+    too_long = (text.str.len() > MAX_TIME_CHARS).to_numpy()
+    stamps = pd.to_datetime(text.where(~too_long, ""), utc=True, format="ISO8601",
+                            errors="coerce")  # fmt: skip
+    retry = (stamps.isna().to_numpy()) & ~too_long
+    if retry.any():
+        stamps[retry] = pd.to_datetime(text[retry], utc=True, format="mixed", errors="coerce")
+    bad = stamps.isna().to_numpy()
+    if bad.any():
+        row, value = _where(text, bad)
         raise TwoTowerError(
-            f"{path}: column {col!r} must be epoch seconds or date-times "
-            f"({str(err).splitlines()[0]})"
-        ) from err
+            f"{path}: column {col!r} row {row} holds {_clip(value)}: not epoch seconds or a "
+            "date-time (ISO 8601, e.g. 2021-06-24T08:00:00+08:00)"
+        )
     return _datetime_seconds(stamps, path, col)
+
+
+def _clip(value: str, n: int = 40) -> str:
+    """A value quoted for a message, cut to n characters (a field may hold megabytes)."""
+    return repr(value) if len(value) <= n else f"{value[:n]!r}... ({len(value):,} characters)"
 
 
 def _datetime_seconds(stamps: pd.Series, path, col: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.data.clean import check_numbers, epoch_seconds, missing_ids
+from twotower_cli.data.clean import check_numbers, epoch_seconds, missing_ids, strip_ids
 from twotower_cli.data.tables import KINDS, RawData
 
 SUFFIX_SEP = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
@@ -107,6 +107,12 @@ def _check_known(ids, path, col, table_ids, table_path, strict, counts, name) ->
     return known
 
 
+def raw_files(interactions: str | None = None, users: str | None = None,
+              items: str | None = None, **_: object) -> list[Path]:  # fmt: skip
+    """The files `load` reads with these settings (data/sources.py records their identity)."""
+    return [Path(p) for p in (interactions, users, items) if p and Path(p).is_file()]
+
+
 def load(
     interactions: str | None = None,
     sep: str | None = None,
@@ -132,18 +138,12 @@ def load(
         raise TwoTowerError(f"{interactions}: dataset.split.kind=temporal needs a time_col")
     ufeats = parse_features(user_features, "user")
     ifeats = parse_features(item_features, "item")
-    log = read_any(interactions, sep, [user_col, item_col])
+    in_log = [*(_text(ufeats) if not users else []), *(_text(ifeats) if not items else [])]
+    log = read_any(interactions, sep, [user_col, item_col, *in_log])
     need(log, interactions, [user_col, item_col, *(c for c in (time_col, label_col) if c)])
     if log.empty:
         raise TwoTowerError(f"{interactions}: the interaction log is empty")
-    counts = {"log_rows": len(log)}
-    # `NaN`, `NULL`, `None` or empty: a missing id, not an id (rows keep their file numbers)
-    missing = missing_ids(log[user_col]) | missing_ids(log[item_col])
-    counts["dropped_missing_id"] = int(missing.sum())
-    log = log[~missing]
-    dup = log.duplicated().to_numpy()
-    counts["duplicates_dropped"] = int(dup.sum())
-    log = log[~dup]
+    log, counts = _clean_ids(log, user_col, item_col)
     inter = pd.DataFrame(
         {
             "user_id": log[user_col].astype(object).to_numpy(),
@@ -168,6 +168,7 @@ def load(
     ):
         if path:
             table = feature_table(path, read_any(path, None, [key, *_text(feats)]), key, feats)
+            table["id"], counts[f"{side}s_ids_stripped"] = strip_ids(table["id"])
             missing = missing_ids(table["id"])
             counts[f"{side}s_dropped_missing_id"] = int(missing.sum())
             table = table[~missing].reset_index(drop=True)
@@ -176,8 +177,8 @@ def load(
             table = table[~dup].reset_index(drop=True)
             keep &= _check_known(inter[f"{side}_id"], interactions, col, table["id"], path,
                                  strict, counts, f"dropped_{side}_not_in_{side}s")  # fmt: skip
-        elif feats:
-            raise TwoTowerError(f"dataset.load.{side}_features given but no {side}s table")
+        elif feats:  # a denormalised export: the features are log columns
+            table = _table_from_log(interactions, log, inter["timestamp"], col, feats)
         else:
             table = pd.DataFrame({"id": pd.unique(inter[f"{side}_id"])})
         tables[side] = table.rename(columns={"id": f"{side}_id"})
@@ -197,6 +198,30 @@ def load(
         source=str(interactions),
         column_names=names,
     )
+
+
+def _clean_ids(log: pd.DataFrame, user_col: str, item_col: str) -> tuple[pd.DataFrame, dict]:
+    """Ids stripped of surrounding spaces, rows with a missing id or repeating an earlier row
+    in full dropped; (log, counts). Rows keep their file numbers."""
+    counts = {"log_rows": len(log), "ids_stripped": 0}
+    for col in (user_col, item_col):
+        log[col], stripped = strip_ids(log[col])
+        counts["ids_stripped"] += stripped
+    # `NaN`, `NULL`, `None` or empty: a missing id, not an id
+    missing = missing_ids(log[user_col]) | missing_ids(log[item_col])
+    counts["dropped_missing_id"] = int(missing.sum())
+    log = log[~missing]
+    dup = log.duplicated().to_numpy()
+    counts["duplicates_dropped"] = int(dup.sum())
+    return log[~dup], counts
+
+
+def _table_from_log(path, log: pd.DataFrame, times: pd.Series, key: str, feats: list[dict]):
+    """Features held in the log itself (no user or item table): each id takes the values of
+    its latest row (by time, then file order), as a profile that changes takes its newest."""
+    order = np.argsort(times.to_numpy(), kind="stable")
+    latest = log.iloc[order].drop_duplicates(key, keep="last")
+    return feature_table(path, latest, key, feats)
 
 
 def _text(feats: list[dict]) -> list[str]:

@@ -27,6 +27,8 @@ from twotower_cli.core.errors import ConfigError
 
 ENGINE_MEMORY = "1GB"  # dataset.engine_memory when a dataset config does not say
 MEMORY = re.compile(r"^\s*(\d+(\.\d+)?)\s*(KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*$", re.IGNORECASE)
+MIN_MEMORY_MB = 16  # below it DuckDB cannot hold one block of a tiny log
+OUT_OF_MEMORY = duckdb.OutOfMemoryException  # the engine's limit reached (no spill left)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ def check_memory(value: str, key: str = "dataset.engine_memory") -> str:
     """'1GB', '512MB', ... (DuckDB's memory_limit syntax), or a one-line error naming `key`."""
     if not isinstance(value, str) or not MEMORY.match(value):
         raise ConfigError(f"{key}: {value!r} is not a memory size like 1GB or 512MB")
+    number, _, unit = MEMORY.match(value).groups()
+    power = {"K": 1, "M": 2, "G": 3, "T": 4}[unit[0].upper()]
+    base = 1024 if unit.upper().endswith("IB") else 1000
+    if float(number) * base**power < MIN_MEMORY_MB * 1000**2:
+        raise ConfigError(f"{key}: {value!r} is below the engine's minimum of {MIN_MEMORY_MB}MB")
     return value.strip()
 
 

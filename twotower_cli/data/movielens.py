@@ -7,6 +7,7 @@ it, so it is fetched into `data/raw/` on first use and never committed.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.data import csv_data
 from twotower_cli.data.clean import epoch_seconds
 from twotower_cli.data.tables import RawData
 
@@ -147,12 +149,30 @@ def read_grouplens(zip_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     return ratings, users, items
 
 
+def raw_files(raw_dir: str | Path, **_: object) -> list[Path]:
+    """The files `load` parses, as `fetch` picks them, once fetched (data/sources.py records
+    their identity)."""
+    recbole = [Path(raw_dir) / "ml-100k" / name for name in RECBOLE_SHA256]
+    if all(p.exists() for p in recbole):
+        return recbole
+    zip_path = Path(raw_dir) / "ml-100k.zip"
+    return [zip_path] if zip_path.exists() else []
+
+
 def load(raw_dir: str | Path, min_rating: float = 4, **_: object) -> RawData:
     """MovieLens-100K as RawData: ratings with a `like` label, user and item features."""
     source = fetch(Path(raw_dir))
     ratings, users, items = read_recbole(source) if source.is_dir() else read_grouplens(source)
     if ratings_checksum(ratings) != RATINGS_SHA256:
         raise TwoTowerError(f"{source}: ratings checksum mismatch; delete it to refetch")
+    return as_raw_data(ratings, users, items, source, min_rating)
+
+
+def as_raw_data(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, source: Path,
+                min_rating: float) -> RawData:  # fmt: skip
+    """Parsed MovieLens tables (numeric-text ids, raw age, zip, year, genre lists) as RawData:
+    ratings with `like` (rating >= min_rating) and `watch` labels, the features of
+    USER_FIELDS and ITEM_FIELDS (MovieLens-100K and -1M alike)."""
     ratings = ratings.astype({"user_id": "int64", "item_id": "int64"})
     ratings["timestamp"] = epoch_seconds(ratings["timestamp"], source, "timestamp")
     ratings["rating"] = ratings["rating"].astype("float32")
@@ -177,3 +197,45 @@ def load(raw_dir: str | Path, min_rating: float = 4, **_: object) -> RawData:
         item_fields=dict(ITEM_FIELDS),
         counts={"ratings": len(ratings), "users": len(users), "items": len(items)},
     )
+
+
+def write_csv(raw_dir: str | Path, files: dict[str, str | Path]) -> None:
+    """MovieLens-100K as the three plain files `dataset=ml100k_csv` reads (`files`: interactions
+    / users / items -> path), from the fetched data set; only the missing ones are written, each
+    in full or not at all (a temporary name, then a rename)."""
+    raw = load(raw_dir)
+    frames = {
+        "interactions": raw.interactions[["user_id", "item_id", "rating", "timestamp"]],
+        "users": raw.users,
+        "items": raw.items.assign(genres=raw.items["genres"].str.join("|")),
+    }
+    for key, path in files.items():
+        path = Path(path)
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        frames[key].to_csv(tmp, index=False)
+        tmp.replace(path)
+
+
+def load_csv(raw_dir: str | Path = "data/raw", **csv_keys: object) -> RawData:
+    """`dataset=ml100k_csv`: MovieLens-100K through the csv loader (`dataset=csv`'s keys); the
+    csv files are written from the fetched data set first when they are missing, so the
+    example works on a fresh clone."""
+    files = {k: csv_keys[k] for k in ("interactions", "users", "items") if csv_keys.get(k)}
+    if not all(Path(str(p)).is_file() for p in files.values()):
+        write_csv(raw_dir, files)
+    return csv_data.load(**csv_keys)
+
+
+# what load_csv takes is raw_dir plus csv_data.load's keys: its signature says so, so the
+# config check (pipeline/config.py) can refuse a key neither takes
+load_csv.__signature__ = inspect.Signature(
+    [inspect.Parameter("raw_dir", inspect.Parameter.KEYWORD_ONLY, default="data/raw")]
+    + [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(csv_data.load).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]  # fmt: skip
+)

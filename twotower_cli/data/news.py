@@ -202,6 +202,11 @@ def _drop(frame: pd.DataFrame, bad: np.ndarray, counts: dict, name: str) -> pd.D
     return frame[~bad]
 
 
+def raw_files(raw_dir: str | Path = "data/raw/news", **_: object) -> list[Path]:
+    """The files `load` reads (data/sources.py records their identity)."""
+    return [p for p in (Path(raw_dir) / f for f in (USER_FILE, DOC_FILE, LOG_FILE)) if p.is_file()]
+
+
 def load(
     raw_dir: str | Path = "data/raw/news",
     start: str = "2021-06-24 00:00:00",

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.data import protocol as protocols
 from twotower_cli.data import sql
 from twotower_cli.data.clean import TIME_MAX, TIME_MIN, drop_missing_keys, time_error
 from twotower_cli.data.engine import Engine, log_rows
@@ -90,7 +91,7 @@ class Plan:
 
 def preprocess(
     raw: RawData, label: str, split: SplitSettings, tasks: tuple[str, ...] = (),
-    engine: Engine | None = None,
+    engine: Engine | None = None, protocol: protocols.ProtocolSettings | None = None,
 ) -> tuple[Encoded, dict[str, pd.DataFrame], dict[str, int]]:  # fmt: skip
     """Encode features, keep positives, split them; return tables, splits and row counts.
 
@@ -100,7 +101,7 @@ def preprocess(
     `tasks_train/valid/test` add every row positive for some task (see sql.task_rows).
     """
     with engine or Engine() as eng:
-        plan = _plan(eng, raw, label, split, tuple(tasks))
+        plan = _plan(eng, raw, label, split, tuple(tasks), protocol)
         frames, made = {}, {}
         for name, query in plan.queries.items():
             frames[name] = made[query].copy() if query in made else eng.df(query)
@@ -112,11 +113,11 @@ def preprocess(
 
 def write_preprocess(
     raw: RawData, label: str, split: SplitSettings, tasks: tuple[str, ...], out: Path,
-    engine: Engine,
+    engine: Engine, protocol: protocols.ProtocolSettings | None = None,
 ) -> tuple[Encoded, dict[str, int], list[str]]:  # fmt: skip
     """`preprocess`, each table written by the engine as `<name>.parquet` in `out`; returns
     (encoded sides, counts, the parquet files' names)."""
-    plan = _plan(engine, raw, label, split, tuple(tasks))
+    plan = _plan(engine, raw, label, split, tuple(tasks), protocol)
     sizes, made = {}, {}
     for name, query in plan.queries.items():
         path = out / f"{name}.parquet"
@@ -135,7 +136,8 @@ def _counts(raw: RawData, plan: Plan, sizes: dict, test_users: int) -> dict[str,
     return {**raw.counts, **plan.counts, **sizes, "test_users": test_users, **plan.cleaned}
 
 
-def _plan(eng: Engine, raw: RawData, label: str, split: SplitSettings, tasks: tuple) -> Plan:
+def _plan(eng: Engine, raw: RawData, label: str, split: SplitSettings, tasks: tuple,
+          proto: protocols.ProtocolSettings | None = None) -> Plan:  # fmt: skip
     """Run the cleaning, encoding and split queries; return the output tables' queries."""
     source = raw.interactions
     n_rows = log_rows(source)
@@ -146,30 +148,28 @@ def _plan(eng: Engine, raw: RawData, label: str, split: SplitSettings, tasks: tu
     cleaned, n_clean = _clean(eng, raw, types, n_rows)
     raw = replace(raw, users=drop_missing_keys(raw.users, "user_id"),
                   items=drop_missing_keys(raw.items, "item_id"))  # fmt: skip
-    maps, joins = _maps(eng, raw, types)
-    temporal = split.kind == "temporal"
-    if temporal:
-        last = eng.one('SELECT max("timestamp") FROM clean')[0]
-        valid_start, test_start, end = temporal_bounds(
-            np.array([last]), split.valid_days, split.test_days, raw.window_end
+    proto = proto if proto is not None and proto.filters else None
+    if proto is not None:  # its positives and k-core decide the users and items; no task tables
+        tasks = ()
+        raw, kept = protocols.restrict(
+            eng, raw, proto, protocols.positive_sql(proto, label, types)
         )
-        early = {}  # the raw ids seen before validation: what vocabularies learn from
-        for side, keys in maps.items():
-            m = side[0]
-            seen = eng.numpy(f'SELECT DISTINCT {m}."{side}" FROM clean c JOIN {m}map {m} '
-                             f'ON {joins[side]} WHERE c."timestamp" < {valid_start}')  # fmt: skip
-            early[side] = keys[seen - 1]
-        enc = encode(raw, early["user"], early["item"])
+        cleaned = {**cleaned, **kept}
+    maps, joins = _maps(eng, raw, types)
+    temporal = split.kind == "temporal" and (proto is None or proto.split == "dataset")
+    if temporal:
+        enc, (valid_start, test_start, end) = _encode_temporal(eng, raw, split, maps, joins)
     else:
         enc = encode(raw)
     counts = _encode_log(eng, types, joins, n_clean)
-    for col in (label, *tasks):
+    for col in (label, *tasks) if proto is None else tasks:
         if col not in types:
             kind = "label" if col == label else "task"
             name = raw.column_names.get("label", label) if col == label else col
             raise TwoTowerError(f"{raw.source}: no {kind} column {name!r}")
     names = list(eng.types("log"))[:-1]  # user, item, timestamp, the other columns (not _row)
-    pos = sql.positive(label, types[label])
+    pos = sql.positive(label, types[label]) if proto is None else (
+        protocols.positive_sql(proto, label, types))  # fmt: skip
     eng.run(f"CREATE VIEW positives AS SELECT * FROM log WHERE {pos}")
     counts["positives"] = eng.one("SELECT count(*) FROM positives")[0]
     if temporal:
@@ -177,6 +177,8 @@ def _plan(eng: Engine, raw: RawData, label: str, split: SplitSettings, tasks: tu
         outside = eng.one("SELECT count(*) FROM split WHERE part IS NULL")[0]
         counts.update(positives_outside_window=outside, valid_start=valid_start,
                       test_start=test_start)  # fmt: skip
+    elif proto is not None and proto.split != "dataset":
+        protocols.split_table(eng, proto, "positives", names)
     else:
         fractions = (split.test_fraction, split.valid_fraction, split.min_positives)
         eng.table("split", sql.per_user_split("positives", names, *fractions))
@@ -192,6 +194,21 @@ def _plan(eng: Engine, raw: RawData, label: str, split: SplitSettings, tasks: tu
     before = valid_start if temporal else None
     queries = _output_queries(eng, names, types, label, tasks, pos, before)
     return Plan(enc, queries, counts, cleaned)
+
+
+def _encode_temporal(eng: Engine, raw: RawData, split: SplitSettings, maps: dict,
+                     joins: dict) -> tuple[Encoded, tuple[int, int, int]]:  # fmt: skip
+    """The sides encoded with vocabularies learnt from the ids seen before validation, and
+    the temporal split's (valid_start, test_start, end)."""
+    last = eng.one('SELECT max("timestamp") FROM clean')[0]
+    bounds = temporal_bounds(np.array([last]), split.valid_days, split.test_days, raw.window_end)
+    early = {}  # the raw ids seen before validation: what vocabularies learn from
+    for side, keys in maps.items():
+        m = side[0]
+        seen = eng.numpy(f'SELECT DISTINCT {m}."{side}" FROM clean c JOIN {m}map {m} '
+                         f'ON {joins[side]} WHERE c."timestamp" < {bounds[0]}')  # fmt: skip
+        early[side] = keys[seen - 1]
+    return encode(raw, early["user"], early["item"]), bounds
 
 
 def _output_queries(eng: Engine, names: list[str], types: dict, label: str, tasks: tuple,

@@ -149,6 +149,26 @@ ORDER BY "user", "timestamp", "item", _row
 """
 
 
+def protocol_split(source: str, names: list[str], order: str, shuffled: bool) -> str:
+    """`names` and `part` for every row of `source` (as `s`) under a protocol
+    (data/protocol.py): per user, rows ranked by `order` (`o.pos` of table `porder(_row, pos)`
+    when `shuffled`); table `pcounts(n, n_train, n_valid)` says how many of a user's n rows
+    train and validate, the rest test. Rows come in (user, timestamp, item, _row) order."""
+    join = "JOIN porder o ON o._row = s._row" if shuffled else ""
+    picked = ", ".join(f"s.{q(c)}" for c in names)
+    return f"""
+SELECT {cols(names)}, _row,
+       CASE WHEN rank < c.n_train THEN 'train'
+            WHEN rank < c.n_train + c.n_valid THEN 'valid' ELSE 'test' END AS part
+FROM (SELECT {picked}, s._row,
+             ROW_NUMBER() OVER (PARTITION BY s."user" ORDER BY {order}) - 1 AS rank,
+             COUNT(*) OVER (PARTITION BY s."user") AS n
+      FROM {source} s {join}) r
+JOIN pcounts c ON c.n = r.n
+ORDER BY "user", "timestamp", "item", _row
+"""
+
+
 def temporal_split(source: str, names: list[str], valid_start: int, test_start: int,
                    end: int) -> str:  # fmt: skip
     """`names` and `part` by time: train before valid_start, validation up to test_start,

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data.clean import check_numbers
@@ -202,8 +201,9 @@ def load_schema(prep_dir: Path) -> dict[str, list[Field]]:
     return {side: [Field(**f) for f in fs] for side, fs in raw.items()}
 
 
-def feature_tensors(table: pd.DataFrame, fields: list[Field]) -> dict[str, torch.Tensor]:
-    """A side's whole table as tensors indexed by id (row 0 = padding), for batch gathering."""
+def feature_arrays(table: pd.DataFrame, fields: list[Field]) -> dict[str, np.ndarray]:
+    """A side's whole table as arrays indexed by id (row 0 = padding), for batch gathering
+    (models.inputs turns them into tensors; the data layer imports no torch)."""
     out = {}
     for f in fields:
         col = table[f.name]
@@ -215,15 +215,15 @@ def feature_tensors(table: pd.DataFrame, fields: list[Field]) -> dict[str, torch
         else:
             values = col.to_numpy(dtype=np.int64)
         pad = np.zeros((1, *values.shape[1:]), dtype=values.dtype)
-        out[f.name] = torch.from_numpy(np.concatenate([pad, values]))
+        out[f.name] = np.concatenate([pad, values])
     return out
 
 
-def load_tables(prep_dir: Path) -> tuple[dict, dict, dict]:
-    """(schema, user feature tensors, item feature tensors) of a preprocess output."""
+def load_arrays(prep_dir: Path) -> tuple[dict, dict, dict]:
+    """(schema, user feature arrays, item feature arrays) of a preprocess output."""
     schema = load_schema(prep_dir)
-    users = feature_tensors(pd.read_parquet(prep_dir / "users.parquet"), schema["user"])
-    items = feature_tensors(pd.read_parquet(prep_dir / "items.parquet"), schema["item"])
+    users = feature_arrays(pd.read_parquet(prep_dir / "users.parquet"), schema["user"])
+    items = feature_arrays(pd.read_parquet(prep_dir / "items.parquet"), schema["item"])
     return schema, users, items
 
 

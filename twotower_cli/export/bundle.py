@@ -18,8 +18,9 @@ from torch import nn
 
 from twotower_cli.core.layout import Layout
 from twotower_cli.core.settings import HISTORY
-from twotower_cli.data.tables import feature_tensors, load_schema
+from twotower_cli.data.tables import load_schema
 from twotower_cli.export.user_tower import OUTPUT, export_onnx, history_length
+from twotower_cli.models.inputs import feature_tensors
 
 ONNX_NAME = "user_tower.onnx"
 

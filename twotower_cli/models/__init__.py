@@ -1,7 +1,8 @@
 """Tower variants, one file each, built from the shared blocks in `blocks.py`.
 
 `TOWERS` is the fixed registry of twotower's own tower classes: a config names one by its
-`_target_`, a checkpoint by its key, and nothing else is ever built (checkpoint.py)."""
+`_target_`, a checkpoint by its key, and nothing else is ever built (checkpoint.py).
+`inputs.py` turns the data layer's feature arrays into the tensors the towers gather from."""
 
 from twotower_cli.core.errors import ConfigError
 from twotower_cli.models.base import TwoTower

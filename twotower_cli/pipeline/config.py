@@ -5,6 +5,8 @@ raise one ConfigError naming the key."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +81,11 @@ def run_name(model: str) -> str:
     return f"{model}-{','.join(mine)}".replace("/", "_") if mine else model
 
 
+def data_name(dataset: str, protocol: str | None) -> str:
+    """The data dir's name: the dataset choice, `-<protocol>` unless the default protocol."""
+    return dataset if protocol in (None, "default") else f"{dataset}-{protocol}"
+
+
 def sample_name(sampler: str, fit_on: str) -> str:
     """The sample dir's name: the sampler choice, `+valid` when it learns from train+valid."""
     return sampler if fit_on == "train" else f"{sampler}+valid"
@@ -87,7 +94,8 @@ def sample_name(sampler: str, fit_on: str) -> str:
 def register() -> None:
     """Put the schemas where the YAML files' defaults lists find them (`/schema/<group>`), and
     the `run_name` and `sample_name` resolvers of conf/paths/default.yaml."""
-    for name, fn in (("run_name", run_name), ("sample_name", sample_name)):
+    for name, fn in (("run_name", run_name), ("sample_name", sample_name),
+                     ("data_name", data_name)):  # fmt: skip
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
     cs = ConfigStore.instance()
@@ -117,6 +125,10 @@ def check(cfg: DictConfig) -> None:
         values = OmegaConf.to_container(node, resolve=True)
         names = {f for f in settings.__dataclass_fields__}
         check_bounds(settings(**{k: v for k, v in values.items() if k in names}), key)
+    _check_known(cfg)
+    seed = cfg.get("seed")
+    if type(seed) is not int:
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
     threads = cfg.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be null (every core) or an integer >= 1, got {threads!r}")
@@ -133,6 +145,43 @@ def check(cfg: DictConfig) -> None:
         ServeSettings(**OmegaConf.to_container(cfg.serve, resolve=True))  # checks its bounds
     _check_device(OmegaConf.select(cfg, "train.device") or "cpu")
     _check_targets(OmegaConf.to_container(cfg, resolve=False), "")
+    _check_load_keys(cfg)
+
+
+# groups whose settings name every key they take: an unknown key (`+train.foo=1`) is refused
+# before it reaches a stage (or, under dataset, every later stage's lineage check)
+CLOSED = {"train": TrainSettings, "eval": EvalSettings, "index": IndexSettings,
+          "exposures": ExposureSettings, "dataset.split": SplitSettings}  # fmt: skip
+DATASET_KEYS = ("engine_memory", "load", "label", "tasks", "split", "protocol")
+
+
+def _check_known(cfg: DictConfig) -> None:
+    known = {key: tuple(settings.__dataclass_fields__) for key, settings in CLOSED.items()}
+    for key, names in {**known, "dataset": DATASET_KEYS}.items():
+        node = OmegaConf.select(cfg, key)
+        unknown = sorted(set(node.keys()) - set(names)) if OmegaConf.is_dict(node) else []
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}: not a {key} setting; known: "
+                              f"{', '.join(sorted(names))}")  # fmt: skip
+
+
+def _check_load_keys(cfg: DictConfig) -> None:
+    """dataset.load's keys are its loader's arguments: one it does not take is refused (the
+    loaders take `**_`, so it would be ignored, yet enter every later stage's lineage check)."""
+    load = OmegaConf.select(cfg, "dataset.load")
+    target = load.get("_target_") if OmegaConf.is_dict(load) else None
+    if not isinstance(target, str):
+        return
+    module, _, name = target.rpartition(".")
+    try:
+        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return  # Hydra names a target it cannot find when it instantiates it
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    unknown = sorted(set(load.keys()) - named - {"_target_", "_partial_"})
+    if unknown:
+        raise ConfigError(f"dataset.load.{unknown[0]}: not an argument of {target}; known: "
+                          f"{', '.join(sorted(named))}")  # fmt: skip
 
 
 # modules that moved when the package was split by role (issue 24): a `_target_` a user wrote
@@ -162,8 +211,8 @@ def _check_targets(node: Any, where: str) -> None:
 
 
 def _check_device(device: str) -> None:
-    """train.device: cpu, or a CUDA / MPS device this machine has."""
-    if device == "cpu":
+    """train.device: cpu, auto (CUDA when present), or a CUDA / MPS device this machine has."""
+    if device in ("cpu", "auto"):
         return
     import torch
 
@@ -181,3 +230,40 @@ def _check_device(device: str) -> None:
 
 def threads(cfg: DictConfig) -> int:
     return cfg.get("threads") or os.cpu_count() or 1
+
+
+# dataset.load keys that hold file paths (data/csv_data.py)
+PATH_KEYS = ("interactions", "users", "items")
+
+
+def dataset_paths(cfg: DictConfig) -> dict[str, str]:
+    """The relative file paths that a dataset YAML of the user's (`--config-dir DIR`,
+    DIR/dataset/NAME.yaml) writes itself, resolved against that YAML's folder; the packaged
+    YAMLs' paths and values given on the command line stay relative to the working directory.
+    Passed to the loader over dataset.load."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    runtime = HydraConfig.get().runtime
+    name = runtime.choices.get("dataset")
+    own = None
+    for source in runtime.config_sources:
+        if source.schema != "file" or source.provider in ("main", "hydra"):
+            continue  # twotower's own conf/ (and Hydra's)
+        candidate = Path(source.path) / "dataset" / f"{name}.yaml"
+        if candidate.is_file():
+            own = candidate
+            break
+    if own is None:
+        return {}
+    written = OmegaConf.load(own).get("load") or {}
+    load = cfg.dataset.get("load") or {}
+    out = {}
+    for key in PATH_KEYS:
+        value = load.get(key)
+        if isinstance(value, str) and written.get(key) == value and not Path(value).is_absolute():
+            out[key] = str(own.parent / value)
+    return out

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -35,9 +36,19 @@ from twotower_cli.artifacts.store import (
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import sorted_unique
 from twotower_cli.core.layout import Layout
-from twotower_cli.data.engine import ENGINE_MEMORY, Engine
+from twotower_cli.data import sources
+from twotower_cli.data.engine import ENGINE_MEMORY, OUT_OF_MEMORY, Engine
 from twotower_cli.data.preprocess import SplitSettings, write_preprocess
-from twotower_cli.data.tables import load_tables, save_encoded
+from twotower_cli.data.protocol import settings as protocol_settings
+from twotower_cli.data.tables import save_encoded
+from twotower_cli.models.inputs import load_tables
+from twotower_cli.pipeline import config
+from twotower_cli.pipeline.sections import (
+    HOW_TRAINED,
+    MODEL_MADE_WITH,
+    NOT_OUTPUT,
+    output_view,
+)
 from twotower_cli.retrieval import pools
 from twotower_cli.retrieval.baselines import BaselineSettings
 from twotower_cli.retrieval.evaluation import evaluate_run, format_table
@@ -46,25 +57,10 @@ from twotower_cli.samplers import add_exposure_negatives
 from twotower_cli.samplers.mining import mined_band
 from twotower_cli.training import distributed, fitting
 from twotower_cli.training.examples import with_history
-from twotower_cli.training.hooks import kill_point
 from twotower_cli.training.resume import Resume
 from twotower_cli.training.trainer import encode_all
 
 RESUME_DIR = ".resume"  # train's per-epoch state, beside its outputs (training/resume.py)
-# the config sections each stage's output depends on (besides its inputs): `run` redoes a
-# stage when one of them changed, as make would
-SECTIONS = {
-    "preprocess": ("dataset",),
-    "sample": ("dataset", "sampler", "exposures", "fit_on", "seed"),
-    "train": ("dataset", "sampler", "exposures", "fit_on", "model", "train", "loss", "seed"),
-    "embed": (),
-    "index": ("index",),
-    "evaluate": ("eval", "index"),
-}
-
-
-# keys that bound how a stage runs, not what it writes: a change does not make outputs stale
-NOT_OUTPUT = ("dataset.engine_memory",)
 
 
 def _config(cfg: DictConfig) -> dict:
@@ -74,30 +70,65 @@ def _config(cfg: DictConfig) -> dict:
 def _earlier(cfg: DictConfig, stage: str, sections: tuple = ("dataset",), ignore: tuple = ()):
     """The output dir of an earlier `stage` for this config, made with the same settings in
     `sections` (artifacts.require: else a one-line error naming the command to run)."""
-    made_with = {
-        name: OmegaConf.to_container(cfg[name], resolve=True)
-        if OmegaConf.is_config(cfg[name])
-        else cfg[name]  # a top-level value: fit_on
-        for name in sections
-    }
+    made_with = {}
+    for name in sections:  # a section, or a dotted key (a plain value: fit_on)
+        node = OmegaConf.select(cfg, name)
+        made_with[name] = (OmegaConf.to_container(node, resolve=True)
+                           if OmegaConf.is_config(node) else node)  # fmt: skip
     return require(cfg.paths[f"{stage}_dir"], stage, made_with, (*ignore, *NOT_OUTPUT))
 
 
 def preprocess(cfg: DictConfig) -> dict:
     L = Layout.of(cfg.paths)
     with StageOutput("preprocess", L.preprocess, _config(cfg), []) as out:
-        # partial, then call: Hydra would wrap the loader's TwoTowerError in its own exception
-        raw = instantiate(cfg.dataset.load, _partial_=True)()
+        raw = _read_raw(cfg, out)
         split, tasks = SplitSettings(**cfg.dataset.split), cfg.dataset.get("tasks") or ()
+        proto = protocol_settings(cfg.dataset)
         # the log goes through DuckDB within engine_memory, spilling under paths.out/.engine
         memory = cfg.dataset.get("engine_memory", ENGINE_MEMORY)
-        with Engine(memory, Path(cfg.paths.out) / ".engine", cfg.get("threads")) as engine:
-            enc, counts, _ = write_preprocess(raw, cfg.dataset.label, split, tasks, out.tmp,
-                                              engine)  # fmt: skip
+        try:
+            with Engine(memory, Path(cfg.paths.out) / ".engine", cfg.get("threads")) as engine:
+                enc, counts, _ = write_preprocess(raw, cfg.dataset.label, split, tasks, out.tmp,
+                                                  engine, proto)  # fmt: skip
+        except OUT_OF_MEMORY as err:
+            why = str(err).splitlines()[0][:120]
+            raise TwoTowerError(f"dataset.engine_memory={memory} is too small for this log "
+                                f"({why}); raise it") from None  # fmt: skip
         save_encoded(enc, out.tmp)
-        out.figures = {**counts, "n_users": enc.n_users, "n_items": enc.n_items}
+        out.figures = {"protocol": proto.name, **counts, "n_users": enc.n_users,
+                       "n_items": enc.n_items}  # fmt: skip
     print(f"preprocess: {json.dumps(out.figures)}")
     return out.figures
+
+
+def _read_raw(cfg: DictConfig, out: StageOutput):
+    """The loader's RawData; `out.sources`: the raw files' identity taken before they are read
+    (and of any the loader fetched), refused if a file changed while it was read."""
+    own_paths = config.dataset_paths(cfg)
+    load = _load_args(cfg)
+    before = sources.identify(sources.raw_files(load))
+    # partial, then call: Hydra would wrap the loader's TwoTowerError in its own exception
+    raw = instantiate(cfg.dataset.load, _partial_=True)(**own_paths)
+    sources.check_unchanged_since(before, "preprocess")
+    known = {e["path"] for e in before}
+    fetched = [p for p in sources.raw_files(load) if str(p) not in known]
+    out.sources = [*before, *sources.identify(fetched)]
+    return raw
+
+
+def _load_args(cfg: DictConfig) -> dict:
+    """dataset.load as the loader gets it: relative paths in a --config-dir dataset YAML read
+    against that YAML (config.dataset_paths)."""
+    return {**OmegaConf.to_container(cfg.dataset.load, resolve=True), **config.dataset_paths(cfg)}
+
+
+def _sources_current(cfg: DictConfig, prep_dir: Path) -> bool:
+    """Whether the raw files are the ones preprocess read (`run`'s check; a line says why not)."""
+    files = sources.raw_files(_load_args(cfg))
+    why = sources.changed(read_manifest(prep_dir).get("sources"), files)
+    if why:
+        print(f"preprocess: {why}: redoing it", flush=True)
+    return why is None
 
 
 def sample(cfg: DictConfig) -> dict:
@@ -148,8 +179,7 @@ def _stream_sample(sampler, prep_dir: Path, splits: tuple, n_items: int,
 def train(cfg: DictConfig) -> dict:
     L = Layout.of(cfg.paths)
     dist_settings = distributed.settings(OmegaConf.to_container(cfg.train, resolve=True))
-    tasks = OmegaConf.select(cfg, "model.tasks")  # multitask: refused on several ranks
-    if distributed.should_launch(dist_settings, cfg.train.batch_size, tasks):
+    if distributed.should_launch(dist_settings, cfg.train.batch_size, cfg.model.get("tasks")):
         distributed.launch(dist_settings, train_worker, _config(cfg))
         tracking.active().log_finished(L.train)  # the workers track nothing: read back
         return read_manifest(L.train)["figures"]
@@ -164,7 +194,6 @@ def train(cfg: DictConfig) -> dict:
         resume = _resume(cfg, L, [prep_dir, sample_dir]) if cfg.train.resume == "auto" else None
         f = fitting.fit(cfg, prep_dir, sample_dir, group, resume, tracking.active().log_epoch)
         distributed.barrier(group)  # every rank is done before rank 0 writes
-        kill_point("publish", len(f.history), group.rank)  # a test's kill (hooks.py)
         if not group.is_main:
             return {}
         checkpoint.save(out.path("model.pt"), f.model, f.key, f.args, f.schema, _config(cfg))
@@ -174,12 +203,24 @@ def train(cfg: DictConfig) -> dict:
         key = f"valid_recall@{f.settings.early_stop_k}"
         scores = [h[key] for h in f.history if key in h]  # none in a refit (fit_on: train+valid)
         best = {"best_valid": max(scores)} if scores else {"fit_on": cfg.fit_on}
+        if scores:
+            best["popularity_valid"] = f.popularity_valid
+            _warn_below_popularity(max(scores), f.popularity_valid, f.settings.early_stop_k)
         out.figures = {"loss": f.loss_name, "epochs": len(f.history), **best,
                        "parameters": sum(p.numel() for p in f.model.parameters()),
                        **distributed.figures(group, f.settings.batch_size, f.history)}  # fmt: skip
     shutil.rmtree(L.train / RESUME_DIR, ignore_errors=True)  # the finished model supersedes it
     print(f"train: {json.dumps(out.figures)}")
     return out.figures
+
+
+def _warn_below_popularity(best: float, popularity: float, k: int) -> None:
+    if best < popularity:
+        print(
+            f"train: warning: validation recall@{k} {best:.4f} stayed below popularity's "
+            f"{popularity:.4f}; try twotower tune or docs/defaults.md",
+            file=sys.stderr,
+        )
 
 
 def train_inputs(cfg: DictConfig) -> tuple[Path, Path]:
@@ -197,7 +238,7 @@ def _resume(cfg: DictConfig, L: Layout, inputs: list[Path]) -> Resume:
     on (the train sections of the config and the ids of its inputs), so a state made with other
     settings or from other inputs is never resumed."""
     resolved = _config(cfg)
-    made_of = {s: resolved[s] for s in SECTIONS["train"]}
+    made_of = output_view("train", resolved)
     made_of["inputs"] = [read_manifest(d).get("id") for d in inputs]
     for key in ("resume", "backend", "dist_timeout_s"):  # how, not what, it trains
         made_of["train"].pop(key, None)
@@ -216,9 +257,7 @@ def train_worker(config: dict) -> None:
 
 def embed(cfg: DictConfig) -> dict:
     L = Layout.of(cfg.paths)
-    prep_dir = _earlier(cfg, "preprocess")
-    train_dir = _earlier(cfg, "train")
-    check_chain([prep_dir, train_dir])
+    prep_dir, train_dir = _model_inputs(cfg, ("preprocess", "train"))
     with StageOutput("embed", L.embed, _config(cfg), [prep_dir, train_dir]) as out:
         model, ckpt = checkpoint.load(L.model)
         _, users, items = load_tables(prep_dir)
@@ -256,9 +295,24 @@ def embed(cfg: DictConfig) -> dict:
     return out.figures
 
 
+def _model_inputs(cfg: DictConfig, names: tuple[str, ...]) -> list[Path]:
+    """The dirs of the stages `names` after train reads: one chain, and made with this config's
+    model settings (MODEL_MADE_WITH; for an index, its factory; for evaluated vectors, their
+    freshness prior): an override that contradicts them is a one-line error naming the key."""
+    dirs = [_earlier(cfg, s) for s in names]
+    check_chain(dirs)
+    for name in (n for n in names if n in ("train", "embed", "index")):
+        _earlier(cfg, name, MODEL_MADE_WITH, HOW_TRAINED)
+    if "index" in names:  # nprobe and ef_search are search-time settings
+        _earlier(cfg, "index", ("index",), ("index.nprobe", "index.ef_search"))
+    if {"embed", "index"} <= set(names):  # evaluate reports the prior the vectors hold
+        _earlier(cfg, "embed", ("eval.freshness_prior",))
+    return dirs
+
+
 def index(cfg: DictConfig) -> dict:
     L = Layout.of(cfg.paths)
-    embed_dir = _earlier(cfg, "embed")
+    (embed_dir,) = _model_inputs(cfg, ("embed",))
     with StageOutput("index", L.index, _config(cfg), [embed_dir]) as out:
         vectors = np.load(L.vectors("item"))
         idx = build_index(vectors, cfg.index.factory, cfg.index.nprobe, cfg.index.ef_search)
@@ -271,23 +325,24 @@ def index(cfg: DictConfig) -> dict:
 
 def evaluate(cfg: DictConfig) -> dict:
     L = Layout.of(cfg.paths)
-    dirs = [_earlier(cfg, s) for s in ("preprocess", "train", "embed", "index")]
-    check_chain(dirs)
+    dirs = _model_inputs(cfg, ("preprocess", "train", "embed", "index"))
     with StageOutput("evaluate", L.evaluate, _config(cfg), dirs) as out:
         idx = read_index(L.faiss_index, cfg.index.nprobe, cfg.index.ef_search)
         model, _ = checkpoint.load(L.model)
         n_items = read_manifest(L.preprocess)["figures"]["n_items"]
         ks = list(cfg.eval.ks)
-        e = cfg.eval
+        e, proto = cfg.eval, protocol_settings(cfg.dataset)
         baselines = BaselineSettings(list(e.baselines), e.ease_max_items, list(e.ease_lambdas),
-                                     cfg.train.early_stop_k)  # fmt: skip
+                                     cfg.train.early_stop_k, list(e.knn_neighbours),
+                                     mask_seen=proto.mask == "seen",
+                                     refit=proto.baselines_fit == "train+valid")  # fmt: skip
         metrics = evaluate_run(idx, model, L, ks, n_items, baselines, e.trending_hours,
                                e.max_users, cfg.seed)  # fmt: skip
         out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
         n_users = metrics.get("users_sampled", {}).get("evaluated", len(np.load(L.ids("user"))))
         out.figures = {"users": n_users,
                        **{f"model/{k}": v for k, v in metrics["model"].items()}}  # fmt: skip
-    print(format_table(metrics, ks))
+    print(format_table(metrics, ks, proto.metrics))
     return metrics
 
 
@@ -300,11 +355,15 @@ def run(cfg: DictConfig) -> dict:
     inputs = {"preprocess": [], "sample": [L.preprocess], "train": [L.preprocess, L.sample],
               "embed": [L.preprocess, L.train], "index": [L.embed],
               "evaluate": [L.preprocess, L.train, L.embed, L.index]}  # fmt: skip
+    train_only = tuple(f"sampler.{k}" for k in instantiate(cfg.sampler).train_only)
     for name, stage in (("preprocess", preprocess), ("sample", sample), ("train", train),
                         ("embed", embed), ("index", index), ("evaluate", evaluate)):  # fmt: skip
-        now = {s: resolved[s] for s in SECTIONS[name]}
         out_dir = getattr(L, name)
-        if not cfg.run.force and is_current(out_dir, now, inputs[name]):
+        # a sampler's train-only settings are read by train, not sample
+        view = partial(output_view, name, ignore=train_only if name == "sample" else ())
+        current = (not cfg.run.force and is_current(out_dir, resolved, inputs[name], view)
+                   and (name != "preprocess" or _sources_current(cfg, out_dir)))  # fmt: skip
+        if current:
             print(f"{name}: up to date in {out_dir} (run.force=true redoes it)")
             sweep_partials(out_dir)
             tracking.active().log_finished(out_dir)  # a tracked run still records it
@@ -318,9 +377,10 @@ def serve(cfg: DictConfig) -> dict:
 
     p = cfg.paths
     settings = serving.ServeSettings(**cfg.serve)
+    sock = serving.listen(settings)  # a used port fails before the run loads
     dirs = serving.ServeDirs(Layout.of(p), cfg.index.nprobe, cfg.index.ef_search, settings.runtime)
     state = serving.ServeState(partial(serving.load_bundle, dirs), dirs.base())
-    serving.run_server(state, settings)
+    serving.run_server(state, settings, sock)
     return {}
 
 
@@ -328,8 +388,7 @@ def export(cfg: DictConfig) -> dict:
     from twotower_cli.export.bundle import export_bundle
 
     L = Layout.of(cfg.paths)
-    dirs = [_earlier(cfg, s) for s in ("preprocess", "train", "embed", "index")]
-    check_chain(dirs)
+    dirs = _model_inputs(cfg, ("preprocess", "train", "embed", "index"))
     with StageOutput("export", L.export, _config(cfg), dirs) as out:
         model, ckpt = checkpoint.load(L.model)
         out.figures = export_bundle(model, ckpt, L, out.tmp, cfg.export.dynamo)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import os
 import warnings
 from contextlib import contextmanager
 from functools import partial
@@ -114,6 +115,7 @@ def study_lock(tune_dir: Path):
 def open_study(tune_dir: Path, name: str, sampler: dict, source: str):
     """The study in `tune_dir/study.journal`, created or continued, with a seeded TPE; trials
     a killed run left RUNNING are marked FAIL (the caller holds the study's lock)."""
+    drop_torn_tail(tune_dir / "study.journal")
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tune_dir / "study.journal"))
     )
@@ -126,6 +128,29 @@ def open_study(tune_dir: Path, name: str, sampler: dict, source: str):
         print(f"tune: trials {dead} were cut off by a killed run: marked FAIL")
     study.sampler = tpe(sampler, source, len(finished(study)))
     return study
+
+
+def drop_torn_tail(journal: Path) -> None:
+    """Cut a half-written last line (a run killed mid-append) off the journal: optuna would
+    append the next record onto it and never read the file again. Each record is one JSON line,
+    written with its newline, so everything after the last newline is a torn record."""
+    if not journal.exists():
+        return
+    with open(journal, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        tail = b""
+        while len(tail) < size and b"\n" not in tail:
+            step = min(1 << 16, size - len(tail))
+            f.seek(size - len(tail) - step)
+            tail = f.read(step) + tail
+        keep = size - len(tail) + tail.rfind(b"\n") + 1  # 0 when there is no newline at all
+        if keep < size:
+            f.truncate(keep)
+            print(
+                f"tune: {journal}: dropped a half-written last line ({size - keep} bytes, "
+                "a killed run's); resuming from the records before it",
+                flush=True,
+            )
 
 
 def finished(study) -> list:

@@ -130,6 +130,10 @@ def _trial_settings(cfg: DictConfig) -> tuple[dict, str, dict]:
         value = cfg.tune[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise TwoTowerError(f"tune.{key}: {value!r} is not a count (an integer >= 0)")
+    minutes = cfg.tune.get("minutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int | float)
+                                or minutes <= 0):  # fmt: skip
+        raise TwoTowerError(f"tune.minutes: {minutes!r} is not null or a number of minutes > 0")
     return search_space(params, source), source, sampler
 
 
@@ -181,10 +185,29 @@ def run_tune(cfg: DictConfig) -> dict:
             return score
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(objective, n_trials=n_new, catch=())
-        best, means = confirm(cfg, study, base, metric, made)
+        _search(cfg, study, objective, n_new, started)
+        best, means = confirm(cfg, study, base, metric, made, _budget_s(cfg, started))
         return _retrain_best(cfg, study, best, means, base, command, metric, list(space),
                              started, made)  # fmt: skip
+
+
+def _search(cfg: DictConfig, study, objective, n_new: int, started: float) -> None:
+    """Run `n_new` trials, or fewer when `tune.minutes` is spent (optuna starts no trial after
+    its timeout); a study with no finished trial runs one whatever the budget, to refit."""
+    if _budget_s(cfg, started) is not None and n_new and not finished(study):
+        study.optimize(objective, n_trials=1, catch=())
+        n_new -= 1
+    study.optimize(objective, n_trials=n_new, catch=(), timeout=_budget_s(cfg, started))
+    if cfg.tune.get("minutes") is not None and len(finished(study)) < int(cfg.tune.trials):
+        print(f"tune: tune.minutes={cfg.tune.minutes} spent after "
+              f"{len(finished(study))} of {cfg.tune.trials} trials", flush=True)  # fmt: skip
+
+
+def _budget_s(cfg: DictConfig, started: float) -> float | None:
+    """Seconds left of `tune.minutes` (None: no budget); optuna starts no trial past it."""
+    if cfg.tune.get("minutes") is None:
+        return None
+    return max(0.0, 60.0 * float(cfg.tune.minutes) - (time.perf_counter() - started))
 
 
 def _overrides(params: dict) -> list[str]:
@@ -213,15 +236,23 @@ def refit_epochs(best_epochs: list[int]) -> int:
     return max(1, round(float(np.mean(best_epochs))))
 
 
-def confirm(cfg: DictConfig, study, base: list[str], metric: str, made: set) -> tuple:
+def confirm(cfg: DictConfig, study, base: list[str], metric: str, made: set,
+            budget_s: float | None = None) -> tuple:  # fmt: skip
     """The trial to retrain: the top `tune.confirm_top` trials by their score are trained
     again with each of `tune.confirm_seeds` (in memory, validation only) and the best mean over
     seeds wins, so a lucky seed does not pick the configuration (docs/tuning.md). Scores are
     stored in the study, so a restarted run does not train them again. Returns the trial and
-    {trial number: {"seeds": {seed: score}, "mean": ...}} of the confirmed ones."""
+    {trial number: {"seeds": {seed: score}, "mean": ...}} of the confirmed ones. With
+    `budget_s` left of tune.minutes, the confirmation runs only if its trainings fit in it at
+    the trials' mean seconds; else the best single score is taken."""
     top = sorted(finished(study), key=lambda t: t.value, reverse=True)[: cfg.tune.confirm_top]
     seeds = [int(s) for s in cfg.tune.confirm_seeds if int(s) != int(cfg.seed)]
     if len(top) < 2 or not seeds:
+        return study.best_trial, {}
+    cost = len(top) * len(seeds) * np.mean([t.user_attrs.get("seconds", 0) for t in top])
+    if budget_s is not None and cost > budget_s and "confirm" not in study.user_attrs:
+        print(f"tune: no confirmation with more seeds (about {cost:.0f} s, {budget_s:.0f} s "
+              "left of tune.minutes): the best single score is retrained", flush=True)  # fmt: skip
         return study.best_trial, {}
     stored = study.user_attrs.get("confirm", {})
     stored_epochs = study.user_attrs.get("confirm_epochs", {})
@@ -297,7 +328,7 @@ def _retrain_best(cfg, study, best, means, base, command, metric, params, starte
         "confirmed": means,
         "test_model": test,
         "per_seed": per_seed,
-        "baselines": {b: first[b] for b in ("popularity", "ease") if b in first},
+        "baselines": {b: first[b] for b in ("popularity", "ease", "itemknn") if b in first},
     }
     mean = f", mean over seeds {means[best.number]['mean']:.4f}" if means else ""
     header = (f"# `twotower tune` best of {len(finished(study))} trials on validation "

@@ -15,7 +15,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from twotower_cli.artifacts.store import MANIFEST, iter_seen, read_manifest, read_split
+from twotower_cli.artifacts.store import (
+    MANIFEST,
+    check_chain,
+    iter_seen,
+    read_manifest,
+    read_split,
+)
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import is_member, pair_keys, sorted_unique
 from twotower_cli.retrieval.evaluation import scored_users
@@ -58,10 +64,17 @@ class RunDirs:
                 raise TwoTowerError(
                     f"{path} (an input of {root / 'train'}) has no finished output"
                 )
+        # the dirs a manifest names are read only if they hold what the run was made from
+        check_chain([prep, sample, root / "train"])
         return cls(root, prep, sample)
 
     def stage(self, name: str) -> Path:
         return {"preprocess": self.preprocess, "sample": self.sample}.get(name, self.root / name)
+
+    @property
+    def dataset(self) -> str:
+        """The data set's name: the path part above `sample/<sampler>/<run>`."""
+        return self.root.parents[2].name
 
     @property
     def label(self) -> str:
@@ -309,7 +322,9 @@ class RunData:
 
     @property
     def ks(self) -> list[int]:
-        return sorted(int(key.split("@")[1]) for key in self.metrics["model"] if "recall@" in key)
+        # startswith: `"recall@" in key` also matched cold_recall@k, listing every k twice
+        keys = self.metrics["model"]
+        return sorted(int(key.split("@")[1]) for key in keys if key.startswith("recall@"))
 
 
 def load_runs(run_dirs: list[str | Path], settings: BucketSettings) -> list[RunData]:

@@ -23,7 +23,7 @@ import yaml
 from twotower_cli.report.diagnostics import STAGE_ORDER, RunData
 from twotower_cli.report.plots import Plot, plots, rankers
 
-METRIC_NAMES = ("recall", "precision", "ndcg", "hit_rate", "coverage")
+METRIC_NAMES = ("recall", "precision", "ndcg", "hit_rate", "coverage", "cold_recall")
 
 
 CSS = """
@@ -68,8 +68,10 @@ def img_tag(plot: Plot) -> str:
 def metrics_table(runs: list[RunData]) -> str:
     cols = rankers(runs)
     ks = runs[0].ks
+    held = {key for run in runs for key in run.metrics["model"]}
+    names = [m for m in METRIC_NAMES if any(f"{m}@{k}" in held for k in ks)]
     rows = [[f"{m}@{k}", *(run.metrics[r].get(f"{m}@{k}", float("nan")) for _, run, r in cols)]
-            for k in ks for m in METRIC_NAMES]  # fmt: skip
+            for k in ks for m in names]  # fmt: skip
     return table(["metric", *(label for label, _, _ in cols)], rows)
 
 
@@ -131,7 +133,8 @@ def config_section(runs: list[RunData]) -> str:
 
 def page(runs: list[RunData], made: list[Plot]) -> str:
     one = len(runs) == 1
-    title = f"twotower report: {runs[0].label}" if one else "twotower report: comparison"
+    datasets = ", ".join(dict.fromkeys(run.dirs.dataset for run in runs))
+    title = f"twotower report: {datasets}, " + (runs[0].label if one else "comparison")
     about = "".join(f"<li><code>{_e(run.label)}</code>: {_e(run.dirs.root)}</li>" for run in runs)
     nav = " | ".join(f'<a href="#{p.name}">{_e(p.title)}</a>' for p in made)
     figures = "".join(f"<h2>{_e(p.title)}</h2>{img_tag(p)}" for p in made)

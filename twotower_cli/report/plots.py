@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from twotower_cli.report.diagnostics import RunData
@@ -217,9 +218,11 @@ def task_weight_plot(runs: list[RunData]) -> Plot | None:
 
 
 def plots(runs: list[RunData]) -> list[Plot]:
-    made = [training_plot(runs), metric_curves_plot(runs), item_bucket_plot(runs),
-            user_bucket_plot(runs), coverage_plot(runs), score_plot(runs),
-            field_weight_plot(runs), task_weight_plot(runs)]  # fmt: skip
+    # run names are text, not TeX: a `$` in one (a sweep over `a=$x$`) is drawn as it is
+    with rc_context({"text.parse_math": False}):
+        made = [training_plot(runs), metric_curves_plot(runs), item_bucket_plot(runs),
+                user_bucket_plot(runs), coverage_plot(runs), score_plot(runs),
+                field_weight_plot(runs), task_weight_plot(runs)]  # fmt: skip
     return [p for p in made if p is not None]
 
 

@@ -31,7 +31,9 @@ def drop_excluded(
 def ranking_metrics(
     top: np.ndarray, truth: np.ndarray, n_truth: np.ndarray, ks: list[int], n_items: int
 ) -> dict[str, float]:
-    """Recall, Precision, NDCG, HitRate and catalogue coverage @k, averaged over users.
+    """Recall, Precision, NDCG, HitRate, MRR and catalogue coverage @k, averaged over users
+    (RecBole's definitions: Recall = hits / the user's held-out items, MRR = 1 / the rank of
+    the first hit within k, 0 without one).
 
     top: [users, >= max(ks)] ranked item ids; truth: sorted pair keys of the held-out items;
     n_truth: held-out items per user (users with none must be left out by the caller).
@@ -40,6 +42,7 @@ def ranking_metrics(
     hits = (top >= 0) & is_member(pair_keys(rows, top, n_items), truth)
     discount = 1.0 / np.log2(np.arange(top.shape[1]) + 2.0)
     ideal = np.concatenate([[0.0], np.cumsum(discount)])
+    first = np.where(hits.any(1), hits.argmax(1), top.shape[1])  # 0-based rank of the first hit
     out = {}
     for k in ks:
         h = hits[:, :k]
@@ -51,5 +54,6 @@ def ranking_metrics(
         out[f"precision@{k}"] = float(np.mean(n_hit / k))
         out[f"ndcg@{k}"] = float(np.mean(dcg / idcg))
         out[f"hit_rate@{k}"] = float(np.mean(n_hit > 0))
+        out[f"mrr@{k}"] = float(np.mean(np.where(first < k, 1.0 / (first + 1.0), 0.0)))
         out[f"coverage@{k}"] = float((seen >= 0).sum() / n_items)
     return out

@@ -35,9 +35,14 @@ def build_index(items: np.ndarray, factory: str, nprobe: int = 16, ef_search: in
     """A faiss index over item vectors (rows = item ids 1..n in order), inner-product metric."""
     items = np.ascontiguousarray(items, dtype=np.float32)
     index = empty_index(factory, items.shape[1])
-    if not index.is_trained:
-        index.train(items)
-    index.add(items)
+    try:
+        if not index.is_trained:  # IVF: k-means over the items needs at least one per list
+            index.train(items)
+        index.add(items)
+    except RuntimeError as err:
+        why = str(err).strip().splitlines()[-1].rpartition("failed: ")[2][:160]
+        raise TwoTowerError(f"index.factory: {factory!r} cannot be built over {len(items)} item "
+                            f"vectors ({why}); pick a smaller one") from None  # fmt: skip
     set_search_params(index, nprobe, ef_search)
     return index
 

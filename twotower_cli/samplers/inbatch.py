@@ -17,14 +17,18 @@ class InBatchSampler(Sampler):
     """In-batch softmax: the batch's other positives are the negatives.
 
     logq: exact (training frequency) | streaming (Yi et al.'s estimate from the batches seen so
-    far; `alpha` is its moving-average rate) | off.
+    far; `alpha` is its moving-average rate) | off. `n_uniform` > 0 adds that many uniform
+    catalogue items per batch as MixedSampler does (0: the batch's positives only).
     """
 
-    train_only = ("alpha",)
+    train_only = ("alpha", "n_uniform")
 
-    def __init__(self, logq: str = "exact", alpha: float = 0.05) -> None:
+    def __init__(self, logq: str = "exact", alpha: float = 0.05, n_uniform: int = 0) -> None:
         self.logq = check_logq(logq)
         self.alpha = alpha
+        if n_uniform < 0:
+            raise TwoTowerError(f"sampler.n_uniform must be >= 0, got {n_uniform}")
+        self.n_uniform = n_uniform
 
     # the examples are the positives themselves: the sample stage makes them with
     # `fit_stream`, one pass in batches, never holding the training log whole
@@ -57,25 +61,9 @@ class InBatchSampler(Sampler):
                             else log_frequency(counts))  # fmt: skip
         return n
 
-
-class MixedSampler(InBatchSampler):
-    """Mixed negative sampling (Yang et al., WWW 2020): the batch's positives plus `n_uniform`
-    catalogue items drawn uniformly per batch, shared by every row.
-
-    Every column's logQ is the log of its expected count among the negatives under the mixture:
-    B * Q(item) from the batch (Q exact or streaming) plus n_uniform / n_items from the uniform
-    draw, so the two sources are corrected on one scale.
-    """
-
-    train_only = ("alpha", "n_uniform")
-
-    def __init__(self, n_uniform: int = 1024, logq: str = "exact", alpha: float = 0.05) -> None:
-        super().__init__(logq, alpha)
-        if n_uniform < 1:
-            raise TwoTowerError(f"sampler.n_uniform must be >= 1, got {n_uniform}")
-        self.n_uniform = n_uniform
-
     def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn:
+        if not self.n_uniform:
+            return super().batch_fn(item_log_q, seed)
         n_items = len(item_log_q) - 1
         gen = torch.Generator().manual_seed(seed)
         streaming = self._streaming(item_log_q) if self.logq == "streaming" else None
@@ -97,3 +85,20 @@ class MixedSampler(InBatchSampler):
             return {**out, "log_q": mix(item), "neg_log_q": mix(neg)}
 
         return BatchStep(add_uniform, streaming, gen)
+
+
+class MixedSampler(InBatchSampler):
+    """Mixed negative sampling (Yang et al., WWW 2020): the batch's positives plus `n_uniform`
+    catalogue items drawn uniformly per batch, shared by every row.
+
+    Every column's logQ is the log of its expected count among the negatives under the mixture:
+    B * Q(item) from the batch (Q exact or streaming) plus n_uniform / n_items from the uniform
+    draw, so the two sources are corrected on one scale.
+    """
+
+    train_only = ("alpha", "n_uniform")
+
+    def __init__(self, n_uniform: int = 1024, logq: str = "exact", alpha: float = 0.05) -> None:
+        if n_uniform < 1:
+            raise TwoTowerError(f"sampler.n_uniform must be >= 1, got {n_uniform}")
+        super().__init__(logq, alpha, n_uniform)

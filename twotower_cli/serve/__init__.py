@@ -14,7 +14,7 @@ the top-k (docs/serving.md).
 from twotower_cli.serve.batching import MicroBatcher
 from twotower_cli.serve.bundle import Bundle, ServeDirs, ServeState, load_bundle
 from twotower_cli.serve.encoding import RequestError, UserEncoder, UserQuery, csr
-from twotower_cli.serve.http import create_app, run_server, uvicorn_config
+from twotower_cli.serve.http import create_app, listen, run_server, uvicorn_config
 from twotower_cli.serve.recommend import recommend, similar_items
 from twotower_cli.serve.settings import ServeSettings
 
@@ -29,6 +29,7 @@ __all__ = [
     "UserQuery",
     "create_app",
     "csr",
+    "listen",
     "load_bundle",
     "recommend",
     "run_server",

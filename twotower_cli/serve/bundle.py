@@ -8,6 +8,8 @@ and a bundle that fails to load is never served.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
@@ -23,12 +25,12 @@ import pandas as pd
 import torch
 
 from twotower_cli.artifacts.checkpoint import load_dir
-from twotower_cli.artifacts.store import check_chain, read_manifest, require, seen_rows
+from twotower_cli.artifacts.store import MANIFEST, NEXT, SEEN, lineage, read_manifest
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.layout import Layout
-from twotower_cli.data.tables import load_schema
+from twotower_cli.data.tables import Field
 from twotower_cli.export.user_tower import fast_user_tower, history_length
-from twotower_cli.retrieval.search import read_index
+from twotower_cli.retrieval.search import set_search_params
 from twotower_cli.serve.encoding import UserEncoder, UserQuery, csr
 
 log = logging.getLogger("twotower.serve")
@@ -93,34 +95,144 @@ class Bundle:
         return np.ascontiguousarray(u, np.float32)
 
 
-def load_bundle(dirs: ServeDirs, load_model: Callable[[Path], tuple] = load_dir) -> Bundle:
-    """Load a run's serving inputs, each checked against its manifest and all of one chain.
-    `load_model(train_dir) -> (model, checkpoint)` rebuilds the model (checkpoint.load_dir)."""
+class StageFiles:
+    """A finished stage dir as serve reads it: the manifest read once, and each file's bytes
+    checked against the manifest's size and sha256 as they are read. What is loaded is what was
+    hashed, on every (re)load: no cache, and no window between check and read in which another
+    run's file could slip in."""
+
+    def __init__(self, stage_dir: Path, command: str) -> None:
+        self.dir = Path(stage_dir)
+        self.command = command
+        if not (self.dir / MANIFEST).exists():
+            raise TwoTowerError(f"{self.dir} has no finished output: run `twotower {command}` "
+                                "first")  # fmt: skip
+        self.manifest = read_manifest(self.dir, command)
+        self.outputs = self.manifest.get("outputs")
+        if not isinstance(self.outputs, dict):
+            raise TwoTowerError(f"{self.dir / MANIFEST}: lists no output hashes: rerun "
+                                f"`twotower {command}`")  # fmt: skip
+
+    def read(self, name: str) -> bytes:
+        want = self.outputs.get(name)
+        try:
+            data = (self.dir / name).read_bytes()
+        except OSError:
+            data = None
+        if not (isinstance(want, dict) and data is not None and len(data) == want.get("bytes")
+                and hashlib.sha256(data).hexdigest() == want.get("sha256")):  # fmt: skip
+            raise TwoTowerError(f"{self.dir / name}: missing, truncated or changed since "
+                                f"`twotower {self.command}` wrote it: rerun `twotower "
+                                f"{self.command}`")  # fmt: skip
+        return data
+
+
+def one_chain(stages: list[StageFiles]) -> None:
+    """Stage dirs read together come from one chain (store.check_chain, on the manifests
+    already read rather than read again)."""
+    seen: dict[str, tuple[str, StageFiles]] = {}
+    for files in stages:  # earlier stages first
+        for stage, ident in lineage(files.manifest).items():
+            first = seen.setdefault(stage, (ident, files))
+            if first[0] != ident:
+                stale = first[1].manifest.get("stage", stage)
+                rerun = NEXT.get(stale, stale)
+                raise TwoTowerError(f"{files.dir} was made from another {stage} output than "
+                                    f"{first[1].dir} holds: rerun `twotower {rerun}` and the "
+                                    "stages after it")  # fmt: skip
+
+
+def _faiss_index(files: StageFiles, name: str, nprobe: int, ef_search: int):
+    import faiss
+
+    try:
+        index = faiss.deserialize_index(np.frombuffer(files.read(name), dtype=np.uint8))
+    except RuntimeError as err:
+        raise TwoTowerError(
+            f"{files.dir / name}: unreadable faiss index "
+            f"({str(err).splitlines()[0][:120]}); rerun `twotower index`"
+        ) from None
+    set_search_params(index, nprobe, ef_search)
+    return index
+
+
+def load_bundle(dirs: ServeDirs, load_model: Callable[[Path, bytes], tuple] = load_dir) -> Bundle:
+    """Load a run's serving inputs, all of one chain, each file's bytes checked against its
+    manifest as read (StageFiles). `load_model(train_dir, model_pt_bytes) -> (model,
+    checkpoint)` rebuilds the model (checkpoint.load_dir)."""
     L = dirs.layout
-    stages = ("preprocess", "train", "embed", "index")
-    check_chain([require(getattr(L, s), s) for s in stages])  # one run, not a mix of two
-    model, _ = load_model(L.train)
-    schema = load_schema(L.preprocess)
-    vocabs = json.loads(L.vocabs.read_text())
-    users = pd.read_parquet(L.users)
-    encoder = UserEncoder(schema["user"], vocabs["user"], users, vocabs["item"]["item"],
-                          history_length(model))  # fmt: skip
-    index = read_index(L.faiss_index, dirs.nprobe, dirs.ef_search)
-    item_ids = np.load(L.ids("item"))
-    item_vectors = np.ascontiguousarray(np.load(L.vectors("item")), np.float32)
+    names = ("preprocess", "train", "embed", "index")
+    prep, train, embed, index_files = files = [StageFiles(getattr(L, s), s) for s in names]
+    one_chain(files)  # one run, not a mix of two
+    model, ckpt = load_model(L.train, train.read(L.model.name))
+    schema = {side: [Field(**f) for f in fs]
+              for side, fs in json.loads(prep.read(L.schema.name)).items()}  # fmt: skip
+    vocabs = json.loads(prep.read(L.vocabs.name))
+    users = pd.read_parquet(io.BytesIO(prep.read(L.users.name)))
+    index = _faiss_index(index_files, L.faiss_index.name, dirs.nprobe, dirs.ef_search)
+    item_ids = np.load(io.BytesIO(embed.read(L.ids("item").name)))
+    item_vectors = np.load(io.BytesIO(embed.read(L.vectors("item").name)))
     # faiss row i must be dense item id i + 1, as embed wrote it
     if not np.array_equal(item_ids, np.arange(1, index.ntotal + 1)):
         raise TwoTowerError(f"{L.index}: index does not match {L.embed}; rerun index")
-    item_raw = np.array([None, *vocabs["item"]["item"]], dtype=object)
-    seen_csr = csr(seen_rows(L.preprocess, columns=["user", "item", "timestamp"]), len(users))
-    sources: dict = {s: relative(getattr(L, s), dirs.base()) for s in stages}
-    sources["trained"] = read_manifest(L.train).get("figures", {})
+    seen = pd.concat([pd.read_parquet(io.BytesIO(prep.read(L.split(s).name)),
+                                      columns=["user", "item", "timestamp"]) for s in SEEN],
+                     ignore_index=True)  # fmt: skip
+    check_sizes(ckpt.get("schema", {}), schema, vocabs, users, index.ntotal, L.preprocess)
+    encoder = UserEncoder(schema["user"], vocabs["user"], users, vocabs["item"]["item"],
+                          history_length(model))  # fmt: skip
+    seen_csr = csr(seen, len(users))
+    if len(seen_csr[1]) and not 1 <= seen_csr[1].min() <= seen_csr[1].max() <= index.ntotal:
+        raise TwoTowerError(f"{L.preprocess}: seen items outside the catalogue; rerun "
+                            "`twotower preprocess`")  # fmt: skip
+    sources: dict = {s: relative(getattr(L, s), dirs.base()) for s in names}
+    sources["trained"] = train.manifest.get("figures", {})
     example = encoder.encode([UserQuery({}), UserQuery({"user_id": vocabs["user"]["user"][0]})],
                              seen_csr)  # fmt: skip
-    tower, names, runtime = fast_user_tower(model.eval(), example, dirs.runtime)
+    tower, inputs, runtime = fast_user_tower(model.eval(), example, dirs.runtime)
     sources["runtime"] = runtime
-    return Bundle(dirs.run, model, encoder, index, item_raw, item_vectors, seen_csr,
-                  time.time(), sources, tower, names)  # fmt: skip
+    item_raw = np.array([None, *vocabs["item"]["item"]], dtype=object)
+    return Bundle(dirs.run, model, encoder, index, item_raw,
+                  np.ascontiguousarray(item_vectors, np.float32), seen_csr, time.time(),
+                  sources, tower, inputs)  # fmt: skip
+
+
+def check_sizes(trained: dict, schema: dict, vocabs: dict, users: pd.DataFrame, n_items: int,
+                prep_dir: Path) -> None:  # fmt: skip
+    """The preprocess output serve encodes requests with must be the one the model was trained
+    on: the same user fields and vocabulary sizes as the checkpoint, a profile per user id and
+    an item id per index row. (A longer vocabulary gives ids past the model's embedding tables:
+    500s at request time instead of one line at load.)"""
+    rerun = f"{prep_dir}: does not fit the trained model ({{}}); rerun `twotower preprocess`"
+    fields = [Field(**f) for f in trained.get("user", [])] if trained else schema["user"]
+    if fields != schema["user"]:
+        raise TwoTowerError(rerun.format("schema.json's user fields differ from the checkpoint's"))
+    item = [Field(**f) for f in trained.get("item", [])][:1] if trained else []
+    for side, f in [*(("user", f) for f in fields), *(("item", f) for f in item)]:
+        vocab = vocabs.get(side, {}).get(f.name)
+        if not isinstance(vocab, list):
+            raise TwoTowerError(rerun.format(f"vocabs.json has no {side}.{f.name}"))
+        if f.kind != "numeric" and len(vocab) + 1 != f.vocab_size:
+            raise TwoTowerError(rerun.format(f"vocabs.json's {side}.{f.name} holds {len(vocab)} "
+                                             f"values, the model {f.vocab_size - 1}"))  # fmt: skip
+    if len(users) != len(vocabs["user"][fields[0].name]):
+        raise TwoTowerError(
+            rerun.format(
+                f"{len(users)} user profiles for {len(vocabs['user'][fields[0].name])} user ids"
+            )
+        )
+    if len(vocabs.get("item", {}).get("item", [])) != n_items:
+        raise TwoTowerError(rerun.format(f"the item vocabulary does not hold the index's "
+                                         f"{n_items} items"))  # fmt: skip
+    for f in fields:
+        values = users[f.name].to_numpy() if f.name in users else None
+        if f.kind != "numeric" and values is not None and len(values):
+            flat = (
+                np.concatenate([np.ravel(v) for v in values]) if f.kind == "multihot" else values
+            )
+            if flat.min() < 0 or flat.max() >= f.vocab_size:
+                raise TwoTowerError(rerun.format(f"users.parquet's {f.name} ids outside its "
+                                                 "vocabulary"))  # fmt: skip
 
 
 class ServeState:
@@ -135,6 +247,10 @@ class ServeState:
         self.generation = 1
         self.last_reload: dict = {"ok": True, "at": self.bundle.loaded_at}
         self._lock = threading.Lock()
+
+    @property
+    def reloading(self) -> bool:
+        return self._lock.locked()
 
     def reload(self) -> bool:
         with self._lock:  # two SIGHUPs in a row load one after the other

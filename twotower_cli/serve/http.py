@@ -9,9 +9,11 @@ bodies), so one heavy request cannot stall the other connections.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import json
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
+from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.serve.batching import MicroBatcher
 from twotower_cli.serve.bodies import (
     BatchBody,
@@ -33,7 +36,7 @@ from twotower_cli.serve.bodies import (
 )
 from twotower_cli.serve.bundle import Bundle, ServeState
 from twotower_cli.serve.encoding import RequestError
-from twotower_cli.serve.limits import Limits, guarded_http
+from twotower_cli.serve.limits import HostCheck, Limits, guarded_http
 from twotower_cli.serve.recommend import recommend, similar_items
 from twotower_cli.serve.settings import ServeSettings
 
@@ -58,42 +61,31 @@ def _history_note(bundle: Bundle, bodies: list[UserBody]) -> dict:
     return {"note": "history ignored: this model has no history input"}
 
 
-def _answer_batch(bundle: Bundle, raw: bytes, settings: ServeSettings) -> tuple:
-    """/recommend/batch's whole work (parse, check, recommend), run in a worker thread."""
+def _answer_batch(bundle: Bundle, raw: bytes, settings: ServeSettings, start: float) -> bytes:
+    """/recommend/batch's whole work (parse, check, recommend, encode the answer), run in a
+    worker thread: a large answer's JSON must not hold the event loop."""
     body = parse(BatchBody, raw)
     _check_k(body.k, min(settings.max_k, bundle.n_items))
-    if not 1 <= len(body.users) <= settings.max_batch:
-        raise RequestError(
-            "users", f"must hold 1 to {settings.max_batch} users, got {len(body.users)}",
-            status=413 if body.users else 422,
-        )  # fmt: skip
-    return body, recommend(bundle, [b.query() for b in body.users], body.k)
+    n = len(body.users)
+    if not 1 <= n <= settings.max_batch:
+        raise RequestError("users", f"must hold 1 to {settings.max_batch} users, got {n}",
+                           status=413 if body.users else 422)  # fmt: skip
+    if n * body.k > settings.max_results:
+        raise RequestError("users", f"{n} users x k={body.k} = {n * body.k} items, more than "
+                           f"serve.max_results ({settings.max_results}) in one answer: send "
+                           "fewer users or a smaller k", status=413)  # fmt: skip
+    results = recommend(bundle, [b.query() for b in body.users], body.k)
+    took = round((time.perf_counter() - start) * 1000, 3)
+    # json.dumps holds the GIL from start to end (25,600 items: ~40 ms on an idle core), so
+    # the event loop would wait on it even from this thread: one user's items at a time, with
+    # Python in between, gives the loop its turns; the bytes are json.dumps' of the whole
+    rows = ", ".join('{"items": ' + json.dumps(r) + "}" for r in results)
+    rest = json.dumps({"run": bundle.run, "took_ms": took, **_history_note(bundle, body.users)})
+    return ('{"results": [' + rows + "], " + rest[1:]).encode()
 
 
-def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
-    """The HTTP API over a ServeState (see docs/serving.md)."""
-    pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="serve-worker")
-    batcher = MicroBatcher(state, settings.max_batch) if settings.micro_batch else None
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        yield
-        pool.shutdown(wait=False, cancel_futures=True)
-        if batcher is not None:
-            batcher.executor.shutdown(wait=False, cancel_futures=True)
-
-    # FastAPI's built-in OpenTelemetry hooks check the global providers on every request; a
-    # deployment that wants traces wraps the app itself
-    off = {"tracing": False, "metrics": False, "logs": False}
-    app = FastAPI(title="twotower", docs_url="/docs", redoc_url=None, telemetry=off,
-                  lifespan=lifespan)  # fmt: skip
-    app.add_middleware(
-        Limits, max_body_bytes=settings.max_body_bytes, timeout_read=settings.timeout_read,
-        max_header_bytes=settings.max_header_bytes, api_key=settings.api_key,
-    )  # fmt: skip
-
-    async def off_loop(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every 4xx as `{"error": "<field>: <what is wrong>", ...}` (docs/serving.md)."""
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_: Request, exc: RequestValidationError) -> Response:
@@ -108,6 +100,51 @@ def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
         # a body cut off unread (too large, too slow) leaves the connection unusable
         close = {"connection": "close"} if exc.field == "body" else None
         return _json({"error": str(exc), "field": exc.field}, exc.status, close)
+
+
+class OffLoop:
+    """`await off_loop(fn, *args)`: fn in the pool of `serve.workers` threads; `running` counts
+    the calls in it now (the micro-batcher keeps off the event loop while any runs)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="serve-worker")
+        self.running = 0
+
+    async def __call__(self, fn, *args):
+        self.running += 1  # on the event loop's thread only: no lock needed
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            self.running -= 1
+
+
+def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
+    """The HTTP API over a ServeState (see docs/serving.md)."""
+    settings.check_key_env()
+    off_loop = OffLoop(settings.workers)
+    batcher = None
+    if settings.micro_batch:  # small batches run on the loop only while nothing else computes
+        busy = lambda: off_loop.running > 0 or state.reloading  # noqa: E731
+        batcher = MicroBatcher(state, settings.max_batch, busy_elsewhere=busy)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        off_loop.pool.shutdown(wait=False, cancel_futures=True)
+        if batcher is not None:
+            batcher.close()
+
+    # FastAPI's built-in OpenTelemetry hooks check the global providers on every request; a
+    # deployment that wants traces wraps the app itself
+    off = {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="twotower", docs_url="/docs", redoc_url=None, telemetry=off,
+                  lifespan=lifespan)  # fmt: skip
+    app.add_middleware(
+        Limits, max_body_bytes=settings.max_body_bytes, timeout_read=settings.timeout_read,
+        max_header_bytes=settings.max_header_bytes, api_key=settings.api_key,
+        hosts=HostCheck([settings.host, *settings.allowed_hosts]),
+    )  # fmt: skip
+    _add_error_handlers(app)
 
     @app.post("/recommend", openapi_extra=body_doc(RecommendBody))
     async def recommend_one(request: Request) -> Response:
@@ -131,11 +168,8 @@ def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
     async def recommend_many(request: Request) -> Response:
         start = time.perf_counter()
         raw = await request.body()
-        bundle = state.bundle
-        body, results = await off_loop(_answer_batch, bundle, raw, settings)
-        took = round((time.perf_counter() - start) * 1000, 3)
-        return _json({"results": [{"items": r} for r in results], "run": bundle.run,
-                      "took_ms": took, **_history_note(bundle, body.users)})  # fmt: skip
+        answer = await off_loop(_answer_batch, state.bundle, raw, settings, start)
+        return Response(answer, media_type="application/json")
 
     @app.get("/items/{item_id}/similar")
     async def similar(item_id: str, k: int = Query(20)) -> Response:
@@ -175,12 +209,34 @@ def uvicorn_config(app: FastAPI, settings: ServeSettings):
     )  # fmt: skip
 
 
-def run_server(state: ServeState, settings: ServeSettings) -> None:
-    """Serve until SIGINT/SIGTERM; SIGHUP reloads the run's artifacts in a background thread."""
+def listen(settings: ServeSettings) -> socket.socket:
+    """A socket listening on serve.host:serve.port, or a one-line error naming the port: taken
+    before the run loads and before the server says it is serving."""
+    settings.check_key_env()
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: no TIME_WAIT wait
+    try:
+        sock.bind((settings.host, settings.port))
+        sock.listen(2048)  # connections queue from here on; uvicorn accepts them
+    except OSError as err:
+        sock.close()
+        why = "another process listens there" if err.errno == errno.EADDRINUSE else err.strerror
+        raise TwoTowerError(f"serve: cannot listen on {settings.host} port {settings.port} "
+                            f"(serve.port): {why or err}") from None  # fmt: skip
+    return sock
+
+
+def run_server(
+    state: ServeState, settings: ServeSettings, sock: socket.socket | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM; SIGHUP reloads the run's artifacts in a background thread.
+    `sock`: from `listen` (else taken here, before the server says it is serving)."""
     import faiss
     import torch
     import uvicorn
 
+    sock = sock or listen(settings)
     torch.set_num_threads(settings.threads)
     faiss.omp_set_num_threads(settings.threads)
 
@@ -195,6 +251,8 @@ def run_server(state: ServeState, settings: ServeSettings) -> None:
     print(f"serve: {state.bundle.run} ({state.bundle.n_items} items) on "
           f"http://{settings.host}:{settings.port}; SIGHUP reloads", flush=True)  # fmt: skip
     try:
-        uvicorn.Server(uvicorn_config(create_app(state, settings), settings)).run()
+        uvicorn.Server(uvicorn_config(create_app(state, settings), settings)).run([sock])
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it shut down on (as uvicorn.run)
         pass
+    finally:
+        sock.close()

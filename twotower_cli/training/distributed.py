@@ -97,12 +97,20 @@ def under_launcher() -> bool:
     return all(k in os.environ for k in ENV)
 
 
+def resolve_device(device: str) -> str:
+    """`train.device=auto`: CUDA when this machine has it, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def resolve_backend(backend: str, device: str = "cpu") -> str:
     """`auto`: nccl when training on CUDA, else gloo."""
     if backend not in BACKENDS:
         raise TwoTowerError(f"train.backend: {backend!r} not in {BACKENDS}")
     if backend == "auto":
-        return "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+        cuda = resolve_device(device).startswith("cuda") and torch.cuda.is_available()
+        return "nccl" if cuda else "gloo"
     return backend
 
 

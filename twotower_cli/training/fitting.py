@@ -4,7 +4,7 @@ from: train, early-stopped on validation, or train + validation (a refit, no val
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,10 @@ from twotower_cli.artifacts.store import (
 )
 from twotower_cli.core.keys import sorted_unique
 from twotower_cli.core.settings import TrainSettings
-from twotower_cli.data.tables import load_tables, schema_dicts
+from twotower_cli.data.tables import schema_dicts
+from twotower_cli.models.inputs import load_tables
 from twotower_cli.retrieval import pools
+from twotower_cli.retrieval.metrics import ranking_metrics
 from twotower_cli.retrieval.search import EvalSet, empty_index, sample_users
 from twotower_cli.training import distributed, losses
 from twotower_cli.training.examples import load_training_examples, with_history
@@ -45,6 +47,9 @@ class Fitted:
     schema: dict
     users: dict
     items: dict
+    # validation Recall@early_stop_k of the most-popular list on the same users, masks and
+    # pool (None in a refit: no validation); `train` warns when the model stays below it
+    popularity_valid: float | None = None
 
 
 def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
@@ -75,11 +80,22 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
     examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
                                       tuple(model.tasks), model.history_len, cfg.seed,
                                       settings.history_mode, splits)  # fmt: skip
+    settings = adapt_to_log(settings, len(examples["item"]), group.is_main)
     batch_fn = instantiate(cfg.sampler).batch_fn(
         torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
     users = with_history(users, train_pos, model.history_len)
     valid = None if "valid" in splits else _valid_set(cfg, prep_dir, settings, train_batches,
                                                        n_items)  # fmt: skip
+    pop = (
+        None
+        if valid is None
+        else popularity_valid(
+            valid,
+            pools.item_counts(train_batches(["item"]), n_items),
+            settings.early_stop_k,
+            n_items,
+        )
+    )
     train_pos = None  # the training loop holds only the examples' columns
     if group.is_main and settings.sparse_embeddings and not distributed.sparse_supported(group):
         print("train: train.sparse_embeddings is off under nccl (no sparse all-reduce): dense "
@@ -87,7 +103,35 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
     history = train_model(model, loss_fn, examples, users, items, valid, n_items, settings,
                           batch_fn, seed=cfg.seed, resume=resume, on_epoch=on_epoch)  # fmt: skip
     return Fitted(model, history, settings, loss_name, key, args, schema_dicts(schema), users,
-                  items)  # fmt: skip
+                  items, pop)  # fmt: skip
+
+
+def adapt_to_log(settings: TrainSettings, n_examples: int, say: bool = True) -> TrainSettings:
+    """The batch and patience for a log of `n_examples` training rows: `batch_size` halved
+    (not below 32) while an epoch has fewer than `min_steps_per_epoch` steps, `patience` raised
+    to at least ceil(patience_min_steps / steps per epoch) epochs (docs/defaults.md)."""
+    batch = settings.batch_size
+    while settings.min_steps_per_epoch and batch > 32 and (
+            n_examples / batch < settings.min_steps_per_epoch):  # fmt: skip
+        batch //= 2
+    steps = max(1, -(-n_examples // batch))
+    patience = settings.patience
+    if settings.patience_min_steps:
+        patience = max(patience, -(-settings.patience_min_steps // steps))
+    if say and (batch, patience) != (settings.batch_size, settings.patience):
+        print(f"train: {n_examples} training rows: batch {settings.batch_size} -> {batch}, "
+              f"patience {settings.patience} -> {patience} ({steps} steps an epoch; "
+              "train.min_steps_per_epoch, train.patience_min_steps)", flush=True)  # fmt: skip
+    return replace(settings, batch_size=batch, patience=patience)
+
+
+def popularity_valid(valid: EvalSet, counts: np.ndarray, k: int, n_items: int) -> float:
+    """Validation Recall@k of the most-popular list (`counts`: training rows per item id),
+    ranked over the validation pool with the training items masked, as the model is."""
+    top = pools.baseline_tops(counts, None, valid, k, n_items, valid.pool, None, 24.0)
+    return ranking_metrics(top["popularity"], valid.truth, valid.n_truth, [k], n_items)[
+        f"recall@{k}"
+    ]
 
 
 def _valid_set(cfg: DictConfig, prep_dir: Path, settings: TrainSettings, train_batches,

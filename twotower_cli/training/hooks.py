@@ -3,9 +3,9 @@ asks (`twotower train`, any `train.nproc`).
 
 `TWOTOWER_KILL_AT=<point>@<epoch>:<rank>` kills that rank with SIGKILL at a point of an epoch
 (1-based): `step`, halfway through its steps; `saving`, rank 0's resume state written aside,
-not yet renamed (resume.py); `saved`, the epoch's state saved; `publish`, training done, before
-rank 0 writes its outputs. Only on a group's first start (not after a torchrun restart, whose
-workers get TORCHELASTIC_RESTART_COUNT > 0): how the tests place a kill without timing one.
+not yet renamed (resume.py); `saved`, the epoch's state saved. Only on a group's first start
+(not after a torchrun restart, whose workers get TORCHELASTIC_RESTART_COUNT > 0): how the
+tests place a kill without timing one.
 
 `TWOTOWER_PROFILE=<dir>` profiles steps PROFILE_STEPS of the first epoch with torch.profiler
 and writes `<dir>/rank<r>.json`: each op's self time per step (ms, as the profiler times it
@@ -23,7 +23,7 @@ from pathlib import Path
 
 KILL_ENV = "TWOTOWER_KILL_AT"
 PROFILE_ENV = "TWOTOWER_PROFILE"
-POINTS = ("step", "saving", "saved", "publish")
+POINTS = ("step", "saving", "saved")
 PROFILE_STEPS = (10, 40)  # after a warm-up; 30 steps
 
 

@@ -81,9 +81,12 @@ class Resume:
             self.dir.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(f".tmp{os.getpid()}")
             state = {**state, "rngs": rngs, "world_size": group.world_size}
-            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-            kill_point("saving", epoch, group.rank)
-            os.replace(tmp, self.path)
+            try:
+                torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+                kill_point("saving", epoch, group.rank)
+                os.replace(tmp, self.path)
+            finally:  # a full disk (or a kill signal turned exception) leaves no half file
+                tmp.unlink(missing_ok=True)
             for dead in self.dir.glob(f"{STATE}.tmp*"):  # dead writers' (one writer at a time)
                 dead.unlink(missing_ok=True)
         kill_point("saved", epoch, group.rank)

@@ -158,7 +158,7 @@ def train(
     group = distributed.current()
     distributed.check(settings.batch_size, group, model)
     torch.manual_seed(seed + group.rank)  # dropout: other masks on other ranks' rows
-    device = settings.device
+    device = distributed.resolve_device(settings.device)
     model.to(device)
     user_table, item_table = to_device(user_table, device), to_device(item_table, device)
     examples = to_device(examples, device)

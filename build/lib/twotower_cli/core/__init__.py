@@ -1,9 +1,0 @@
-"""The bottom layer: what every other package may use, and which imports nothing of twotower's
-above it (the layer order is in tests/test_imports.py).
-
-    errors.py    the one-line errors the CLI prints (ConfigError, DataError, ...)
-    keys.py      sorted int64 key sets, vectorised (the leaf)
-    progress.py  progress bars for a terminal and for a log
-    settings.py  settings dataclasses with bounds (model, train, eval, index, exposures)
-    layout.py    the run tree: every stage's directory and artifact file names
-"""

@@ -1,7 +1,0 @@
-"""The stages wired to config (`twotower <stage>`): the only package that reads Hydra configs.
-
-config.py  the config schema registered in Hydra's ConfigStore, value checks
-stages.py  one short function per stage: paths in, library call, artifacts + manifest out
-tune.py    `twotower tune`: search on validation, confirm, refit, evaluate
-study.py   tune's search-space syntax, the seeded TPE sampler, the Optuna study
-"""

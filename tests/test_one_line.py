@@ -1,0 +1,72 @@
+"""Bad input is one line naming the key, file or value, and a non-zero exit, never a traceback
+(issue 26.10): config values, an index that cannot be built, a full disk."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL, twotower
+
+from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.retrieval.search import build_index
+from twotower_cli.training import trainer
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("seed=abc", "seed must be an integer, got 'abc'"),
+     ("dataset.engine_memory=1KB", "dataset.engine_memory: '1KB' is below the engine's minimum"),
+     ("+train.foo=1", "train.foo: not a train setting; known: backend, batch_size"),
+     ("+eval.foo=1", "eval.foo: not a eval setting"),
+     ("+dataset.foo=1", "dataset.foo: not a dataset setting; known: engine_memory, label"),
+     ("+dataset.split.foo=1", "dataset.split.foo: not a dataset.split setting"),
+     ("+dataset.load.foo=1", "dataset.load.foo: not an argument of twotower_cli.data.synthetic")],
+)  # fmt: skip
+def test_config_values_are_one_line(tmp_path: Path, capsys, override, message):
+    out = tmp_path / "outputs"
+    assert twotower("preprocess", *SMALL, f"paths.out={out}", override) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("twotower preprocess: error: "), err
+    assert message in err[0]
+    assert not (out / "synthetic" / "preprocess").exists()  # nothing ran
+
+
+def test_an_unwritable_paths_out_is_one_line(tmp_path: Path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert twotower("preprocess", *SMALL, f"paths.out={a_file}/outputs") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"twotower preprocess: error: paths.out={a_file}/outputs: {a_file} is not a "
+                   "writable directory"]  # fmt: skip
+
+
+def test_an_ivf_index_with_more_lists_than_items_is_one_line():
+    vectors = np.random.default_rng(0).standard_normal((1682, 16)).astype(np.float32)
+    with pytest.raises(TwoTowerError) as err:
+        build_index(vectors, "IVF4096,Flat")
+    assert str(err.value) == (
+        "index.factory: 'IVF4096,Flat' cannot be built over 1682 item vectors (Number of "
+        "training points (1682) should be at least as large as number of clusters (4096)); "
+        "pick a smaller one"
+    )
+    assert build_index(vectors, "IVF16,Flat").ntotal == 1682
+
+
+def test_a_full_disk_leaves_no_half_written_resume_state(tmp_path: Path, monkeypatch):
+    resume = trainer.Resume(tmp_path / ".resume", "f" * 8)
+    resume.save(0, {"epoch": 1})
+
+    def disk_full(obj, path):
+        Path(path).write_bytes(b"half a state")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        resume.save(0, {"epoch": 2})
+    assert [p.name for p in resume.dir.iterdir()] == ["rank0.pt"]  # the last good state only
+    monkeypatch.undo()
+    assert resume.load(0)["epoch"] == 1
