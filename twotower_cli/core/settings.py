@@ -11,11 +11,14 @@ from typing import Any
 from twotower_cli.core.errors import ConfigError
 
 SIMILARITIES = ("cosine", "dot")
-HISTORY_POOLINGS = ("mean", "attention")
+HISTORY_POOLINGS = ("mean", "attention", "transformer")
 HISTORY_MODES = ("causal", "leave_one_out")
 # the user tower's optional behaviour input: the item ids a user interacted with, most recent
 # last; a model that reads it has `history_len` > 0 (`model.history: true`)
 HISTORY = "history"
+# sequence training (history_pooling: transformer): the flat index, into the batch's
+# [sequences, history_len] history, of each position that predicts its next item
+HISTORY_AT = "history_at"
 
 
 @dataclass
@@ -35,6 +38,11 @@ class TowerSettings:
     history_len: int = field(default=20, metadata={"ge": 1})
     history_pooling: str = field(default="mean", metadata={"choices": HISTORY_POOLINGS})
     history_decay: float = field(default=0.0, metadata={"ge": 0.0})
+    # history_pooling: transformer, a causal self-attention encoder over the history in time
+    # order (models/sequence.py), trained next-item over every position (docs/sequence.md)
+    history_layers: int = field(default=2, metadata={"ge": 1})
+    history_heads: int = field(default=1, metadata={"ge": 1})
+    history_dropout: float = field(default=0.2, metadata={"ge": 0.0, "lt": 1.0})
 
     @classmethod
     def of(cls, tower: dict) -> TowerSettings:
@@ -77,6 +85,9 @@ class TrainSettings:
     item_id_dropout: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0})
     # the history input of each training example (data/examples.py)
     history_mode: str = field(default="causal", metadata={"choices": HISTORY_MODES})
+    # next-item training of a sequence tower (training/sequences.py): one window of
+    # history_len + 1 per user (last: its latest; longer histories truncated) or all windows
+    sequence_windows: str = field(default="last", metadata={"choices": ("last", "all")})
     # auto: every finished epoch's state is kept (in the train dir's .resume/), and a rerun of the
     # same command after a crash continues after the last finished epoch; never: start over
     resume: str = field(default="auto", metadata={"choices": ("auto", "never")})

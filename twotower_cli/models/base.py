@@ -10,7 +10,9 @@ Hooks with defaults, so stage code never names a concrete class:
 - `artifacts(users, items)`: extra JSON files saved with the run (SENet's field weights);
 - `sub_retrievals()`: named column ranges of the serving vectors that are retrievals of their
   own (a multi-task model's tasks), which `evaluate` scores separately;
-- `history_len` > 0: the user side reads a `history` feature ([batch, history_len] item ids).
+- `history_len` > 0: the user side reads a `history` feature ([batch, history_len] item ids);
+- `sequential`: the history is a causal sequence encoder, trained next-item over every position
+  (the user features then carry `history_at`, the positions that predict, docs/sequence.md).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from twotower_cli.core.errors import ConfigError
-from twotower_cli.core.settings import HISTORY, SIMILARITIES, TowerSettings
+from twotower_cli.core.settings import HISTORY, HISTORY_AT, SIMILARITIES, TowerSettings
 from twotower_cli.models.blocks import FieldEmbedding, HistoryPool, L2Normalize
+from twotower_cli.models.sequence import SequenceEncoder
 
 
 class TwoTower(nn.Module):
@@ -39,7 +42,7 @@ class TwoTower(nn.Module):
         self.similarity = tower.similarity
         self.temperature = tower.temperature
         self.history_len = 0
-        self.history_pool: HistoryPool | None = None
+        self.history_pool: HistoryPool | SequenceEncoder | None = None
         self.user_fields = FieldEmbedding(schema["user"], tower.embed_dim)
         self.item_fields = FieldEmbedding(schema["item"], tower.embed_dim)
         if tower.history:
@@ -48,8 +51,7 @@ class TwoTower(nn.Module):
             if "item" not in self.item_fields.tables:
                 raise ConfigError("model.history needs an item id field named 'item'")
             self.history_len = tower.history_len
-            self.history_pool = HistoryPool(tower.embed_dim, tower.history_pooling,
-                                            tower.history_decay)  # fmt: skip
+            self.history_pool = history_path(tower)
 
     @property
     def logit_scale(self) -> float:
@@ -63,6 +65,11 @@ class TwoTower(nn.Module):
         return L2Normalize.apply(x) if self.training else F.normalize(x, dim=-1)
 
     @property
+    def sequential(self) -> bool:
+        """True when the history is a causal sequence encoder (next-item training)."""
+        return isinstance(self.history_pool, SequenceEncoder)
+
+    @property
     def user_field_names(self) -> list[str]:
         names = [f.name for f in self.user_fields.fields]
         return names + [HISTORY] if self.history_pool is not None else names
@@ -72,13 +79,22 @@ class TwoTower(nn.Module):
         return len(self.user_field_names)
 
     def user_embeddings(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[batch, n_user_fields, dim]: the user's fields, then the pooled history if on."""
+        """[batch, n_user_fields, dim]: the user's fields, then the pooled history if on.
+        With `history_at` (sequence training: P flat positions of the [batch, history_len]
+        history) one row per position: [P, n_user_fields, dim], the position's user's fields
+        beside the encoder's output there."""
         e = self.user_fields(feats)
         if self.history_pool is None:
             return e
         if HISTORY not in feats:
             raise ValueError("model.history is on but the user features carry no 'history'")
-        h = self.history_pool(feats[HISTORY], self.item_fields.tables["item"], e)
+        table = self.item_fields.tables["item"]
+        if HISTORY_AT in feats:
+            at = feats[HISTORY_AT]
+            h = self.history_pool(feats[HISTORY], table, e, at=at)
+            e = e.index_select(0, torch.div(at, feats[HISTORY].shape[1], rounding_mode="floor"))
+        else:
+            h = self.history_pool(feats[HISTORY], table, e)
         return torch.cat([e, h.unsqueeze(1)], dim=1)
 
     def item_embeddings(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -105,7 +121,11 @@ class TwoTower(nn.Module):
         neg_feats: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One batch's loss. `batch` holds the examples' columns and the sampler's per-batch
-        additions (see samplers.py); `neg_feats` are the features of `batch["neg"]`, flattened."""
+        additions (see samplers.py); `neg_feats` are the features of `batch["neg"]`, flattened.
+        In sequence training the rows are positions: a user's other positions' next items are
+        fair negatives, so the batch's `user` (its sequences' users) masks nothing."""
+        if HISTORY_AT in user_feats:
+            batch = {k: t for k, t in batch.items() if k != "user"}
         u, v = self.user_vectors(user_feats), self.item_vectors(item_feats)
         v_neg = negative_vectors(self.item_vectors(neg_feats), batch) if neg_feats else None
         return loss_fn(self.logit_scale, u, v, v_neg, batch)
@@ -119,6 +139,14 @@ class TwoTower(nn.Module):
     def sub_retrievals(self) -> dict[str, tuple[int, int]]:
         """name -> [start, stop) columns of the serving vectors that rank on their own."""
         return {}
+
+
+def history_path(t: TowerSettings) -> HistoryPool | SequenceEncoder:
+    """The history's pooling (mean | attention) or its causal sequence encoder (transformer)."""
+    if t.history_pooling == "transformer":
+        return SequenceEncoder(t.embed_dim, t.history_len, t.history_layers, t.history_heads,
+                               t.history_dropout)  # fmt: skip
+    return HistoryPool(t.embed_dim, t.history_pooling, t.history_decay)
 
 
 def negative_vectors(flat: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -260,7 +260,7 @@ class HistoryPool(nn.Module):
 
     def __init__(self, dim: int, pooling: str = "mean", decay: float = 0.0) -> None:
         super().__init__()
-        if pooling not in ("mean", "attention"):
+        if pooling not in ("mean", "attention"):  # (transformer: models/sequence.py)
             raise ConfigError(f"model.history_pooling: {pooling!r} not in ('mean', 'attention')")
         if decay < 0:
             raise ConfigError(f"model.history_decay must be >= 0 (0 = off), got {decay}")

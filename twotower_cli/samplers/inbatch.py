@@ -102,3 +102,30 @@ class MixedSampler(InBatchSampler):
         if n_uniform < 1:
             raise TwoTowerError(f"sampler.n_uniform must be >= 1, got {n_uniform}")
         super().__init__(logq, alpha, n_uniform)
+
+
+class UniformSampler(InBatchSampler):
+    """Sampled softmax against `n_negatives` catalogue items drawn uniformly per batch and
+    shared by every row (SASRec's sampled softmax in facebookresearch/generative-recommenders,
+    which draws per position). Every item is equally likely, so the logQ correction is the
+    same constant on every column and cancels: no logQ. A draw equal to a row's positive is
+    masked by the loss."""
+
+    loss = "sampled_softmax"
+    train_only = ("n_negatives",)
+
+    def __init__(self, n_negatives: int = 1024) -> None:
+        super().__init__(logq="off")
+        if n_negatives < 1:
+            raise TwoTowerError(f"sampler.n_negatives must be >= 1, got {n_negatives}")
+        self.n_negatives = n_negatives
+
+    def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn:
+        n_items = len(item_log_q) - 1
+        gen = torch.Generator().manual_seed(seed)
+
+        def add_uniform(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            neg = torch.randint(1, n_items + 1, (self.n_negatives,), generator=gen)
+            return {**batch, "neg": neg.to(batch["item"].device)}
+
+        return BatchStep(add_uniform, None, gen)

@@ -27,9 +27,10 @@ from twotower_cli.models.inputs import load_tables
 from twotower_cli.retrieval import pools
 from twotower_cli.retrieval.metrics import ranking_metrics
 from twotower_cli.retrieval.search import EvalSet, empty_index, sample_users
-from twotower_cli.training import distributed, losses
+from twotower_cli.training import distributed, losses, sequences
 from twotower_cli.training.examples import load_training_examples, with_history
 from twotower_cli.training.resume import Resume
+from twotower_cli.training.sequences import SequenceBatch
 from twotower_cli.training.trainer import encode_all
 from twotower_cli.training.trainer import train as train_model
 
@@ -77,12 +78,10 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
     # an index the vectors cannot go into fails now, not at `twotower index` after training
     empty_index(cfg.index.factory, encode_all(model, items, np.ones(1, np.int64), "item").shape[1])
     settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
-    examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
-                                      tuple(model.tasks), model.history_len, cfg.seed,
-                                      settings.history_mode, splits)  # fmt: skip
-    settings = adapt_to_log(settings, len(examples["item"]), group.is_main)
-    batch_fn = instantiate(cfg.sampler).batch_fn(
-        torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
+    examples, batch_fn = _examples(cfg, model, settings, prep_dir, sample_dir, train_pos,
+                                   n_users, n_items, splits)  # fmt: skip
+    if not getattr(model, "sequential", False):  # a sequence batch holds whole users' windows
+        settings = adapt_to_log(settings, len(examples["item"]), group.is_main)
     users = with_history(users, train_pos, model.history_len)
     valid = None if "valid" in splits else _valid_set(cfg, prep_dir, settings, train_batches,
                                                        n_items)  # fmt: skip
@@ -132,6 +131,25 @@ def popularity_valid(valid: EvalSet, counts: np.ndarray, k: int, n_items: int) -
     return ranking_metrics(top["popularity"], valid.truth, valid.n_truth, [k], n_items)[
         f"recall@{k}"
     ]
+
+
+def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: Path,
+              train_pos, n_users: int, n_items: int, splits: tuple):  # fmt: skip
+    """The examples training iterates over and the sampler's per-batch step: the sampler's
+    examples (with task labels and histories as the model reads them), or for a sequence
+    encoder one next-item sequence per user (sequences.py)."""
+    batch_fn = instantiate(cfg.sampler).batch_fn(
+        torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
+    if getattr(model, "sequential", False):
+        sequences.check_sequence_training(model, (sample_dir / "negatives.npy").exists(),
+                                          tuple(model.tasks), settings.nproc)  # fmt: skip
+        examples = sequences.sequence_examples(train_pos, n_users, model.history_len,
+                                               settings.sequence_windows)  # fmt: skip
+        return {c: torch.from_numpy(v) for c, v in examples.items()}, SequenceBatch(batch_fn)
+    examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
+                                      tuple(model.tasks), model.history_len, cfg.seed,
+                                      settings.history_mode, splits)  # fmt: skip
+    return examples, batch_fn
 
 
 def _valid_set(cfg: DictConfig, prep_dir: Path, settings: TrainSettings, train_batches,
