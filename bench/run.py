@@ -17,6 +17,8 @@ import argparse
 import copy
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -62,6 +64,9 @@ KS = [10, 20, 50]
 # (at 0.8 IVF reached recall 0.9998 with 4 probes: too easy; at 1.0, 0.5: hardly clustered)
 N_CENTRES, SPREAD = 1000, 0.9
 STAGES = ("preprocess", "sample", "train", "embed", "index", "evaluate")
+# the profiler's names of the collectives' ops: c10d's calls and gloo's, DDP's all-reduce, and
+# distributed.py's all_gather (its forward and backward wait for the peer inside them)
+COLLECTIVE = re.compile(r"gloo|c10d|nccl|_AllGather|record_param_comms")
 
 
 @dataclass
@@ -439,38 +444,72 @@ def run_pipeline(n: int, sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
 
 
 def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
-    """Training samples/s of `twotower train` (subprocesses) with train.nproc=1 and 2, one
-    thread per process, on the bench data, alternating 1 2 / 2 1 over `repeats` rounds; the
-    rate is the manifest's: per epoch, the examples trained over the seconds from a barrier at
-    the epoch's start to the end of its last step and the loss's sum over the ranks (launch,
-    data loading and validation excluded), and of the `dist_epochs` epochs' rates the median
-    (the upper one of an even count: of 2 epochs, the faster), for both nproc alike.
-    dist_scaling_efficiency = rate(2) / (2 x rate(1)): 1.0 = two processes train twice as fast
-    as one. Both sides use `sizes.sparse_embeddings` (the lazy Adam, as the train section; the
-    sparse gradients are averaged in one all_gather per step: docs/scale.md)."""
+    """Training samples/s of `twotower train` (subprocesses), one thread per process, on the
+    bench data. Each round runs train.nproc=1 at batch B, train.nproc=2 at batch B (strong
+    scaling: the same global batch split over the ranks) and train.nproc=2 at batch 2B (weak
+    scaling: each rank keeps B rows, the global batch doubles, as data-parallel training is
+    used), alternating 1 2 2w / 2w 2 1 over `repeats` rounds. A run's rate is its manifest's:
+    per epoch, the examples trained over the seconds from a barrier at the epoch's start to the
+    end of its last step and the loss's sum over the ranks (launch, data loading and validation
+    excluded), and of the `dist_epochs` epochs' rates the median (the upper one of an even
+    count). dist_scaling_efficiency = rate(2, B) / (2 x rate(1, B)), dist_weak_efficiency =
+    rate(2, 2B) / (2 x rate(1, B)): 1.0 = two processes train twice as many examples a second.
+    Both use `sizes.sparse_embeddings` (docs/scale.md). Then one profiled run of nproc=1 (B)
+    and nproc=2 (2B) each (`dist_profile`)."""
     run_out = out_dir / "dist"
-    d = sizes.data
+    d, b = sizes.data, sizes.batch_size
     base = ["dataset=synthetic", f"dataset.load.n_interactions={d['n_interactions']}",
             f"dataset.load.n_users={d['n_users']}", f"dataset.load.n_items={d['n_items']}",
             f"dataset.load.cache_dir={cache_dir}", f"paths.out={run_out}", "threads=1",
             f"train.epochs={sizes.dist_epochs}", f"train.patience={sizes.dist_epochs}",
-            f"train.batch_size={sizes.batch_size}",
             f"train.sparse_embeddings={str(sizes.sparse_embeddings).lower()}"]  # fmt: skip
     script = str(Path(sys.executable).with_name("twotower"))
     for stage in ("preprocess", "sample"):
         subprocess.run([script, stage, *base], check=True, stdout=subprocess.DEVNULL)
     manifest = run_out / "synthetic" / "sample" / "inbatch" / "dssm" / "train" / "manifest.json"
-    rates: dict[int, list[float]] = {1: [], 2: []}  # each run's rate, kept in bench.json
+    runs = {"1": (1, b), "2": (2, b), "2w": (2, 2 * b)}  # (train.nproc, train.batch_size)
+    rates: dict[str, list[float]] = {k: [] for k in runs}  # each run's rate, kept in bench.json
     for r in range(sizes.repeats):
-        for nproc in (1, 2) if r % 2 == 0 else (2, 1):
-            log(f"dist: twotower train train.nproc={nproc} (round {r + 1})")
-            subprocess.run([script, "train", *base, f"train.nproc={nproc}"], check=True,
+        for key in ("1", "2", "2w") if r % 2 == 0 else ("2w", "2", "1"):
+            nproc, batch = runs[key]
+            log(f"dist: twotower train train.nproc={nproc} train.batch_size={batch} "
+                f"(round {r + 1})")  # fmt: skip
+            subprocess.run([script, "train", *base, f"train.nproc={nproc}",
+                            f"train.batch_size={batch}"], check=True,
                            stdout=subprocess.DEVNULL)  # fmt: skip
-            rates[nproc].append(json.loads(manifest.read_text())["figures"]["samples_per_s"])
-    one, two = float(np.median(rates[1])), float(np.median(rates[2]))
+            rates[key].append(json.loads(manifest.read_text())["figures"]["samples_per_s"])
+    one, two, weak = (float(np.median(rates[k])) for k in runs)
     return {"dist/samples_per_s@1": one, "dist/samples_per_s@2": two,
-            "dist_scaling_efficiency": two / (2 * one), "dist/rounds": sizes.repeats,
-            "dist/runs@1": rates[1], "dist/runs@2": rates[2]}  # fmt: skip
+            "dist/weak_samples_per_s@2": weak, "dist_scaling_efficiency": two / (2 * one),
+            "dist_weak_efficiency": weak / (2 * one), "dist/rounds": sizes.repeats,
+            "dist/runs@1": rates["1"], "dist/runs@2": rates["2"], "dist/weak_runs@2": rates["2w"],
+            **dist_profile(script, base, run_out, b)}  # fmt: skip
+
+
+def dist_profile(script: str, base: list[str], run_out: Path, batch: int) -> dict:
+    """Where a step's time goes at train.nproc=1 (batch B) and 2 (2B, weak scaling): one run
+    each under TWOTOWER_PROFILE (training/hooks.py: torch.profiler over 30 steps of the first
+    epoch). Per step, rank 0: wall ms, and the ops' self time (the profiler's time on the
+    thread, waits included) in the collectives (COLLECTIVE) and in every other op; the step's
+    rest is Python between the ops."""
+    out: dict = {}
+    for nproc, b in ((1, batch), (2, 2 * batch)):
+        prof_dir = run_out / f"profile-{nproc}"
+        shutil.rmtree(prof_dir, ignore_errors=True)
+        env = {**os.environ, "TWOTOWER_PROFILE": str(prof_dir)}
+        subprocess.run([script, "train", *base, f"train.nproc={nproc}", f"train.batch_size={b}",
+                        "train.epochs=1", "train.max_steps=45"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        prof = json.loads((prof_dir / "rank0.json").read_text())
+        comm = sum(ms for op, ms in prof["self_cpu_ms"].items() if COLLECTIVE.search(op))
+        total = sum(prof["self_cpu_ms"].values())
+        out |= {
+            f"dist/profile@{nproc}/step_ms": prof["step_ms"],
+            f"dist/profile@{nproc}/collective_ms": comm,
+            f"dist/profile@{nproc}/other_ops_ms": total - comm,
+            f"dist/profile@{nproc}/top_ops": dict(list(prof["self_cpu_ms"].items())[:12]),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

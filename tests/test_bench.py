@@ -97,11 +97,20 @@ def test_dist_section_measures_both_process_counts(tmp_path: Path):
 
     sizes = copy.deepcopy(QUICK)
     sizes.data = {"n_users": 300, "n_items": 200, "n_interactions": 6000}
-    sizes.repeats, sizes.dist_epochs, sizes.batch_size = 1, 1, 256
+    # batch 16: 123 steps an epoch, 61 at 2 x 16, enough for the profile's 30 steps after 10
+    sizes.repeats, sizes.dist_epochs, sizes.batch_size = 1, 1, 16
     out = bench_dist(sizes, tmp_path, str(tmp_path / "cache"))
-    assert out["dist/samples_per_s@1"] > 0 and out["dist/samples_per_s@2"] > 0
     one, two = out["dist/samples_per_s@1"], out["dist/samples_per_s@2"]
+    weak = out["dist/weak_samples_per_s@2"]
+    assert one > 0 and two > 0 and weak > 0
     assert out["dist_scaling_efficiency"] == pytest.approx(two / (2 * one))
+    assert out["dist_weak_efficiency"] == pytest.approx(weak / (2 * one))
+    assert [len(out[k]) for k in ("dist/runs@1", "dist/runs@2", "dist/weak_runs@2")] == [1] * 3
+    # the profile: rank 0's step, split into the collectives' CPU time and the rest's
+    for n in (1, 2):
+        assert out[f"dist/profile@{n}/step_ms"] > 0 and out[f"dist/profile@{n}/other_ops_ms"] > 0
+    assert out["dist/profile@1/collective_ms"] == 0  # one process: no collective
+    assert out["dist/profile@2/collective_ms"] > 0
 
 
 def test_ann_string_settings_reach_the_refine_and_ivf_levels():

@@ -45,7 +45,7 @@ def test_killed_train_resumes_after_its_last_epoch_and_ends_as_uninterrupted(tmp
     assert twotower("train", *SLOW, f"paths.out={whole}") == 0
     train_dir = killed.joinpath(*ROOT, "train")
     proc = start("train", *SLOW, f"paths.out={killed}")
-    state = train_dir / ".resume" / "rank0.pt"
+    state = train_dir / ".resume" / "state.pt"
     deadline = time.time() + 240
     while saved_epochs(state) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -74,7 +74,7 @@ def test_a_resume_state_of_other_settings_is_not_used(tmp_path, capsys):
     assert twotower("preprocess", *args) == 0 and twotower("sample", *args) == 0
     resume = tmp_path.joinpath(*ROOT, "train", ".resume")
     resume.mkdir(parents=True)
-    torch.save({"fingerprint": "another run", "history": [{}] * 2}, resume / "rank0.pt")
+    torch.save({"fingerprint": "another run", "history": [{}] * 2}, resume / "state.pt")
     capsys.readouterr()
     assert twotower("train", *args) == 0
     out = capsys.readouterr().out

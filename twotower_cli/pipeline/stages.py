@@ -57,9 +57,10 @@ from twotower_cli.samplers import add_exposure_negatives
 from twotower_cli.samplers.mining import mined_band
 from twotower_cli.training import distributed, fitting
 from twotower_cli.training.examples import with_history
-from twotower_cli.training.trainer import Resume, encode_all
+from twotower_cli.training.resume import Resume
+from twotower_cli.training.trainer import encode_all
 
-RESUME_DIR = ".resume"  # train's per-epoch state, beside its outputs (trainer.Resume)
+RESUME_DIR = ".resume"  # train's per-epoch state, beside its outputs (training/resume.py)
 
 
 def _config(cfg: DictConfig) -> dict:
@@ -178,7 +179,7 @@ def _stream_sample(sampler, prep_dir: Path, splits: tuple, n_items: int,
 def train(cfg: DictConfig) -> dict:
     L = Layout.of(cfg.paths)
     dist_settings = distributed.settings(OmegaConf.to_container(cfg.train, resolve=True))
-    if distributed.should_launch(dist_settings, cfg.train.batch_size):
+    if distributed.should_launch(dist_settings, cfg.train.batch_size, cfg.model.get("tasks")):
         distributed.launch(dist_settings, train_worker, _config(cfg))
         tracking.active().log_finished(L.train)  # the workers track nothing: read back
         return read_manifest(L.train)["figures"]

@@ -45,6 +45,10 @@ ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # the batch columns each row's in-batch softmax needs of every column
 COLUMNS = ("item", "user", "log_q")
 TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
+MULTITASK = (
+    "model=multitask trains each task on a different subset of a batch's rows, which ranks "
+    "cannot split into equal slices: train it in one process (train.nproc=1)"
+)
 
 
 @dataclass
@@ -118,9 +122,20 @@ def init(settings: DistSettings, device: str = "cpu") -> Group:
         backend = resolve_backend(settings.backend, device)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend, timeout=timedelta(seconds=settings.dist_timeout_s))
+        timeout = timedelta(seconds=settings.dist_timeout_s)
+        dist.init_process_group(backend, store=_attempt_store(timeout), timeout=timeout,
+                                rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]))  # fmt: skip
         atexit.register(shutdown)  # under torchrun no one else ends the group
     return current()
+
+
+def _attempt_store(timeout: timedelta) -> dist.Store:
+    """The launcher's store (env://), its keys prefixed by the group's restart: torchrun's
+    agent keeps one store across `--max-restarts`, and a restarted rank could otherwise read
+    the dead group's addresses (gloo: "connectFullMesh failed ... Connection refused")."""
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    return dist.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shutdown() -> None:
@@ -133,11 +148,14 @@ def settings(train_cfg: dict) -> DistSettings:
     return DistSettings(**{k: train_cfg[k] for k in KEYS if k in train_cfg})
 
 
-def should_launch(settings: DistSettings, batch_size: int) -> bool:
+def should_launch(settings: DistSettings, batch_size: int, tasks=None) -> bool:
     """True when this process should start `settings.nproc` workers: more than one asked for
-    and not already a worker (under torchrun the launcher decides and nproc is not read)."""
+    and not already a worker (under torchrun the launcher decides and nproc is not read).
+    `tasks`: the model's (multitask), refused before any worker starts."""
     if settings.nproc == 1 or under_launcher():
         return False
+    if tasks:
+        raise TwoTowerError(MULTITASK)
     if batch_size % settings.nproc:
         raise TwoTowerError(
             f"train.batch_size={batch_size} is not divisible by train.nproc={settings.nproc}:"
@@ -246,10 +264,7 @@ def check(batch_size: int, group: Group, model: torch.nn.Module) -> None:
             f"{group.world_size} (train.nproc): every rank takes an equal slice"
         )
     if getattr(model, "tasks", ()):
-        raise TwoTowerError(
-            "model=multitask trains each task on a different subset of rows, which ranks "
-            "cannot gather in equal slices: train it with train.nproc=1"
-        )
+        raise TwoTowerError(MULTITASK)
 
 
 def batch_bounds(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int, int]]:

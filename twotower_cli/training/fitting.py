@@ -29,8 +29,9 @@ from twotower_cli.retrieval.metrics import ranking_metrics
 from twotower_cli.retrieval.search import EvalSet, empty_index, sample_users
 from twotower_cli.training import distributed, losses, sequences
 from twotower_cli.training.examples import load_training_examples, with_history
+from twotower_cli.training.resume import Resume
 from twotower_cli.training.sequences import SequenceBatch
-from twotower_cli.training.trainer import Resume, encode_all
+from twotower_cli.training.trainer import encode_all
 from twotower_cli.training.trainer import train as train_model
 
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,44 +18,9 @@ from twotower_cli.models.base import TwoTower
 from twotower_cli.retrieval.pools import with_item_prior
 from twotower_cli.retrieval.search import EvalSet, build_index, evaluate_index
 from twotower_cli.training import distributed
+from twotower_cli.training.hooks import steps
 from twotower_cli.training.optim import LazyAdam
-
-
-@dataclass
-class Resume:
-    """Where `train` keeps each finished epoch's state (one file per rank) and the fingerprint
-    of what it trains (config and inputs): a state with another fingerprint is not resumed."""
-
-    dir: Path
-    fingerprint: str
-
-    def path(self, rank: int) -> Path:
-        return self.dir / f"rank{rank}.pt"
-
-    def load(self, rank: int) -> dict | None:
-        path = self.path(rank)
-        if not path.exists():
-            return None
-        try:
-            state = torch.load(path, weights_only=True)
-        except Exception as err:  # noqa: BLE001 -- a broken state is started over, not fatal
-            print(f"train: ignoring {path} ({type(err).__name__}); starting over", flush=True)
-            return None
-        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            print(f"train: {path} was made with other settings or inputs; starting over",
-                  flush=True)  # fmt: skip
-            return None
-        return state
-
-    def save(self, rank: int, state: dict) -> None:
-        """Write aside, then rename: a kill mid-write leaves the previous epoch's state."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path(rank).with_suffix(f".tmp{os.getpid()}")
-        try:
-            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-            os.replace(tmp, self.path(rank))
-        finally:  # a full disk (or a kill signal turned exception) leaves no half file
-            tmp.unlink(missing_ok=True)
+from twotower_cli.training.resume import Resume, restore, snapshot
 
 
 def gather(table: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -208,17 +170,10 @@ def train(
     best, best_state, history, waited, stopped = -1.0, None, [], 0, False
     bounds = distributed.batch_bounds(n, settings.batch_size, group.world_size)
     quiet = not group.is_main
-    state = resume.load(group.rank) if resume is not None else None
+    state = resume.load(group) if resume is not None else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        for opt, s in zip(opts, state["opts"], strict=True):
-            opt.load_state_dict(s)
-        best, best_state, history = state["best"], state["best_state"], state["history"]
-        waited, stopped = state["waited"], state["stopped"]
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["rng"])
-        if batch_fn is not None and state["batch_fn"] is not None:
-            batch_fn.load_state_dict(state["batch_fn"])
+        best, best_state, history, waited, stopped = restore(state, model, opts, gen, batch_fn,
+                                                             group.rank)  # fmt: skip
         if group.is_main:
             print(f"train: resuming after epoch {len(history)} ({resume.dir})", flush=True)
     epoch_done = on_epoch if on_epoch is not None and group.is_main else lambda record: None
@@ -237,7 +192,7 @@ def train(
         n_used = sum(e - s for s, e in epoch_bounds)
         batches = bar(epoch_bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                        mininterval=1.0, disable=quiet)  # fmt: skip
-        for s, e in batches:
+        for s, e in steps(batches, epoch + 1, group.rank):
             batch = widen_ids(gather(examples, perm[s:e]))
             batch = batch_fn(batch) if batch_fn is not None else batch
             batch = distributed.local_rows(batch, group)
@@ -282,13 +237,9 @@ def train(
         # patience ran out, or train.max_steps leaves no step for another epoch
         stopped = waited >= settings.patience or (
             steps_allowed(len(bounds), settings.max_steps, history) == 0)  # fmt: skip
-        if resume is not None:
-            resume.save(group.rank, {
-                "model": model.state_dict(), "opts": [o.state_dict() for o in opts],
-                "best": best, "best_state": best_state, "history": history, "waited": waited,
-                "stopped": stopped, "gen": gen.get_state(), "rng": torch.get_rng_state(),
-                "batch_fn": batch_fn.state_dict() if hasattr(batch_fn, "state_dict") else None,
-            })  # fmt: skip
+        if resume is not None:  # one state for every rank (resume.py)
+            resume.save(group, epoch + 1, snapshot(model, opts, gen, batch_fn, best, best_state,
+                                                   history, waited, stopped))  # fmt: skip
         if stopped:
             break
     epochs.close()
