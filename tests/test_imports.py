@@ -33,15 +33,15 @@ LAYERS = [
 # functions over the cap when the cap came in, with their length then as a ceiling: shrink them,
 # never grow them (issue 24's refactor of the training loop and loaders)
 LONG_FUNCTIONS = {
-    "twotower_cli.data.csv_data.load": 90,
+    "twotower_cli.data.csv_data.load": 85,
     "twotower_cli.data.news.load": 70,
     "twotower_cli.data.synthetic.generate_chunks": 81,
     "twotower_cli.pipeline.tune._retrain_best": 66,
     "twotower_cli.report.diagnostics.analyse": 64,
-    "twotower_cli.serve.http.create_app": 89,
+    "twotower_cli.serve.http.create_app": 75,
     "twotower_cli.serve.limits.guarded_http": 61,
     "twotower_cli.tools.news_sim.write": 105,
-    "twotower_cli.training.trainer.train": 133,
+    "twotower_cli.training.trainer.train": 122,
 }
 
 
