@@ -171,3 +171,16 @@ def test_a_data_set_carries_its_own_training_defaults():
         assert (Path(CONFIG_DIR) / "sampler" / f"{sampler}.yaml").exists(), path.name
     for path in (Path(CONFIG_DIR) / "tuned").glob("*.yaml"):
         assert (Path(CONFIG_DIR) / "dataset" / path.name).exists(), path.name
+
+
+def test_every_config_file_ships_in_the_wheel():
+    # setuptools' package-data globs do not recurse: a YAML one level deeper than they reach
+    # (conf/tuned/sampler/) would be missing from an installed wheel, and `optional` groups
+    # would then change a run silently
+    import tomllib
+
+    pyproject = Path(CONFIG_DIR).parents[1] / "pyproject.toml"
+    setup = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]
+    package = Path(CONFIG_DIR).parent
+    shipped = {p for g in setup["package-data"]["twotower_cli"] for p in package.glob(g)}
+    assert set(Path(CONFIG_DIR).rglob("*.yaml")) <= shipped
