@@ -13,7 +13,8 @@ from conftest import SMALL, twotower
 
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.retrieval.search import build_index
-from twotower_cli.training import trainer
+from twotower_cli.training import distributed
+from twotower_cli.training.resume import Resume
 
 
 @pytest.mark.parametrize(
@@ -57,8 +58,9 @@ def test_an_ivf_index_with_more_lists_than_items_is_one_line():
 
 
 def test_a_full_disk_leaves_no_half_written_resume_state(tmp_path: Path, monkeypatch):
-    resume = trainer.Resume(tmp_path / ".resume", "f" * 8)
-    resume.save(0, {"epoch": 1})
+    one = distributed.Group()  # a group of one process: rank 0 writes
+    resume = Resume(tmp_path / ".resume", "f" * 8)
+    resume.save(one, 1, {"history": [{"epoch": 1}]})
 
     def disk_full(obj, path):
         Path(path).write_bytes(b"half a state")
@@ -66,7 +68,7 @@ def test_a_full_disk_leaves_no_half_written_resume_state(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        resume.save(0, {"epoch": 2})
-    assert [p.name for p in resume.dir.iterdir()] == ["rank0.pt"]  # the last good state only
+        resume.save(one, 2, {"history": [{"epoch": 1}, {"epoch": 2}]})
+    assert [p.name for p in resume.dir.iterdir()] == ["state.pt"]  # the last good state only
     monkeypatch.undo()
-    assert resume.load(0)["epoch"] == 1
+    assert len(resume.load(one)["history"]) == 1
