@@ -6,4 +6,5 @@ above it (the layer order is in tests/test_imports.py).
     progress.py  progress bars for a terminal and for a log
     settings.py  settings dataclasses with bounds (model, train, eval, index, exposures)
     layout.py    the run tree: every stage's directory and artifact file names
+    hashing.py   sha256 of a file (manifests' outputs, preprocess's raw inputs)
 """

@@ -11,12 +11,12 @@ changed is still current, and a changed one is noticed even with the same size a
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 from pathlib import Path
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.hashing import file_hash
 
 STAT_KEY = ("bytes", "mtime_ns", "ctime_ns", "inode")
 
@@ -41,21 +41,13 @@ def _stat_key(path: Path) -> dict:
             "inode": st.st_ino}  # fmt: skip
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def identify(paths: list[Path]) -> list[dict]:
     """Each file's path, stat key and sha256 (the stat taken before the hash: a file written
     while it is hashed has another stat key afterwards, so it is not taken as current)."""
     out = []
     for path in paths:
         key = _stat_key(path)
-        out.append({"path": str(path), **key, "sha256": _sha256(path)})
+        out.append({"path": str(path), **key, "sha256": file_hash(path)})
     return out
 
 
@@ -80,6 +72,6 @@ def changed(recorded, paths: list[Path]) -> str | None:
         key = _stat_key(path)
         if key == {k: entry.get(k) for k in STAT_KEY}:
             continue
-        if key["bytes"] != entry.get("bytes") or _sha256(path) != entry.get("sha256"):
+        if key["bytes"] != entry.get("bytes") or file_hash(path) != entry.get("sha256"):
             return f"{path} changed since it was read"
     return None
