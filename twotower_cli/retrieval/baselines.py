@@ -27,7 +27,7 @@ from twotower_cli.retrieval.search import (
     EvalSet,
     evaluate_ranked,
     popularity_ranking,
-    top_k_columns,
+    top_unseen_rows,
 )
 
 # the lambdas tried on validation unless eval.ease_lambdas names others
@@ -117,23 +117,14 @@ def ease_top_unseen(B: torch.Tensor, inputs: pd.DataFrame, ev: EvalSet, k: int, 
     user's rows of `inputs`; ev.exclude is masked before the top-k; `ids` restricts the
     ranking to those item ids (evaluation candidates). -1 pads short rows."""
     rows, items = _user_rows(inputs, ev.users)
-    width = n_items + 1
-    cols = None if ids is None else torch.from_numpy(np.asarray(ids) - 1)
     k_eff = min(k, n_items if ids is None else len(ids))
     out = np.full((len(ev.users), k), -1, dtype=np.int64)
     progress = bar(total=len(ev.users), desc="ease", unit="user", leave=False, mininterval=1.0)
     with torch.no_grad(), progress:
         for s in range(0, len(ev.users), chunk):
             e = min(s + chunk, len(ev.users))
-            sc = _dense_rows(rows, items, s, e, n_items, B.dtype) @ B
-            lo, hi = np.searchsorted(ev.exclude, [s * width, e * width])
-            keys = ev.exclude[lo:hi]
-            sc[torch.from_numpy(keys // width - s), torch.from_numpy(keys % width - 1)] = -np.inf
-            if cols is not None:
-                sc = sc[:, cols]
-            idx = top_k_columns(np.ascontiguousarray(sc.float().numpy()), k_eff)
-            picked = idx + 1 if ids is None else np.asarray(ids)[idx.clip(min=0)]
-            out[s:e, :k_eff] = np.where(idx >= 0, picked, -1)
+            sc = (_dense_rows(rows, items, s, e, n_items, B.dtype) @ B).float().numpy()
+            out[s:e, :k_eff] = top_unseen_rows(sc, ev.exclude, s, n_items, ids, k_eff)
             progress.update(e - s)
     return out
 

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from twotower_cli.core.progress import bar
 from twotower_cli.retrieval.metrics import ranking_metrics
-from twotower_cli.retrieval.search import EvalSet, top_k_columns
+from twotower_cli.retrieval.search import EvalSet, top_unseen_rows
 
 # the neighbourhood sizes tried on validation unless eval.knn_neighbours names others
 DEFAULT_NEIGHBOURS = (10, 20, 50, 100, 200, 500, 1000)
@@ -77,8 +77,6 @@ def knn_top_unseen(S: sp.csr_matrix, inputs: pd.DataFrame, ev: EvalSet, k: int, 
     """Top-k unseen item ids per evaluation user by x_u S (x_u: the user's rows of `inputs`);
     ev.exclude is masked; `ids` restricts the ranking to those item ids. -1 pads short rows."""
     X = user_matrix(inputs, ev.users, n_items)
-    width = n_items + 1
-    cols = None if ids is None else np.asarray(ids) - 1
     k_eff = min(k, n_items if ids is None else len(ids))
     out = np.full((len(ev.users), k), -1, dtype=np.int64)
     progress = bar(total=len(ev.users), desc="itemknn", unit="user", leave=False, mininterval=1.0)
@@ -86,14 +84,7 @@ def knn_top_unseen(S: sp.csr_matrix, inputs: pd.DataFrame, ev: EvalSet, k: int, 
         for s in range(0, len(ev.users), chunk):
             e = min(s + chunk, len(ev.users))
             sc = (X[s:e] @ S).toarray().astype(np.float32)
-            lo, hi = np.searchsorted(ev.exclude, [s * width, e * width])
-            keys = ev.exclude[lo:hi]
-            sc[keys // width - s, keys % width - 1] = -np.inf
-            if cols is not None:
-                sc = np.ascontiguousarray(sc[:, cols])
-            idx = top_k_columns(sc, k_eff)
-            picked = idx + 1 if ids is None else np.asarray(ids)[idx.clip(min=0)]
-            out[s:e, :k_eff] = np.where(idx >= 0, picked, -1)
+            out[s:e, :k_eff] = top_unseen_rows(sc, ev.exclude, s, n_items, ids, k_eff)
             progress.update(e - s)
     return out
 

@@ -134,6 +134,22 @@ def exact_vectors(index) -> np.ndarray | None:
     return flat.reshape(index.ntotal, index.d)
 
 
+def top_unseen_rows(sc: np.ndarray, exclude: np.ndarray, s: int, n_items: int,
+                    ids: np.ndarray | None, k: int) -> np.ndarray:  # fmt: skip
+    """Top-k item ids of score rows s.. (a chunk of users x items 1..n, float32, written in
+    place): each row's `exclude` keys (sorted user_row * (n_items + 1) + item) set to -inf
+    first, the ranking restricted to `ids` when given; -1 pads (EASE's and item-KNN's chunks)."""
+    width = n_items + 1
+    lo, hi = np.searchsorted(exclude, [s * width, (s + len(sc)) * width])
+    keys = exclude[lo:hi]
+    sc[keys // width - s, keys % width - 1] = -np.inf
+    if ids is not None:
+        sc = np.ascontiguousarray(sc[:, np.asarray(ids) - 1])
+    idx = top_k_columns(sc, k)
+    picked = idx + 1 if ids is None else np.asarray(ids)[idx.clip(min=0)]
+    return np.where(idx >= 0, picked, -1)
+
+
 def top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:
     """[n, m] float32 scores -> [n, k] column indices of each row's k largest, best first;
     -1 where a row has fewer than k finite scores (-inf is never taken).
