@@ -105,7 +105,7 @@ def _read_raw(cfg: DictConfig, out: StageOutput):
     """The loader's RawData; `out.sources`: the raw files' identity taken before they are read
     (and of any the loader fetched), refused if a file changed while it was read."""
     own_paths = config.dataset_paths(cfg)
-    load = _load_args(cfg)
+    load = _load_args(cfg, own_paths)
     before = sources.identify(sources.raw_files(load))
     # partial, then call: Hydra would wrap the loader's TwoTowerError in its own exception
     raw = instantiate(cfg.dataset.load, _partial_=True)(**own_paths)
@@ -116,15 +116,15 @@ def _read_raw(cfg: DictConfig, out: StageOutput):
     return raw
 
 
-def _load_args(cfg: DictConfig) -> dict:
+def _load_args(cfg: DictConfig, own_paths: dict) -> dict:
     """dataset.load as the loader gets it: relative paths in a --config-dir dataset YAML read
-    against that YAML (config.dataset_paths)."""
-    return {**OmegaConf.to_container(cfg.dataset.load, resolve=True), **config.dataset_paths(cfg)}
+    against that YAML (`own_paths`: config.dataset_paths)."""
+    return {**OmegaConf.to_container(cfg.dataset.load, resolve=True), **own_paths}
 
 
 def _sources_current(cfg: DictConfig, prep_dir: Path) -> bool:
     """Whether the raw files are the ones preprocess read (`run`'s check; a line says why not)."""
-    files = sources.raw_files(_load_args(cfg))
+    files = sources.raw_files(_load_args(cfg, config.dataset_paths(cfg)))
     why = sources.changed(read_manifest(prep_dir).get("sources"), files)
     if why:
         print(f"preprocess: {why}: redoing it", flush=True)
