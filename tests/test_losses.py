@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.training.losses import bce, inbatch_softmax, resolve, sampled_softmax
+from twotower_cli.training.losses import (
+    bce,
+    full_softmax,
+    inbatch_softmax,
+    resolve,
+    sampled_softmax,
+)
 
 E = math.e
 I2 = torch.eye(2)
@@ -151,3 +157,30 @@ def test_fused_inbatch_softmax_keeps_the_inputs_dtype():
     loss = inbatch_softmax(2.0, u, u, None, batch)
     loss.backward()
     assert loss.dtype == torch.float64 and u.grad.dtype == torch.float64
+
+
+def test_full_softmax_hand_worked_and_equal_to_sampled_softmax_over_the_catalogue():
+    # catalogue of 3 items, vectors e1, e2, e1 + e2; one row u = e1 with positive item 1,
+    # scale 1: logits [1, 0, 1] -> -log(e / (e + 1 + e)) = log(2 + 1/e) = 0.8620
+    catalogue = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    u = torch.tensor([[1.0, 0.0]])
+    batch = {"item": torch.tensor([1]), "neg": torch.arange(1, 4)}
+    loss = full_softmax(1.0, u, catalogue[:1], catalogue, batch)
+    assert loss.item() == pytest.approx(math.log(2 + 1 / E), rel=1e-5)
+    # sampled softmax with every item as a shared negative (the positive's own column masked)
+    # is the same softmax
+    torch.manual_seed(0)
+    u, cat = torch.randn(5, 4), torch.randn(6, 4)
+    batch = {"item": torch.tensor([1, 6, 3, 3, 2]), "neg": torch.arange(1, 7)}
+    full = full_softmax(3.0, u, cat[batch["item"] - 1], cat, batch)
+    sampled = sampled_softmax(3.0, u, cat[batch["item"] - 1], cat, batch)
+    assert full.item() == pytest.approx(sampled.item(), rel=1e-5)
+
+
+def test_full_softmax_needs_the_whole_catalogue_in_order():
+    u = torch.ones(1, 2)
+    for neg in (None, torch.tensor([2, 3]), torch.tensor([1, 3]), torch.tensor([[1, 2]])):
+        batch = {"item": torch.tensor([1])} | ({} if neg is None else {"neg": neg})
+        with pytest.raises(TwoTowerError, match="loss=full_softmax .* use sampler=full"):
+            full_softmax(1.0, u, u, None if neg is None else torch.ones(2, 2), batch)
+    assert resolve("auto", "full_softmax") == (full_softmax, "full_softmax")

@@ -16,6 +16,7 @@ from twotower_cli.cli import CONFIG_DIR
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import pair_keys
 from twotower_cli.samplers import (
+    CatalogueSampler,
     HardNegativeSampler,
     InBatchSampler,
     MixedSampler,
@@ -279,6 +280,7 @@ MODELS = options("model")
         ["sampler=hard"],
         ["sampler=inbatch", "sampler.logq=streaming"],
         ["sampler=mixed", "sampler.n_uniform=64"],
+        ["sampler=full"],
     ],
     ids=lambda o: "-".join(o),
 )
@@ -343,3 +345,15 @@ def test_streamed_sample_equals_the_in_memory_one(tmp_path: Path, sampler):
     with pytest.raises(TwoTowerError, match="the training split has no positives"):
         sampler.fit_stream(iter_split(empty, "train", ["user", "item"]), N_ITEMS,
                            lambda frames: write_batches(empty / "x.parquet", frames))  # fmt: skip
+
+
+def test_full_sampler_adds_the_catalogue_and_refuses_a_large_one():
+    train = pd.DataFrame({"user": [1, 1, 2], "item": [1, 2, 3]})
+    s = CatalogueSampler(max_items=3).fit(train, 3)
+    assert s.loss == "full_softmax" and s.negatives() is None
+    batch = s.batch_fn(torch.tensor(s.item_log_q_))({"item": torch.tensor([2, 3])})
+    assert batch["neg"].tolist() == [1, 2, 3] and "log_q" not in batch
+    with pytest.raises(TwoTowerError, match=r"sampler=full: 4 items > sampler.max_items=3 "):
+        CatalogueSampler(max_items=3).fit(train, 4)
+    with pytest.raises(TwoTowerError, match="sampler.max_items must be >= 1, got 0"):
+        CatalogueSampler(max_items=0)

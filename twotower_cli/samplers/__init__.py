@@ -27,11 +27,16 @@ from twotower_cli.samplers.explicit import (
 )
 from twotower_cli.samplers.exposures import add_exposure_negatives
 from twotower_cli.samplers.hard import HardNegativeSampler, attribute_groups
-from twotower_cli.samplers.inbatch import InBatchSampler, MixedSampler, UniformSampler
+from twotower_cli.samplers.inbatch import (
+    CatalogueSampler,
+    InBatchSampler,
+    MixedSampler,
+    UniformSampler,
+)
 
 __all__ = [
     "LOGQ_MODES", "BatchFn", "Sampler", "item_log_frequency", "ExplicitSampler",
     "PopularitySampler", "RandomNegativeSampler", "draw_excluding", "popularity_probs",
     "add_exposure_negatives", "HardNegativeSampler", "attribute_groups", "InBatchSampler",
-    "MixedSampler", "UniformSampler",
+    "MixedSampler", "UniformSampler", "CatalogueSampler",
 ]  # fmt: skip

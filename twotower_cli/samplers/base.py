@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.training.losses import StreamingFrequency
+from twotower_cli.training.losses import StreamingFrequency, log_frequency
 
 BatchFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
@@ -44,13 +44,6 @@ LOGQ_MODES = ("exact", "streaming", "off")
 def item_log_frequency(items: np.ndarray, n_items: int) -> np.ndarray:
     """log of each item's share of `items`; unseen items get the log of half a count."""
     return log_frequency(np.bincount(items, minlength=n_items + 1))
-
-
-def log_frequency(counts: np.ndarray) -> np.ndarray:
-    """item_log_frequency from the counts (index = item id, 0 = padding)."""
-    counts = counts.astype(np.float64)
-    counts[counts == 0] = 0.5
-    return np.log(counts / counts[1:].sum()).astype(np.float32)
 
 
 def check_logq(logq: str) -> str:

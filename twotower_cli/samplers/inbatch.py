@@ -1,5 +1,6 @@
 """In-batch samplers: the batch's other positives are the negatives (`sampler=inbatch`), plus
-shared uniform items (`sampler=mixed`)."""
+shared uniform items (`sampler=mixed`); shared uniform items alone (`sampler=uniform`); every
+catalogue item (`sampler=full`, a full softmax)."""
 
 from __future__ import annotations
 
@@ -129,3 +130,43 @@ class UniformSampler(InBatchSampler):
             return {**batch, "neg": neg.to(batch["item"].device)}
 
         return BatchStep(add_uniform, None, gen)
+
+
+class CatalogueSampler(InBatchSampler):
+    """Full softmax: every catalogue item is a negative of every row, shared (no sampling, so
+    no sampling bias and no logQ: Covington et al. 2016 before sampling; SASRec's
+    cross-entropy in Klenitskiy & Vasilev, RecSys 2023). Each step runs the item tower over
+    the whole catalogue and fills a [B, n_items] logits buffer, so `fit` refuses a catalogue
+    above `max_items`; use `sampler=mixed` or `uniform` there."""
+
+    loss = "full_softmax"
+    train_only = ("max_items",)
+
+    def __init__(self, max_items: int = 50_000) -> None:
+        super().__init__(logq="off")
+        if max_items < 1:
+            raise TwoTowerError(f"sampler.max_items must be >= 1, got {max_items}")
+        self.max_items = max_items
+
+    def _check(self, n_items: int) -> None:
+        if n_items > self.max_items:
+            raise TwoTowerError(
+                f"sampler=full: {n_items:,} items > sampler.max_items={self.max_items:,} "
+                "(a [batch, n_items] softmax per step): use sampler=mixed or sampler=uniform"
+            )
+
+    def fit(self, train: pd.DataFrame, n_items: int, items=None) -> CatalogueSampler:
+        self._check(n_items)
+        return super().fit(train, n_items, items)
+
+    def fit_stream(self, batches, n_items: int, write) -> int:
+        self._check(n_items)
+        return super().fit_stream(batches, n_items, write)
+
+    def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn:
+        catalogue = torch.arange(1, len(item_log_q))
+
+        def add_catalogue(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {**batch, "neg": catalogue.to(batch["item"].device)}
+
+        return BatchStep(add_catalogue)

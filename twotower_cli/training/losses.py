@@ -11,12 +11,13 @@ here; `StreamingFrequency` is Yi et al.'s streaming estimate of Q.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from twotower_cli.core.errors import TwoTowerError
 
-LOSSES = ("auto", "bce", "sampled_softmax", "inbatch_softmax")
+LOSSES = ("auto", "bce", "sampled_softmax", "inbatch_softmax", "full_softmax")
 NEG_INF = float("-inf")
 
 
@@ -102,6 +103,25 @@ def inbatch_softmax(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits, torch.arange(rows, device=u.device))
 
 
+def full_softmax(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
+    """Softmax of each row over the whole catalogue (`sampler=full`): `v_neg` holds the vectors
+    of items 1..n in order, so row i's class is column item_i - 1; no sampling, no logQ, and
+    the catalogue's copy of the positive is its logit (v is not read)."""
+    neg = batch.get("neg")
+    if (
+        v_neg is None
+        or neg is None
+        or neg.dim() != 1
+        or int(neg[0]) != 1
+        or int(neg[-1]) != len(neg)
+    ):
+        raise TwoTowerError(
+            "loss=full_softmax needs every catalogue item as a negative: use sampler=full"
+        )
+    logits = (u * scale) @ v_neg.T
+    return F.cross_entropy(logits, batch["item"] - 1)
+
+
 def equal_pairs(keys: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(r, c) with keys[r] == keys[c], r != c and r < rows: the true entries off the diagonal of
     the [rows, len(keys)] equality matrix, found by sorting, in O(n log n + pairs) instead of a
@@ -165,8 +185,17 @@ def resolve(loss: str, sampler_loss: str):
     if loss not in LOSSES:
         raise TwoTowerError(f"loss: {loss!r} not in {LOSSES}")
     name = sampler_loss if loss == "auto" else loss
-    fns = {"bce": bce, "sampled_softmax": sampled_softmax, "inbatch_softmax": inbatch_softmax}
+    fns = {"bce": bce, "sampled_softmax": sampled_softmax, "inbatch_softmax": inbatch_softmax,
+           "full_softmax": full_softmax}  # fmt: skip
     return fns[name], name
+
+
+def log_frequency(counts: np.ndarray) -> np.ndarray:
+    """log Q per item from its training counts (index = item id, 0 = padding): its share of
+    the positives, an unseen item counted as half a positive (the samplers' exact logQ)."""
+    counts = counts.astype(np.float64)
+    counts[counts == 0] = 0.5
+    return np.log(counts / counts[1:].sum()).astype(np.float32)
 
 
 class StreamingFrequency:
