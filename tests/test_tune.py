@@ -172,9 +172,11 @@ def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys)
     assert ran["dataset"]["load"]["n_users"] == 300
     # tune.refit=false: the trial's own training (on train, early-stopped on validation)
     assert twotower("tune", *args, "tune.trials=3", "tune.refit=false") == 0
-    assert read_json(tune_dir / "metrics.json")["refit"] == {}
-    alone = out / "synthetic" / "sample" / "inbatch" / "tuned-tiny-s0" / "train"
-    assert read_json(alone / "manifest.json")["figures"]["best_valid"] == pytest.approx(
+    assert read_json(tune_dir / "metrics.json")["refit"] == {"train.refit": False}
+    alone = read_json(out / "synthetic" / "sample" / "inbatch" / "tuned-tiny-s0" / "train"
+                      / "manifest.json")  # fmt: skip
+    assert alone["config"]["train"]["refit"] is False and "refit_epochs" not in alone["figures"]
+    assert alone["figures"]["best_valid"] == pytest.approx(
         metrics["confirmed"][str(metrics["best_trial"])]["seeds"]["0"]
     )
 

@@ -69,6 +69,10 @@ class TrainSettings:
     # patience_min_steps steps (0 = off; fitting.adapt_to_log, docs/defaults.md)
     min_steps_per_epoch: int = field(default=32, metadata={"ge": 0})
     patience_min_steps: int = field(default=140, metadata={"ge": 0})
+    # after early stopping on validation, train again from scratch on train + validation for
+    # the best epoch count and keep that model, as EASE is refitted before the test
+    # (fitting.refit, docs/defaults.md); the published protocols turn it off
+    refit: bool = True
     # stop after this many optimiser steps in all (0 = no cap): the epoch it falls in is
     # validated and ends training (scale runs on huge logs)
     max_steps: int = field(default=0, metadata={"ge": 0})

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -193,34 +192,21 @@ def train(cfg: DictConfig) -> dict:
     with writer if group.is_main else nullcontext(writer) as out:
         resume = _resume(cfg, L, [prep_dir, sample_dir]) if cfg.train.resume == "auto" else None
         f = fitting.fit(cfg, prep_dir, sample_dir, group, resume, tracking.active().log_epoch)
+        again = fitting.refit(cfg, f, prep_dir, sample_dir, group)  # train.refit
         distributed.barrier(group)  # every rank is done before rank 0 writes
         if not group.is_main:
             return {}
-        checkpoint.save(out.path("model.pt"), f.model, f.key, f.args, f.schema, _config(cfg))
+        final, made_with = (again, {**_config(cfg), "fit_on": "train+valid"}) if again else (
+            f, _config(cfg))  # fmt: skip
+        checkpoint.save(out.path("model.pt"), final.model, f.key, f.args, f.schema, made_with)
         out.path("history.json").write_text(json.dumps(f.history, indent=1))
-        for name, obj in f.model.artifacts(f.users, f.items).items():
+        for name, obj in final.model.artifacts(final.users, final.items).items():
             out.path(f"{name}.json").write_text(json.dumps(obj, indent=1))
-        key = f"valid_recall@{f.settings.early_stop_k}"
-        scores = [h[key] for h in f.history if key in h]  # none in a refit (fit_on: train+valid)
-        best = {"best_valid": max(scores)} if scores else {"fit_on": cfg.fit_on}
-        if scores:
-            best["popularity_valid"] = f.popularity_valid
-            _warn_below_popularity(max(scores), f.popularity_valid, f.settings.early_stop_k)
-        out.figures = {"loss": f.loss_name, "epochs": len(f.history), **best,
-                       "parameters": sum(p.numel() for p in f.model.parameters()),
+        out.figures = {**fitting.figures(f, again, cfg.fit_on),
                        **distributed.figures(group, f.settings.batch_size, f.history)}  # fmt: skip
     shutil.rmtree(L.train / RESUME_DIR, ignore_errors=True)  # the finished model supersedes it
     print(f"train: {json.dumps(out.figures)}")
     return out.figures
-
-
-def _warn_below_popularity(best: float, popularity: float, k: int) -> None:
-    if best < popularity:
-        print(
-            f"train: warning: validation recall@{k} {best:.4f} stayed below popularity's "
-            f"{popularity:.4f}; try twotower tune or docs/defaults.md",
-            file=sys.stderr,
-        )
 
 
 def train_inputs(cfg: DictConfig) -> tuple[Path, Path]:

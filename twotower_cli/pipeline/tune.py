@@ -282,9 +282,9 @@ def confirm(cfg: DictConfig, study, base: list[str], metric: str, made: set,
 
 def refit_settings(cfg: DictConfig, best, means: dict) -> dict:
     """What the chosen trial is retrained with: under tune.refit, train + validation for the
-    mean best epoch of its validation runs (`{}`: on train, early-stopped as the trial was)."""
-    if not cfg.tune.refit:
-        return {}
+    mean best epoch of its validation runs (else on train, early-stopped as the trial was)."""
+    if not cfg.tune.refit:  # as its trials trained: early-stopped on train, no train.refit
+        return {"train.refit": False}
     epochs = (list(means[best.number]["best_epochs"].values()) if best.number in means
               else [best_epoch(best, cfg.train.patience)])  # fmt: skip
     return {"fit_on": "train+valid", "train.epochs": refit_epochs(epochs)}
@@ -299,7 +299,7 @@ def _retrain_best(cfg, study, best, means, base, command, metric, params, starte
     refit = refit_settings(cfg, best, means)
     overrides = [*base, *_overrides(best.params), *_overrides(refit)]
     run = f"tuned-{name}"
-    fitted = (f"on train + valid for {refit['train.epochs']} epochs" if refit
+    fitted = (f"on train + valid for {refit['train.epochs']} epochs" if "fit_on" in refit
               else "on train, early-stopped on validation")  # fmt: skip
     print(f"tune: retraining trial {best.number} {fitted}, seeds {list(cfg.tune.seeds)}")
     per_seed = {}
@@ -321,7 +321,7 @@ def _retrain_best(cfg, study, best, means, base, command, metric, params, starte
         "best_trial": best.number,
         metric: best.value,
         "params": best.params,
-        # the retrain: fit_on and epochs of the refit on train + validation ({}: none)
+        # the retrain: fit_on and epochs of the refit on train + validation, or train.refit off
         "refit": refit,
         "trials": len(finished(study)),
         # the top trials trained again with other seeds: the best mean picked `best_trial`
@@ -333,7 +333,7 @@ def _retrain_best(cfg, study, best, means, base, command, metric, params, starte
     mean = f", mean over seeds {means[best.number]['mean']:.4f}" if means else ""
     header = (f"# `twotower tune` best of {len(finished(study))} trials on validation "
               f"({metric} {best.value:.4f}{mean}, trial {best.number}); {tune_dir}\n")  # fmt: skip
-    if refit:
+    if "fit_on" in refit:
         header += (f"# refit on train + validation for {refit['train.epochs']} epochs (the "
                    "mean best epoch of its validation runs; tune.refit)\n")  # fmt: skip
     with StageOutput("tune", tune_dir, stages._config(cfg), [cfg.paths.preprocess_dir]) as out:

@@ -197,22 +197,30 @@ def training_examples(
 def load_training_examples(
     prep_dir: Path, sample_dir: Path, train: pd.DataFrame, n_users: int, n_items: int,
     tasks: tuple[str, ...], history_len: int, seed: int, history_mode: str,
-    splits: tuple[str, ...] = ("train",),
+    splits: tuple[str, ...] = ("train",), extra: pd.DataFrame | None = None,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The sampler's examples plus what the model reads per example (task labels, history) and
     the explicit negatives ([n_examples, n_neg] `neg`), as tensors for the training loop.
     `train`: the training positives (user, item, timestamp), which the histories read;
-    `splits`: the splits they come from (the task rows are read from the same ones)."""
+    `splits`: the splits they come from (the task rows are read from the same ones); `extra`:
+    positives (user, item, label) appended to the sample's examples (a refit's validation
+    rows, which have no explicit negatives)."""
     if tasks and not (prep_dir / "tasks_train.parquet").exists():
         raise TwoTowerError(f"{prep_dir}: no tasks_train.parquet; set dataset.tasks="
                             f"{list(tasks)} and rerun `twotower preprocess`")  # fmt: skip
     path = sample_dir / "examples.parquet"
     if tasks or history_len:
         task_rows = read_splits(prep_dir, splits, prefix="tasks_") if tasks else None
-        cols = training_examples(pd.read_parquet(path), train, n_users, n_items, tasks,
-                                 task_rows, history_len, seed, history_mode)  # fmt: skip
+        frame = pd.read_parquet(path)
+        if extra is not None:
+            frame = pd.concat([frame, extra[frame.columns]], ignore_index=True)
+        cols = training_examples(frame, train, n_users, n_items, tasks, task_rows,
+                                 history_len, seed, history_mode)  # fmt: skip
     else:  # the plain columns, straight from Arrow
         cols = read_columns(path, ["user", "item", "label"])
+        if extra is not None:
+            cols = {c: np.concatenate([v, extra[c].to_numpy().astype(v.dtype)])
+                    for c, v in cols.items()}  # fmt: skip
     if (sample_dir / "negatives.npy").exists():  # [n_examples, n_neg]: example i's negatives
         neg = np.load(sample_dir / "negatives.npy")
         # rows appended for task-only positives borrow the negatives of a sampled example

@@ -4,6 +4,7 @@ from: train, early-stopped on validation, or train + validation (a refit, no val
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -105,6 +106,54 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
                   items, pop)  # fmt: skip
 
 
+def refit(cfg: DictConfig, first: Fitted, prep_dir: Path, sample_dir: Path, group=None,
+          on_epoch=None) -> Fitted | None:  # fmt: skip
+    """`train.refit`: the model trained again from scratch on train + validation for the epoch
+    count early stopping picked (`first`'s best), with the batch `first` used, as EASE is
+    refitted once validation has picked its lambda (docs/defaults.md). None where it does not
+    apply: off, already fitted on train + validation, or explicit negatives (their sample
+    holds the training rows only)."""
+    key = f"valid_recall@{first.settings.early_stop_k}"
+    scored = [h for h in first.history if key in h]
+    if not cfg.train.refit or cfg.fit_on != "train" or not scored:
+        return None
+    if (sample_dir / "negatives.npy").exists():
+        if group is None or group.is_main:
+            print("train: train.refit skipped: the sampler's explicit negatives were drawn for "
+                  "the training rows only (`twotower tune` refits with a sample of train + "
+                  "validation)", flush=True)  # fmt: skip
+        return None
+    epochs = int(max(scored, key=lambda h: h[key])["epoch"])
+    again = OmegaConf.merge(cfg, {"fit_on": "train+valid", "train": {
+        "epochs": epochs, "batch_size": first.settings.batch_size, "min_steps_per_epoch": 0,
+        "patience_min_steps": 0, "refit": False}})  # fmt: skip
+    if group is None or group.is_main:
+        print(f"train: refit on train + validation for {epochs} epochs (the best on validation;"
+              " train.refit)", flush=True)  # fmt: skip
+    return fit(again, prep_dir, sample_dir, group, None, on_epoch)
+
+
+def figures(first: Fitted, again: Fitted | None, fit_on: str) -> dict:
+    """The train stage's figures: the loss, epochs and best validation score of `first` (its
+    popularity baseline, with a one-line warning when the model stayed below it) and the
+    refit's epochs (`again`, or None)."""
+    key = f"valid_recall@{first.settings.early_stop_k}"
+    scores = [h[key] for h in first.history if key in h]  # none when fitted on train + valid
+    out = {"loss": first.loss_name, "epochs": len(first.history)}
+    if not scores:
+        out["fit_on"] = fit_on
+    else:
+        out |= {"best_valid": max(scores), "popularity_valid": first.popularity_valid}
+        if max(scores) < first.popularity_valid:
+            print(f"train: warning: validation recall@{first.settings.early_stop_k} "
+                  f"{max(scores):.4f} stayed below popularity's {first.popularity_valid:.4f}; "
+                  "try twotower tune or docs/defaults.md", file=sys.stderr)  # fmt: skip
+    if again is not None:
+        out |= {"refit_epochs": len(again.history), "fit_on": "train+valid"}
+    model = (again or first).model
+    return out | {"parameters": sum(p.numel() for p in model.parameters())}
+
+
 def adapt_to_log(settings: TrainSettings, n_examples: int, say: bool = True) -> TrainSettings:
     """The batch and patience for a log of `n_examples` training rows: `batch_size` halved
     (not below 32) while an epoch has fewer than `min_steps_per_epoch` steps, `patience` raised
@@ -138,8 +187,19 @@ def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: P
     """The examples training iterates over and the sampler's per-batch step: the sampler's
     examples (with task labels and histories as the model reads them), or for a sequence
     encoder one next-item sequence per user (sequences.py)."""
-    batch_fn = instantiate(cfg.sampler).batch_fn(
-        torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
+    sampler = instantiate(cfg.sampler)
+    item_log_q = np.load(sample_dir / "item_log_q.npy")
+    # a refit from a sample of the training rows (train.refit): the validation positives join
+    # the examples, and an exact logQ counts them too
+    extra = None
+    if "valid" in splits and read_manifest(sample_dir)["config"].get("fit_on") == "train":
+        extra = read_split(prep_dir, "valid", ["user", "item"]).assign(label=np.float32(1.0))
+        if getattr(sampler, "logq", "off") == "exact":
+            counts = np.bincount(np.concatenate([
+                read_split(prep_dir, "train", ["item"])["item"].to_numpy(),
+                extra["item"].to_numpy()]), minlength=n_items + 1)  # fmt: skip
+            item_log_q = losses.log_frequency(counts)
+    batch_fn = sampler.batch_fn(torch.from_numpy(item_log_q), cfg.seed)
     if getattr(model, "sequential", False):
         sequences.check_sequence_training(model, (sample_dir / "negatives.npy").exists(),
                                           tuple(model.tasks), settings.nproc)  # fmt: skip
@@ -148,7 +208,7 @@ def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: P
         return {c: torch.from_numpy(v) for c, v in examples.items()}, SequenceBatch(batch_fn)
     examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
                                       tuple(model.tasks), model.history_len, cfg.seed,
-                                      settings.history_mode, splits)  # fmt: skip
+                                      settings.history_mode, splits, extra)  # fmt: skip
     return examples, batch_fn
 
 
