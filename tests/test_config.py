@@ -114,7 +114,6 @@ def test_every_group_has_an_option():
             "dataset.engine_memory: 'lots' is not a memory size like 1GB or 512MB",
         ),
         ("eval.ks=[10,0]", "eval.ks: need a non-empty list of values >= 1, got [10, 0]"),
-        ("serve.port=70001", "serve.port: must be an integer in 1-65535, got 70001"),
         ("threads=0", "threads must be null (every core) or an integer >= 1, got 0"),
         ("train.device=cuda:7", "train.device: 'cuda:7' is not available on this machine"),
         ("train.no_such_key=1", "train.no_such_key: Key 'no_such_key' not in 'TrainSettings'"),

@@ -1,9 +1,12 @@
 """Bad input is one line naming the key, file or value, and a non-zero exit, never a traceback
-(issue 26.10): config values, an index that cannot be built, a full disk."""
+(issue 26.10): config values, an index that cannot be built, a full disk (Hydra's own writes
+included), Ctrl-C before a stage runs, a serve setting given to another stage."""
 
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 import torch
 from conftest import SMALL, twotower
 
+from twotower_cli import cli
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.retrieval.search import build_index
 from twotower_cli.training import distributed
@@ -72,3 +76,98 @@ def test_a_full_disk_leaves_no_half_written_resume_state(tmp_path: Path, monkeyp
     assert [p.name for p in resume.dir.iterdir()] == ["state.pt"]  # the last good state only
     monkeypatch.undo()
     assert len(resume.load(one)["history"]) == 1
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_an_unwritable_paths_out_under_multirun_is_one_line(tmp_path: Path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert twotower("preprocess", "-m", *SMALL, f"paths.out={a_file}/outputs", "seed=0,1") == 2
+    assert _one_line(capsys) == (f"twotower preprocess: error: paths.out={a_file}/outputs: "
+                                 f"{a_file} is not a writable directory")  # fmt: skip
+
+
+def test_a_full_disk_while_hydra_writes_a_sweep_record_is_one_line(tmp_path, monkeypatch, capsys):
+    from omegaconf import OmegaConf
+
+    def disk_full(config, f, resolve=False):  # a failed write names no file, as the kernel's
+        with open(f, "w") as file:
+            file.write("half a config")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(OmegaConf, "save", disk_full)
+    out = tmp_path / "outputs"
+    assert twotower("preprocess", "-m", *SMALL, f"paths.out={out}", "seed=0,1") == 2
+    assert _one_line(capsys) == (f"twotower preprocess: error: {out}/multirun/multirun.yaml: "
+                                 "No space left on device")  # fmt: skip
+    assert not any(out.iterdir())  # the half-written record and its dir are gone; nothing ran
+
+
+def test_a_full_disk_while_hydra_writes_its_hydra_dir_is_one_line(tmp_path, monkeypatch, capsys):
+    from hydra.core import utils
+
+    def disk_full(cfg, filename, output_dir):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with open(output_dir / filename, "w") as file:
+            file.write("half a config")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(utils, "_save_config", disk_full)
+    out = tmp_path / "outputs"
+    assert twotower("preprocess", *SMALL, f"paths.out={out}", "hydra.output_subdir=.hydra") == 2
+    prep = out / "synthetic" / "preprocess"
+    assert _one_line(capsys) == (f"twotower preprocess: error: {prep}/.hydra/config.yaml: "
+                                 "No space left on device")  # fmt: skip
+    assert not any(out.iterdir())  # the stage dir Hydra made is pruned; nothing ran
+
+
+def test_ctrl_c_while_composing_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_composes", interrupted)
+    try:
+        code = twotower("preprocess", *SMALL)
+    except KeyboardInterrupt:  # escaped the front door (it would stop pytest itself)
+        code = None
+    assert code == 130
+    assert _one_line(capsys) == "twotower preprocess: interrupted"
+
+
+# the console script's first line, `from twotower_cli.cli import main`, with Ctrl-C arriving
+# while it imports omegaconf (what takes about half a second before `main` runs)
+INTERRUPTED_IMPORT = """
+import sys
+
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "omegaconf":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["twotower", "preprocess"]
+from twotower_cli.cli import main
+"""
+
+
+def test_ctrl_c_while_the_script_imports_is_one_line_and_exit_130():
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT], capture_output=True,
+                          text=True, timeout=120, cwd=Path(cli.__file__).parents[1])  # fmt: skip
+    assert (done.returncode, done.stderr) == (130, "twotower preprocess: interrupted\n")
+
+
+@pytest.mark.slow
+def test_a_bad_serve_value_fails_serve_only(tmp_path: Path, capsys):
+    out = tmp_path / "outputs"
+    assert twotower("preprocess", *SMALL, f"paths.out={out}", "serve.port=-1") == 0
+    capsys.readouterr()
+    assert twotower("serve", *SMALL, f"paths.out={out}", "serve.port=-1") == 2
+    assert _one_line(capsys) == "twotower serve: error: serve.port: must be an integer in " \
+                                "1-65535, got -1"  # fmt: skip

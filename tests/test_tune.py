@@ -1,12 +1,14 @@
 """`twotower tune`: the search-space syntax, its errors, a tiny search end to end (the top
 trials confirmed with more seeds), the best overlay accepted by `twotower run`, and a killed
-search resumed from its finished trials, the trial it cut off marked FAIL."""
+search resumed from its finished trials, the trial it cut off marked FAIL; a missing raw file
+is the one-line error `run` gives."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -259,3 +261,27 @@ def test_a_torn_last_journal_line_is_dropped_and_the_study_resumes(tmp_path, cap
     states = [t.state.name for t in study.trials]
     # trial 1 lost its finishing record: it reads RUNNING, the next open marks it FAIL
     assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preprocessed", [False, True])
+def test_a_missing_raw_file_is_the_one_line_error_run_gives(tmp_path, capfd, preprocessed):
+    conf, out, log = _conf(tmp_path), tmp_path / "outputs", tmp_path / "log.csv"
+    data = ["dataset=csv", f"dataset.load.interactions={log}", f"paths.out={out}",
+            *SMALL[5:], "tune.trials=1", "tune.confirm_top=0"]  # fmt: skip
+    if preprocessed:  # the file was preprocessed, then deleted: tune must not train on the old
+        rng = np.random.default_rng(0)
+        rows = [(u, i) for u in range(40) for i in rng.choice(30, 12, replace=False)]
+        pd.DataFrame(rows, columns=["user_id", "item_id"]).to_csv(log, index=False)
+        assert twotower("preprocess", *data) == 0
+        log.unlink()
+    capfd.readouterr()
+    assert twotower("run", *data) == 2
+    ran = capfd.readouterr().err.strip().splitlines()
+    assert ran == [f"twotower run: error: {log}: file not found"]
+    assert twotower("tune", "--config-dir", str(conf), "hparams_search=tiny", *data) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        f"twotower tune: error: {log}: file not found"
+    ]
+    assert not (out / "csv" / "tune").exists()

@@ -4,21 +4,38 @@ does not compose, or a value out of bounds, is one line naming the key (config.p
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
-from twotower_cli.artifacts.store import prune_empty
-from twotower_cli.artifacts.tracking import NullTracker, session
-from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.pipeline import config
-from twotower_cli.pipeline.config import swept_keys
+def _interrupted_at_start() -> None:
+    """Ctrl-C while the script imports the pipeline (about half a second, before `main`):
+    one line and exit 130, as later; imported from Python (the API), KeyboardInterrupt as usual."""
+    script = Path(sys.argv[0] if sys.argv else "")
+    if script.name.startswith("twotower") or script.parent.name == "twotower_cli":
+        word = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1].isalpha() else ""
+        print(f"twotower{' ' + word if word else ''}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+try:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    from twotower_cli.artifacts.store import prune_empty
+    from twotower_cli.artifacts.tracking import NullTracker, session
+    from twotower_cli.core.errors import TwoTowerError
+    from twotower_cli.pipeline import config
+    from twotower_cli.pipeline.config import swept_keys
+except KeyboardInterrupt:
+    _interrupted_at_start()
+    raise
 
 # absolute: a relative config_path becomes a package path once installed as a script
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -111,15 +128,19 @@ def _stage(word: str, stages: dict):
     return stages[word]
 
 
-def _composes(stage: str, flags: list[str], overrides: list[str]) -> None:
-    """Compose the config once before Hydra runs (single runs only: a sweep's `a=1,2` is not a
-    value), so that a type error or an unknown key is one line naming it, not Hydra's report."""
+def _composes(stage: str, flags: list[str], overrides: list[str], multirun: bool) -> str | None:
+    """Compose the config once before Hydra runs, so that a type error or an unknown key is one
+    line naming it, not Hydra's report, and an unwritable paths.out is named. Under -m a sweep's
+    `a=1,2` is not a value: the other overrides are composed for paths.out, and Hydra reports
+    the rest. Returns paths.out (None when it is swept or reads Hydra's runtime)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     if any(f.split("=")[0] in VALUE_FLAGS[2:] for f in flags):
-        return  # another primary config: Hydra's own report
+        return None  # another primary config: Hydra's own report
+    if multirun:
+        overrides = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in config.SWEPT]
     dirs = []
     for i, f in enumerate(flags):
         name, _, value = f.partition("=")
@@ -131,12 +152,18 @@ def _composes(stage: str, flags: list[str], overrides: list[str]) -> None:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose("config", overrides=[*searchpath, *overrides])
     except (HydraException, OmegaConfBaseException) as err:
+        if multirun:
+            return None
         print(f"twotower {stage}: error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
+    if "paths.out" in config.SWEPT:
+        return None
     try:
-        _writable(stage, str(OmegaConf.select(cfg, "paths.out")))
+        out = str(OmegaConf.select(cfg, "paths.out"))
     except OmegaConfBaseException:
-        pass  # paths.out reads Hydra's runtime: Hydra itself finds out
+        return None  # paths.out reads Hydra's runtime: Hydra itself finds out
+    _writable(stage, out)
+    return out
 
 
 def _writable(stage: str, out: str) -> None:
@@ -226,6 +253,15 @@ def _front_flags(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    word = argv[0] if argv and argv[0] in STAGE_WORDS else ""
+    try:
+        _route(argv)
+    except KeyboardInterrupt:  # before a stage started (composing, Hydra's set-up); then app's
+        print(f"twotower{' ' + word if word else ''}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _route(argv: list[str]) -> None:
     _front_flags(argv)
     stage = argv.pop(0)
     if stage not in STAGE_WORDS:
@@ -248,14 +284,58 @@ def main(argv: list[str] | None = None) -> None:
     multirun = any(f in ("-m", "--multirun") for f in flags)
     config.SWEPT.clear()
     config.SWEPT.update(swept_keys(rest) if multirun else ())
-    if not multirun and not any(a.startswith("--") for a in rest):
-        _composes(stage, flags, [f"stage={stage}", *rest])
+    out = None
+    if not any(a.startswith("--") for a in rest):
+        out = _composes(stage, flags, [f"stage={stage}", *rest], multirun)
     sys.argv = [sys.argv[0], *flags, f"stage={stage}", *rest]
-    try:
+    with _hydra_writes(stage, out):
         app()
-    except KeyboardInterrupt:  # before a stage started (composing, Hydra's set-up)
-        print(f"twotower {stage}: interrupted", file=sys.stderr)
-        sys.exit(130)
+
+
+@contextmanager
+def _hydra_writes(stage: str, out: str | None):
+    """Hydra makes the stage's run dir (under -m also writes <sweep dir>/multirun.yaml, with
+    hydra.output_subdir set .hydra/*.yaml) before any stage code runs, and reports a failure
+    there with a traceback of its own (hydra._internal.utils.run_and_report). An OSError there
+    (a full disk, an unwritable paths.out) becomes one line; the file it was writing and the
+    dirs left empty under paths.out (`out`) are removed. A stage's own OSErrors are app's."""
+    from hydra._internal import utils as hydra_utils
+
+    report = hydra_utils.run_and_report
+
+    def one_line(func):
+        def call():
+            try:
+                return func()
+            except OSError as err:
+                path = err.filename or _writing(err)
+                if path and not err.filename and Path(path).is_file():
+                    Path(path).unlink()  # half written
+                if path and out is not None:
+                    prune_empty(Path(path).parent, out)
+                where = f"{path}: " if path else ""
+                print(f"twotower {stage}: error: {where}{err.strerror or err}", file=sys.stderr)
+                sys.exit(2)
+
+        return report(call)
+
+    hydra_utils.run_and_report = one_line
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = report
+
+
+def _writing(err: OSError) -> str | None:
+    """The file an OSError interrupted writing: a failed write or close names no file, but the
+    frame that raised it holds the open file (Hydra's and OmegaConf's `with open(...) as f`)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    for value in tb.tb_frame.f_locals.values() if tb is not None else ():
+        if isinstance(value, io.IOBase) and "w" in getattr(value, "mode", ""):
+            return str(value.name)
+    return None
 
 
 if __name__ == "__main__":

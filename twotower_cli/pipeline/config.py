@@ -139,7 +139,7 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"fit_on: {cfg.get('fit_on')!r} not in {tuple(FIT_ON)}")
     if cfg.get("loss") not in LOSSES:
         raise ConfigError(f"loss: {cfg.get('loss')!r} not in {LOSSES}")
-    if cfg.get("serve") is not None:
+    if cfg.get("serve") is not None and cfg.get("stage") == "serve":  # no other stage reads it
         from twotower_cli.serve.settings import ServeSettings
 
         ServeSettings(**OmegaConf.to_container(cfg.serve, resolve=True))  # checks its bounds

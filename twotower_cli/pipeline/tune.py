@@ -88,15 +88,24 @@ def _ensure_inputs(cfg: DictConfig, made: set) -> None:
     (the same check `train` does), made once otherwise."""
     if cfg.paths.sample_dir in made:
         return
-    try:
-        stages._earlier(cfg, "preprocess")
-    except TwoTowerError:
-        stages.preprocess(cfg)
+    _ensure_preprocess(cfg)
     try:
         stages.train_inputs(cfg)
     except TwoTowerError:
         stages.sample(cfg)
     made.add(cfg.paths.sample_dir)
+
+
+def _ensure_preprocess(cfg: DictConfig) -> None:
+    """Preprocess output for this config: reused when made with the same settings from the raw
+    files as they are now (`run`'s check), made otherwise (a missing raw file: `run`'s error)."""
+    try:
+        stages._earlier(cfg, "preprocess")
+        if stages._sources_current(cfg, Path(cfg.paths.preprocess_dir)):
+            return
+    except TwoTowerError:
+        pass
+    stages.preprocess(cfg)
 
 
 def overlay(params: dict, command: list[str], choices: dict, run: str, header: str) -> str:
@@ -153,10 +162,11 @@ def run_tune(cfg: DictConfig) -> dict:
     probe = [_override(key, d.choices[0] if hasattr(d, "choices") else d.low)
              for key, d in space.items()]  # fmt: skip
     try:
-        compose_run([*base, *probe])
+        probe_cfg, _ = compose_run([*base, *probe])
     except HydraException as err:
         raise TwoTowerError(f"{source}: {str(err).splitlines()[0]}") from err
     tpe(sampler, source)  # a bad sampler argument fails before the tune dir exists
+    _ensure_preprocess(probe_cfg)  # and a missing or changed raw file, as `run` finds it
     with study_lock(tune_dir):
         study = open_study(tune_dir, name, sampler, source)
         space_text = {k: str(v) for k, v in cfg.hparams_search.params.items()}
