@@ -122,3 +122,44 @@ def test_refit_epochs_are_the_rounded_mean_best_epoch():
     assert refit_epochs([9, 12, 12]) == 11  # 11.0
     assert refit_epochs([1, 2]) == 2  # 1.5: round half to even
     assert refit_epochs([0]) == 1
+
+
+@pytest.mark.slow
+def test_train_refit_equals_training_on_train_and_valid_for_the_best_epoch_count(out_dir):
+    # train.refit (the default): early stopping picks E epochs on validation, then the model
+    # is trained from scratch on train + valid for E epochs with the same batch; it equals the
+    # model `fit_on=train+valid train.epochs=E` trains with that batch and the same seed
+    paths = f"paths.out={out_dir}"
+    assert twotower("run", *SMALL, paths, "train.patience=1") == 0
+    runs = out_dir / "synthetic" / "sample"
+    made = read_json(runs / "inbatch" / "dssm" / "train" / "manifest.json")
+    history = read_json(runs / "inbatch" / "dssm" / "train" / "history.json")
+    best = max(history, key=lambda h: h["valid_recall@20"])["epoch"]
+    assert made["figures"]["refit_epochs"] == best and made["figures"]["fit_on"] == "train+valid"
+    assert made["figures"]["best_valid"] == max(h["valid_recall@20"] for h in history)
+    by_hand = (
+        "train.refit=false",
+        "train.min_steps_per_epoch=0",
+        "train.patience_min_steps=0",
+        f"train.batch_size={made['figures']['global_batch']}",
+        f"train.epochs={best}",
+    )
+    assert twotower("run", *SMALL, paths, REFIT, *by_hand) == 0
+    ours, theirs = (torch.load(runs / s / "dssm" / "train" / "model.pt", weights_only=True)
+                    for s in ("inbatch", "inbatch+valid"))  # fmt: skip
+    assert ours["config"]["fit_on"] == "train+valid"
+    for name, value in theirs["state_dict"].items():
+        torch.testing.assert_close(ours["state_dict"][name], value, rtol=0, atol=1e-6)
+
+
+def test_train_refit_is_skipped_with_explicit_negatives(out_dir, capsys):
+    paths = f"paths.out={out_dir}"
+    assert twotower("run", *SMALL, paths, "sampler=random", "train.epochs=2") == 0
+    assert (
+        "train: train.refit skipped: the sampler's explicit negatives" in capsys.readouterr().out
+    )
+    made = read_json(out_dir / "synthetic" / "sample" / "random" / "dssm" / "train" /
+                     "manifest.json")  # fmt: skip
+    assert "refit_epochs" not in made["figures"] and "best_valid" in made["figures"]
+    assert torch.load(out_dir / "synthetic" / "sample" / "random" / "dssm" / "train" /
+                      "model.pt", weights_only=True)["config"]["fit_on"] == "train"  # fmt: skip
