@@ -166,10 +166,10 @@ def test_loo_protocol_trains_the_sequence_tower_end_to_end_and_exports_it(tmp_pa
     args = ["dataset=ml1m", f"dataset.load.raw_dir={TINY}", "dataset.load.verify=false",
             "protocol=loo", "train.epochs=2", "threads=1", f"paths.out={out}"]  # fmt: skip
     assert twotower("run", *args) == 0
-    run = out / "ml1m-loo" / "sample" / "uniform" / "dssm"
+    run = out / "ml1m-loo" / "sample" / "full" / "dssm"
     config = read_json(run / "train" / "manifest.json")["config"]
     assert config["model"]["history_pooling"] == "transformer"
-    assert config["sampler"]["_target_"].endswith("UniformSampler")
+    assert config["sampler"]["_target_"].endswith("CatalogueSampler")
     assert {"hit_rate@10", "ndcg@10"} <= set(read_json(run / "evaluate" / "metrics.json")["model"])
     assert twotower("export", *args) == 0
     model, _ = load_dir(run / "train")
@@ -189,7 +189,7 @@ def test_loo_protocol_trains_the_sequence_tower_end_to_end_and_exports_it(tmp_pa
 
 
 @pytest.mark.parametrize(("negatives", "tasks", "nproc", "message"), [
-    (True, (), 1, "use sampler=inbatch|mixed|uniform"),
+    (True, (), 1, "use sampler=inbatch|mixed|uniform|full"),
     (False, ("watch",), 1, "not with model=multitask"),
     (False, (), 2, "set train.nproc=1"),
 ])  # fmt: skip

@@ -13,8 +13,9 @@ predicts the item that follows it.
   sampler's logQ are per position; the user features stay per sequence (`user`, `user.history`)
   with `user.history_at` naming each position, so the encoder runs once per sequence.
 - the loss is the configured one over the P rows: in-batch softmax (the other positions'
-  targets are the negatives, a [P, P] buffer), or sampled softmax against shared uniform
-  negatives (`sampler=uniform`, a [P, n] buffer).
+  targets are the negatives, a [P, P] buffer), sampled softmax against shared uniform
+  negatives (`sampler=uniform`, a [P, n] buffer) or a full softmax over the catalogue
+  (`sampler=full`, a [P, n_items] buffer; protocol=loo's default).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def check_sequence_training(model, has_negatives: bool, tasks: tuple, nproc: int
     """One-line errors for what next-item training does not do."""
     if has_negatives:
         raise ConfigError("model.history_pooling=transformer trains every position of a "
-                          "sequence: use sampler=inbatch|mixed|uniform (shared negatives), "
+                          "sequence: use sampler=inbatch|mixed|uniform|full (shared negatives), "
                           "not per-example negatives")  # fmt: skip
     if tasks:
         raise ConfigError("model.history_pooling=transformer has no per-position task labels: "
