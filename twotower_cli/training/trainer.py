@@ -140,7 +140,7 @@ class Loop:
     examples: dict[str, torch.Tensor]
     user_table: dict[str, torch.Tensor]
     item_table: dict[str, torch.Tensor]
-    bounds: list[tuple[int, int]]  # every batch's rows, on this rank
+    bounds: list[tuple[int, int]]  # [start, stop) of each global batch in a shuffle
     group: distributed.Group
     device: str
     settings: TrainSettings
@@ -171,6 +171,7 @@ class Progress:
         self.stopped = self.waited >= patience or steps_left == 0
 
     def snapshot(self, loop: Loop) -> dict:
+        """What a resume needs to continue after this epoch (resume.py)."""
         return snapshot(loop.model, loop.opts, loop.gen, loop.batch_fn, self.best,
                         self.best_state, self.history, self.waited, self.stopped)  # fmt: skip
 
@@ -286,7 +287,8 @@ def _epoch(loop: Loop, epoch: int, history: list[dict], valid: EvalSet | None,
 
 
 def _train_batches(loop: Loop, epoch: int, bounds: list[tuple[int, int]]) -> float:
-    """One pass over `bounds` in a fresh shuffle: this rank's summed loss over its rows."""
+    """One pass over the global batches `bounds` in a fresh shuffle: the summed loss over
+    this rank's rows of them."""
     n = len(loop.examples["user"])
     # int32 while it can: the same permutation as int64, at half the memory
     perm = torch.randperm(n, generator=loop.gen, dtype=torch.int32 if n < 2**31 else torch.int64)
