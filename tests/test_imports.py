@@ -41,7 +41,6 @@ LONG_FUNCTIONS = {
     "twotower_cli.serve.http.create_app": 75,
     "twotower_cli.serve.limits.guarded_http": 61,
     "twotower_cli.tools.news_sim.write": 105,
-    "twotower_cli.training.trainer.train": 122,
 }
 
 

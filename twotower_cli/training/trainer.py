@@ -7,6 +7,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -128,6 +129,53 @@ def steps_allowed(n_batches: int, max_steps: int, history: list[dict]) -> int:
     return max(0, min(n_batches, max_steps - sum(h["steps"] for h in history)))
 
 
+@dataclass
+class Loop:
+    """What every epoch of one `train` call works with, set up once (`_set_up`)."""
+
+    model: TwoTower
+    step_loss: Callable
+    opts: list[torch.optim.Optimizer]
+    gen: torch.Generator  # the shuffles and the item-id dropout
+    examples: dict[str, torch.Tensor]
+    user_table: dict[str, torch.Tensor]
+    item_table: dict[str, torch.Tensor]
+    bounds: list[tuple[int, int]]  # [start, stop) of each global batch in a shuffle
+    group: distributed.Group
+    device: str
+    settings: TrainSettings
+    batch_fn: Callable | None
+
+
+@dataclass
+class Progress:
+    """Early stopping's state after each epoch: the best validation score and its weights, the
+    history, the epochs waited since the best, whether training stopped (saved for a resume)."""
+
+    best: float = -1.0
+    best_state: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    waited: int = 0
+    stopped: bool = False
+
+    def judge(self, score: float | None, model: TwoTower, patience: int, steps_left: int) -> None:
+        """The epoch's validation score counted: a better one keeps the weights, a worse one
+        waits; training stops when patience runs out, or train.max_steps leaves no step for
+        another epoch. Without validation (None) only the steps stop it."""
+        if score is not None:
+            if score > self.best:
+                self.best, self.best_state = score, copy.deepcopy(model.state_dict())
+                self.waited = 0
+            else:
+                self.waited += 1
+        self.stopped = self.waited >= patience or steps_left == 0
+
+    def snapshot(self, loop: Loop) -> dict:
+        """What a resume needs to continue after this epoch (resume.py)."""
+        return snapshot(loop.model, loop.opts, loop.gen, loop.batch_fn, self.best,
+                        self.best_state, self.history, self.waited, self.stopped)  # fmt: skip
+
+
 def train(
     model: TwoTower,
     loss_fn,
@@ -155,6 +203,35 @@ def train(
     `on_epoch(record)` gets each epoch's history record as it ends, on rank 0 (experiment
     tracking; a resumed run's earlier epochs first).
     """
+    loop = _set_up(model, loss_fn, examples, user_table, item_table, settings, batch_fn, seed)
+    progress = _resume(loop, resume)
+    epoch_done = on_epoch if on_epoch is not None and loop.group.is_main else lambda record: None
+    for record in progress.history:
+        epoch_done(record)
+    first = settings.epochs if progress.stopped else len(progress.history)
+    epochs = bar(desc="train", unit="epoch", disable=not loop.group.is_main, initial=first,
+                 total=settings.epochs)  # fmt: skip
+    for epoch in range(first, settings.epochs):
+        record = _epoch(loop, epoch, progress.history, valid, n_items)
+        progress.history.append(record)
+        epoch_done(record)
+        _show(epochs, record, settings.early_stop_k)
+        steps_left = steps_allowed(len(loop.bounds), settings.max_steps, progress.history)
+        progress.judge(record.get(_valid_key(settings)), model, settings.patience, steps_left)
+        if resume is not None:  # one state for every rank (resume.py)
+            resume.save(loop.group, epoch + 1, progress.snapshot(loop))
+        if progress.stopped:
+            break
+    epochs.close()
+    _finish(loop, progress)
+    return progress.history
+
+
+def _set_up(model: TwoTower, loss_fn, examples: dict[str, torch.Tensor],
+            user_table: dict[str, torch.Tensor], item_table: dict[str, torch.Tensor],
+            settings: TrainSettings, batch_fn, seed: int) -> Loop:  # fmt: skip
+    """The model, tables and examples on the training device, the optimisers, the seeded
+    generators and this rank's batches."""
     group = distributed.current()
     distributed.check(settings.batch_size, group, model)
     torch.manual_seed(seed + group.rank)  # dropout: other masks on other ranks' rows
@@ -165,88 +242,105 @@ def train(
     opts = optimizers(model, settings)
     step_loss = distributed.step_loss(model, loss_fn, group)
     gen = torch.Generator().manual_seed(seed)
-    n = len(examples["user"])
-    k = settings.early_stop_k
-    best, best_state, history, waited, stopped = -1.0, None, [], 0, False
-    bounds = distributed.batch_bounds(n, settings.batch_size, group.world_size)
-    quiet = not group.is_main
-    state = resume.load(group) if resume is not None else None
-    if state is not None:
-        best, best_state, history, waited, stopped = restore(state, model, opts, gen, batch_fn,
-                                                             group.rank)  # fmt: skip
-        if group.is_main:
-            print(f"train: resuming after epoch {len(history)} ({resume.dir})", flush=True)
-    epoch_done = on_epoch if on_epoch is not None and group.is_main else lambda record: None
-    for record in history:
-        epoch_done(record)
-    first = settings.epochs if stopped else len(history)
-    epochs = bar(desc="train", unit="epoch", disable=quiet, initial=first, total=settings.epochs)
-    for epoch in range(first, settings.epochs):
-        model.train()
-        distributed.barrier(group)  # the epoch's rate counts training, not a peer still loading
-        start, total = time.perf_counter(), 0.0
-        # int32 while it can: the same permutation as int64, at half the memory
-        perm = torch.randperm(n, generator=gen, dtype=torch.int32 if n < 2**31 else torch.int64)
-        perm = perm.to(device)
-        epoch_bounds = bounds[: steps_allowed(len(bounds), settings.max_steps, history)]
-        n_used = sum(e - s for s, e in epoch_bounds)
-        batches = bar(epoch_bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
-                       mininterval=1.0, disable=quiet)  # fmt: skip
-        for s, e in steps(batches, epoch + 1, group.rank):
-            batch = widen_ids(gather(examples, perm[s:e]))
-            batch = batch_fn(batch) if batch_fn is not None else batch
-            batch = distributed.local_rows(batch, group)
-            neg = batch.get("neg")
-            neg_feats = gather(item_table, neg.reshape(-1)) if neg is not None else None
-            item_feats = gather(item_table, batch["item"])
-            if settings.item_id_dropout > 0:
-                item_feats = drop_ids(item_feats, settings.item_id_dropout, gen)
-                if neg_feats is not None:
-                    neg_feats = drop_ids(neg_feats, settings.item_id_dropout, gen)
-            loss = step_loss(user_features(user_table, batch), item_feats, batch,
-                             neg_feats)  # fmt: skip
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in opts:
-                opt.step()
-            total += loss.item() * len(batch["user"])
-        total, train_s = distributed.total(total, group), time.perf_counter() - start
-        if not math.isfinite(total):  # the same reduced total on every rank: all stop together
-            raise TwoTowerError(f"train: the loss became {total} in epoch {epoch + 1} (try a "
-                                "lower train.lr); nothing was written")  # fmt: skip
-        scored = {}
-        if valid is not None:
-            score = (validate(model, user_table, item_table, valid, k, n_items)
-                     if group.is_main else 0)  # fmt: skip
-            scored = {f"valid_recall@{k}": distributed.from_main(score, group)}
-        history.append({"epoch": epoch + 1, "loss": total / n_used, **scored,
-                        "seconds": time.perf_counter() - start,
-                        "samples_per_s": n_used / train_s,
-                        "steps": len(epoch_bounds)})  # fmt: skip
-        epoch_done(history[-1])
-        epochs.set_postfix(loss=f"{total / n_used:.4f}",
-                           **{f"val_r@{k}": f"{v:.4f}" for v in scored.values()},
-                           refresh=False)  # fmt: skip
-        epochs.update()  # one redraw (or one log line) per epoch, with this epoch's postfix
-        for score in scored.values():
-            if score > best:
-                best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
-            else:
-                waited += 1
-        # patience ran out, or train.max_steps leaves no step for another epoch
-        stopped = waited >= settings.patience or (
-            steps_allowed(len(bounds), settings.max_steps, history) == 0)  # fmt: skip
-        if resume is not None:  # one state for every rank (resume.py)
-            resume.save(group, epoch + 1, snapshot(model, opts, gen, batch_fn, best, best_state,
-                                                   history, waited, stopped))  # fmt: skip
-        if stopped:
-            break
-    epochs.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    for table in model.modules():
-        if isinstance(table, torch.nn.Embedding) and settings.sparse_embeddings:
+    bounds = distributed.batch_bounds(len(examples["user"]), settings.batch_size,
+                                      group.world_size)  # fmt: skip
+    return Loop(model, step_loss, opts, gen, examples, user_table, item_table, bounds, group,
+                device, settings, batch_fn)  # fmt: skip
+
+
+def _resume(loop: Loop, resume: Resume | None) -> Progress:
+    """The saved state put back where `resume` has one for these settings (collective), else a
+    fresh start."""
+    state = resume.load(loop.group) if resume is not None else None
+    if state is None:
+        return Progress()
+    progress = Progress(*restore(state, loop.model, loop.opts, loop.gen, loop.batch_fn,
+                                 loop.group.rank))  # fmt: skip
+    if loop.group.is_main:
+        print(f"train: resuming after epoch {len(progress.history)} ({resume.dir})", flush=True)
+    return progress
+
+
+def _epoch(loop: Loop, epoch: int, history: list[dict], valid: EvalSet | None,
+           n_items: int) -> dict:  # fmt: skip
+    """One epoch trained (under train.max_steps, counted from `history`) and validated: its
+    history record."""
+    loop.model.train()
+    distributed.barrier(loop.group)  # the epoch's rate counts training, not a peer still loading
+    start = time.perf_counter()
+    bounds = loop.bounds[: steps_allowed(len(loop.bounds), loop.settings.max_steps, history)]
+    n_used = sum(e - s for s, e in bounds)
+    total = distributed.total(_train_batches(loop, epoch, bounds), loop.group)
+    train_s = time.perf_counter() - start
+    if not math.isfinite(total):  # the same reduced total on every rank: all stop together
+        raise TwoTowerError(f"train: the loss became {total} in epoch {epoch + 1} (try a "
+                            "lower train.lr); nothing was written")  # fmt: skip
+    scored = {}
+    if valid is not None:
+        k = loop.settings.early_stop_k
+        score = (validate(loop.model, loop.user_table, loop.item_table, valid, k, n_items)
+                 if loop.group.is_main else 0)  # fmt: skip
+        scored = {_valid_key(loop.settings): distributed.from_main(score, loop.group)}
+    return {"epoch": epoch + 1, "loss": total / n_used, **scored,
+            "seconds": time.perf_counter() - start, "samples_per_s": n_used / train_s,
+            "steps": len(bounds)}  # fmt: skip
+
+
+def _train_batches(loop: Loop, epoch: int, bounds: list[tuple[int, int]]) -> float:
+    """One pass over the global batches `bounds` in a fresh shuffle: the summed loss over
+    this rank's rows of them."""
+    n = len(loop.examples["user"])
+    # int32 while it can: the same permutation as int64, at half the memory
+    perm = torch.randperm(n, generator=loop.gen, dtype=torch.int32 if n < 2**31 else torch.int64)
+    perm = perm.to(loop.device)
+    batches = bar(bounds, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                  mininterval=1.0, disable=not loop.group.is_main)  # fmt: skip
+    total = 0.0
+    for s, e in steps(batches, epoch + 1, loop.group.rank):
+        total += _step(loop, perm[s:e])
+    return total
+
+
+def _step(loop: Loop, ids: torch.Tensor) -> float:
+    """One optimiser step on the examples `ids` (this rank's share of them): the batch's summed
+    loss."""
+    batch = widen_ids(gather(loop.examples, ids))
+    batch = loop.batch_fn(batch) if loop.batch_fn is not None else batch
+    batch = distributed.local_rows(batch, loop.group)
+    neg = batch.get("neg")
+    neg_feats = gather(loop.item_table, neg.reshape(-1)) if neg is not None else None
+    item_feats = gather(loop.item_table, batch["item"])
+    p = loop.settings.item_id_dropout
+    if p > 0:
+        item_feats = drop_ids(item_feats, p, loop.gen)
+        if neg_feats is not None:
+            neg_feats = drop_ids(neg_feats, p, loop.gen)
+    loss = loop.step_loss(user_features(loop.user_table, batch), item_feats, batch, neg_feats)
+    for opt in loop.opts:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in loop.opts:
+        opt.step()
+    return loss.item() * len(batch["user"])
+
+
+def _valid_key(settings: TrainSettings) -> str:
+    return f"valid_recall@{settings.early_stop_k}"
+
+
+def _show(epochs, record: dict, k: int) -> None:
+    """The epoch bar's one redraw (or one log line) per epoch, with this epoch's postfix."""
+    scores = {f"val_r@{k}": f"{v:.4f}" for key, v in record.items() if key.startswith("valid_")}
+    epochs.set_postfix(loss=f"{record['loss']:.4f}", **scores, refresh=False)
+    epochs.update()
+
+
+def _finish(loop: Loop, progress: Progress) -> None:
+    """The best weights back in the model (the last ones without validation), and the model as
+    it came: dense embedding tables, on the CPU."""
+    if progress.best_state is not None:
+        loop.model.load_state_dict(progress.best_state)
+    for table in loop.model.modules():
+        if isinstance(table, torch.nn.Embedding) and loop.settings.sparse_embeddings:
             table.sparse = False  # the model leaves training as it came
-    model.cpu()
-    return history
+    loop.model.cpu()
