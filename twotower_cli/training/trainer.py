@@ -17,7 +17,7 @@ from twotower_cli.core.settings import TrainSettings
 from twotower_cli.models.base import TwoTower
 from twotower_cli.retrieval.pools import with_item_prior
 from twotower_cli.retrieval.search import EvalSet, build_index, evaluate_index
-from twotower_cli.training import distributed
+from twotower_cli.training import distributed, negatives
 from twotower_cli.training.hooks import steps
 from twotower_cli.training.optim import LazyAdam
 from twotower_cli.training.resume import Resume, restore, snapshot
@@ -163,7 +163,7 @@ def train(
     user_table, item_table = to_device(user_table, device), to_device(item_table, device)
     examples = to_device(examples, device)
     opts = optimizers(model, settings)
-    step_loss = distributed.step_loss(model, loss_fn, group)
+    step_loss = distributed.step_loss(model, loss_fn, group, settings.dist_negatives)
     gen = torch.Generator().manual_seed(seed)
     n = len(examples["user"])
     k = settings.early_stop_k
@@ -194,8 +194,8 @@ def train(
                        mininterval=1.0, disable=quiet)  # fmt: skip
         for s, e in steps(batches, epoch + 1, group.rank):
             batch = widen_ids(gather(examples, perm[s:e]))
-            batch = batch_fn(batch) if batch_fn is not None else batch
-            batch = distributed.local_rows(batch, group)
+            batch = negatives.rank_batch(batch, batch_fn, group.rank, group.world_size,
+                                         settings.dist_negatives)  # fmt: skip
             neg = batch.get("neg")
             neg_feats = gather(item_table, neg.reshape(-1)) if neg is not None else None
             item_feats = gather(item_table, batch["item"])
