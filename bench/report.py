@@ -152,8 +152,11 @@ def write(results: dict, ann_rows: list[dict], out_dir: Path, command: str) -> N
                   f"{results['dist/samples_per_s@2']:,.0f} at train.nproc=2 on the same global "
                   f"batch (strong scaling: {results['dist_scaling_efficiency']:.2f}), "
                   f"{results.get('dist/weak_samples_per_s@2', 0):,.0f} at train.nproc=2 with "
-                  "each rank's batch kept (weak scaling: "
-                  f"{results.get('dist_weak_efficiency', 0):.2f}); median of "
+                  "each rank's batch kept and global in-batch negatives (weak scaling: "
+                  f"{results.get('dist_weak_efficiency_global', 0):.2f}), "
+                  f"{results.get('dist/weak_local_samples_per_s@2', 0):,.0f} with local ones "
+                  f"(train.dist_negatives=local: {results.get('dist_weak_efficiency', 0):.2f}, "
+                  "`dist_weak_efficiency`); median of "
                   f"{results['dist/rounds']} rounds each."]  # fmt: skip
     lines += peers_lines(results)
     if ann_rows:

@@ -4,10 +4,11 @@ Sections (pick with --sections): `train` (twotower's trainer against a per-row D
 DataLoader loop), `eval` (twotower's evaluation against a per-user Python loop, and its exact
 search against a plain matrix multiply), `ann` (faiss indexes on the vectors of a model trained
 on a million items), `scale` (the whole pipeline at growing sizes, one `twotower run`
-subprocess each), `dist` (`twotower train` samples/s with train.nproc 1 and 2, one thread each)
-and `peers` (torch-rechub's DSSM beside twotower's default, bench/peers.py). `--device cuda`
-runs train, eval and ann on a GPU (bench/gpu.py, `make bench-gpu`). Both sides of every
-comparison run in this process, alternating, and the medians of the repeats are reported.
+subprocess each), `dist` (`twotower train` samples/s with train.nproc 1 and 2, one thread each,
+in-batch negatives global and local) and `peers` (torch-rechub's DSSM beside twotower's
+default, bench/peers.py). `--device cuda` runs train, eval and ann on a GPU (bench/gpu.py,
+`make bench-gpu`). Both sides of every comparison run in this process, alternating, and the
+medians of the repeats are reported.
 Writes outputs/bench/bench.json (flat keys), bench.md and scale.png.
 """
 
@@ -448,14 +449,18 @@ def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
     bench data. Each round runs train.nproc=1 at batch B, train.nproc=2 at batch B (strong
     scaling: the same global batch split over the ranks) and train.nproc=2 at batch 2B (weak
     scaling: each rank keeps B rows, the global batch doubles, as data-parallel training is
-    used), alternating 1 2 2w / 2w 2 1 over `repeats` rounds. A run's rate is its manifest's:
+    used) twice, with train.dist_negatives=global (each rank's rows scored against the 2B
+    columns of the global batch: the one-process loss at 2B) and =local (against its own B:
+    per-rank work independent of the ranks, what docs/scale.md recommends for scaling out),
+    alternating 1 2 2w 2l / 2l 2w 2 1 over `repeats` rounds. A run's rate is its manifest's:
     per epoch, the examples trained over the seconds from a barrier at the epoch's start to the
     end of its last step and the loss's sum over the ranks (launch, data loading and validation
     excluded), and of the `dist_epochs` epochs' rates the median (the upper one of an even
-    count). dist_scaling_efficiency = rate(2, B) / (2 x rate(1, B)), dist_weak_efficiency =
-    rate(2, 2B) / (2 x rate(1, B)): 1.0 = two processes train twice as many examples a second.
-    Both use `sizes.sparse_embeddings` (docs/scale.md). Then one profiled run of nproc=1 (B)
-    and nproc=2 (2B) each (`dist_profile`)."""
+    count). dist_scaling_efficiency = rate(2, B) / (2 x rate(1, B)),
+    dist_weak_efficiency_<negatives> = rate(2, 2B, negatives) / (2 x rate(1, B)) and
+    dist_weak_efficiency the local one: 1.0 = two processes train twice as many examples a
+    second. All use `sizes.sparse_embeddings` (docs/scale.md). Then one profiled run each of
+    nproc=1 (B) and nproc=2 (2B) under both settings (`dist_profile`)."""
     run_out = out_dir / "dist"
     d, b = sizes.data, sizes.batch_size
     base = ["dataset=synthetic", f"dataset.load.n_interactions={d['n_interactions']}",
@@ -467,47 +472,59 @@ def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
     for stage in ("preprocess", "sample"):
         subprocess.run([script, stage, *base], check=True, stdout=subprocess.DEVNULL)
     manifest = run_out / "synthetic" / "sample" / "inbatch" / "dssm" / "train" / "manifest.json"
-    runs = {"1": (1, b), "2": (2, b), "2w": (2, 2 * b)}  # (train.nproc, train.batch_size)
+    # (train.nproc, train.batch_size, train.dist_negatives)
+    runs = {"1": (1, b, "global"), "2": (2, b, "global"), "2w": (2, 2 * b, "global"),
+            "2l": (2, 2 * b, "local")}  # fmt: skip
     rates: dict[str, list[float]] = {k: [] for k in runs}  # each run's rate, kept in bench.json
     for r in range(sizes.repeats):
-        for key in ("1", "2", "2w") if r % 2 == 0 else ("2w", "2", "1"):
-            nproc, batch = runs[key]
+        for key in list(runs) if r % 2 == 0 else list(reversed(runs)):
+            nproc, batch, negatives = runs[key]
             log(f"dist: twotower train train.nproc={nproc} train.batch_size={batch} "
-                f"(round {r + 1})")  # fmt: skip
+                f"train.dist_negatives={negatives} (round {r + 1})")  # fmt: skip
+            # min_steps_per_epoch=0: the batch as asked (on --quick's data the rule halved 2B
+            # to B, so the weak runs were strong ones)
             subprocess.run([script, "train", *base, f"train.nproc={nproc}",
-                            f"train.batch_size={batch}"], check=True,
+                            f"train.batch_size={batch}", f"train.dist_negatives={negatives}",
+                            "train.min_steps_per_epoch=0"], check=True,
                            stdout=subprocess.DEVNULL)  # fmt: skip
             rates[key].append(json.loads(manifest.read_text())["figures"]["samples_per_s"])
-    one, two, weak = (float(np.median(rates[k])) for k in runs)
+    one, two, weak, weak_local = (float(np.median(rates[k])) for k in runs)
     return {"dist/samples_per_s@1": one, "dist/samples_per_s@2": two,
-            "dist/weak_samples_per_s@2": weak, "dist_scaling_efficiency": two / (2 * one),
-            "dist_weak_efficiency": weak / (2 * one), "dist/rounds": sizes.repeats,
+            "dist/weak_samples_per_s@2": weak, "dist/weak_local_samples_per_s@2": weak_local,
+            "dist_scaling_efficiency": two / (2 * one),
+            "dist_weak_efficiency_global": weak / (2 * one),
+            "dist_weak_efficiency_local": weak_local / (2 * one),
+            "dist_weak_efficiency": weak_local / (2 * one), "dist/rounds": sizes.repeats,
             "dist/runs@1": rates["1"], "dist/runs@2": rates["2"], "dist/weak_runs@2": rates["2w"],
+            "dist/weak_local_runs@2": rates["2l"],
             **dist_profile(script, base, run_out, b)}  # fmt: skip
 
 
 def dist_profile(script: str, base: list[str], run_out: Path, batch: int) -> dict:
-    """Where a step's time goes at train.nproc=1 (batch B) and 2 (2B, weak scaling): one run
-    each under TWOTOWER_PROFILE (training/hooks.py: torch.profiler over 30 steps of the first
-    epoch). Per step, rank 0: wall ms, and the ops' self time (the profiler's time on the
-    thread, waits included) in the collectives (COLLECTIVE) and in every other op; the step's
-    rest is Python between the ops."""
+    """Where a step's time goes at train.nproc=1 (batch B) and 2 (2B, weak scaling) with
+    train.dist_negatives=global (`@2`) and local (`@2_local`): one run each under
+    TWOTOWER_PROFILE (training/hooks.py: torch.profiler over 30 steps of the first epoch). Per
+    step, rank 0: wall ms, and the ops' self time (the profiler's time on the thread, waits
+    included) in the collectives (COLLECTIVE) and in every other op; the step's rest is Python
+    between the ops."""
     out: dict = {}
-    for nproc, b in ((1, batch), (2, 2 * batch)):
-        prof_dir = run_out / f"profile-{nproc}"
+    for name, nproc, b, negatives in (("1", 1, batch, "global"), ("2", 2, 2 * batch, "global"),
+                                      ("2_local", 2, 2 * batch, "local")):  # fmt: skip
+        prof_dir = run_out / f"profile-{name}"
         shutil.rmtree(prof_dir, ignore_errors=True)
         env = {**os.environ, "TWOTOWER_PROFILE": str(prof_dir)}
         subprocess.run([script, "train", *base, f"train.nproc={nproc}", f"train.batch_size={b}",
-                        "train.epochs=1", "train.max_steps=45"], check=True, env=env,
+                        f"train.dist_negatives={negatives}", "train.epochs=1",
+                        "train.max_steps=45"], check=True, env=env,
                        stdout=subprocess.DEVNULL)  # fmt: skip
         prof = json.loads((prof_dir / "rank0.json").read_text())
         comm = sum(ms for op, ms in prof["self_cpu_ms"].items() if COLLECTIVE.search(op))
         total = sum(prof["self_cpu_ms"].values())
         out |= {
-            f"dist/profile@{nproc}/step_ms": prof["step_ms"],
-            f"dist/profile@{nproc}/collective_ms": comm,
-            f"dist/profile@{nproc}/other_ops_ms": total - comm,
-            f"dist/profile@{nproc}/top_ops": dict(list(prof["self_cpu_ms"].items())[:12]),
+            f"dist/profile@{name}/step_ms": prof["step_ms"],
+            f"dist/profile@{name}/collective_ms": comm,
+            f"dist/profile@{name}/other_ops_ms": total - comm,
+            f"dist/profile@{name}/top_ops": dict(list(prof["self_cpu_ms"].items())[:12]),
         }
     return out
 

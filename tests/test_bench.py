@@ -101,16 +101,24 @@ def test_dist_section_measures_both_process_counts(tmp_path: Path):
     sizes.repeats, sizes.dist_epochs, sizes.batch_size = 1, 1, 16
     out = bench_dist(sizes, tmp_path, str(tmp_path / "cache"))
     one, two = out["dist/samples_per_s@1"], out["dist/samples_per_s@2"]
-    weak = out["dist/weak_samples_per_s@2"]
-    assert one > 0 and two > 0 and weak > 0
+    weak, local = out["dist/weak_samples_per_s@2"], out["dist/weak_local_samples_per_s@2"]
+    assert one > 0 and two > 0 and weak > 0 and local > 0
     assert out["dist_scaling_efficiency"] == pytest.approx(two / (2 * one))
-    assert out["dist_weak_efficiency"] == pytest.approx(weak / (2 * one))
-    assert [len(out[k]) for k in ("dist/runs@1", "dist/runs@2", "dist/weak_runs@2")] == [1] * 3
+    assert out["dist_weak_efficiency_global"] == pytest.approx(weak / (2 * one))
+    # the headline is train.dist_negatives=local's, the setting docs/scale.md recommends
+    assert out["dist_weak_efficiency"] == out["dist_weak_efficiency_local"]
+    assert out["dist_weak_efficiency_local"] == pytest.approx(local / (2 * one))
+    runs = ("dist/runs@1", "dist/runs@2", "dist/weak_runs@2", "dist/weak_local_runs@2")
+    assert [len(out[k]) for k in runs] == [1] * 4
     # the profile: rank 0's step, split into the collectives' CPU time and the rest's
-    for n in (1, 2):
+    for n in ("1", "2", "2_local"):
         assert out[f"dist/profile@{n}/step_ms"] > 0 and out[f"dist/profile@{n}/other_ops_ms"] > 0
     assert out["dist/profile@1/collective_ms"] == 0  # one process: no collective
-    assert out["dist/profile@2/collective_ms"] > 0
+    assert (
+        out["dist/profile@2/collective_ms"] > 0 and out["dist/profile@2_local/collective_ms"] > 0
+    )
+    # local: no all_gather of the item vectors (the global run has one, forward and backward)
+    assert not any("_AllGather" in op for op in out["dist/profile@2_local/top_ops"])
 
 
 def test_ann_string_settings_reach_the_refine_and_ivf_levels():

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -24,7 +25,7 @@ from conftest import SMALL, read_json, twotower
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.models.dssm import DSSM
 from twotower_cli.samplers import InBatchSampler, MixedSampler, RandomNegativeSampler
-from twotower_cli.training import distributed, sparse_sync
+from twotower_cli.training import distributed, negatives, sparse_sync
 from twotower_cli.training.losses import bce, inbatch_softmax
 from twotower_cli.training.trainer import TrainSettings, gather, optimizers, user_features
 
@@ -73,9 +74,11 @@ def tables() -> tuple[dict, dict, dict, torch.Tensor]:
     return users, items, batch, log_q
 
 
-def one_step(case: str, group: distributed.Group) -> tuple[float, dict[str, torch.Tensor]]:
+def one_step(case: str, group: distributed.Group,
+             mode: str = "global") -> tuple[float, dict[str, torch.Tensor]]:  # fmt: skip
     """This rank's loss on its slice of the global batch(es) and every parameter's gradient
-    after backward (under a group: DDP's average over the ranks)."""
+    after backward (under a group: DDP's average over the ranks), with train.dist_negatives
+    `mode`."""
     make_sampler, loss_fn = CASES[case]
     users, items, global_batch, log_q = tables()
     sampler = make_sampler()
@@ -84,18 +87,49 @@ def one_step(case: str, group: distributed.Group) -> tuple[float, dict[str, torc
     if case == "inbatch_sparse_tables":
         optimizers(model, TrainSettings(batch_size=B // 2, sparse_embeddings=True))
         assert model.item_fields.tables["item"].sparse  # 31 rows > 8 per rank
-    step = distributed.step_loss(model, loss_fn, group)
+    step = distributed.step_loss(model, loss_fn, group, mode)
     batch_fn = sampler.batch_fn(log_q, seed=3)
     if not isinstance(sampler, RandomNegativeSampler):
         global_batch.pop("neg")
-    if case == "inbatch_streaming_logq":
-        batch_fn(dict(global_batch))  # a first batch moves the estimate
-    batch = distributed.local_rows(batch_fn(global_batch), group)
+    rank, world = group.rank, group.world_size
+    if case == "inbatch_streaming_logq":  # a first batch moves the estimate
+        negatives.rank_batch(dict(global_batch), batch_fn, rank, world, mode)
+    batch = negatives.rank_batch(global_batch, batch_fn, rank, world, mode)
+    return _loss_and_grads(model, step, users, items, batch)
+
+
+def _loss_and_grads(model, step, users, items, batch) -> tuple[float, dict[str, torch.Tensor]]:
     neg = batch.get("neg")
     neg_feats = gather(items, neg.reshape(-1)) if neg is not None else None
     loss = step(user_features(users, batch), gather(items, batch["item"]), batch, neg_feats)
     loss.backward()
     return loss.item(), {n: _dense(p.grad) for n, p in model.named_parameters()}
+
+
+def one_process_on_slices(case: str) -> list[tuple[float, dict[str, torch.Tensor]]]:
+    """What train.dist_negatives=local should give on 2 ranks, in one process and without
+    negatives.py: the global batch as two batches of B/2 rows, the sampler fed the first then
+    the second (both global batches of the streaming case), the loss and gradients of each."""
+    make_sampler, loss_fn = CASES[case]
+    users, items, global_batch, log_q = tables()
+    batch_fn = make_sampler().batch_fn(log_q, seed=3)
+    if not isinstance(make_sampler(), RandomNegativeSampler):
+        global_batch.pop("neg")
+    halves = [{k: t[: B // 2] for k, t in global_batch.items()},
+              {k: t[B // 2 :] for k, t in global_batch.items()}]  # fmt: skip
+    if batch_fn is not None:
+        if case == "inbatch_streaming_logq":
+            [batch_fn(dict(h)) for h in halves]
+        halves = [batch_fn(h) for h in halves]
+    out = []
+    for half in halves:
+        torch.manual_seed(0)
+        model = DSSM(SCHEMA, embed_dim=8, hidden=[16], out_dim=8, dropout=0.0)
+        if case == "inbatch_sparse_tables":
+            optimizers(model, TrainSettings(batch_size=B // 2, sparse_embeddings=True))
+        step = distributed.step_loss(model, loss_fn, distributed.Group())
+        out.append(_loss_and_grads(model, step, users, items, half))
+    return out
 
 
 def _dense(grad: torch.Tensor) -> torch.Tensor:
@@ -106,7 +140,9 @@ def _rank(rank: int, world: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        results = {case: one_step(case, distributed.current()) for case in CASES}
+        group = distributed.current()
+        results = {case: one_step(case, group) for case in CASES}
+        results |= {f"local/{case}": one_step(case, group, "local") for case in CASES}
         torch.save(results, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -141,6 +177,42 @@ def test_two_ranks_give_the_one_process_loss_and_gradients(two_ranks, case):
     assert max(g.abs().max().item() for g in grads.values()) > 1e-3
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_local_negatives_make_each_rank_one_process_on_its_slice(two_ranks, case):
+    # train.dist_negatives=local: rank r's loss is one process's loss on the r-th half of the
+    # global batch (its rows its only columns), and both ranks' gradients are the mean of the
+    # two halves' gradients (DDP's average)
+    halves = one_process_on_slices(case)
+    for r, rank in enumerate(two_ranks):
+        assert rank[f"local/{case}"][0] == pytest.approx(halves[r][0], abs=1e-5)
+        for name, g0 in halves[0][1].items():
+            mean = (g0 + halves[1][1][name]) / 2
+            assert torch.allclose(rank[f"local/{case}"][1][name], mean, atol=1e-5, rtol=0), name
+    if CASES[case][1] is inbatch_softmax:  # fewer columns: not the global loss
+        assert two_ranks[0][f"local/{case}"][0] != pytest.approx(two_ranks[0][case][0], abs=1e-4)
+    else:  # bce scores each row against its own negatives: the same under both
+        assert two_ranks[0][f"local/{case}"][0] == pytest.approx(two_ranks[0][case][0], abs=1e-6)
+
+
+def test_local_negatives_count_log_q_in_the_rank_slice():
+    # batch of 8 on 2 ranks: a column's exact logQ is the log of its expected count among the
+    # 4 rows of the slice, log(4 x Q): with Q = 1/4 for every item, log(1) = 0 (global: the
+    # 8 rows of the batch, log(2))
+    log_q = torch.log(torch.tensor([0.5, 0.25, 0.25, 0.25, 0.25]))  # id 0: padding
+    batch = {"user": torch.arange(8), "item": torch.tensor([1, 2, 3, 4, 4, 3, 2, 1])}
+    batch_fn = InBatchSampler("exact").batch_fn(log_q)
+    local = negatives.rank_batch(dict(batch), batch_fn, 1, 2, "local")
+    assert local["user"].tolist() == [4, 5, 6, 7] and "all.item" not in local
+    assert torch.allclose(local["log_q"], torch.zeros(4))
+    shared = negatives.rank_batch(dict(batch), batch_fn, 1, 2, "global")
+    assert torch.allclose(shared["log_q"], torch.full((4,), float(np.log(2))))
+    assert shared["all.item"].tolist() == [4, 3, 2, 1, 1, 2, 3, 4]  # this rank's rows first
+    # the streaming estimate counts slices: two slices a step, the same on every rank
+    batch_fn = InBatchSampler("streaming").batch_fn(log_q)
+    negatives.rank_batch(dict(batch), batch_fn, 0, 2, "local")
+    assert batch_fn.streaming.step == 2
+
+
 def test_batch_bounds_cut_the_last_batch_to_equal_slices():
     # 10 examples, batch 4: [0, 4) [4, 8) and the last 2; on 3 ranks the 4-row batches cannot
     # be split, but batch_bounds only cuts the last one: the trainer checks batch % world first
@@ -154,7 +226,7 @@ def test_batch_bounds_cut_the_last_batch_to_equal_slices():
 
 def test_local_rows_slice_rows_and_keep_shared_negatives_whole():
     batch = {"user": torch.arange(8), "log_q": torch.arange(8.0), "neg": torch.tensor([5, 6, 7])}
-    rows = distributed.local_rows(batch, distributed.Group(rank=1, world_size=2))
+    rows = negatives.local_rows(batch, 1, 2)
     assert rows["user"].tolist() == [4, 5, 6, 7] and rows["log_q"].tolist() == [4, 5, 6, 7]
     assert rows["neg"].tolist() == [5, 6, 7]
 
@@ -179,6 +251,12 @@ def test_settings_are_checked_with_the_key_named():
     with pytest.raises(TwoTowerError, match="train.dist_timeout_s must be > 0"):
         distributed.DistSettings(dist_timeout_s=0)
     assert distributed.resolve_backend("auto", "cpu") == "gloo"
+
+
+def test_dist_negatives_is_checked_with_one_line(out_dir, capsys):
+    assert twotower("train", *SMALL, f"paths.out={out_dir}", "train.dist_negatives=all") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["twotower train: error: train.dist_negatives: 'all' not in ('global', 'local')"]
 
 
 def test_a_batch_size_the_ranks_cannot_share_fails_before_launching(out_dir, capsys):

@@ -102,6 +102,9 @@ class TrainSettings:
     nproc: int = field(default=1, metadata={"ge": 1})
     backend: str = field(default="auto", metadata={"choices": ("auto", "gloo", "nccl")})
     dist_timeout_s: float = field(default=300.0, metadata={"gt": 0.0})
+    # a rank's in-batch negatives: the global batch's positives (the one-process loss at
+    # batch_size) or its own slice's (per-rank work independent of nproc; negatives.py)
+    dist_negatives: str = field(default="global", metadata={"choices": ("global", "local")})
 
 
 @dataclass

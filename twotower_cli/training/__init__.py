@@ -6,6 +6,7 @@ parallelism, and the per-example tensors the loop reads.
     optim.py        optimisers, LazyAdam for sparse rows
     trainer.py      the loop: batches, early stopping on validation recall, best weights
     distributed.py  DistributedDataParallel over torch.distributed (train.nproc, torchrun)
+    negatives.py    a rank's in-batch negatives: the global batch's or its own (dist_negatives)
     sparse_sync.py  sparse gradients averaged over gloo in one collective
     fitting.py      one configuration trained in memory (train's and tune's entry point)
 """

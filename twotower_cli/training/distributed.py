@@ -2,16 +2,16 @@
 under an external `torchrun ... -m twotower_cli train ...`).
 
 One process per rank, each holding the whole model and the whole example table. Every rank draws
-the same permutation, so every rank knows each global batch (`train.batch_size` rows); it runs
-the sampler's per-batch work on the global batch (the mixed sampler's uniform draws and the
-streaming logQ estimate are then the same on every rank, fed every rank's ids) and trains on its
-own slice of rows. The item vectors of the other slices are gathered with an autograd
-all_gather (gradients flow back to the rank that computed them) and their ids, user ids and logQ
-read from the global batch, so each row's in-batch softmax sees the global batch's columns,
-masks included. Each rank's loss is the mean over its own rows and DDP averages the gradients,
-which is the gradient of the one-process loss (equal slices: the mean of the slices' means is
-the mean). Per step that is one all_gather, one reduce_scatter, DDP's all-reduce and, with
-sparse tables, one all_gather of their gradients (sparse_sync.py; docs/scale.md).
+the same permutation, so every rank knows each global batch (`train.batch_size` rows), and
+trains on its own slice of rows. Which negatives a rank's in-batch softmax sees,
+`train.dist_negatives`, is negatives.py's: the global batch's (the default: the sampler's work
+on the global batch, the other slices' item vectors gathered with an autograd all_gather, so
+each row sees the one-process columns, masks included) or the rank's own slice's (`local`: no
+gather, a rank's work independent of N). Each rank's loss is the mean over its own rows and
+DDP averages the gradients; under `global` that is the gradient of the one-process loss (equal
+slices: the mean of the slices' means is the mean). Per step that is, under `global`, one
+all_gather and one reduce_scatter, then DDP's all-reduce and, with sparse tables, one
+all_gather of their gradients (sparse_sync.py; docs/scale.md).
 
 Launch: `launch` runs N local workers through torch's elastic launcher (what `torchrun
 --standalone --nproc_per_node=N` does); a worker that dies ends the run with one line naming
@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.models.base import batch_rows
+from twotower_cli.training.negatives import rank_loss
 from twotower_cli.training.sparse_sync import SparseGradSync
 
 BACKENDS = ("auto", "gloo", "nccl")
@@ -42,8 +42,6 @@ BACKENDS = ("auto", "gloo", "nccl")
 KEYS = ("nproc", "backend", "dist_timeout_s")
 # what torchrun (and the elastic launcher) put in each worker's environment
 ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-# the batch columns each row's in-batch softmax needs of every column
-COLUMNS = ("item", "user", "log_q")
 TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
 MULTITASK = (
     "model=multitask trains each task on a different subset of a batch's rows, which ranks "
@@ -281,69 +279,6 @@ def batch_bounds(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int
     return bounds
 
 
-def local_rows(batch: dict[str, torch.Tensor], group: Group) -> dict[str, torch.Tensor]:
-    """This rank's slice of a global batch (shared negatives stay whole), and under `all.<key>`
-    the global batch's `item`, `user` and `log_q` columns in `gather_columns`' order: every
-    rank holds the whole global batch, so the loss's columns need no collective."""
-    if not group.active:
-        return batch
-    b = len(batch["user"]) // group.world_size
-    rows = batch_rows(batch, slice(group.rank * b, (group.rank + 1) * b))
-    for k in COLUMNS:
-        if k in batch:
-            rows[f"all.{k}"] = torch.roll(batch[k], -group.rank * b)  # this rank's rows first
-    return rows
-
-
-def gather_columns(
-    v: torch.Tensor, batch: dict[str, torch.Tensor], group: Group
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Every rank's item vectors (gradients flow back to the rank that computed them) and their
-    `item`, `user` and `log_q` columns (`local_rows`), this rank's first, then the others in
-    rank order: the loss's rows are this rank's, and its diagonal (row i's positive in column
-    i) holds as in one process."""
-    cols = torch.roll(_AllGather.apply(v, group.world_size), -group.rank * len(v), dims=0)
-    out = {k: t for k, t in batch.items() if not k.startswith("all.")}
-    out.update({k: batch[f"all.{k}"] for k in COLUMNS if f"all.{k}" in batch})
-    return cols, out
-
-
-class _AllGather(torch.autograd.Function):
-    """The ranks' tensors stacked in rank order; backward: each rank's slice of the summed
-    gradient. One collective each way: torch.distributed.nn.functional.all_gather sends the
-    gradient back through world_size scatters on gloo, and its `_all_gather_base` has no gloo
-    backward. (The contiguous gradient: the fused softmax's gradient of its columns is a
-    transposed view, losses.py, and gloo reads memory as laid out.)"""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, world_size: int) -> torch.Tensor:
-        out = x.new_empty((world_size * len(x), *x.shape[1:]))
-        dist.all_gather_single(out, x.contiguous())
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        out = grad.new_empty((grad.shape[0] // dist.get_world_size(), *grad.shape[1:]))
-        dist.reduce_scatter_single(out, grad.contiguous())
-        return out, None
-
-
-def global_loss(loss_fn: Callable, group: Group) -> Callable:
-    """`loss_fn` over the global batch's columns: in-batch softmax sees every rank's positives
-    as negatives (and masks hits among them). Losses that score each row against its own
-    negatives only (bce, sampled softmax) need nothing from the other ranks."""
-    from twotower_cli.training.losses import inbatch_softmax
-
-    if not group.active or loss_fn is not inbatch_softmax:
-        return loss_fn
-
-    def loss(scale: float, u, v, v_neg, batch: dict) -> torch.Tensor:
-        cols, batch = gather_columns(v, batch, group)
-        return loss_fn(scale, u, cols, v_neg, batch)
-
-    return loss
-
-
 class _BatchLoss(torch.nn.Module):
     """The model's `batch_loss` as a forward pass, so DDP sees the step."""
 
@@ -361,16 +296,18 @@ class _BatchLoss(torch.nn.Module):
         return self.sync.after_backward(loss)
 
 
-def step_loss(model: torch.nn.Module, loss_fn: Callable, group: Group) -> Callable:
+def step_loss(model: torch.nn.Module, loss_fn: Callable, group: Group,
+              negatives: str = "global") -> Callable:  # fmt: skip
     """`(user_feats, item_feats, batch, neg_feats) -> loss` of one rank's rows; under a group,
     the model wrapped in DistributedDataParallel (its gradients averaged over the ranks in
-    backward; rank 0's initial weights broadcast to all) and the loss over global columns.
+    backward; rank 0's initial weights broadcast to all) and the loss over the global batch's
+    columns or the rank's own (`negatives`: train.dist_negatives, negatives.py).
     Sparse tables (train.sparse_embeddings, gloo) stay out of DDP: their gradients are averaged
     in one collective when backward ends (sparse_sync.py)."""
     if not group.active:
         return _BatchLoss(model, loss_fn)
     sync = SparseGradSync(model, group.world_size)
-    step = _BatchLoss(model, global_loss(loss_fn, group), sync)
+    step = _BatchLoss(model, rank_loss(loss_fn, group.rank, group.world_size, negatives), sync)
     DDP = torch.nn.parallel.DistributedDataParallel
     DDP._set_params_and_buffers_to_ignore_for_model(step, [f"model.{n}" for n in sync.names])
     sync.broadcast_weights()

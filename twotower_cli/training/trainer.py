@@ -18,7 +18,7 @@ from twotower_cli.core.settings import TrainSettings
 from twotower_cli.models.base import TwoTower
 from twotower_cli.retrieval.pools import with_item_prior
 from twotower_cli.retrieval.search import EvalSet, build_index, evaluate_index
-from twotower_cli.training import distributed
+from twotower_cli.training import distributed, negatives
 from twotower_cli.training.hooks import steps
 from twotower_cli.training.optim import LazyAdam
 from twotower_cli.training.resume import Resume, restore, snapshot
@@ -240,7 +240,7 @@ def _set_up(model: TwoTower, loss_fn, examples: dict[str, torch.Tensor],
     user_table, item_table = to_device(user_table, device), to_device(item_table, device)
     examples = to_device(examples, device)
     opts = optimizers(model, settings)
-    step_loss = distributed.step_loss(model, loss_fn, group)
+    step_loss = distributed.step_loss(model, loss_fn, group, settings.dist_negatives)
     gen = torch.Generator().manual_seed(seed)
     bounds = distributed.batch_bounds(len(examples["user"]), settings.batch_size,
                                       group.world_size)  # fmt: skip
@@ -305,8 +305,8 @@ def _step(loop: Loop, ids: torch.Tensor) -> float:
     """One optimiser step on the examples `ids` (this rank's share of them): the batch's summed
     loss."""
     batch = widen_ids(gather(loop.examples, ids))
-    batch = loop.batch_fn(batch) if loop.batch_fn is not None else batch
-    batch = distributed.local_rows(batch, loop.group)
+    batch = negatives.rank_batch(batch, loop.batch_fn, loop.group.rank, loop.group.world_size,
+                                 loop.settings.dist_negatives)  # fmt: skip
     neg = batch.get("neg")
     neg_feats = gather(loop.item_table, neg.reshape(-1)) if neg is not None else None
     item_feats = gather(loop.item_table, batch["item"])
