@@ -354,7 +354,7 @@ def ann_model(sizes: Sizes, out_dir: Path, cache_dir: str, threads: int) -> Path
                  f"dataset.load.n_users={sizes.ann_users}",
                  f"dataset.load.n_interactions={sizes.ann_interactions}",
                  f"dataset.load.n_clusters={sizes.ann_clusters}",
-                 f"dataset.load.cache_dir={cache_dir}", "train.epochs=1",
+                 f"dataset.load.cache_dir={cache_dir}", "train.epochs=1", "train.refit=false",
                  "train.sparse_embeddings=true", f"threads={threads}",
                  f"paths.out={run_out}"]  # fmt: skip
     log(f"ann: twotower run {' '.join(overrides)}")
@@ -412,7 +412,7 @@ def run_pipeline(n: int, sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
     overrides = ["dataset=synthetic", f"dataset.load.n_interactions={n}",
                  f"dataset.load.n_users={n_users}", f"dataset.load.n_items={n_items}",
                  f"dataset.load.cache_dir={cache_dir}", f"train.epochs={sizes.scale_epochs}",
-                 f"train.max_steps={sizes.scale_max_steps}",
+                 f"train.max_steps={sizes.scale_max_steps}", "train.refit=false",
                  f"train.sparse_embeddings={str(sizes.sparse_embeddings).lower()}",
                  f"paths.out={run_out}"]  # fmt: skip
     if n in sizes.scale_users:
@@ -467,6 +467,8 @@ def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
             f"dataset.load.n_users={d['n_users']}", f"dataset.load.n_items={d['n_items']}",
             f"dataset.load.cache_dir={cache_dir}", f"paths.out={run_out}", "threads=1",
             f"train.epochs={sizes.dist_epochs}", f"train.patience={sizes.dist_epochs}",
+            # one training a run: the rates are the early-stopped fit's (no refit after it)
+            "train.refit=false",
             f"train.sparse_embeddings={str(sizes.sparse_embeddings).lower()}"]  # fmt: skip
     script = str(Path(sys.executable).with_name("twotower"))
     for stage in ("preprocess", "sample"):
