@@ -35,7 +35,7 @@ from twotower_cli.artifacts.store import (
 )
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import sorted_unique
-from twotower_cli.core.layout import Layout
+from twotower_cli.core.layout import FILES, Layout
 from twotower_cli.data import sources
 from twotower_cli.data.engine import ENGINE_MEMORY, OUT_OF_MEMORY, Engine
 from twotower_cli.data.preprocess import SplitSettings, write_preprocess
@@ -153,15 +153,15 @@ def _fit_sample(cfg: DictConfig, sampler, prep_dir: Path, n_items: int, out: Sta
     train = read_splits(prep_dir, FIT_ON[cfg.fit_on])
     sampler.fit(train, n_items, pd.read_parquet(L.items), **band)
     examples = sampler.examples()
-    examples.to_parquet(out.path("examples.parquet"), index=False)
-    np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
+    examples.to_parquet(out.path(FILES.examples), index=False)
+    np.save(out.path(FILES.item_log_q), sampler.item_log_q_)
     negatives, n_exposures = sampler.negatives(), 0
     if cfg.exposures.use:
         negatives, n_exposures = add_exposure_negatives(
             examples, negatives, L.exposures, cfg.exposures.per_positive, cfg.seed
         )
     if negatives is not None:  # [n_examples, n_neg]: row i holds example i's negatives
-        np.save(out.path("negatives.npy"), negatives)
+        np.save(out.path(FILES.negatives), negatives)
     n_neg = 0 if negatives is None else int(negatives.shape[1])
     return {"examples": len(examples), "loss": sampler.loss, "n_neg": n_neg,
             "exposure_negatives": n_exposures}  # fmt: skip
@@ -171,8 +171,8 @@ def _stream_sample(sampler, prep_dir: Path, splits: tuple, n_items: int,
                    out: StageOutput) -> dict:  # fmt: skip
     """An in-batch sampler's sample in one bounded pass (its examples are the positives)."""
     batches = iter_splits(prep_dir, splits, ["user", "item"])
-    n = sampler.fit_stream(batches, n_items, partial(write_batches, out.path("examples.parquet")))
-    np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
+    n = sampler.fit_stream(batches, n_items, partial(write_batches, out.path(FILES.examples)))
+    np.save(out.path(FILES.item_log_q), sampler.item_log_q_)
     return {"examples": n, "loss": sampler.loss, "n_neg": 0, "exposure_negatives": 0}
 
 
@@ -196,10 +196,10 @@ def train(cfg: DictConfig) -> dict:
         distributed.barrier(group)  # every rank is done before rank 0 writes
         if not group.is_main:
             return {}
-        checkpoint.save(out.path("model.pt"), f.model, f.key, f.args, f.schema, _config(cfg))
-        out.path("history.json").write_text(json.dumps(f.history, indent=1))
+        checkpoint.save(out.path(FILES.model), f.model, f.key, f.args, f.schema, _config(cfg))
+        out.path(FILES.history).write_text(json.dumps(f.history, indent=1))
         for name, obj in f.model.artifacts(f.users, f.items).items():
-            out.path(f"{name}.json").write_text(json.dumps(obj, indent=1))
+            out.path(FILES.model_artifact(name)).write_text(json.dumps(obj, indent=1))
         key = f"valid_recall@{f.settings.early_stop_k}"
         scores = [h[key] for h in f.history if key in h]  # none in a refit (fit_on: train+valid)
         best = {"best_valid": max(scores)} if scores else {"fit_on": cfg.fit_on}
@@ -286,10 +286,10 @@ def embed(cfg: DictConfig) -> dict:
             # ranks by logit + weight * the item's freshness prior (pools.with_item_prior)
             log_prior = np.load(L.item_log_prior)[item_ids]
             u, v = pools.with_item_prior(u, v, log_prior, weight, model.logit_scale)
-        np.save(out.path("item_vectors.npy"), v)
-        np.save(out.path("item_ids.npy"), item_ids)
-        np.save(out.path("user_vectors.npy"), u)
-        np.save(out.path("user_ids.npy"), user_ids)
+        np.save(out.path(FILES.vectors("item")), v)
+        np.save(out.path(FILES.ids("item")), item_ids)
+        np.save(out.path(FILES.vectors("user")), u)
+        np.save(out.path(FILES.ids("user")), user_ids)
         out.figures = {"items": len(item_ids), "users": len(user_ids),
                        "freshness_prior": weight if prior else 0.0}  # fmt: skip
     return out.figures
@@ -318,7 +318,7 @@ def index(cfg: DictConfig) -> dict:
         idx = build_index(vectors, cfg.index.factory, cfg.index.nprobe, cfg.index.ef_search)
         if idx.ntotal != len(vectors):
             raise TwoTowerError(f"index holds {idx.ntotal} of {len(vectors)} item vectors")
-        faiss.write_index(idx, str(out.path("items.faiss")))
+        faiss.write_index(idx, str(out.path(FILES.faiss_index)))
         out.figures = {"factory": cfg.index.factory, "items": int(idx.ntotal)}
     return out.figures
 
@@ -338,7 +338,7 @@ def evaluate(cfg: DictConfig) -> dict:
                                      refit=proto.baselines_fit == "train+valid")  # fmt: skip
         metrics = evaluate_run(idx, model, L, ks, n_items, baselines, e.trending_hours,
                                e.max_users, cfg.seed)  # fmt: skip
-        out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
+        out.path(FILES.metrics).write_text(json.dumps(metrics, indent=1))
         n_users = metrics.get("users_sampled", {}).get("evaluated", len(np.load(L.ids("user"))))
         out.figures = {"users": n_users,
                        **{f"model/{k}": v for k, v in metrics["model"].items()}}  # fmt: skip
@@ -407,10 +407,10 @@ def report(cfg: DictConfig) -> dict:
     compare = [str(d) for d in r.compare]
     out_dir = r.compare_dir if compare else cfg.paths.report_dir
     runs = load_runs(compare or [cfg.paths.run_root], settings)
-    inputs = [run.dirs.root / "evaluate" for run in runs]
+    inputs = [run.dirs.evaluate for run in runs]
     with StageOutput("report", out_dir, _config(cfg), inputs) as out:
         out.figures = write_report(runs, out.tmp)
-    print(f"report: {Path(out_dir) / 'index.html'}")
+    print(f"report: {Path(out_dir) / FILES.report_page}")
     return out.figures
 
 

@@ -23,6 +23,7 @@ import torch
 from twotower_cli.artifacts.store import read_columns, read_splits
 from twotower_cli.core.errors import ConfigError, TwoTowerError
 from twotower_cli.core.keys import find, pair_keys
+from twotower_cli.core.layout import FILES
 from twotower_cli.core.settings import HISTORY, HISTORY_MODES
 from twotower_cli.data.split import user_time_order
 
@@ -203,18 +204,18 @@ def load_training_examples(
     the explicit negatives ([n_examples, n_neg] `neg`), as tensors for the training loop.
     `train`: the training positives (user, item, timestamp), which the histories read;
     `splits`: the splits they come from (the task rows are read from the same ones)."""
-    if tasks and not (prep_dir / "tasks_train.parquet").exists():
-        raise TwoTowerError(f"{prep_dir}: no tasks_train.parquet; set dataset.tasks="
+    if tasks and not (prep_dir / FILES.table("tasks_train")).exists():
+        raise TwoTowerError(f"{prep_dir}: no {FILES.table('tasks_train')}; set dataset.tasks="
                             f"{list(tasks)} and rerun `twotower preprocess`")  # fmt: skip
-    path = sample_dir / "examples.parquet"
+    path = sample_dir / FILES.examples
     if tasks or history_len:
         task_rows = read_splits(prep_dir, splits, prefix="tasks_") if tasks else None
         cols = training_examples(pd.read_parquet(path), train, n_users, n_items, tasks,
                                  task_rows, history_len, seed, history_mode)  # fmt: skip
     else:  # the plain columns, straight from Arrow
         cols = read_columns(path, ["user", "item", "label"])
-    if (sample_dir / "negatives.npy").exists():  # [n_examples, n_neg]: example i's negatives
-        neg = np.load(sample_dir / "negatives.npy")
+    if (sample_dir / FILES.negatives).exists():  # [n_examples, n_neg]: example i's negatives
+        neg = np.load(sample_dir / FILES.negatives)
         # rows appended for task-only positives borrow the negatives of a sampled example
         extra = np.arange(len(cols["user"]) - len(neg)) % len(neg)
         cols["neg"] = np.concatenate([neg, neg[extra]]) if len(extra) else neg

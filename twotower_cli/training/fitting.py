@@ -21,6 +21,7 @@ from twotower_cli.artifacts.store import (
     read_splits,
 )
 from twotower_cli.core.keys import sorted_unique
+from twotower_cli.core.layout import FILES
 from twotower_cli.core.settings import TrainSettings
 from twotower_cli.data.tables import schema_dicts
 from twotower_cli.models.inputs import load_tables
@@ -139,9 +140,9 @@ def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: P
     examples (with task labels and histories as the model reads them), or for a sequence
     encoder one next-item sequence per user (sequences.py)."""
     batch_fn = instantiate(cfg.sampler).batch_fn(
-        torch.from_numpy(np.load(sample_dir / "item_log_q.npy")), cfg.seed)  # fmt: skip
+        torch.from_numpy(np.load(sample_dir / FILES.item_log_q)), cfg.seed)  # fmt: skip
     if getattr(model, "sequential", False):
-        sequences.check_sequence_training(model, (sample_dir / "negatives.npy").exists(),
+        sequences.check_sequence_training(model, (sample_dir / FILES.negatives).exists(),
                                           tuple(model.tasks), settings.nproc)  # fmt: skip
         examples = sequences.sequence_examples(train_pos, n_users, model.history_len,
                                                settings.sequence_windows)  # fmt: skip
