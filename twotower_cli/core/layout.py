@@ -61,6 +61,11 @@ class ArtifactNames:
     mlflow_db: str = "mlflow.db"
     # tools/loadtest.py's results, under paths.out
     loadtest: str = "loadtest.json"
+    # `make bench`'s results, its ANN rows and its page, in bench's --out (bench/run.py,
+    # bench/report.py)
+    bench_results: str = "bench.json"
+    bench_ann: str = "ann.json"
+    bench_page: str = "bench.md"
     # raw inputs read by name: the news download (data/news.py, tools/news_sim.py) and the
     # synthetic generator's cache (data/synthetic.py)
     news_users: str = "user_info_data_5w.csv"
@@ -104,6 +109,11 @@ class ArtifactNames:
 FILES = ArtifactNames()
 
 
+def run_dir(out: str | Path, dataset: str, sample: str, run: str) -> Path:
+    """`<out>/<dataset>/sample/<sample>/<run>`: conf/paths/default.yaml's run_root."""
+    return Path(out) / dataset / "sample" / sample / run
+
+
 @dataclass(frozen=True)
 class Layout:
     out: Path
@@ -135,11 +145,17 @@ class Layout:
         return cls(out=Path(out), preprocess=data / "preprocess", sample=sample,
                    run=run_dir.name, root=run_dir, **runs)  # fmt: skip
 
+    @classmethod
+    def named(cls, out: str | Path, dataset: str, sample: str, run: str) -> Layout:
+        """The layout of run `run` of data set dir `dataset` and sample dir `sample` (the
+        sampler's name) under `out`, as the paths config places it."""
+        return cls.of_run(run_dir(out, dataset, sample, run), out)
+
     @staticmethod
     def find_runs(out: str | Path, run: str) -> list[Path]:
         """The run dirs named `run` under `out`, of any data set and sampler (glob's `*`
         passes over hidden dirs, pathlib's would not)."""
-        return [Path(p) for p in sorted(glob.glob(f"{out}/*/sample/*/{run}"))]
+        return [Path(p) for p in sorted(glob.glob(str(run_dir(out, "*", "*", run))))]
 
     def with_inputs(self, preprocess: Path, sample: Path) -> Layout:
         """This run read from these preprocess and sample dirs (the ones its train manifest
