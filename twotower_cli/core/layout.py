@@ -109,7 +109,7 @@ class ArtifactNames:
 FILES = ArtifactNames()
 
 
-def run_dir(out: str | Path, dataset: str, sample: str, run: str) -> Path:
+def run_root(out: str | Path, dataset: str, sample: str, run: str) -> Path:
     """`<out>/<dataset>/sample/<sample>/<run>`: conf/paths/default.yaml's run_root."""
     return Path(out) / dataset / "sample" / sample / run
 
@@ -149,13 +149,13 @@ class Layout:
     def named(cls, out: str | Path, dataset: str, sample: str, run: str) -> Layout:
         """The layout of run `run` of data set dir `dataset` and sample dir `sample` (the
         sampler's name) under `out`, as the paths config places it."""
-        return cls.of_run(run_dir(out, dataset, sample, run), out)
+        return cls.of_run(run_root(out, dataset, sample, run), out)
 
     @staticmethod
     def find_runs(out: str | Path, run: str) -> list[Path]:
         """The run dirs named `run` under `out`, of any data set and sampler (glob's `*`
         passes over hidden dirs, pathlib's would not)."""
-        return [Path(p) for p in sorted(glob.glob(str(run_dir(out, "*", "*", run))))]
+        return [Path(p) for p in sorted(glob.glob(str(run_root(out, "*", "*", run))))]
 
     def with_inputs(self, preprocess: Path, sample: Path) -> Layout:
         """This run read from these preprocess and sample dirs (the ones its train manifest
