@@ -42,7 +42,10 @@ class ArtifactNames:
     # train; a model's own artifacts (field weights, tasks): `model_artifact(name)`
     model: str = "model.pt"
     history: str = "history.json"
-    resume_state: str = "state.pt"  # in train's .resume/ (training/resume.py)
+    resume_dir: str = ".resume"  # train's per-epoch state, beside its outputs
+    resume_state: str = "state.pt"  # in resume_dir (training/resume.py)
+    # preprocess's DuckDB spill dir, under paths.out (data/engine.py)
+    engine_spill: str = ".engine"
     # index, evaluate
     faiss_index: str = "items.faiss"
     metrics: str = "metrics.json"  # evaluate's, and tune's
@@ -235,6 +238,14 @@ class Layout:
 
     def model_artifact(self, name: str) -> Path:
         return self.train / FILES.model_artifact(name)
+
+    @property
+    def resume(self) -> Path:
+        return self.train / FILES.resume_dir
+
+    @property
+    def engine_spill(self) -> Path:
+        return self.out / FILES.engine_spill
 
     # embed
     def vectors(self, side: str) -> Path:

@@ -60,8 +60,6 @@ from twotower_cli.training.examples import with_history
 from twotower_cli.training.resume import Resume
 from twotower_cli.training.trainer import encode_all
 
-RESUME_DIR = ".resume"  # train's per-epoch state, beside its outputs (training/resume.py)
-
 
 def _config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
@@ -87,7 +85,7 @@ def preprocess(cfg: DictConfig) -> dict:
         # the log goes through DuckDB within engine_memory, spilling under paths.out/.engine
         memory = cfg.dataset.get("engine_memory", ENGINE_MEMORY)
         try:
-            with Engine(memory, Path(cfg.paths.out) / ".engine", cfg.get("threads")) as engine:
+            with Engine(memory, L.engine_spill, cfg.get("threads")) as engine:
                 enc, counts, _ = write_preprocess(raw, cfg.dataset.label, split, tasks, out.tmp,
                                                   engine, proto)  # fmt: skip
         except OUT_OF_MEMORY as err:
@@ -209,7 +207,7 @@ def train(cfg: DictConfig) -> dict:
         out.figures = {"loss": f.loss_name, "epochs": len(f.history), **best,
                        "parameters": sum(p.numel() for p in f.model.parameters()),
                        **distributed.figures(group, f.settings.batch_size, f.history)}  # fmt: skip
-    shutil.rmtree(L.train / RESUME_DIR, ignore_errors=True)  # the finished model supersedes it
+    shutil.rmtree(L.resume, ignore_errors=True)  # the finished model supersedes it
     print(f"train: {json.dumps(out.figures)}")
     return out.figures
 
@@ -243,7 +241,7 @@ def _resume(cfg: DictConfig, L: Layout, inputs: list[Path]) -> Resume:
     for key in ("resume", "backend", "dist_timeout_s"):  # how, not what, it trains
         made_of["train"].pop(key, None)
     digest = hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode())
-    return Resume(L.train / RESUME_DIR, digest.hexdigest())
+    return Resume(L.resume, digest.hexdigest())
 
 
 def train_worker(config: dict) -> None:
