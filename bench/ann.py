@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 
 from twotower_cli.core.keys import is_member
+from twotower_cli.core.layout import FILES
 from twotower_cli.retrieval.search import build_index, exact_top_unseen, set_search_params
 
 
@@ -33,8 +34,8 @@ def clustered_vectors(
 def trained_vectors(embed_dir: Path, n_queries: int, seed: int = 0):
     """(item vectors, query vectors) from `twotower embed`'s output: every item of the
     catalogue, and `n_queries` of the evaluation users' vectors drawn without replacement."""
-    items = np.load(Path(embed_dir) / "item_vectors.npy")
-    users = np.load(Path(embed_dir) / "user_vectors.npy")
+    items = np.load(Path(embed_dir) / FILES.vectors("item"))
+    users = np.load(Path(embed_dir) / FILES.vectors("user"))
     pick = np.random.default_rng(seed).choice(
         len(users), min(n_queries, len(users)), replace=False
     )

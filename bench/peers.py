@@ -33,6 +33,7 @@ import torch
 
 from twotower_cli.artifacts.store import read_split
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.layout import FILES, Layout
 from twotower_cli.retrieval.search import EvalSet, build_index, evaluate_index
 
 HIST_LEN = 50
@@ -96,14 +97,14 @@ class RechubAdapter:
 
     def __init__(self, prep_dir: Path, settings: RechubSettings) -> None:
         self.prep_dir, self.s = Path(prep_dir), settings
-        schema = json.loads((self.prep_dir / "schema.json").read_text())
+        schema = json.loads((self.prep_dir / FILES.schema).read_text())
         self.vocab = {f["name"]: f["vocab_size"] for side in schema.values() for f in side}
         missing = [c for c in (*USER_COLS, "item", "genres") if c not in self.vocab]
         if missing:
-            raise TwoTowerError(f"{self.prep_dir}/schema.json: no feature {missing[0]!r}; "
+            raise TwoTowerError(f"{self.prep_dir / FILES.schema}: no feature {missing[0]!r}; "
                                 "peers needs `twotower preprocess` of dataset=ml100k")  # fmt: skip
-        self.users = pd.read_parquet(self.prep_dir / "users.parquet").set_index("user")
-        items = pd.read_parquet(self.prep_dir / "items.parquet").sort_values("item")
+        self.users = pd.read_parquet(self.prep_dir / FILES.users).set_index("user")
+        items = pd.read_parquet(self.prep_dir / FILES.items).sort_values("item")
         self.n_items = int(items["item"].max())
         # rechub's example: the item's first genre ("cate_id")
         self.cate = np.zeros(self.n_items + 1, dtype=np.int64)
@@ -309,27 +310,29 @@ def section(out_dir: Path, threads: int, repeats: int, log=print) -> dict:
     start = time.perf_counter()
     subprocess.run([script, "run", *base], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    root = run_out / "ml100k" / "sample" / "inbatch"
-    train = json.loads((root / "dssm" / "train" / "manifest.json").read_text())
-    metrics = json.loads((root / "dssm" / "evaluate" / "manifest.json").read_text())["figures"]
+    L = Layout.named(run_out, "ml100k", "inbatch", "dssm")
+    train = json.loads((L.train / FILES.manifest).read_text())
+    metrics = json.loads((L.evaluate / FILES.manifest).read_text())["figures"]
     ours = {"peer_twotower_run_samples_per_s": train["figures"]["samples_per_s"],
             "peer_twotower_train_s": train["seconds"], "peer_twotower_wall_s": wall,
             "peer_twotower_recall@20": metrics["model/recall@20"],
             "peer_twotower_epochs": train["figures"]["epochs"]}  # fmt: skip
     settings = RechubSettings()
-    prep_dir = run_out / "ml100k" / "preprocess"
+    prep_dir = L.preprocess
     theirs = run_rechub(prep_dir, settings, log=log)
     theirs["peer_rechub_search_samples_per_s"] = theirs.pop("peer_rechub_samples_per_s")
     ad, x, y = prepare(prep_dir, settings)
     speed: dict[str, list[float]] = {"twotower": [], "rechub": []}
+    speed_manifest = Layout.named(run_out, "ml100k", "inbatch", "speed").train / FILES.manifest
     for r in range(repeats):
         for side in ("twotower", "rechub") if r % 2 == 0 else ("rechub", "twotower"):
             log(f"peers: speed round {r + 1}/{repeats}: {side}")
             if side == "twotower":  # a run of its own (paths.run), beside the scored one
                 subprocess.run([script, "train", *base, "paths.run=speed"], check=True,
                                stdout=subprocess.DEVNULL)  # fmt: skip
-                manifest = root / "speed" / "train" / "manifest.json"
-                speed[side].append(json.loads(manifest.read_text())["figures"]["samples_per_s"])
+                speed[side].append(
+                    json.loads(speed_manifest.read_text())["figures"]["samples_per_s"]
+                )
             else:
                 epochs = rates(ad, x, y, settings, theirs["peer_rechub_lr"], PEER_EPOCHS)
                 speed[side].append(float(np.median(epochs)))

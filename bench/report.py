@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from twotower_cli.core.layout import FILES
+
 STAGES = ("preprocess", "sample", "train", "embed", "index", "evaluate")
 TARGETS = [
     ("train_speedup", ">=", 2.5),
@@ -179,8 +181,8 @@ def write(results: dict, ann_rows: list[dict], out_dir: Path, command: str) -> N
         lines += ["", "## Scale: `twotower run` per data size", "", *table, "",
                   "Cost growth per size growth, smallest to largest run (1.0 = linear): "
                   + ", ".join(f"{s} {g:.2f}" for s, g in growth(results).items()), ""]  # fmt: skip
-        if plot(results, out_dir / "scale.png"):
-            lines += ["![seconds per stage against data size](scale.png)", ""]
+        if plot(results, out_dir / FILES.plot("scale")):
+            lines += [f"![seconds per stage against data size]({FILES.plot('scale')})", ""]
     lines += ["", "## All keys", "", "| key | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in results.items() if not isinstance(v, list)]
-    (out_dir / "bench.md").write_text("\n".join(lines) + "\n")
+    (out_dir / FILES.bench_page).write_text("\n".join(lines) + "\n")

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from bench import ann, flops, gpu, peers, reference, report
+from twotower_cli.core.layout import FILES, Layout
 from twotower_cli.data import synthetic
 from twotower_cli.data.preprocess import SplitSettings, preprocess
 from twotower_cli.models.dssm import DSSM
@@ -360,7 +361,7 @@ def ann_model(sizes: Sizes, out_dir: Path, cache_dir: str, threads: int) -> Path
     log(f"ann: twotower run {' '.join(overrides)}")
     script = Path(sys.executable).with_name("twotower")
     subprocess.run([str(script), "run", *overrides], check=True, stdout=subprocess.DEVNULL)
-    return run_out / "synthetic" / "sample" / "inbatch" / "dssm" / "embed"
+    return Layout.named(run_out, "synthetic", "inbatch", "dssm").embed
 
 
 def bench_ann(sizes: Sizes, source: str, embed_dir: Path | None = None, k: int = 50,
@@ -429,13 +430,12 @@ def run_pipeline(n: int, sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"scale: `twotower {stage}` at {n} interactions failed")
         out[f"scale/{n}/{stage}_rss_gib"] = usage.ru_maxrss / 2**20
-    root = run_out / "synthetic"
-    dirs = {"preprocess": root / "preprocess", "sample": root / "sample" / "inbatch"}
-    dirs.update({s: root / "sample" / "inbatch" / "dssm" / s for s in STAGES[2:]})
+    L = Layout.named(run_out, "synthetic", "inbatch", "dssm")
+    dirs = {s: L.stage(s) for s in STAGES}
     out[f"scale/{n}/wall_s"] = time.perf_counter() - start
     out[f"scale/{n}/peak_rss_gib"] = max(out[f"scale/{n}/{s}_rss_gib"] for s in stages)
     for stage, d in ((s, d) for s, d in dirs.items() if s in stages):
-        manifest = json.loads((d / "manifest.json").read_text())
+        manifest = json.loads((d / FILES.manifest).read_text())
         out[f"scale/{n}/{stage}_s"] = manifest["seconds"]
         if stage == "preprocess":
             out[f"scale/{n}/positives"] = manifest["figures"]["positives"]
@@ -473,7 +473,7 @@ def bench_dist(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
     script = str(Path(sys.executable).with_name("twotower"))
     for stage in ("preprocess", "sample"):
         subprocess.run([script, stage, *base], check=True, stdout=subprocess.DEVNULL)
-    manifest = run_out / "synthetic" / "sample" / "inbatch" / "dssm" / "train" / "manifest.json"
+    manifest = Layout.named(run_out, "synthetic", "inbatch", "dssm").train / FILES.manifest
     # (train.nproc, train.batch_size, train.dist_negatives)
     runs = {"1": (1, b, "global"), "2": (2, b, "global"), "2w": (2, 2 * b, "global"),
             "2l": (2, 2 * b, "local")}  # fmt: skip
@@ -519,7 +519,7 @@ def dist_profile(script: str, base: list[str], run_out: Path, batch: int) -> dic
                         f"train.dist_negatives={negatives}", "train.epochs=1",
                         "train.max_steps=45"], check=True, env=env,
                        stdout=subprocess.DEVNULL)  # fmt: skip
-        prof = json.loads((prof_dir / "rank0.json").read_text())
+        prof = json.loads((prof_dir / FILES.profile(0)).read_text())
         comm = sum(ms for op, ms in prof["self_cpu_ms"].items() if COLLECTIVE.search(op))
         total = sum(prof["self_cpu_ms"].values())
         out |= {
@@ -588,18 +588,18 @@ def main(argv: list[str] | None = None) -> None:
     ann.set_threads(args.threads)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    old = out_dir / "bench.json"
+    old = out_dir / FILES.bench_results
     results: dict = json.loads(old.read_text()) if args.update and old.exists() else {}
     results |= {"quick": args.quick, "threads": args.threads, "device": args.device,
                 "device_name": device_name,
                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-    ann_path = out_dir / "ann.json"
+    ann_path = out_dir / FILES.bench_ann
     ann_rows: list = json.loads(ann_path.read_text()) if args.update and ann_path.exists() else []
     for other in map(Path, args.merge):
-        results |= {k: v for k, v in json.loads((other / "bench.json").read_text()).items()
+        results |= {k: v for k, v in json.loads((other / FILES.bench_results).read_text()).items()
                     if k not in ("quick", "threads", "started")}  # fmt: skip
-        if (other / "ann.json").exists():
-            ann_rows = json.loads((other / "ann.json").read_text())
+        if (other / FILES.bench_ann).exists():
+            ann_rows = json.loads((other / FILES.bench_ann).read_text())
     if {"train", "eval"} & set(sections):
         data = Data(sizes, args.cache_dir)
         if "train" in sections:
@@ -624,9 +624,9 @@ def main(argv: list[str] | None = None) -> None:
             results.update(run_pipeline(n, sizes, out_dir, args.cache_dir))
         results["peak_rss_gib"] = results[f"scale/{sizes.scale[-1]}/peak_rss_gib"]
         results["scale_sizes"] = list(sizes.scale)
-    (out_dir / "bench.json").write_text(json.dumps(results, indent=1))
+    (out_dir / FILES.bench_results).write_text(json.dumps(results, indent=1))
     report.write(results, ann_rows, out_dir, " ".join(sys.argv))
-    log(f"bench: wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}")
+    log(f"bench: wrote {out_dir / FILES.bench_results} and {out_dir / FILES.bench_page}")
 
 
 if __name__ == "__main__":

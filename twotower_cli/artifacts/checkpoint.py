@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from twotower_cli.core.errors import ConfigError, TwoTowerError
+from twotower_cli.core.layout import FILES
 from twotower_cli.models import TOWERS, tower_key
 from twotower_cli.models.base import TwoTower
 
@@ -114,4 +115,4 @@ def _first_line(err: Exception) -> str:
 def load_dir(train_dir: Path, data: bytes | None = None) -> tuple[TwoTower, dict]:
     """`load` of a train stage dir's `model.pt` (serve's `load_model` callable, given the bytes
     it read and hashed)."""
-    return load(Path(train_dir) / "model.pt", data)
+    return load(Path(train_dir) / FILES.model, data)

@@ -42,6 +42,7 @@ from twotower_cli.artifacts.swap import (
 )
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.hashing import file_hash
+from twotower_cli.core.layout import FILES
 
 PARTIAL = ".partial-"
 CHAIN = ("preprocess", "sample", "train", "embed", "index")
@@ -226,7 +227,7 @@ def first_difference(then, now, key: str, ignore: tuple = ()) -> tuple | None:
 def read_split(prep_dir: Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
     """One table `twotower preprocess` wrote: `train`, `valid`, `test`, `tasks_train`, ...
     (`columns`: only those; a stage reads what it needs, not every label column)."""
-    return pd.read_parquet(Path(prep_dir) / f"{name}.parquet", columns=columns)
+    return pd.read_parquet(Path(prep_dir) / FILES.table(name), columns=columns)
 
 
 def read_columns(path: Path, columns: list[str]) -> dict[str, np.ndarray]:
@@ -240,7 +241,7 @@ def read_columns(path: Path, columns: list[str]) -> dict[str, np.ndarray]:
 def iter_split(prep_dir: Path, name: str, columns: list[str],
                rows: int = 1_000_000) -> Iterator[pd.DataFrame]:  # fmt: skip
     """`read_split`'s table in batches of `rows`: memory bounded by a batch at any log size."""
-    for batch in pq.ParquetFile(Path(prep_dir) / f"{name}.parquet").iter_batches(
+    for batch in pq.ParquetFile(Path(prep_dir) / FILES.table(name)).iter_batches(
         rows, columns=columns
     ):
         yield batch.to_pandas()

@@ -18,9 +18,11 @@ import os
 import shutil
 from pathlib import Path
 
+from twotower_cli.core.layout import FILES
+
 LOCK = ".lock"  # a stage dir's writer holds it (store.StageOutput)
-JOURNAL = ".publish.json"
-MANIFEST = "manifest.json"
+JOURNAL = FILES.publish_journal
+MANIFEST = FILES.manifest
 BACKUP = ".previous-"
 
 

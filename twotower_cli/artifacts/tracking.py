@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from twotower_cli.core.layout import FILES
+
 # artifacts larger than this stay where they are (their dir is a tag); models are not copied
 MAX_ARTIFACT_BYTES = 5 << 20
 ARTIFACT_SUFFIXES = (".json", ".html", ".png", ".md")
@@ -79,10 +81,10 @@ class NullTracker:
         """A stage that ran in other processes (`train.nproc` workers, which track nothing):
         its epochs and manifest, read back from its dir."""
         out_dir = Path(out_dir)
-        if (out_dir / "history.json").exists():
-            for record in json.loads((out_dir / "history.json").read_text()):
+        if (out_dir / FILES.history).exists():
+            for record in json.loads((out_dir / FILES.history).read_text()):
                 self.log_epoch(record)
-        self.log_stage(out_dir, json.loads((out_dir / "manifest.json").read_text()))
+        self.log_stage(out_dir, json.loads((out_dir / FILES.manifest).read_text()))
 
 
 class MlflowTracker(NullTracker):
@@ -101,7 +103,7 @@ class MlflowTracker(NullTracker):
 
     @property
     def uri(self) -> str:
-        return self.given_uri or f"sqlite:///{self.store_dir / 'mlflow.db'}"
+        return self.given_uri or f"sqlite:///{self.store_dir / FILES.mlflow_db}"
 
     def start(self, config: dict, tags: dict[str, str]) -> None:
         import mlflow
@@ -148,8 +150,8 @@ class MlflowTracker(NullTracker):
         figures, metrics = manifest.get("figures", {}), {}
         if stage == "evaluate":  # its figures repeat metrics.json's model part: logged as test/
             figures = {k: v for k, v in figures.items() if not k.startswith("model/")}
-            if (out_dir / "metrics.json").exists():
-                metrics = numeric_items(json.loads((out_dir / "metrics.json").read_text()), "test")
+            if (out_dir / FILES.metrics).exists():
+                metrics = numeric_items(json.loads((out_dir / FILES.metrics).read_text()), "test")
         metrics.update(numeric_items(figures, stage))
         metrics[f"seconds/{stage}"] = float(manifest["seconds"])
         self._metrics(metrics)

@@ -17,14 +17,13 @@ import numpy as np
 import pandas as pd
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.layout import FILES
 from twotower_cli.data.clean import check_numbers, epoch_seconds, missing_ids
 from twotower_cli.data.freshness import age_quantiles, pool_window
 from twotower_cli.data.split import DAY
 from twotower_cli.data.tables import RawData
 
-USER_FILE = "user_info_data_5w.csv"
-DOC_FILE = "doc_info.txt"
-LOG_FILE = "train_data_5w.csv"
+USER_FILE, DOC_FILE, LOG_FILE = FILES.news_users, FILES.news_docs, FILES.news_log
 USER_COLS = ["user_id", "device", "os", "province", "city", "age", "gender"]
 DOC_COLS = ["article_id", "title", "ctime", "img_num", "cate", "sub_cate", "key_words"]
 LOG_COLS = ["user_id", "article_id", "expo_time", "net_status", "flush_nums", "exop_position",

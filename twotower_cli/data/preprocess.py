@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.layout import FILES
 from twotower_cli.data import protocol as protocols
 from twotower_cli.data import sql
 from twotower_cli.data.clean import TIME_MAX, TIME_MIN, drop_missing_keys, time_error
@@ -120,7 +121,7 @@ def write_preprocess(
     plan = _plan(engine, raw, label, split, tuple(tasks), protocol)
     sizes, made = {}, {}
     for name, query in plan.queries.items():
-        path = out / f"{name}.parquet"
+        path = out / FILES.table(name)
         if query in made:  # the same table under another name
             shutil.copyfile(made[query], path)
         else:
@@ -128,7 +129,7 @@ def write_preprocess(
             made[query] = path
         sizes[name] = pq.ParquetFile(path).metadata.num_rows
     test_users = engine.one("SELECT count(DISTINCT \"user\") FROM split WHERE part = 'test'")[0]
-    names = [f"{name}.parquet" for name in plan.queries]
+    names = [FILES.table(name) for name in plan.queries]
     return plan.enc, _counts(raw, plan, sizes, int(test_users)), names
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twotower_cli.core.keys import sorted_unique
+from twotower_cli.core.layout import FILES
 from twotower_cli.core.progress import bar
 from twotower_cli.data.engine import LogFile, log_rows
 from twotower_cli.data.tables import RawData
@@ -152,11 +153,11 @@ def _cached(params: dict, cache_dir: str | os.PathLike) -> dict:
     LogFile the preprocess engine scans."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / digest
-    if not all((folder / f"{t}.parquet").exists() for t in TABLES):
+    if not all((folder / FILES.table(t)).exists() for t in TABLES):
         write_cache(params, folder)
-    return {"interactions": LogFile(folder / "interactions.parquet"),
-            "users": pd.read_parquet(folder / "users.parquet"),
-            "items": pd.read_parquet(folder / "items.parquet")}  # fmt: skip
+    return {"interactions": LogFile(folder / FILES.table("interactions")),
+            "users": pd.read_parquet(folder / FILES.table("users")),
+            "items": pd.read_parquet(folder / FILES.table("items"))}  # fmt: skip
 
 
 def write_cache(params: dict, folder: Path) -> None:
@@ -165,16 +166,16 @@ def write_cache(params: dict, folder: Path) -> None:
     users, items, blocks = generate_chunks(**{k: v for k, v in params.items() if k != "version"})
     tmp = folder.with_name(f".{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True, exist_ok=True)
-    users.to_parquet(tmp / "users.parquet", index=False)
-    items.to_parquet(tmp / "items.parquet", index=False)
+    users.to_parquet(tmp / FILES.table("users"), index=False)
+    items.to_parquet(tmp / FILES.table("items"), index=False)
     writer = None
     for block in bar(blocks, desc="synthetic", unit="block", leave=False, mininterval=1.0):
         table = pa.Table.from_pandas(block, preserve_index=False)
         if writer is None:
-            writer = pq.ParquetWriter(tmp / "interactions.parquet", table.schema)
+            writer = pq.ParquetWriter(tmp / FILES.table("interactions"), table.schema)
         writer.write_table(table)
     writer.close()
-    (tmp / "params.json").write_text(json.dumps(params, indent=1))
+    (tmp / FILES.synthetic_params).write_text(json.dumps(params, indent=1))
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.layout import FILES
 from twotower_cli.data.clean import check_numbers
 from twotower_cli.data.engine import LogFile
 
@@ -175,29 +176,29 @@ def encode_side(
 
 def save_encoded(enc: Encoded, out_dir: Path) -> list[str]:
     """Write users/items parquet, vocabularies and schema JSON; return the file names."""
-    enc.users.to_parquet(out_dir / "users.parquet", index=False)
-    enc.items.to_parquet(out_dir / "items.parquet", index=False)
-    (out_dir / "vocabs.json").write_text(json.dumps(enc.vocabs, ensure_ascii=False))
-    (out_dir / "schema.json").write_text(json.dumps(schema_dicts(enc.schema), indent=1))
-    names = ["users.parquet", "items.parquet", "vocabs.json", "schema.json"]
+    enc.users.to_parquet(out_dir / FILES.users, index=False)
+    enc.items.to_parquet(out_dir / FILES.items, index=False)
+    (out_dir / FILES.vocabs).write_text(json.dumps(enc.vocabs, ensure_ascii=False))
+    (out_dir / FILES.schema).write_text(json.dumps(schema_dicts(enc.schema), indent=1))
+    names = [FILES.users, FILES.items, FILES.vocabs, FILES.schema]
     if enc.candidates is not None:
-        np.save(out_dir / "candidates.npy", enc.candidates.astype(np.int64))
-        names.append("candidates.npy")
+        np.save(out_dir / FILES.array("candidates"), enc.candidates.astype(np.int64))
+        names.append(FILES.array("candidates"))
     for name in ("item_log_prior", "valid_candidates", "valid_item_log_prior"):
         values = getattr(enc, name)
         if values is not None:
-            np.save(out_dir / f"{name}.npy", values)
-            names.append(f"{name}.npy")
+            np.save(out_dir / FILES.array(name), values)
+            names.append(FILES.array(name))
     return names
 
 
 def load_vocabs(prep_dir: Path) -> dict:
     """{side: {feature: vocabulary}} as `save_encoded` wrote it (id = position + 1)."""
-    return json.loads((Path(prep_dir) / "vocabs.json").read_text())
+    return json.loads((Path(prep_dir) / FILES.vocabs).read_text())
 
 
 def load_schema(prep_dir: Path) -> dict[str, list[Field]]:
-    raw = json.loads((prep_dir / "schema.json").read_text())
+    raw = json.loads((prep_dir / FILES.schema).read_text())
     return {side: [Field(**f) for f in fs] for side, fs in raw.items()}
 
 
@@ -222,8 +223,8 @@ def feature_arrays(table: pd.DataFrame, fields: list[Field]) -> dict[str, np.nda
 def load_arrays(prep_dir: Path) -> tuple[dict, dict, dict]:
     """(schema, user feature arrays, item feature arrays) of a preprocess output."""
     schema = load_schema(prep_dir)
-    users = feature_arrays(pd.read_parquet(prep_dir / "users.parquet"), schema["user"])
-    items = feature_arrays(pd.read_parquet(prep_dir / "items.parquet"), schema["item"])
+    users = feature_arrays(pd.read_parquet(prep_dir / FILES.users), schema["user"])
+    items = feature_arrays(pd.read_parquet(prep_dir / FILES.items), schema["item"])
     return schema, users, items
 
 

@@ -16,13 +16,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from twotower_cli.core.layout import Layout
+from twotower_cli.core.layout import FILES, Layout
 from twotower_cli.core.settings import HISTORY
 from twotower_cli.data.tables import load_schema
 from twotower_cli.export.user_tower import OUTPUT, export_onnx, history_length
 from twotower_cli.models.inputs import feature_tensors
-
-ONNX_NAME = "user_tower.onnx"
 
 
 def _inputs(fields: list, history_len: int) -> list[dict]:
@@ -58,28 +56,28 @@ def export_bundle(
     if history_len:
         example[HISTORY] = torch.zeros((len(example[names[0]]), history_len), dtype=torch.int64)
         names.append(HISTORY)
-    export_onnx(model, example, names, out_dir / ONNX_NAME, dynamo)
+    export_onnx(model, example, names, out_dir / FILES.user_tower, dynamo)
     with torch.inference_mode():
         dim = int(model.user_vectors(example).shape[1])
     vocabs = json.loads(L.vocabs.read_text())
     item_ids = np.load(L.ids("item"))
     raw_items = [vocabs["item"]["item"][i - 1] for i in item_ids.tolist()]
-    (out_dir / "item_ids.json").write_text(json.dumps(raw_items))
+    (out_dir / FILES.bundle_item_ids).write_text(json.dumps(raw_items))
     shutil.copyfile(L.vocabs, out_dir / L.vocabs.name)
     shutil.copyfile(L.faiss_index, out_dir / L.faiss_index.name)
     spec = {
         "run": L.run,
-        "user_tower": ONNX_NAME,
+        "user_tower": FILES.user_tower,
         "inputs": _inputs(fields, history_len),
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", dim]},
         "index": {
             "file": L.faiss_index.name,
             "metric": "inner_product",
-            "rows": "row i holds item_ids.json[i]",
+            "rows": f"row i holds {FILES.bundle_item_ids}[i]",
         },  # fmt: skip
         "similarity": ckpt["args"].get("similarity", "cosine"),
-        "vocabularies": "vocabs.json: {side: {feature: [raw values]}}; id = position + 1",
+        "vocabularies": f"{FILES.vocabs}: {{side: {{feature: [raw values]}}}}; id = position + 1",
         "user_id_feature": fields[0].name,
     }
-    (out_dir / "serving.json").write_text(json.dumps(spec, indent=1))
+    (out_dir / FILES.serving).write_text(json.dumps(spec, indent=1))
     return {"inputs": len(names), "dim": dim, "items": len(raw_items)}

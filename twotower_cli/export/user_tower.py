@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.layout import FILES
 
 log = logging.getLogger("twotower.serve")
 OUTPUT = "user_vector"  # the ONNX graph's output name
@@ -72,7 +73,7 @@ def onnx_tower(model: nn.Module, example: dict, names: list[str]) -> Callable:
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "user_tower.onnx"
+        path = Path(tmp) / FILES.user_tower
         export_onnx(model, example, names, path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1

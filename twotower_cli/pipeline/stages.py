@@ -34,7 +34,7 @@ from twotower_cli.artifacts.store import (
 )
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import sorted_unique
-from twotower_cli.core.layout import Layout
+from twotower_cli.core.layout import FILES, Layout
 from twotower_cli.data import sources
 from twotower_cli.data.engine import ENGINE_MEMORY, OUT_OF_MEMORY, Engine
 from twotower_cli.data.preprocess import SplitSettings, write_preprocess
@@ -58,8 +58,6 @@ from twotower_cli.training import distributed, fitting
 from twotower_cli.training.examples import with_history
 from twotower_cli.training.resume import Resume
 from twotower_cli.training.trainer import encode_all
-
-RESUME_DIR = ".resume"  # train's per-epoch state, beside its outputs (training/resume.py)
 
 
 def _config(cfg: DictConfig) -> dict:
@@ -86,7 +84,7 @@ def preprocess(cfg: DictConfig) -> dict:
         # the log goes through DuckDB within engine_memory, spilling under paths.out/.engine
         memory = cfg.dataset.get("engine_memory", ENGINE_MEMORY)
         try:
-            with Engine(memory, Path(cfg.paths.out) / ".engine", cfg.get("threads")) as engine:
+            with Engine(memory, L.engine_spill, cfg.get("threads")) as engine:
                 enc, counts, _ = write_preprocess(raw, cfg.dataset.label, split, tasks, out.tmp,
                                                   engine, proto)  # fmt: skip
         except OUT_OF_MEMORY as err:
@@ -152,15 +150,15 @@ def _fit_sample(cfg: DictConfig, sampler, prep_dir: Path, n_items: int, out: Sta
     train = read_splits(prep_dir, FIT_ON[cfg.fit_on])
     sampler.fit(train, n_items, pd.read_parquet(L.items), **band)
     examples = sampler.examples()
-    examples.to_parquet(out.path("examples.parquet"), index=False)
-    np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
+    examples.to_parquet(out.path(FILES.examples), index=False)
+    np.save(out.path(FILES.item_log_q), sampler.item_log_q_)
     negatives, n_exposures = sampler.negatives(), 0
     if cfg.exposures.use:
         negatives, n_exposures = add_exposure_negatives(
             examples, negatives, L.exposures, cfg.exposures.per_positive, cfg.seed
         )
     if negatives is not None:  # [n_examples, n_neg]: row i holds example i's negatives
-        np.save(out.path("negatives.npy"), negatives)
+        np.save(out.path(FILES.negatives), negatives)
     n_neg = 0 if negatives is None else int(negatives.shape[1])
     return {"examples": len(examples), "loss": sampler.loss, "n_neg": n_neg,
             "exposure_negatives": n_exposures}  # fmt: skip
@@ -170,8 +168,8 @@ def _stream_sample(sampler, prep_dir: Path, splits: tuple, n_items: int,
                    out: StageOutput) -> dict:  # fmt: skip
     """An in-batch sampler's sample in one bounded pass (its examples are the positives)."""
     batches = iter_splits(prep_dir, splits, ["user", "item"])
-    n = sampler.fit_stream(batches, n_items, partial(write_batches, out.path("examples.parquet")))
-    np.save(out.path("item_log_q.npy"), sampler.item_log_q_)
+    n = sampler.fit_stream(batches, n_items, partial(write_batches, out.path(FILES.examples)))
+    np.save(out.path(FILES.item_log_q), sampler.item_log_q_)
     return {"examples": n, "loss": sampler.loss, "n_neg": 0, "exposure_negatives": 0}
 
 
@@ -198,13 +196,13 @@ def train(cfg: DictConfig) -> dict:
             return {}
         final, made_with = (again, {**_config(cfg), "fit_on": "train+valid"}) if again else (
             f, _config(cfg))  # fmt: skip
-        checkpoint.save(out.path("model.pt"), final.model, f.key, f.args, f.schema, made_with)
-        out.path("history.json").write_text(json.dumps(f.history, indent=1))
+        checkpoint.save(out.path(FILES.model), final.model, f.key, f.args, f.schema, made_with)
+        out.path(FILES.history).write_text(json.dumps(f.history, indent=1))
         for name, obj in final.model.artifacts(final.users, final.items).items():
-            out.path(f"{name}.json").write_text(json.dumps(obj, indent=1))
+            out.path(FILES.model_artifact(name)).write_text(json.dumps(obj, indent=1))
         out.figures = {**fitting.figures(f, again, cfg.fit_on),
                        **distributed.figures(group, f.settings.batch_size, f.history)}  # fmt: skip
-    shutil.rmtree(L.train / RESUME_DIR, ignore_errors=True)  # the finished model supersedes it
+    shutil.rmtree(L.resume, ignore_errors=True)  # the finished model supersedes it
     print(f"train: {json.dumps(out.figures)}")
     return out.figures
 
@@ -229,7 +227,7 @@ def _resume(cfg: DictConfig, L: Layout, inputs: list[Path]) -> Resume:
     for key in ("resume", "backend", "dist_timeout_s"):  # how, not what, it trains
         made_of["train"].pop(key, None)
     digest = hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode())
-    return Resume(L.train / RESUME_DIR, digest.hexdigest())
+    return Resume(L.resume, digest.hexdigest())
 
 
 def train_worker(config: dict) -> None:
@@ -272,10 +270,10 @@ def embed(cfg: DictConfig) -> dict:
             # ranks by logit + weight * the item's freshness prior (pools.with_item_prior)
             log_prior = np.load(L.item_log_prior)[item_ids]
             u, v = pools.with_item_prior(u, v, log_prior, weight, model.logit_scale)
-        np.save(out.path("item_vectors.npy"), v)
-        np.save(out.path("item_ids.npy"), item_ids)
-        np.save(out.path("user_vectors.npy"), u)
-        np.save(out.path("user_ids.npy"), user_ids)
+        np.save(out.path(FILES.vectors("item")), v)
+        np.save(out.path(FILES.ids("item")), item_ids)
+        np.save(out.path(FILES.vectors("user")), u)
+        np.save(out.path(FILES.ids("user")), user_ids)
         out.figures = {"items": len(item_ids), "users": len(user_ids),
                        "freshness_prior": weight if prior else 0.0}  # fmt: skip
     return out.figures
@@ -304,7 +302,7 @@ def index(cfg: DictConfig) -> dict:
         idx = build_index(vectors, cfg.index.factory, cfg.index.nprobe, cfg.index.ef_search)
         if idx.ntotal != len(vectors):
             raise TwoTowerError(f"index holds {idx.ntotal} of {len(vectors)} item vectors")
-        faiss.write_index(idx, str(out.path("items.faiss")))
+        faiss.write_index(idx, str(out.path(FILES.faiss_index)))
         out.figures = {"factory": cfg.index.factory, "items": int(idx.ntotal)}
     return out.figures
 
@@ -324,7 +322,7 @@ def evaluate(cfg: DictConfig) -> dict:
                                      refit=proto.baselines_fit == "train+valid")  # fmt: skip
         metrics = evaluate_run(idx, model, L, ks, n_items, baselines, e.trending_hours,
                                e.max_users, cfg.seed)  # fmt: skip
-        out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
+        out.path(FILES.metrics).write_text(json.dumps(metrics, indent=1))
         n_users = metrics.get("users_sampled", {}).get("evaluated", len(np.load(L.ids("user"))))
         out.figures = {"users": n_users,
                        **{f"model/{k}": v for k, v in metrics["model"].items()}}  # fmt: skip
@@ -393,10 +391,10 @@ def report(cfg: DictConfig) -> dict:
     compare = [str(d) for d in r.compare]
     out_dir = r.compare_dir if compare else cfg.paths.report_dir
     runs = load_runs(compare or [cfg.paths.run_root], settings)
-    inputs = [run.dirs.root / "evaluate" for run in runs]
+    inputs = [run.dirs.evaluate for run in runs]
     with StageOutput("report", out_dir, _config(cfg), inputs) as out:
         out.figures = write_report(runs, out.tmp)
-    print(f"report: {Path(out_dir) / 'index.html'}")
+    print(f"report: {Path(out_dir) / FILES.report_page}")
     return out.figures
 
 

@@ -20,6 +20,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from hydra.errors import HydraException
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.layout import FILES
 
 
 def search_space(params: dict, source: str) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -115,9 +116,9 @@ def study_lock(tune_dir: Path):
 def open_study(tune_dir: Path, name: str, sampler: dict, source: str):
     """The study in `tune_dir/study.journal`, created or continued, with a seeded TPE; trials
     a killed run left RUNNING are marked FAIL (the caller holds the study's lock)."""
-    drop_torn_tail(tune_dir / "study.journal")
+    drop_torn_tail(tune_dir / FILES.study_journal)
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tune_dir / "study.journal"))
+        optuna.storages.journal.JournalFileBackend(str(tune_dir / FILES.study_journal))
     )
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                 load_if_exists=True)  # fmt: skip

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from twotower_cli.artifacts.store import StageOutput
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.layout import FILES
 from twotower_cli.pipeline import stages
 from twotower_cli.pipeline.study import (
     finished,
@@ -350,12 +351,12 @@ def _retrain_best(cfg, study, best, means, base, command, metric, params, starte
         frame = trials_frame(study, metric)
         frame.insert(3, f"{metric}_mean", frame["trial"].map(
             lambda n: means[n]["mean"] if n in means else None))  # fmt: skip
-        frame.to_csv(out.path("trials.csv"), index=False)
-        out.path("best.yaml").write_text(overlay({**best.params, **refit}, command, choices,
+        frame.to_csv(out.path(FILES.trials), index=False)
+        out.path(FILES.best).write_text(overlay({**best.params, **refit}, command, choices,
                                                  run, header))  # fmt: skip
         for png, data in plots.tune_plots(frame, metric, params).items():
             out.path(png).write_bytes(data)
-        out.path("metrics.json").write_text(json.dumps(metrics, indent=1))
+        out.path(FILES.metrics).write_text(json.dumps(metrics, indent=1))
         test_means = {f"test_recall@{k}_mean": test[f"recall@{k}"]["mean"] for k in ks}
         # this run's whole time (the manifest's `seconds` count only the final evaluate)
         out.figures = {metric: best.value, "trials": len(finished(study)), **test_means,

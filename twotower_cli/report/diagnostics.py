@@ -24,6 +24,7 @@ from twotower_cli.artifacts.store import (
 )
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import is_member, pair_keys, sorted_unique
+from twotower_cli.core.layout import Layout
 from twotower_cli.retrieval.evaluation import scored_users
 from twotower_cli.retrieval.pools import item_counts
 from twotower_cli.retrieval.search import (
@@ -40,46 +41,23 @@ STAGE_ORDER = ("preprocess", "sample", "train", "embed", "index", "evaluate")
 ITEM_BUCKETS = ("head", "torso", "tail")
 
 
-@dataclass
-class RunDirs:
-    """A run's stage dirs: `root` is the run dir (`<paths.out>/<dataset>/sample/<sampler>/<run>`),
-    the preprocess and sample dirs are the ones its manifests name as inputs."""
-
-    root: Path
-    preprocess: Path
-    sample: Path
-
-    @classmethod
-    def of(cls, root: str | Path) -> RunDirs:
-        root = Path(root)
-        for stage in STAGES:
-            if not (root / stage / MANIFEST).exists():
-                raise TwoTowerError(
-                    f"{root / stage} has no finished output: `twotower run` this run first "
-                    "(report reads a run dir such as outputs/ml100k/sample/inbatch/dssm)"
-                )
-        prep, sample = (Path(p) for p in read_manifest(root / "train")["inputs"][:2])
-        for path in (prep, sample):
-            if not (path / MANIFEST).exists():
-                raise TwoTowerError(
-                    f"{path} (an input of {root / 'train'}) has no finished output"
-                )
-        # the dirs a manifest names are read only if they hold what the run was made from
-        check_chain([prep, sample, root / "train"])
-        return cls(root, prep, sample)
-
-    def stage(self, name: str) -> Path:
-        return {"preprocess": self.preprocess, "sample": self.sample}.get(name, self.root / name)
-
-    @property
-    def dataset(self) -> str:
-        """The data set's name: the path part above `sample/<sampler>/<run>`."""
-        return self.root.parents[2].name
-
-    @property
-    def label(self) -> str:
-        """`<sampler>/<run>`, the two path parts that tell runs of one data set apart."""
-        return f"{self.root.parent.name}/{self.root.name}"
+def run_layout(root: str | Path) -> Layout:
+    """A finished run's Layout from its dir (`<paths.out>/<dataset>/sample/<sampler>/<run>`),
+    with the preprocess and sample dirs its train manifest names as inputs."""
+    L = Layout.of_run(root)
+    for stage in STAGES:
+        if not (L.stage(stage) / MANIFEST).exists():
+            raise TwoTowerError(
+                f"{L.stage(stage)} has no finished output: `twotower run` this run first "
+                "(report reads a run dir such as outputs/ml100k/sample/inbatch/dssm)"
+            )
+    prep, sample = (Path(p) for p in read_manifest(L.train)["inputs"][:2])
+    for path in (prep, sample):
+        if not (path / MANIFEST).exists():
+            raise TwoTowerError(f"{path} (an input of {L.train}) has no finished output")
+    # the dirs a manifest names are read only if they hold what the run was made from
+    check_chain([prep, sample, L.train])
+    return L.with_inputs(prep, sample)
 
 
 @dataclass
@@ -220,18 +198,18 @@ def rankings(metrics: dict) -> dict:
             if isinstance(m, dict) and any(k.startswith("recall@") for k in m)}  # fmt: skip
 
 
-def analyse(run: RunDirs, settings: BucketSettings) -> Diagnostics:
+def analyse(run: Layout, settings: BucketSettings) -> Diagnostics:
     """Every number of the report's bucket, coverage and score sections for one run."""
     settings.check()
     prep, k = run.preprocess, settings.k
     n_items = read_manifest(prep)["figures"]["n_items"]
     train = read_split(prep, "train", ["user", "item"])
-    embed = run.root / "embed"
     # the test users evaluate scored (its eval.max_users sample, if any): the same numbers
-    conf = read_manifest(run.root / "evaluate")["config"]
-    ev, u, _ = scored_users(prep, embed, n_items, conf["eval"].get("max_users", 0), conf["seed"])
-    item_ids, v = np.load(embed / "item_ids.npy"), np.load(embed / "item_vectors.npy")
-    index = faiss.read_index(str(run.root / "index" / "items.faiss"))
+    conf = read_manifest(run.evaluate)["config"]
+    max_users = conf["eval"].get("max_users", 0)
+    ev, u, _ = scored_users(prep, run.embed, n_items, max_users, conf["seed"])
+    item_ids, v = np.load(run.ids("item")), np.load(run.vectors("item"))
+    index = faiss.read_index(str(run.faiss_index))
     set_search_params(index, conf["index"]["nprobe"], conf["index"]["ef_search"])
     ranked = {"model": index_top_unseen(index, u, ev, k, n_items, subset_ids(item_ids, n_items))}
     counts = item_counts(iter_seen(prep, ["item"]), n_items)[1:]
@@ -291,7 +269,7 @@ class RunData:
     """Everything the report reads of one run."""
 
     label: str
-    dirs: RunDirs
+    dirs: Layout
     history: list[dict]
     metrics: dict
     manifests: dict[str, dict]
@@ -300,20 +278,16 @@ class RunData:
     tasks: dict | None
 
     @classmethod
-    def load(cls, dirs: RunDirs, settings: BucketSettings, label: str = "") -> RunData:
-        train = dirs.root / "train"
-        optional = lambda name: (  # noqa: E731
-            json.loads((train / name).read_text()) if (train / name).exists() else None
-        )
+    def load(cls, dirs: Layout, settings: BucketSettings, label: str = "") -> RunData:
         return cls(
             label or dirs.label,
             dirs,
-            json.loads((train / "history.json").read_text()),
-            rankings(json.loads((dirs.root / "evaluate" / "metrics.json").read_text())),
+            json.loads(dirs.history.read_text()),
+            rankings(json.loads(dirs.metrics.read_text())),
             {s: read_manifest(dirs.stage(s)) for s in STAGE_ORDER},
             analyse(dirs, settings),
-            optional("field_weights.json"),
-            optional("tasks.json"),
+            _optional_json(dirs.model_artifact("field_weights")),
+            _optional_json(dirs.model_artifact("tasks")),
         )
 
     @property
@@ -327,9 +301,13 @@ class RunData:
         return sorted(int(key.split("@")[1]) for key in keys if key.startswith("recall@"))
 
 
+def _optional_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def load_runs(run_dirs: list[str | Path], settings: BucketSettings) -> list[RunData]:
     """The runs, labelled `<sampler>/<run>`, or by their whole path where two labels clash."""
-    dirs = [RunDirs.of(d) for d in run_dirs]
+    dirs = [run_layout(d) for d in run_dirs]
     labels = [d.label for d in dirs]
     clash = len(set(labels)) < len(labels)
     return [RunData.load(d, settings, str(d.root) if clash else "") for d in dirs]

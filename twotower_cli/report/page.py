@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from twotower_cli.core.layout import FILES
 from twotower_cli.report.diagnostics import STAGE_ORDER, RunData
 from twotower_cli.report.plots import Plot, plots, rankers
 
@@ -167,10 +168,10 @@ def write_report(runs: list[RunData], out_dir: Path) -> dict:
     manifest."""
     made = plots(runs)
     for plot in made:
-        (out_dir / f"{plot.name}.png").write_bytes(plot.png)
-    (out_dir / "index.html").write_text(page(runs, made), encoding="utf-8")
+        (out_dir / FILES.plot(plot.name)).write_bytes(plot.png)
+    (out_dir / FILES.report_page).write_text(page(runs, made), encoding="utf-8")
     diagnostics = {run.label: run.diag.summary for run in runs}
-    (out_dir / "diagnostics.json").write_text(json.dumps(diagnostics, indent=1))
+    (out_dir / FILES.diagnostics).write_text(json.dumps(diagnostics, indent=1))
     return {
         "plots": [p.name for p in made],
         "runs": [str(run.dirs.root) for run in runs],

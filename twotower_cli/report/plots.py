@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
+from twotower_cli.core.layout import FILES
 from twotower_cli.report.diagnostics import RunData
 
 BASELINE_STYLE = {"linestyle": "--", "color": "0.45"}
@@ -235,7 +236,7 @@ def tune_plots(frame: pd.DataFrame, metric: str, params: list[str]) -> dict[str,
     ax.plot(done["trial"], done[metric].cummax(), "-", label="best so far")
     ax.set(xlabel="trial", ylabel=metric, title="tune: validation score over trials")
     ax.legend()
-    pngs = {"scores.png": to_png(fig)}
+    pngs = {FILES.plot("scores"): to_png(fig)}
     cols = min(3, len(params))
     rows = -(-len(params) // cols)
     fig = Figure(figsize=(4 * cols, 3 * rows), layout="constrained")
@@ -250,5 +251,5 @@ def tune_plots(frame: pd.DataFrame, metric: str, params: list[str]) -> dict[str,
         ax.set(xlabel=name, ylabel=metric)
     for ax in axes.ravel()[len(params) :]:
         ax.axis("off")
-    pngs["params.png"] = to_png(fig)
+    pngs[FILES.plot("params")] = to_png(fig)
     return pngs

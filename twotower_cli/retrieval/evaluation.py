@@ -21,7 +21,7 @@ from twotower_cli.artifacts.store import (
 )
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import find, sorted_unique
-from twotower_cli.core.layout import Layout
+from twotower_cli.core.layout import FILES, Layout
 from twotower_cli.models.base import TwoTower
 from twotower_cli.retrieval import pools
 from twotower_cli.retrieval.baselines import BaselineSettings, baseline_metrics
@@ -86,8 +86,8 @@ def scored_users(prep_dir: Path, embed_dir: Path, n_items: int, max_users: int =
     pairs, the seen pairs of the scored users (masked unless not `mask_seen`); the user
     vectors memory-mapped, so only the scored users' rows are read."""
     test = read_split(prep_dir, "test", ["user", "item"])
-    user_ids = np.load(embed_dir / "user_ids.npy")
-    u = np.load(embed_dir / "user_vectors.npy", mmap_mode="r")
+    user_ids = np.load(embed_dir / FILES.ids("user"))
+    u = np.load(embed_dir / FILES.vectors("user"), mmap_mode="r")
     if not np.array_equal(user_ids, sorted_unique(test["user"].to_numpy())):
         raise TwoTowerError(f"{embed_dir}: user vectors do not match the test users; rerun embed")
     users = sample_users(user_ids, max_users, seed)
@@ -104,15 +104,18 @@ def sub_retrieval_metrics(model: TwoTower, prep_dir: Path, embed_dir: Path, ks: 
     subs = model.sub_retrievals()
     if not subs:
         return {}
-    path = prep_dir / "tasks_test.parquet"
+    path = prep_dir / FILES.table("tasks_test")
     if not path.exists():
-        raise TwoTowerError(f"{prep_dir}: no tasks_test.parquet; rerun `twotower preprocess`")
+        raise TwoTowerError(f"{prep_dir}: no {path.name}; rerun `twotower preprocess`")
     missing = [name for name in subs if name not in pq.read_schema(path).names]
     if missing:
         raise TwoTowerError(f"{path}: no column {missing[0]!r}")
     test = read_split(prep_dir, "tasks_test", ["user", "item", *subs])
-    user_ids, u = np.load(embed_dir / "user_ids.npy"), np.load(embed_dir / "user_vectors.npy")
-    v = np.load(embed_dir / "item_vectors.npy")
+    user_ids, u = (
+        np.load(embed_dir / FILES.ids("user")),
+        np.load(embed_dir / FILES.vectors("user")),
+    )
+    v = np.load(embed_dir / FILES.vectors("item"))
     out = {}
     for name, (a, b) in subs.items():
         ev = EvalSet.build(test[test[name] > 0], iter_seen(prep_dir, ["user", "item"], "tasks_"),

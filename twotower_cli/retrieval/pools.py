@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from twotower_cli.core.keys import row_keys
+from twotower_cli.core.layout import FILES
 from twotower_cli.retrieval.metrics import ranking_metrics
 from twotower_cli.retrieval.search import EvalSet, popularity_ranking, top_unseen
 
@@ -125,8 +126,8 @@ def valid_pool(prep_dir: Path, prior_weight: float) -> tuple[np.ndarray | None, 
     the validation period (None when the data set has none), so early stopping ranks what the
     test ranks."""
     pool_path, prior_path = (
-        prep_dir / "valid_candidates.npy",
-        prep_dir / "valid_item_log_prior.npy",
+        prep_dir / FILES.array("valid_candidates"),
+        prep_dir / FILES.array("valid_item_log_prior"),
     )
     pool = np.load(pool_path) if pool_path.exists() else None
     prior = (

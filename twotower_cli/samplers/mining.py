@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.layout import FILES
 from twotower_cli.retrieval.search import build_index, search
 
 
@@ -17,17 +18,21 @@ def mined_band(source_dir: str | None, source_run: str | None, n_items: int,
     """{"users": the source run's user ids, "items": [users, band width] item ids}; a one-line
     error naming the run to make first when the source embeddings are missing."""
     src = Path(source_dir or "")
-    needed = [src / f for f in ("user_vectors.npy", "user_ids.npy", "item_vectors.npy")]
-    if source_dir is None or not all(p.exists() for p in needed):
+    u_path, ids_path, v_path = (
+        src / FILES.vectors("user"),
+        src / FILES.ids("user"),
+        src / FILES.vectors("item"),
+    )
+    if source_dir is None or not all(p.exists() for p in (u_path, ids_path, v_path)):
         sampler, _, run = str(source_run).partition("/")
         raise TwoTowerError(
             f"sampler=hard kind=mined: no embeddings at {src} (sampler.source_run="
             f"{source_run}): run `twotower run sampler={sampler} paths.run={run}` first"
         )
-    items = np.load(src / "item_vectors.npy")
+    items = np.load(v_path)
     if len(items) != n_items:
-        raise TwoTowerError(f"{src}/item_vectors.npy: {len(items)} items, data has {n_items}")
+        raise TwoTowerError(f"{v_path}: {len(items)} items, data has {n_items}")
     first, last = band
     last = min(last, n_items)
-    top = search(build_index(items, "Flat"), np.load(src / "user_vectors.npy"), last)
-    return {"users": np.load(src / "user_ids.npy"), "items": top[:, first - 1 : last]}
+    top = search(build_index(items, "Flat"), np.load(u_path), last)
+    return {"users": np.load(ids_path), "items": top[:, first - 1 : last]}

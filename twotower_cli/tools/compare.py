@@ -13,7 +13,6 @@ parameters, and goes to `<paths.out>/compare/<name>.md` (and `.json`).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from twotower_cli.artifacts.store import read_manifest
-from twotower_cli.core.layout import Layout
+from twotower_cli.core.layout import FILES, Layout
 
 COLUMNS = [f"{m}@{k}" for k in (10, 20, 50) for m in ("recall", "precision", "ndcg")]
 
@@ -33,7 +32,7 @@ def run_one(overrides: list[str], run_name: str, out: str) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"compare: `{' '.join(cmd[2:])}` failed:\n{proc.stderr[-3000:]}")
-    root = glob.glob(f"{out}/*/sample/*/{run_name}")
+    root = [str(p) for p in Layout.find_runs(out, run_name)]
     if len(root) != 1:
         raise SystemExit(f"compare: expected one run dir for {run_name}, found {root}")
     L = Layout.of_run(root[0], out)
@@ -74,8 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out) / "compare"
     out_dir.mkdir(parents=True, exist_ok=True)
     table = to_markdown(rows, args.seeds, args.common)
-    (out_dir / f"{args.name}.md").write_text(table + "\n")
-    (out_dir / f"{args.name}.json").write_text(json.dumps(rows, indent=1))
+    md_name, json_name = FILES.compare_tables(args.name)
+    (out_dir / md_name).write_text(table + "\n")
+    (out_dir / json_name).write_text(json.dumps(rows, indent=1))
     print(table)
 
 

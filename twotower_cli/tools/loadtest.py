@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from twotower_cli.core.layout import FILES
 from twotower_cli.data.tables import load_schema, load_vocabs
 
 HOST = "127.0.0.1"  # loopback only: the load test never leaves this machine
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--cold-every", type=int, default=8, help="every Nth is a cold start")
     parser.add_argument("--preprocess-dir", default="outputs/ml100k/preprocess")
-    parser.add_argument("--out", default="outputs/loadtest.json")
+    parser.add_argument("--out", default=str(Path("outputs") / FILES.loadtest))
     parser.add_argument("overrides", nargs="*", help="hydra overrides for `twotower serve`")
     args = parser.parse_args(argv)
     prep_dir = Path(args.preprocess_dir)

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twotower_cli.core.layout import FILES
+
 DAY = 86_400
 HOUR = 3600
 DAYS = 7
@@ -38,7 +40,7 @@ CATES = ["科技", "体育", "娱乐", "财经", "汽车", "健康", "国际", "
          "美食"]  # fmt: skip
 SUBS_PER_CATE = 4
 WORDS_PER_SUB = 6
-TRUTH_FILE = "hidden_truth.npz"
+TRUTH_FILE = FILES.news_truth
 
 
 @dataclass
@@ -200,7 +202,7 @@ class NewsSim:
             planted[f"users_missing_{col}"] = len(rows)
         users = pd.concat([users, users.iloc[[1]]], ignore_index=True)
         planted["users_dropped_duplicate"] = 1
-        users.to_csv(raw_dir / "user_info_data_5w.csv", sep="\t")
+        users.to_csv(raw_dir / FILES.news_users, sep="\t")
 
         aid = np.arange(300000, 300000 + s.n_articles).astype(str)
         sub_names = np.array([f"{CATES[c // SUBS_PER_CATE]}/{c % SUBS_PER_CATE}"
@@ -231,9 +233,9 @@ class NewsSim:
                             "cate": [CATES[0]] * 3, "sub_cate": [None] * 3,
                             "key_words": [None] * 3})  # fmt: skip
         planted["docs_dropped_bad_ctime"] = 3
-        pd.concat([docs, bad], ignore_index=True).to_csv(raw_dir / "doc_info.txt", sep="\t",
+        pd.concat([docs, bad], ignore_index=True).to_csv(raw_dir / FILES.news_docs, sep="\t",
                                                           index=False)  # fmt: skip
-        with open(raw_dir / "doc_info.txt", "a", encoding="utf-8") as fh:
+        with open(raw_dir / FILES.news_docs, "a", encoding="utf-8") as fh:
             fh.write("900009\t多了一列\t1624500000000\t1\t体育\t体育/1\tx:1\textra\n")
         planted["docs_malformed_lines"] = 1
 
@@ -271,7 +273,7 @@ class NewsSim:
             net_status=2, flush_nums=0, exop_position=1, click=1, duration=30
         )
         out = pd.concat([out, extra[out.columns]], ignore_index=True)
-        out.to_csv(raw_dir / "train_data_5w.csv", sep="\t")
+        out.to_csv(raw_dir / FILES.news_log, sep="\t")
         planted["log_rows"] = len(out)
         np.savez(raw_dir / TRUTH_FILE, shape=json.dumps(vars(s)))
         return planted
@@ -287,7 +289,7 @@ def oracle_ranking(sim: NewsSim, prep_dir: Path, ev, depth: int, test_start: int
     """[len(ev.users), depth] encoded item ids: each test user's test-day articles (those the
     app may show during the test day, in the encoded catalogue) by the user's true click rate
     when shown, best first; other articles after them."""
-    vocabs = json.loads((Path(prep_dir) / "vocabs.json").read_text())
+    vocabs = json.loads((Path(prep_dir) / FILES.vocabs).read_text())
     user_raw = np.array(vocabs["user"]["user"], dtype=object)[ev.users - 1]
     users = np.array([int(u[1:]) - 100000 for u in user_raw])
     arts = np.array(vocabs["item"]["item"], dtype=object).astype(np.int64) - 300000

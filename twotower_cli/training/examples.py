@@ -23,6 +23,7 @@ import torch
 from twotower_cli.artifacts.store import read_columns, read_splits
 from twotower_cli.core.errors import ConfigError, TwoTowerError
 from twotower_cli.core.keys import find, pair_keys
+from twotower_cli.core.layout import FILES
 from twotower_cli.core.settings import HISTORY, HISTORY_MODES
 from twotower_cli.data.split import user_time_order
 
@@ -205,10 +206,10 @@ def load_training_examples(
     `splits`: the splits they come from (the task rows are read from the same ones); `extra`:
     positives (user, item, label) appended to the sample's examples (a refit's validation
     rows, which have no explicit negatives)."""
-    if tasks and not (prep_dir / "tasks_train.parquet").exists():
-        raise TwoTowerError(f"{prep_dir}: no tasks_train.parquet; set dataset.tasks="
+    if tasks and not (prep_dir / FILES.table("tasks_train")).exists():
+        raise TwoTowerError(f"{prep_dir}: no {FILES.table('tasks_train')}; set dataset.tasks="
                             f"{list(tasks)} and rerun `twotower preprocess`")  # fmt: skip
-    path = sample_dir / "examples.parquet"
+    path = sample_dir / FILES.examples
     if tasks or history_len:
         task_rows = read_splits(prep_dir, splits, prefix="tasks_") if tasks else None
         frame = pd.read_parquet(path)
@@ -221,8 +222,8 @@ def load_training_examples(
         if extra is not None:
             cols = {c: np.concatenate([v, extra[c].to_numpy().astype(v.dtype)])
                     for c, v in cols.items()}  # fmt: skip
-    if (sample_dir / "negatives.npy").exists():  # [n_examples, n_neg]: example i's negatives
-        neg = np.load(sample_dir / "negatives.npy")
+    if (sample_dir / FILES.negatives).exists():  # [n_examples, n_neg]: example i's negatives
+        neg = np.load(sample_dir / FILES.negatives)
         # rows appended for task-only positives borrow the negatives of a sampled example
         extra = np.arange(len(cols["user"]) - len(neg)) % len(neg)
         cols["neg"] = np.concatenate([neg, neg[extra]]) if len(extra) else neg

@@ -22,6 +22,7 @@ from twotower_cli.artifacts.store import (
     read_splits,
 )
 from twotower_cli.core.keys import sorted_unique
+from twotower_cli.core.layout import FILES
 from twotower_cli.core.settings import TrainSettings
 from twotower_cli.data.tables import schema_dicts
 from twotower_cli.models.inputs import load_tables
@@ -117,7 +118,7 @@ def refit(cfg: DictConfig, first: Fitted, prep_dir: Path, sample_dir: Path, grou
     scored = [h for h in first.history if key in h]
     if not cfg.train.refit or cfg.fit_on != "train" or not scored:
         return None
-    if (sample_dir / "negatives.npy").exists():
+    if (sample_dir / FILES.negatives).exists():
         if group is None or group.is_main:
             print("train: train.refit skipped: the sampler's explicit negatives were drawn for "
                   "the training rows only (`twotower tune` refits with a sample of train + "
@@ -188,7 +189,7 @@ def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: P
     examples (with task labels and histories as the model reads them), or for a sequence
     encoder one next-item sequence per user (sequences.py)."""
     sampler = instantiate(cfg.sampler)
-    item_log_q = np.load(sample_dir / "item_log_q.npy")
+    item_log_q = np.load(sample_dir / FILES.item_log_q)
     # a refit from a sample of the training rows (train.refit): the validation positives join
     # the examples, and an exact logQ counts them too
     extra = None
@@ -201,7 +202,7 @@ def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: P
             item_log_q = losses.log_frequency(counts)
     batch_fn = sampler.batch_fn(torch.from_numpy(item_log_q), cfg.seed)
     if getattr(model, "sequential", False):
-        sequences.check_sequence_training(model, (sample_dir / "negatives.npy").exists(),
+        sequences.check_sequence_training(model, (sample_dir / FILES.negatives).exists(),
                                           tuple(model.tasks), settings.nproc)  # fmt: skip
         examples = sequences.sequence_examples(train_pos, n_users, model.history_len,
                                                settings.sequence_windows)  # fmt: skip

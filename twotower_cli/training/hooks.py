@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator, Sized
 from pathlib import Path
 
+from twotower_cli.core.layout import FILES
+
 KILL_ENV = "TWOTOWER_KILL_AT"
 PROFILE_ENV = "TWOTOWER_PROFILE"
 POINTS = ("step", "saving", "saved")
@@ -76,4 +78,4 @@ def _write_profile(prof, seconds: float, out: Path, rank: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     record = {"steps": n, "step_ms": seconds * 1e3 / n,
               "self_cpu_ms": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}  # fmt: skip
-    (out / f"rank{rank}.json").write_text(json.dumps(record, indent=1))
+    (out / FILES.profile(rank)).write_text(json.dumps(record, indent=1))

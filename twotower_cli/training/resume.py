@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from twotower_cli.core.layout import FILES
 from twotower_cli.training.distributed import Group, _device
 from twotower_cli.training.hooks import kill_point
 
-STATE = "state.pt"
+STATE = FILES.resume_state
 
 
 @dataclass
