@@ -75,6 +75,9 @@ def test_run_with_mlflow_logs_params_epochs_and_test_metrics(out_dir: Path, caps
     assert "\r" not in err
     lines = [line for line in err.splitlines() if line.startswith("train:")]
     assert [line.split("|")[-1].split("[")[0].strip() for line in lines] == ["1/3", "2/3", "3/3"]
+    # then the refit on train + valid for the best epoch count (train.refit), its own bar
+    refit = [line for line in err.splitlines() if line.startswith("refit:")]
+    assert len(refit) == read_json(root / "train" / "manifest.json")["figures"]["refit_epochs"]
     assert all("loss=" in line and "val_r@20=" in line for line in lines)
 
 

@@ -209,8 +209,9 @@ def train(
     for record in progress.history:
         epoch_done(record)
     first = settings.epochs if progress.stopped else len(progress.history)
-    epochs = bar(desc="train", unit="epoch", disable=not loop.group.is_main, initial=first,
-                 total=settings.epochs)  # fmt: skip
+    # with no validation the fit is a refit on train + validation (train.refit, fit_on)
+    epochs = bar(desc="train" if valid is not None else "refit", unit="epoch", initial=first,
+                 total=settings.epochs, disable=not loop.group.is_main)  # fmt: skip
     for epoch in range(first, settings.epochs):
         record = _epoch(loop, epoch, progress.history, valid, n_items)
         progress.history.append(record)
