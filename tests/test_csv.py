@@ -269,6 +269,7 @@ def test_movielens_as_plain_csv_gives_the_same_tables(tmp_path: Path, out_dir: P
     assert read_json(a / "schema.json") == read_json(b / "schema.json")
 
 
+@pytest.mark.slow  # two whole runs (~7 s): the e2e lane
 def test_a_raw_file_replaced_in_place_makes_run_redo_everything(tmp_path: Path, capsys):
     import os
 
