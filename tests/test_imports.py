@@ -177,3 +177,22 @@ def test_the_data_layer_imports_no_torch():
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", modules
+
+
+def test_the_preprocess_stage_runs_without_torch_or_faiss(tmp_path):
+    # `twotower preprocess` routes to pipeline/prep.py: the data layer only (on a tiny log its
+    # peak resident memory went from 398 to 196 MiB, issue 24)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom twotower_cli import cli\n"
+        f"sys.argv = ['twotower', 'preprocess', 'dataset=synthetic', 'dataset.load.n_users=50', "
+        f"'dataset.load.n_items=40', 'dataset.load.n_interactions=600', "
+        f"'paths.out={tmp_path}', 'threads=1']\n"
+        "try:\n    cli.main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('torch', 'faiss', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+    assert (tmp_path / "synthetic" / "preprocess" / "manifest.json").exists()

@@ -31,6 +31,7 @@ try:
     from twotower_cli.artifacts.store import prune_empty
     from twotower_cli.artifacts.tracking import NullTracker, session
     from twotower_cli.core.errors import TwoTowerError
+    from twotower_cli.core.launcher import check_stage
     from twotower_cli.pipeline import config
     from twotower_cli.pipeline.config import swept_keys
 except KeyboardInterrupt:
@@ -80,12 +81,17 @@ config.register()
 def run_stage(cfg: DictConfig) -> dict:
     """Check a composed config and run its stage (cfg.stage), tracked; returns the stage's
     figures (evaluate's and run's: the metrics). Raises TwoTowerError; the Python API's door."""
-    from twotower_cli.pipeline.stages import STAGES
-    from twotower_cli.training import distributed
-
     config.check(cfg)
-    distributed.set_threads(cfg.threads)  # null: every core, shared by torchrun's local ranks
-    distributed.check_stage(cfg.stage)
+    check_stage(cfg.stage)
+    if cfg.stage == "preprocess":  # the data layer alone: torch, faiss and the models unloaded
+        from twotower_cli.pipeline.prep import preprocess
+
+        stage_fns = {"preprocess": preprocess}
+    else:
+        from twotower_cli.pipeline.stages import STAGES as stage_fns
+        from twotower_cli.training import distributed
+
+        distributed.set_threads(cfg.threads)  # null: every core, shared by torchrun's local ranks
     # serve runs until stopped, and under torchrun rank 0 alone tracks: nothing to track
     quiet = cfg.stage == "serve" or os.environ.get("RANK", "0") != "0"
     tracker = NullTracker() if quiet else instantiate(cfg.tracking)
@@ -93,7 +99,7 @@ def run_stage(cfg: DictConfig) -> dict:
     tags = {"stage": cfg.stage, "run": str(cfg.paths.run),
             **{g: str(choices.get(g)) for g in ("dataset", "sampler", "model")}}  # fmt: skip
     with session(tracker, OmegaConf.to_container(cfg, resolve=True), tags):
-        return _stage(cfg.stage, STAGES)(cfg)
+        return _stage(cfg.stage, stage_fns)(cfg)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")

@@ -7,4 +7,5 @@ above it (the layer order is in tests/test_imports.py).
     settings.py  settings dataclasses with bounds (model, train, eval, index, exposures)
     layout.py    the run tree: every stage's directory and artifact file names
     hashing.py   sha256 of a file (manifests' outputs, preprocess's raw inputs)
+    launcher.py  whether this process is a torchrun worker (no torch needed to ask)
 """

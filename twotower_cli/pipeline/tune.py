@@ -102,7 +102,7 @@ def _ensure_preprocess(cfg: DictConfig) -> None:
     files as they are now (`run`'s check), made otherwise (a missing raw file: `run`'s error)."""
     try:
         stages._earlier(cfg, "preprocess")
-        if stages._sources_current(cfg, Path(cfg.paths.preprocess_dir)):
+        if stages.sources_current(cfg, Path(cfg.paths.preprocess_dir)):
             return
     except TwoTowerError:
         pass

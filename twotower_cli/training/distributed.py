@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.launcher import ENV, check_stage, under_launcher  # noqa: F401
 from twotower_cli.training.negatives import rank_loss
 from twotower_cli.training.sparse_sync import SparseGradSync
 
@@ -41,7 +42,6 @@ BACKENDS = ("auto", "gloo", "nccl")
 # the keys of conf/train/default.yaml that belong here, not to the training loop
 KEYS = ("nproc", "backend", "dist_timeout_s")
 # what torchrun (and the elastic launcher) put in each worker's environment
-ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
 MULTITASK = (
     "model=multitask trains each task on a different subset of a batch's rows, which ranks "
@@ -88,11 +88,6 @@ def current() -> Group:
         return Group()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
     return Group(dist.get_rank(), dist.get_world_size(), local, dist.get_backend())
-
-
-def under_launcher() -> bool:
-    """True in a worker started by torchrun or the elastic launcher (its variables are set)."""
-    return all(k in os.environ for k in ENV)
 
 
 def resolve_device(device: str) -> str:
@@ -160,16 +155,6 @@ def should_launch(settings: DistSettings, batch_size: int, tasks=None) -> bool:
             " every rank takes an equal slice of each global batch"
         )
     return True
-
-
-def check_stage(stage: str) -> None:
-    """Under a launcher with several ranks only `train` runs: any other stage would run once
-    per rank, every copy writing the same outputs."""
-    if under_launcher() and int(os.environ["WORLD_SIZE"]) > 1 and stage != "train":
-        raise TwoTowerError(
-            f"`twotower {stage}` under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}): only "
-            "train runs distributed; run the other stages in one process"
-        )
 
 
 def set_threads(threads: int | None) -> None:
