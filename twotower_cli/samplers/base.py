@@ -52,6 +52,13 @@ def check_logq(logq: str) -> str:
     return logq
 
 
+def at_least(key: str, value: int, low: int) -> int:
+    """`value` of `sampler.<key>`, or a one-line error when it is below `low`."""
+    if value < low:
+        raise TwoTowerError(f"sampler.{key} must be >= {low}, got {value}")
+    return value
+
+
 class Sampler:
     """Base: positives only. `loss` is the loss used when the config says `loss: auto`;
     `train_only` names the parameters only `batch_fn` reads, at train time: a sample made with

@@ -11,7 +11,7 @@ import torch
 
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import find, pair_keys, sorted_unique
-from twotower_cli.samplers.base import BatchFn, Sampler, check_logq, item_log_frequency
+from twotower_cli.samplers.base import BatchFn, Sampler, at_least, check_logq, item_log_frequency
 
 
 class ExplicitSampler(Sampler):
@@ -22,9 +22,7 @@ class ExplicitSampler(Sampler):
     loss = "bce"
 
     def __init__(self, n_neg: int = 4, seed: int = 0, logq: str = "exact") -> None:
-        if n_neg < 1:
-            raise TwoTowerError(f"sampler.n_neg must be >= 1, got {n_neg}")
-        self.n_neg = n_neg
+        self.n_neg = at_least("n_neg", n_neg, 1)
         self.seed = seed
         self.logq = check_logq(logq)
         if logq == "streaming":

@@ -11,7 +11,14 @@ import pandas as pd
 import torch
 
 from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.samplers.base import BatchFn, BatchStep, Sampler, check_logq, log_frequency
+from twotower_cli.samplers.base import (
+    BatchFn,
+    BatchStep,
+    Sampler,
+    at_least,
+    check_logq,
+    log_frequency,
+)
 
 
 class InBatchSampler(Sampler):
@@ -27,9 +34,7 @@ class InBatchSampler(Sampler):
     def __init__(self, logq: str = "exact", alpha: float = 0.05, n_uniform: int = 0) -> None:
         self.logq = check_logq(logq)
         self.alpha = alpha
-        if n_uniform < 0:
-            raise TwoTowerError(f"sampler.n_uniform must be >= 0, got {n_uniform}")
-        self.n_uniform = n_uniform
+        self.n_uniform = at_least("n_uniform", n_uniform, 0)
 
     # the examples are the positives themselves: the sample stage makes them with
     # `fit_stream`, one pass in batches, never holding the training log whole
@@ -100,9 +105,7 @@ class MixedSampler(InBatchSampler):
     train_only = ("alpha", "n_uniform")
 
     def __init__(self, n_uniform: int = 1024, logq: str = "exact", alpha: float = 0.05) -> None:
-        if n_uniform < 1:
-            raise TwoTowerError(f"sampler.n_uniform must be >= 1, got {n_uniform}")
-        super().__init__(logq, alpha, n_uniform)
+        super().__init__(logq, alpha, at_least("n_uniform", n_uniform, 1))
 
 
 class UniformSampler(InBatchSampler):
@@ -117,9 +120,7 @@ class UniformSampler(InBatchSampler):
 
     def __init__(self, n_negatives: int = 1024) -> None:
         super().__init__(logq="off")
-        if n_negatives < 1:
-            raise TwoTowerError(f"sampler.n_negatives must be >= 1, got {n_negatives}")
-        self.n_negatives = n_negatives
+        self.n_negatives = at_least("n_negatives", n_negatives, 1)
 
     def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn:
         n_items = len(item_log_q) - 1
@@ -144,9 +145,7 @@ class CatalogueSampler(InBatchSampler):
 
     def __init__(self, max_items: int = 50_000) -> None:
         super().__init__(logq="off")
-        if max_items < 1:
-            raise TwoTowerError(f"sampler.max_items must be >= 1, got {max_items}")
-        self.max_items = max_items
+        self.max_items = at_least("max_items", max_items, 1)
 
     def _check(self, n_items: int) -> None:
         if n_items > self.max_items:
