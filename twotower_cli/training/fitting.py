@@ -196,9 +196,7 @@ def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: P
     if "valid" in splits and read_manifest(sample_dir)["config"].get("fit_on") == "train":
         extra = read_split(prep_dir, "valid", ["user", "item"]).assign(label=np.float32(1.0))
         if getattr(sampler, "logq", "off") == "exact":
-            counts = np.bincount(np.concatenate([
-                read_split(prep_dir, "train", ["item"])["item"].to_numpy(),
-                extra["item"].to_numpy()]), minlength=n_items + 1)  # fmt: skip
+            counts = pools.item_counts(iter_splits(prep_dir, splits, ["item"]), n_items)
             item_log_q = losses.log_frequency(counts)
     batch_fn = sampler.batch_fn(torch.from_numpy(item_log_q), cfg.seed)
     if getattr(model, "sequential", False):
