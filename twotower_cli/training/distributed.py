@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.core.launcher import ENV, check_stage, under_launcher  # noqa: F401
+from twotower_cli.core.launcher import under_launcher
 from twotower_cli.training.negatives import rank_loss
 from twotower_cli.training.sparse_sync import SparseGradSync
 
