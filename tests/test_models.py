@@ -23,7 +23,12 @@ from twotower_cli.models.blocks import HistoryPool, SENet, fm_interaction
 from twotower_cli.models.multitask import MultiTaskTower
 from twotower_cli.models.parallel import ParallelTower
 from twotower_cli.models.senet import SENetTower
-from twotower_cli.training.examples import Timeline, attach_tasks, training_examples
+from twotower_cli.training.examples import (
+    HistoryBatch,
+    Timeline,
+    attach_tasks,
+    training_examples,
+)
 from twotower_cli.training.losses import bce, inbatch_softmax
 from twotower_cli.training.trainer import user_features
 
@@ -299,6 +304,15 @@ def test_preprocess_names_a_missing_task_column():
         preprocess(toy_raw(), "like", SplitSettings(), ("click",))
 
 
+def histories(*args, **kwargs) -> torch.Tensor:
+    """training_examples' per-example history windows, read off the timeline as a batch of
+    every example would be (HistoryBatch)."""
+    cols, timeline = training_examples(*args, **kwargs)
+    length = kwargs["history_len"]
+    batch = {k: torch.from_numpy(np.asarray(v)) for k, v in cols.items()}
+    return HistoryBatch(timeline, length).expand(batch)["user.history"]
+
+
 def test_history_is_the_items_before_each_example_never_the_target():
     # user 1's training timeline: items 10@1, 11@2, 12@3, 14@5 (user 2: 20@1)
     train = pd.DataFrame({"user": [1, 1, 1, 1, 2], "item": [12, 10, 14, 11, 20],
@@ -308,12 +322,12 @@ def test_history_is_the_items_before_each_example_never_the_target():
     examples = pd.DataFrame({"user": [1, 1, 2, 1], "item": [12, 10, 20, 13],
                              "label": [1.0, 1.0, 1.0, 1.0],
                              "timestamp": [np.nan, np.nan, np.nan, 4.0]})  # fmt: skip
-    cols = training_examples(examples, train, 2, 30, history_len=3)
+    hist = histories(examples, train, 2, 30, history_len=3)
     # 12 (t=3) sees 10, 11; 10 (first) sees nothing; 13 (t=4, off the timeline) sees 10,11,12
-    assert cols["user.history"].tolist() == [[0, 10, 11], [0, 0, 0], [0, 0, 0], [10, 11, 12]]
+    assert hist.tolist() == [[0, 10, 11], [0, 0, 0], [0, 0, 0], [10, 11, 12]]
     # a sampled negative gets a prefix of its user's timeline
     neg = pd.DataFrame({"user": [1] * 50, "item": [13] * 50, "label": [0.0] * 50})
-    hist = training_examples(neg, train, 2, 30, history_len=4, seed=1)["user.history"]
+    hist = histories(neg, train, 2, 30, history_len=4, seed=1)
     prefixes = {(0, 0, 0, 0), (0, 0, 0, 10), (0, 0, 10, 11), (0, 10, 11, 12), (10, 11, 12, 14)}
     assert {tuple(h) for h in hist.tolist()} == prefixes  # 50 draws hit all 5 cut points
 
@@ -325,12 +339,11 @@ def test_leave_one_out_history_is_the_latest_items_less_the_example():
     examples = pd.DataFrame({"user": [1, 1, 1, 1, 2, 1, 1], "item": [12, 10, 14, 11, 20, 13, 13],
                              "label": [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0],
                              "timestamp": [np.nan] * 6 + [4.0]})  # fmt: skip
-    cols = training_examples(examples, train, 2, 30, history_len=3,
-                             history_mode="leave_one_out")  # fmt: skip
+    hist = histories(examples, train, 2, 30, history_len=3, history_mode="leave_one_out")
     # the latest 4 are 10, 11, 12, 14; each positive drops itself and keeps the latest 3 others;
     # user 2 has nothing but the example; a negative (13) and an off-timeline positive (13 at
     # t=4) drop nothing: the latest 3, as serving reads them
-    assert cols["user.history"].tolist() == [
+    assert hist.tolist() == [
         [10, 11, 14], [11, 12, 14], [10, 11, 12], [10, 12, 14], [0, 0, 0],
         [11, 12, 14], [11, 12, 14]]  # fmt: skip
     with pytest.raises(ConfigError, match="history_mode"):
@@ -343,11 +356,10 @@ def test_a_repeated_user_item_pair_drops_its_own_row_not_the_first_copy():
     train = pd.DataFrame({"user": [1, 1, 1, 1], "item": [10, 12, 11, 12],
                           "timestamp": [1, 2, 3, 4]})  # fmt: skip
     examples = train[["user", "item"]].assign(label=1.0)
-    loo = training_examples(examples, train, 1, 20, history_len=3,
-                            history_mode="leave_one_out")["user.history"]  # fmt: skip
+    loo = histories(examples, train, 1, 20, history_len=3, history_mode="leave_one_out")
     # t=2 keeps the other 12 (t=4); t=4 drops itself: 10, 12 (t=2), 11
     assert loo[[1, 3]].tolist() == [[10, 11, 12], [10, 12, 11]]
-    causal = training_examples(examples, train, 1, 20, history_len=3)["user.history"]
+    causal = histories(examples, train, 1, 20, history_len=3)
     assert causal.tolist() == [[0, 0, 0], [0, 0, 10], [0, 10, 12], [10, 12, 11]]
 
 
@@ -362,14 +374,33 @@ def test_leave_one_out_history_matches_a_reference_loop_on_random_timelines():
         }
     ).drop_duplicates(["user", "item"])
     examples = train.sample(frac=1.0, random_state=0)[["user", "item"]].assign(label=1.0)
-    hist = training_examples(examples, train, n_users, n_items, history_len=length,
-                             history_mode="leave_one_out")["user.history"]  # fmt: skip
+    hist = histories(examples, train, n_users, n_items, history_len=length,
+                     history_mode="leave_one_out")  # fmt: skip
     timeline = train.sort_values(["user", "timestamp", "item"])
     for (user, item), row in zip(examples[["user", "item"]].values, hist, strict=True):
         others = [i for i in timeline.loc[timeline["user"] == user, "item"] if i != item]
         expected = [0] * length + others
         assert row.tolist() == expected[-length:]
         assert item not in row.tolist()
+
+
+def test_causal_history_matches_a_reference_loop_and_stores_two_ids_an_example():
+    rng = np.random.default_rng(1)
+    n_users, n_items, length = 5, 30, 4
+    train = pd.DataFrame({"user": rng.integers(1, n_users + 1, 100),
+                          "item": rng.integers(1, n_items + 1, 100),
+                          "timestamp": rng.permutation(100)})  # fmt: skip
+    train = train.drop_duplicates(["user", "item"])
+    examples = train.sample(frac=1.0, random_state=1)[["user", "item", "timestamp"]]
+    examples = examples.assign(label=1.0)
+    cols, _ = training_examples(examples, train, n_users, n_items, history_len=length)
+    # the examples hold where each window ends and what it leaves out, not history_len ids
+    assert "user.history" not in cols and {"history.end", "history.skip"} <= set(cols)
+    hist = histories(examples, train, n_users, n_items, history_len=length)
+    timeline = train.sort_values(["user", "timestamp", "item"])
+    for (user, t), row in zip(examples[["user", "timestamp"]].values, hist, strict=True):
+        before = timeline.loc[(timeline["user"] == user) & (timeline["timestamp"] < t), "item"]
+        assert row.tolist() == ([0] * length + before.tolist())[-length:]
 
 
 def test_attach_tasks_labels_examples_and_appends_task_only_positives():

@@ -87,8 +87,8 @@ def test_a_multitask_refit_reads_the_task_rows_of_both_splits(out_dir):
     n_users, n_items = int(positives["user"].max()), int(positives["item"].max())
 
     def click_labels_of_valid_pairs(splits):
-        cols = load_training_examples(prep, sample, positives, n_users, n_items, ("click",), 0,
-                                      0, "causal", splits)  # fmt: skip
+        cols, _ = load_training_examples(prep, sample, positives, n_users, n_items, ("click",),
+                                         0, 0, "causal", splits)  # fmt: skip
         ex = pd.DataFrame({k: cols[k].numpy() for k in ("user", "item", "task.click")})
         return ex.merge(valid[["user", "item"]].drop_duplicates())["task.click"]
 

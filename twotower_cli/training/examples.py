@@ -10,6 +10,10 @@ histories for `train` (validation) and `embed` (evaluation). Everything is vecto
   (timestamp, item) per user. `history_mode`: `causal`, the user's most recent `history_len`
   positives before the example; `leave_one_out`, the user's most recent `history_len`
   positives other than the example itself, i.e. what serving reads, less the target.
+  An example stores only where its window ends on the timeline and the row it leaves out
+  (`history.end`, `history.skip`: two ids, not history_len); `HistoryBatch` reads each batch's
+  windows off the timeline, so memory grows with the rows, not rows x history_len (20 GB at
+  100M rows and 50 items).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from twotower_cli.data.split import user_time_order
 
 TASK_PREFIX = "task."
 HISTORY_KEY = f"user.{HISTORY}"
+# an example's history window on the timeline (HistoryBatch reads the ids at train time)
+WINDOW_END, WINDOW_SKIP = "history.end", "history.skip"
 
 
 def attach_tasks(examples: pd.DataFrame, task_rows: pd.DataFrame, tasks: list[str],
@@ -127,17 +133,6 @@ class Timeline:
             rows[own] = order[at[own]]
         return rows
 
-    def leave_one_out(self, users: np.ndarray, own: np.ndarray, length: int) -> np.ndarray:
-        """[n, length] item ids: user u's most recent `length` rows other than global row
-        `own` (-1: none), most recent last, left-padded with 0."""
-        end = self.start[users + 1]
-        window = self.history(users, end, length + 1)  # the last length + 1 rows
-        # the own row's place in that window; 0 (drop the oldest) when it is not in it
-        k = own - (end - length - 1)
-        k = np.where((own >= 0) & (k >= 0), k, 0)
-        j = np.arange(length)[None, :]
-        return np.take_along_axis(window, j + (j >= k[:, None]), axis=1)
-
 
 def occurrence_rank(keys: np.ndarray) -> np.ndarray:
     """How many earlier entries of `keys` equal each entry (0 for a first occurrence)."""
@@ -150,18 +145,61 @@ def occurrence_rank(keys: np.ndarray) -> np.ndarray:
     return rank
 
 
-def example_histories(examples: pd.DataFrame, timeline: Timeline, n_items: int, length: int,
-                      seed: int, mode: str = "causal") -> np.ndarray:  # fmt: skip
-    """[n_examples, length] history of each example: `causal`, the rows before it (see
-    `Timeline.example_positions`); `leave_one_out`, the user's latest rows less its own."""
+def example_windows(examples: pd.DataFrame, timeline: Timeline, n_items: int, seed: int,
+                    mode: str = "causal") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Each example's history window on the timeline: the global row it ends before and the
+    row it leaves out (-1: none). `causal`: the rows before the example (see
+    `Timeline.example_positions`); `leave_one_out`: the user's latest rows less its own."""
     if mode not in HISTORY_MODES:
         raise ConfigError(f"train.history_mode: {mode!r} not in {HISTORY_MODES}")
     users = examples["user"].to_numpy(np.int64)
     if mode == "leave_one_out":
-        return timeline.leave_one_out(users, timeline.own_rows(examples, n_items), length)
+        return timeline.start[users + 1], timeline.own_rows(examples, n_items)
     rng = np.random.default_rng(seed)
     positions = timeline.example_positions(examples, n_items, rng)
-    return timeline.history(users, positions, length)
+    return positions, np.full(len(users), -1, dtype=np.int64)
+
+
+class HistoryBatch:
+    """The sampler's per-batch step (`inner`) after each row's `user.history` is read off the
+    timeline from its `history.end` / `history.skip` (one gather of history_len + 1 ids a row);
+    its state (for a resumed run) is the sampler's."""
+
+    def __init__(self, timeline: Timeline, length: int, inner=None) -> None:
+        self.items = torch.from_numpy(np.concatenate([timeline.items, [0]]))  # 0: empty
+        self.start = torch.from_numpy(timeline.start)
+        self.length, self.inner = length, inner
+
+    def windows(self, users: torch.Tensor, end: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """[n, length] ids: the `length` rows of each user's timeline before `end`, less row
+        `skip` (else less the oldest of length + 1), most recent last, left-padded with 0."""
+        if self.items.device != end.device:
+            self.items, self.start = self.items.to(end.device), self.start.to(end.device)
+        span = torch.arange(self.length + 1, device=end.device)
+        idx = end[:, None] - (self.length + 1) + span[None, :]
+        ids = self.items[idx.clamp(0, len(self.items) - 1)]
+        window = torch.where(idx >= self.start[users][:, None], ids, 0)
+        # the left-out row's place in the window; 0 (drop the oldest) when it is not in it
+        k = skip - (end - self.length - 1)
+        k = torch.where((skip >= 0) & (k >= 0), k, 0)
+        j = span[None, : self.length]
+        return torch.gather(window, 1, j + (j >= k[:, None]).long())
+
+    def expand(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        end, skip = batch[WINDOW_END].long(), batch[WINDOW_SKIP].long()
+        out = {k: t for k, t in batch.items() if k not in (WINDOW_END, WINDOW_SKIP)}
+        return {**out, HISTORY_KEY: self.windows(batch["user"].long(), end, skip)}
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rows = self.expand(batch)
+        return self.inner(rows) if self.inner is not None else rows
+
+    def state_dict(self) -> dict | None:
+        return self.inner.state_dict() if hasattr(self.inner, "state_dict") else None
+
+    def load_state_dict(self, state) -> None:
+        if hasattr(self.inner, "load_state_dict") and state is not None:
+            self.inner.load_state_dict(state)
 
 
 def training_examples(
@@ -174,9 +212,10 @@ def training_examples(
     history_len: int = 0,
     seed: int = 0,
     history_mode: str = "causal",
-) -> dict[str, np.ndarray]:
-    """The columns training iterates over: user, item, label, then `task.<t>` per task and
-    `user.history` when history_len > 0."""
+) -> tuple[dict[str, np.ndarray], Timeline | None]:
+    """The columns training iterates over: user, item, label, then `task.<t>` per task and,
+    when history_len > 0, each example's history window (`history.end`, `history.skip`) with
+    the timeline they point into (else None): `HistoryBatch` turns them into `user.history`."""
     if history_mode not in HISTORY_MODES:
         raise ConfigError(f"train.history_mode: {history_mode!r} not in {HISTORY_MODES}")
     if tasks:
@@ -190,18 +229,20 @@ def training_examples(
             # a sampler positive's own row is found on the timeline; no timestamp needed
             examples["timestamp"] = np.nan
         timeline = Timeline(train, n_users)
-        out[HISTORY_KEY] = example_histories(examples, timeline, n_items, history_len, seed,
-                                             history_mode)  # fmt: skip
-    return out
+        out[WINDOW_END], out[WINDOW_SKIP] = example_windows(examples, timeline, n_items, seed,
+                                                            history_mode)  # fmt: skip
+        return out, timeline
+    return out, None
 
 
 def load_training_examples(
     prep_dir: Path, sample_dir: Path, train: pd.DataFrame, n_users: int, n_items: int,
     tasks: tuple[str, ...], history_len: int, seed: int, history_mode: str,
     splits: tuple[str, ...] = ("train",), extra: pd.DataFrame | None = None,
-) -> dict[str, torch.Tensor]:  # fmt: skip
-    """The sampler's examples plus what the model reads per example (task labels, history) and
-    the explicit negatives ([n_examples, n_neg] `neg`), as tensors for the training loop.
+) -> tuple[dict[str, torch.Tensor], Timeline | None]:  # fmt: skip
+    """The sampler's examples plus what the model reads per example (task labels, history
+    windows) and the explicit negatives ([n_examples, n_neg] `neg`), as tensors for the
+    training loop, and the timeline the history windows point into (None without history).
     `train`: the training positives (user, item, timestamp), which the histories read;
     `splits`: the splits they come from (the task rows are read from the same ones); `extra`:
     positives (user, item, label) appended to the sample's examples (a refit's validation
@@ -215,10 +256,10 @@ def load_training_examples(
         frame = pd.read_parquet(path)
         if extra is not None:
             frame = pd.concat([frame, extra[frame.columns]], ignore_index=True)
-        cols = training_examples(frame, train, n_users, n_items, tasks, task_rows,
-                                 history_len, seed, history_mode)  # fmt: skip
+        cols, timeline = training_examples(frame, train, n_users, n_items, tasks, task_rows,
+                                           history_len, seed, history_mode)  # fmt: skip
     else:  # the plain columns, straight from Arrow
-        cols = read_columns(path, ["user", "item", "label"])
+        cols, timeline = read_columns(path, ["user", "item", "label"]), None
         if extra is not None:
             cols = {c: np.concatenate([v, extra[c].to_numpy().astype(v.dtype)])
                     for c, v in cols.items()}  # fmt: skip
@@ -228,10 +269,10 @@ def load_training_examples(
         extra = np.arange(len(cols["user"]) - len(neg)) % len(neg)
         cols["neg"] = np.concatenate([neg, neg[extra]]) if len(extra) else neg
     # ids stored as int32 while they fit (half the memory); trainer.widen_ids widens each batch
-    for c in ("user", "item"):
-        if len(cols[c]) and cols[c].max() < 2**31:
+    for c in ("user", "item", WINDOW_END, WINDOW_SKIP):
+        if c in cols and len(cols[c]) and cols[c].max() < 2**31:
             cols[c] = cols[c].astype(np.int32)
-    return {c: torch.from_numpy(v) for c, v in cols.items()}
+    return {c: torch.from_numpy(v) for c, v in cols.items()}, timeline
 
 
 def with_history(users: dict[str, torch.Tensor], seen: pd.DataFrame,

@@ -30,7 +30,7 @@ from twotower_cli.retrieval import pools
 from twotower_cli.retrieval.metrics import ranking_metrics
 from twotower_cli.retrieval.search import EvalSet, empty_index, sample_users
 from twotower_cli.training import distributed, losses, sequences
-from twotower_cli.training.examples import load_training_examples, with_history
+from twotower_cli.training.examples import HistoryBatch, load_training_examples, with_history
 from twotower_cli.training.resume import Resume
 from twotower_cli.training.sequences import SequenceBatch
 from twotower_cli.training.trainer import encode_all
@@ -205,9 +205,11 @@ def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: P
         examples = sequences.sequence_examples(train_pos, n_users, model.history_len,
                                                settings.sequence_windows)  # fmt: skip
         return {c: torch.from_numpy(v) for c, v in examples.items()}, SequenceBatch(batch_fn)
-    examples = load_training_examples(prep_dir, sample_dir, train_pos, n_users, n_items,
-                                      tuple(model.tasks), model.history_len, cfg.seed,
-                                      settings.history_mode, splits, extra)  # fmt: skip
+    examples, timeline = load_training_examples(
+        prep_dir, sample_dir, train_pos, n_users, n_items, tuple(model.tasks),
+        model.history_len, cfg.seed, settings.history_mode, splits, extra)  # fmt: skip
+    if timeline is not None:  # each batch's histories read off the timeline (examples.py)
+        batch_fn = HistoryBatch(timeline, model.history_len, batch_fn)
     return examples, batch_fn
 
 
