@@ -169,7 +169,9 @@ class Data:
         self.log_q = torch.from_numpy(
             item_log_frequency(train_pos["item"].to_numpy(), self.n_items)
         )
-        self.model = DSSM(self.schema, embed_dim=32, hidden=[256], out_dim=64, dropout=0.1)
+        # the plain DSSM of the bench's history (no user history, temperature 0.05)
+        self.model = DSSM(self.schema, embed_dim=32, hidden=[256], out_dim=64, dropout=0.1,
+                          temperature=0.05, history=False)  # fmt: skip
 
 
 def bench_train(data: Data, sizes: Sizes, device: str = "cpu") -> dict:

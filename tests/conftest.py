@@ -22,6 +22,9 @@ SMALL = [
     # the batch as given (the log-size rule, tests/test_defaults.py, would halve it here)
     "train.min_steps_per_epoch=0",
     "train.patience_min_steps=0",
+    # the plain towers (the default user history is run by the tests that name it and by the
+    # ML-100K and news runs); one shared shape, so stages after run take the same SMALL
+    "model.history=false",
 ]
 
 

@@ -167,7 +167,7 @@ def test_step_gemms_include_towers_and_the_score_matrix(small):
     enc, parts = small
     schema = {s: [vars(f) for f in fs] for s, fs in enc.schema.items()}
     data = SimpleNamespace(
-        model=DSSM(schema, embed_dim=8, hidden=[16], out_dim=4, dropout=0.0),
+        model=DSSM(schema, embed_dim=8, hidden=[16], out_dim=4, dropout=0.0, history=False),
         users=feature_tensors(enc.users, enc.schema["user"]),
         items=feature_tensors(enc.items, enc.schema["item"]),
         log_q=torch.zeros(enc.n_items + 1),

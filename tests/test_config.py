@@ -158,7 +158,10 @@ def test_a_data_set_carries_its_own_training_defaults():
     news, ml, csv = composed("dataset=news"), composed("dataset=ml100k"), composed("dataset=csv")
     assert (news.model.temperature, news.train.patience) == (0.2, 20)
     assert (ml.model.temperature, ml.model.history, ml.train.patience) == (0.124, True, 4)
-    assert (csv.model.temperature, csv.model.history, csv.train.patience) == (0.05, False, 4)
+    # every other data set: ML-100K's pick is the groups' default (model/_tower.yaml)
+    assert (csv.model.temperature, csv.model.history, csv.train.patience) == (0.124, True, 4)
+    assert (news.model.history, news.train.lr, composed("dataset=csv").sampler.n_uniform) == (
+        False, 0.003, 1024)  # fmt: skip
     assert composed("dataset=news", "train.patience=3").train.patience == 3
     # conf/tuned/sampler/<dataset>_<sampler>.yaml: only with that sampler (ML-100K's mixed
     # negatives ride on the in-batch sampler; another sampler takes no n_uniform)

@@ -83,7 +83,7 @@ def one_step(case: str, group: distributed.Group,
     users, items, global_batch, log_q = tables()
     sampler = make_sampler()
     torch.manual_seed(0)
-    model = DSSM(SCHEMA, embed_dim=8, hidden=[16], out_dim=8, dropout=0.0)
+    model = DSSM(SCHEMA, embed_dim=8, hidden=[16], out_dim=8, dropout=0.0, history=False)
     if case == "inbatch_sparse_tables":
         optimizers(model, TrainSettings(batch_size=B // 2, sparse_embeddings=True))
         assert model.item_fields.tables["item"].sparse  # 31 rows > 8 per rank
@@ -124,7 +124,7 @@ def one_process_on_slices(case: str) -> list[tuple[float, dict[str, torch.Tensor
     out = []
     for half in halves:
         torch.manual_seed(0)
-        model = DSSM(SCHEMA, embed_dim=8, hidden=[16], out_dim=8, dropout=0.0)
+        model = DSSM(SCHEMA, embed_dim=8, hidden=[16], out_dim=8, dropout=0.0, history=False)
         if case == "inbatch_sparse_tables":
             optimizers(model, TrainSettings(batch_size=B // 2, sparse_embeddings=True))
         step = distributed.step_loss(model, loss_fn, distributed.Group())

@@ -75,8 +75,9 @@ def compose_model(name: str, *overrides: str):
 @pytest.mark.parametrize("name", MODEL_YAMLS)
 def test_every_model_yaml_trains_a_step_and_gradients_reach_every_parameter(name, history):
     pooling, _, decay = history.partition(",")
-    extra = ["model.history=true", f"model.history_pooling={pooling}",
-             f"model.history_decay={decay or 0}"] if history else []  # fmt: skip
+    extra = (["model.history=true", f"model.history_pooling={pooling}",
+              f"model.history_decay={decay or 0}"]
+             if history else ["model.history=false"])  # fmt: skip
     model = compose_model(name, *extra)
     users, items, batch = features()
     u, v = model.user_vectors(users), model.item_vectors(items)
@@ -88,7 +89,7 @@ def test_every_model_yaml_trains_a_step_and_gradients_reach_every_parameter(name
     no_grad = [n for n, p in model.named_parameters()
                if p.grad is None or float(p.grad.abs().sum()) == 0.0]  # fmt: skip
     assert no_grad == []
-    assert model.history_len == (20 if history else 0)  # the YAMLs' history_len
+    assert model.history_len == (50 if history else 0)  # the YAMLs' history_len
 
 
 def test_history_is_required_when_on_and_ignored_when_off():
@@ -97,7 +98,7 @@ def test_history_is_required_when_on_and_ignored_when_off():
     del users["history"]
     with pytest.raises(ValueError, match="carry no 'history'"):
         with_history.user_vectors(users)
-    assert compose_model("dssm").user_vectors(users).shape == (B, 64)
+    assert compose_model("dssm", "model.history=false").user_vectors(users).shape == (B, 64)
 
 
 def test_history_pooling_shares_the_item_id_table():

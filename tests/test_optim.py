@@ -115,7 +115,7 @@ def test_sparse_embeddings_move_only_the_rows_in_the_batch(small):
     moved = {}
     for sparse in (False, True):
         torch.manual_seed(0)
-        model = DSSM(schema, embed_dim=8, hidden=[16], out_dim=8, dropout=0.0)
+        model = DSSM(schema, embed_dim=8, hidden=[16], out_dim=8, dropout=0.0, history=False)
         opts = optimizers(model, TrainSettings(lr=0.01, batch_size=3, sparse_embeddings=sparse))
         table = model.user_fields.tables["user"]
         assert table.sparse is sparse

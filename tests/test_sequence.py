@@ -129,7 +129,7 @@ def test_every_variant_trains_a_next_item_step(name, loss):
 
 
 def test_heads_must_divide_the_embedding():
-    with pytest.raises(ConfigError, match="history_heads=3 must divide model.embed_dim=32"):
+    with pytest.raises(ConfigError, match="history_heads=3 must divide model.embed_dim=64"):
         DSSM(SCHEMA, history=True, history_pooling="transformer", history_heads=3)
 
 

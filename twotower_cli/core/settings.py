@@ -26,18 +26,18 @@ class TowerSettings:
     """What every tower variant shares (`conf/model/_tower.yaml`); `metadata` holds the bounds
     that config.check enforces on `model.<name>` before a stage runs."""
 
-    embed_dim: int = field(default=32, metadata={"ge": 1})
+    embed_dim: int = field(default=64, metadata={"ge": 1})
     hidden: list[int] = field(default_factory=lambda: [256])
     out_dim: int = field(default=64, metadata={"ge": 1})
-    dropout: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0})
+    dropout: float = field(default=0.16, metadata={"ge": 0.0, "lt": 1.0})
     similarity: str = field(default="cosine", metadata={"choices": SIMILARITIES})
-    temperature: float = field(default=0.05, metadata={"gt": 0.0})
+    temperature: float = field(default=0.124, metadata={"gt": 0.0})
     # the user-history feature: the user's latest history_len items, pooled from the item
     # tower's id embeddings, with a recency prior exp(-a / history_decay) (0 = off)
-    history: bool = False
-    history_len: int = field(default=20, metadata={"ge": 1})
+    history: bool = True
+    history_len: int = field(default=50, metadata={"ge": 1})
     history_pooling: str = field(default="mean", metadata={"choices": HISTORY_POOLINGS})
-    history_decay: float = field(default=0.0, metadata={"ge": 0.0})
+    history_decay: float = field(default=5.0, metadata={"ge": 0.0})
     # history_pooling: transformer, a causal self-attention encoder over the history in time
     # order (models/sequence.py), trained next-item over every position (docs/sequence.md)
     history_layers: int = field(default=2, metadata={"ge": 1})
@@ -60,7 +60,7 @@ class TrainSettings:
 
     epochs: int = field(default=40, metadata={"ge": 1})
     batch_size: int = field(default=1024, metadata={"ge": 1})
-    lr: float = field(default=3e-3, metadata={"gt": 0.0, "le": 10.0})
+    lr: float = field(default=2.6e-3, metadata={"gt": 0.0, "le": 10.0})
     weight_decay: float = field(default=0.0, metadata={"ge": 0.0})
     early_stop_k: int = field(default=20, metadata={"ge": 1})
     patience: int = field(default=4, metadata={"ge": 1})
