@@ -15,6 +15,8 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.timer import sync
+
 _aten = torch.ops.aten
 # (m, k, n) of a plain product [m, k] @ [k, n]; bmm counts each matrix of the batch
 _SHAPES = {
@@ -64,13 +66,10 @@ class GemmReplay:
 
     def run(self, steps: int) -> float:
         """Seconds for `steps` replays of the step's products (the device synchronised)."""
-        cuda = self.device.startswith("cuda")
-        if cuda:
-            torch.cuda.synchronize()
+        sync(self.device)
         start = time.perf_counter()
         for _ in range(steps):
             for a, b, out in self.ops:
                 torch.mm(a, b, out=out)
-        if cuda:
-            torch.cuda.synchronize()
+        sync(self.device)
         return time.perf_counter() - start

@@ -7,8 +7,6 @@ results never mix. faiss here is the CPU build: the approximate indexes stay on 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -23,11 +21,6 @@ def require_cuda() -> str:
             "(run `make bench` for the CPU benchmark)"
         )
     return torch.cuda.get_device_name(0)
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def exact_top(
@@ -58,11 +51,3 @@ def exact_top(
             ids = torch.where(torch.isfinite(val), idx + 1, -1)
             out[s:e, :k_eff] = ids.cpu().numpy()
     return out
-
-
-def timed(fn, device: str) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start

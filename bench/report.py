@@ -39,7 +39,7 @@ def scale_table(results: dict) -> list[str]:
     for n in sizes:
         p = f"scale/{n}/"
         cells = [f"{n:,}", f"{results[p + 'positives']:,}"]
-        # a size that runs only some stages (bench/run.py's scale_stages) leaves the rest "-"
+        # a size that runs only some stages (bench/sizes.py's scale_stages) leaves the rest "-"
         cells += [_cell(results, p + f"{s}_s", ".1f") for s in STAGES]
         cells += [_cell(results, p + f"{s}_rss_gib", ".2f") for s in STAGES]
         cells += [_cell(results, p + k, f) for k, f in

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the bench/ packa
 import faiss  # noqa: E402
 from conftest import unit_vectors  # noqa: E402
 
-from bench import ann, flops, gpu, peers, reference  # noqa: E402
+from bench import flops, gpu, reference, timer  # noqa: E402
+from bench.sections import ann, peers  # noqa: E402
 from twotower_cli.models.inputs import feature_tensors  # noqa: E402
 from twotower_cli.retrieval.search import (  # noqa: E402
     EvalSet,
@@ -29,6 +30,42 @@ from twotower_cli.retrieval.search import (  # noqa: E402
 from twotower_cli.training.trainer import gather  # noqa: E402
 
 KS = [1, 5, 20]
+
+
+def test_alternate_swaps_the_order_each_round_and_takes_medians(monkeypatch):
+    now = [0.0]  # a fake clock that each call moves on by its planned seconds
+    monkeypatch.setattr(timer.time, "perf_counter", lambda: now[0])
+    calls = []
+    planned = {"a": [1.0, 5.0, 2.0], "b": [0.5, 0.25, 4.0]}
+
+    def side(name):
+        def call(r):
+            calls.append((name, r))
+            now[0] += planned[name][r]
+            return f"{name}{r}"
+
+        return call
+
+    def after(name, r, so_far):
+        # the hook runs untimed, right after its call, and sees that call's seconds
+        calls.append(("after", name, so_far.seconds[name][-1]))
+        now[0] += 100.0
+
+    rounds = timer.alternate(3, {"a": side("a"), "b": side("b")}, after=after,
+                             round_end=lambda r, so_far: calls.append(("end", r)))  # fmt: skip
+    # A B, then B A, then A B again
+    assert calls == [
+        ("a", 0), ("after", "a", 1.0), ("b", 0), ("after", "b", 0.5), ("end", 0),
+        ("b", 1), ("after", "b", 0.25), ("a", 1), ("after", "a", 5.0), ("end", 1),
+        ("a", 2), ("after", "a", 2.0), ("b", 2), ("after", "b", 4.0), ("end", 2),
+    ]  # fmt: skip
+    assert rounds.seconds == planned  # the hooks' 100 s never counted
+    assert rounds.results == {"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]}
+    # medians: a of 1, 2, 5 -> 2; b of 0.25, 0.5, 4 -> 0.5; 10 things in 0.5 s -> 20 a second
+    assert rounds.median("a") == 2.0 and rounds.median("b") == 0.5
+    assert rounds.rate("b", 10) == 20.0
+    assert timer.median([4.0, 1.0, 3.0, 2.0]) == 2.5  # an even count: the middle two's mean
+    assert timer.turn(["1", "2", "2w", "2l"], 1) == ["2l", "2w", "2", "1"]
 
 
 def test_reference_and_twotower_evaluation_agree(small):
@@ -93,7 +130,8 @@ def test_ann_sweep_reports_exact_recall_for_an_exhaustive_ivf():
 
 @pytest.mark.slow
 def test_dist_section_measures_both_process_counts(tmp_path: Path):
-    from bench.run import QUICK, bench_dist
+    from bench.sections.dist import section as bench_dist
+    from bench.sizes import QUICK
 
     sizes = copy.deepcopy(QUICK)
     sizes.data = {"n_users": 300, "n_items": 200, "n_interactions": 6000}
@@ -161,7 +199,7 @@ def test_record_gemms_sees_forward_and_backward_products():
 def test_step_gemms_include_towers_and_the_score_matrix(small):
     from types import SimpleNamespace
 
-    from bench.run import step_gemms
+    from bench.sections.train import step_gemms
     from twotower_cli.models.dssm import DSSM
 
     enc, parts = small
@@ -297,7 +335,7 @@ def test_make_bench_gpu_fails_clearly_without_cuda(tmp_path: Path):
 
 
 def test_scale_report_keeps_sizes_that_ran_only_some_stages(tmp_path: Path):
-    """A size that runs preprocess and sample only (bench/run.py's scale_stages): its row
+    """A size that runs preprocess and sample only (bench/sizes.py's scale_stages): its row
     shows them and "-" for the rest, growth compares each stage over the sizes that ran it."""
     from bench import report
 

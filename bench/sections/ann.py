@@ -1,19 +1,31 @@
-"""Approximate nearest-neighbour indexes on a large catalogue (`make bench`, section `ann`):
-build time, memory, queries per second and recall@k of faiss factory strings against exact
-search, on the item and user vectors of a trained model (`trained_vectors`) or, with
-`--ann-source clustered`, on generated unit vectors around cluster centres."""
+"""Section `ann` of the benchmark (`python -m bench.run --sections ann`): approximate
+nearest-neighbour indexes on a large catalogue: build time, memory, queries per second and
+recall@k of faiss factory strings against exact search, on the item and user vectors of a
+model trained on a million items (`ann_model`, `trained_vectors`) or, with `--ann-source
+clustered`, on generated unit vectors around cluster centres."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from bench import gpu, log
+from bench.sizes import Sizes
+from bench.timer import alternate
 from twotower_cli.core.keys import is_member
-from twotower_cli.core.layout import FILES
+from twotower_cli.core.layout import FILES, Layout
 from twotower_cli.retrieval.search import build_index, exact_top_unseen, set_search_params
+
+# clustered vectors: unit vectors around N_CENTRES random centres with noise SPREAD per
+# dimension: the noise (norm ~7.2) nearly matches the centre (norm ~8), so neighbour lists cross
+# clusters (at 0.8 IVF reached recall 0.9998 with 4 probes: too easy; at 1.0, 0.5: hardly
+# clustered)
+N_CENTRES, SPREAD = 1000, 0.9
 
 
 def clustered_vectors(
@@ -63,16 +75,10 @@ def exact_qps(items: np.ndarray, queries: np.ndarray, k: int, flat, repeats: int
     twotower's exact_top_unseen (torch.mm in chunks + k-selection); medians of `repeats`,
     alternating."""
     none = np.zeros(0, np.int64)
-    times: dict[str, list[float]] = {"faiss": [], "twotower": []}
-    for r in range(repeats):
-        for side in ("faiss", "twotower") if r % 2 == 0 else ("twotower", "faiss"):
-            start = time.perf_counter()
-            if side == "faiss":
-                flat.search(queries, k)
-            else:
-                exact_top_unseen(items, queries, none, k, len(items))
-            times[side].append(time.perf_counter() - start)
-    return {side: len(queries) / float(np.median(t)) for side, t in times.items()}
+    rounds = alternate(repeats, {
+        "faiss": lambda r: flat.search(queries, k),
+        "twotower": lambda r: exact_top_unseen(items, queries, none, k, len(items))})  # fmt: skip
+    return {side: rounds.rate(side, len(queries)) for side in rounds.seconds}
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -84,12 +90,6 @@ def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     keys = rows + found + 1
     hits = (found >= 0) & is_member(keys, true_keys)
     return float(hits.sum() / (len(found) * k))
-
-
-def timed_search(index, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
-    start = time.perf_counter()
-    _, I = index.search(queries, k)
-    return time.perf_counter() - start, I
 
 
 def sweep(
@@ -127,13 +127,14 @@ def sweep(
         log(f"ann: {factory} built in {build_s:.1f}s, {size / 2**20:.0f} MiB")
         for value in settings:
             set_params(index, value)
-            times = []
-            for _ in range(repeats):
-                seconds, I = timed_search(index, queries, k)
-                times.append(seconds)
+            # index=index: bound now, the loop's `del index` comes later
+            rounds = alternate(
+                repeats, {"search": lambda r, index=index: index.search(queries, k)}
+            )
+            _, I = rounds.results["search"][-1]
             rows.append({"index": factory, "param": value, "build_s": build_s,
                          "recall": recall_at(I, truth, k), "bytes": size,
-                         "qps": len(queries) / float(np.median(times))})  # fmt: skip
+                         "qps": rounds.rate("search", len(queries))})  # fmt: skip
             log(f"ann: {factory} @ {value}: recall@{k} {rows[-1]['recall']:.4f}, "
                 f"{rows[-1]['qps']:.0f} q/s")  # fmt: skip
         del index
@@ -150,3 +151,63 @@ def best_meeting(rows: list[dict], recall_bar: float) -> dict | None:
 
 def set_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
+
+
+def ann_model(sizes: Sizes, out_dir: Path, cache_dir: str, threads: int) -> Path:
+    """`twotower run dataset=synthetic` at ann_items items, one epoch, sparse embeddings (a
+    subprocess; a rerun skips the stages that are current). Returns its embed dir."""
+    run_out = out_dir / "ann-model"
+    overrides = ["dataset=synthetic", f"dataset.load.n_items={sizes.ann_items}",
+                 f"dataset.load.n_users={sizes.ann_users}",
+                 f"dataset.load.n_interactions={sizes.ann_interactions}",
+                 f"dataset.load.n_clusters={sizes.ann_clusters}",
+                 f"dataset.load.cache_dir={cache_dir}", "train.epochs=1", "train.refit=false",
+                 # the plain DSSM the bench has always timed (not the default's user history)
+                 "model.history=false",
+                 "train.sparse_embeddings=true", f"threads={threads}",
+                 f"paths.out={run_out}"]  # fmt: skip
+    log(f"ann: twotower run {' '.join(overrides)}")
+    script = Path(sys.executable).with_name("twotower")
+    subprocess.run([str(script), "run", *overrides], check=True, stdout=subprocess.DEVNULL)
+    return Layout.named(run_out, "synthetic", "inbatch", "dssm").embed
+
+
+def section(sizes: Sizes, source: str, embed_dir: Path | None = None, k: int = 50,
+            recall_bar: float = 0.95, device: str = "cpu") -> tuple[dict, list]:  # fmt: skip
+    """ANN indexes against exact search. source "trained": the item vectors of embed_dir
+    (a trained model's catalogue), queries = its user vectors; "clustered": generated unit
+    vectors around N_CENTRES centres (the earlier, easier data). Returns bench.json's keys and
+    the sweep's rows (bench_ann.json)."""
+    rng = np.random.default_rng(0)
+    if source == "trained":
+        items, queries = trained_vectors(embed_dir, sizes.ann_queries)
+    else:
+        # items and queries (users) share the interest centres
+        centres = rng.standard_normal((N_CENTRES, 64)).astype(np.float32)
+        items = clustered_vectors(sizes.ann_items, centres, SPREAD, rng)
+        queries = clustered_vectors(sizes.ann_queries, centres, SPREAD, rng)
+    log(f"ann: {len(items)} items, {len(queries)} queries ({source})")
+    extra = {}
+    if device != "cpu":  # exact search on the device, batched over every query
+        none = np.zeros(0, np.int64)
+        rounds = alternate(sizes.repeats, {"exact": lambda r: gpu.exact_top(
+            items, queries, none, k, len(items), device)}, device=device)  # fmt: skip
+        extra["ann_device_exact_qps"] = rounds.rate("exact", len(queries))
+        log(f"ann: exact search on {device}: {extra['ann_device_exact_qps']:.0f} q/s")
+    rows = sweep(items, queries, sizes.ann_candidates, k, sizes.repeats, log=log)
+    best = best_meeting(rows, recall_bar)
+    exact = rows[0]["exact_qps"]
+    out = {"ann_source": source, "ann_items": len(items), "ann_queries": len(queries),
+           "ann_dim": int(items.shape[1]), "ann_exact": rows[0]["index"],
+           "ann_exact_qps": rows[0]["qps"], "ann_flat_qps": exact["faiss"],
+           "ann_twotower_exact_qps": exact["twotower"],
+           "ann_exact_mib": rows[0]["bytes"] / 2**20, **extra}  # fmt: skip
+    for r in rows[1:]:
+        key = f"ann/{r['index']}/{r['param']}"
+        out.update({f"{key}/recall@{k}": r["recall"], f"{key}/qps": r["qps"],
+                    f"{key}/build_s": r["build_s"], f"{key}/mib": r["bytes"] / 2**20})  # fmt: skip
+    if best is not None:
+        out.update({f"ann_recall@{k}": best["recall"], "ann_qps_ratio": best["qps_ratio"],
+                    "ann_index": f"{best['index']} @ {best['param']}",
+                    "ann_index_mib": best["bytes"] / 2**20})  # fmt: skip
+    return out, rows

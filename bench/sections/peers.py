@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.timer import alternate, median
 from twotower_cli.artifacts.store import read_split
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.layout import FILES, Layout
@@ -226,12 +227,8 @@ def rates(ad: RechubAdapter, x: dict, y: np.ndarray, settings: RechubSettings, l
     """Training positives/s of each of `epochs` epochs of a fresh model at `lr` (the speed
     rounds, which alternate with twotower's)."""
     _, trainer, loader = trainer_and_loader(ad, x, y, settings, lr)
-    out = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        trainer.train_one_epoch(loader)
-        out.append(float(y.sum()) / (time.perf_counter() - t0))
-    return out
+    epoch_s = alternate(epochs, {"epoch": lambda r: trainer.train_one_epoch(loader)}).seconds
+    return [float(y.sum()) / s for s in epoch_s["epoch"]]
 
 
 def run_rechub(prep_dir: Path, settings: RechubSettings, k: int = 20, log=print) -> dict:
@@ -239,7 +236,7 @@ def run_rechub(prep_dir: Path, settings: RechubSettings, k: int = 20, log=print)
     Recall@k (rechub's MatchTrainer), the grid widening past a best end (`next_lr`); the
     (lr, epoch) with the best validation recall is scored on the test split. Positives/s counts
     training positives over the training loop's seconds only (here: every epoch of the
-    search; the speed keys come from the alternating rounds in bench/run.py)."""
+    search; the speed keys come from the alternating rounds of `section`)."""
     start = time.perf_counter()
     ad, x, y = prepare(prep_dir, settings)
     n_pos = int(y.sum())
@@ -322,22 +319,22 @@ def section(out_dir: Path, threads: int, repeats: int, log=print) -> dict:
     theirs = run_rechub(prep_dir, settings, log=log)
     theirs["peer_rechub_search_samples_per_s"] = theirs.pop("peer_rechub_samples_per_s")
     ad, x, y = prepare(prep_dir, settings)
-    speed: dict[str, list[float]] = {"twotower": [], "rechub": []}
     speed_manifest = Layout.named(run_out, "ml100k", "inbatch", "speed").train / FILES.manifest
-    for r in range(repeats):
-        for side in ("twotower", "rechub") if r % 2 == 0 else ("rechub", "twotower"):
-            log(f"peers: speed round {r + 1}/{repeats}: {side}")
-            if side == "twotower":  # a run of its own (paths.run), beside the scored one
-                subprocess.run([script, "train", *base, "paths.run=speed"], check=True,
-                               stdout=subprocess.DEVNULL)  # fmt: skip
-                speed[side].append(
-                    json.loads(speed_manifest.read_text())["figures"]["samples_per_s"]
-                )
-            else:
-                epochs = rates(ad, x, y, settings, theirs["peer_rechub_lr"], PEER_EPOCHS)
-                speed[side].append(float(np.median(epochs)))
-    ours["peer_twotower_samples_per_s"] = float(np.median(speed["twotower"]))
-    theirs["peer_rechub_samples_per_s"] = float(np.median(speed["rechub"]))
+
+    def ours_speed(r: int) -> float:  # a run of its own (paths.run), beside the scored one
+        log(f"peers: speed round {r + 1}/{repeats}: twotower")
+        subprocess.run([script, "train", *base, "paths.run=speed"], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        return json.loads(speed_manifest.read_text())["figures"]["samples_per_s"]
+
+    def rechub_speed(r: int) -> float:
+        log(f"peers: speed round {r + 1}/{repeats}: rechub")
+        return median(rates(ad, x, y, settings, theirs["peer_rechub_lr"], PEER_EPOCHS))
+
+    # the rates are the sides' own (manifest, epochs), not the timer's seconds
+    speed = alternate(repeats, {"twotower": ours_speed, "rechub": rechub_speed}).results
+    ours["peer_twotower_samples_per_s"] = median(speed["twotower"])
+    theirs["peer_rechub_samples_per_s"] = median(speed["rechub"])
     rounds = {"peer_speed_rounds": repeats, "peers/speed/twotower": speed["twotower"],
               "peers/speed/rechub": speed["rechub"]}  # fmt: skip
     return {**ours, **theirs, **combine(theirs, ours), **rounds, "peer_threads": threads}
