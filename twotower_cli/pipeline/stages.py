@@ -74,7 +74,7 @@ def sample(cfg: DictConfig) -> dict:
     with StageOutput("sample", L.sample, _config(cfg), [prep_dir]) as out:
         n_items = read_manifest(prep_dir)["figures"]["n_items"]
         sampler = instantiate(cfg.sampler)
-        if getattr(sampler, "streams", False) and not cfg.exposures.use:
+        if sampler.streams and not cfg.exposures.use:
             out.figures = _stream_sample(sampler, prep_dir, FIT_ON[cfg.fit_on], n_items, out)
         else:
             out.figures = _fit_sample(cfg, sampler, prep_dir, n_items, out)
@@ -86,7 +86,7 @@ def _fit_sample(cfg: DictConfig, sampler, prep_dir: Path, n_items: int, out: Sta
     """A sampler's sample with the training split in memory (explicit negatives, exposures)."""
     L, s = Layout.of(cfg.paths), cfg.sampler
     band = ({"band_items": mined_band(s.source_dir, s.source_run, n_items, tuple(s.band))}
-            if getattr(sampler, "needs_band", False) else {})  # fmt: skip
+            if sampler.needs_band else {})  # fmt: skip
     train = read_splits(prep_dir, FIT_ON[cfg.fit_on])
     sampler.fit(train, n_items, pd.read_parquet(L.items), **band)
     examples = sampler.examples()

@@ -60,13 +60,24 @@ def at_least(key: str, value: int, low: int) -> int:
 
 
 class Sampler:
-    """Base: positives only. `loss` is the loss used when the config says `loss: auto`;
-    `train_only` names the parameters only `batch_fn` reads, at train time: a sample made with
-    other values of them is still the right one."""
+    """Base: positives only, in-batch negatives. What the stages read off any sampler (each
+    subclass sets its own values):
 
-    loss = "inbatch_softmax"
-    logq = "exact"
+    - `loss`: the loss used when the config says `loss: auto`;
+    - `logq`: exact | streaming | off, which logQ `batch_fn` adds (LOGQ_MODES);
+    - `train_only`: the parameters only `batch_fn` reads, at train time: a sample made with
+      other values of them is still the right one;
+    - `streams`: the examples are the positives themselves, so the sample stage makes them with
+      `fit_stream` in one bounded pass instead of `fit` (in-batch samplers);
+    - `needs_band`: `fit` takes the mined band (`band_items`), which the sample stage finds
+      with mining.mined_band (sampler=hard kind=mined).
+    """
+
+    loss: str = "inbatch_softmax"
+    logq: str = "exact"
     train_only: tuple[str, ...] = ()
+    streams: bool = False
+    needs_band: bool = False
 
     def fit(self, train: pd.DataFrame, n_items: int, items: pd.DataFrame | None = None) -> Sampler:
         """Learn from the training positives (`items`: the encoded item table, for samplers
