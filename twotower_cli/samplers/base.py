@@ -3,39 +3,18 @@ the in-batch `batch_fn` (package docstring: what a fitted sampler hands to train
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.training.losses import StreamingFrequency, log_frequency
+from twotower_cli.training.logq import log_frequency
 
-BatchFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+if TYPE_CHECKING:  # torch is loaded by `batch_fn` (steps.py), at train time only
+    import torch
 
-
-class BatchStep:
-    """A sampler's per-batch work (`fn`) with the state it carries from batch to batch (the
-    streaming frequency estimate, the uniform draws' generator), which a resumed training run
-    restores (trainer.py)."""
-
-    def __init__(self, fn: BatchFn, streaming: StreamingFrequency | None = None,
-                 gen: torch.Generator | None = None) -> None:  # fmt: skip
-        self.fn, self.streaming, self.gen = fn, streaming, gen
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.fn(batch)
-
-    def state_dict(self) -> dict:
-        return {"streaming": self.streaming.state_dict() if self.streaming else None,
-                "gen": self.gen.get_state() if self.gen is not None else None}  # fmt: skip
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.streaming is not None:
-            self.streaming.load_state_dict(state["streaming"])
-        if self.gen is not None:
-            self.gen.set_state(state["gen"])
+    from twotower_cli.samplers.steps import BatchFn
 
 
 LOGQ_MODES = ("exact", "streaming", "off")
@@ -98,21 +77,8 @@ class Sampler:
         return None
 
     def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn | None:
-        """In-batch: every positive of the batch is also a negative column; its expected
-        count among a batch of B draws is B * Q(item)."""
-        if self.logq == "off":
-            return None
-        streaming = self._streaming(item_log_q) if self.logq == "streaming" else None
+        """In-batch: every positive of the batch is also a negative column, its logQ from the
+        exact Q (InBatchSampler adds the streaming estimate and shared uniform items)."""
+        from twotower_cli.samplers import steps  # torch: at train time only
 
-        def add_log_q(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            item = batch["item"]
-            if streaming is not None:
-                log_q = streaming.update(item).log_prob(item)
-            else:
-                log_q = item_log_q[item] + float(np.log(len(item)))
-            return {**batch, "log_q": log_q}
-
-        return BatchStep(add_log_q, streaming)
-
-    def _streaming(self, item_log_q: torch.Tensor) -> StreamingFrequency:
-        return StreamingFrequency(len(item_log_q), alpha=getattr(self, "alpha", 0.05))
+        return None if self.logq == "off" else steps.in_batch_log_q(item_log_q, None)
