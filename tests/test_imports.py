@@ -196,3 +196,46 @@ def test_the_preprocess_stage_runs_without_torch_or_faiss(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
     assert (tmp_path / "synthetic" / "preprocess" / "manifest.json").exists()
+
+
+def test_the_samplers_import_no_torch_outside_their_train_time_steps():
+    # `twotower sample` instantiates a sampler: its modules load torch only in batch_fn
+    # (steps.py); mining.py ranks a mined band with faiss, for sampler=hard kind=mined alone
+    import subprocess
+    import sys
+
+    modules = sorted(m for m in import_graph() if m.startswith("twotower_cli.samplers")
+                     and m.rsplit(".", 1)[-1] not in ("steps", "mining"))  # fmt: skip
+    code = (
+        f"import sys\nfor m in {modules!r}: __import__(m)\n"
+        "print(sorted(m for m in ('torch', 'faiss', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", modules
+    assert "twotower_cli.samplers.inbatch" in modules
+
+
+def test_the_sample_stage_runs_without_torch_or_faiss(tmp_path):
+    # `twotower sample` routes to pipeline/prep.py beside preprocess: an in-batch sampler's
+    # streamed pass and an explicit one's fit, with torch, faiss and onnxruntime unloaded
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom twotower_cli import cli\n"
+        "common = ['dataset=synthetic', 'dataset.load.n_users=50', 'dataset.load.n_items=40', "
+        f"'dataset.load.n_interactions=600', 'paths.out={tmp_path}', 'threads=1']\n"
+        "for stage in ('preprocess', 'sample sampler=inbatch', 'sample sampler=random'):\n"
+        "    sys.argv = ['twotower', *stage.split(), *common]\n"
+        "    try:\n        cli.main()\n"
+        "    except SystemExit as e:\n        assert not e.code, (stage, e.code)\n"
+        "print(sorted(m for m in ('torch', 'faiss', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+    sample = tmp_path / "synthetic" / "sample"
+    figures = {s: json.loads((sample / s / "manifest.json").read_text())["figures"]
+               for s in ("inbatch", "random")}  # fmt: skip
+    assert (figures["inbatch"]["n_neg"], figures["random"]["n_neg"]) == (0, 4)
+    assert figures["inbatch"]["examples"] == figures["random"]["examples"] > 0

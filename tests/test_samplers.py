@@ -3,6 +3,7 @@ and every sampler end to end on the small generated data set."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +12,25 @@ import pytest
 import torch
 from conftest import SMALL, options, read_json, twotower
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 
 from twotower_cli.cli import CONFIG_DIR
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import pair_keys
 from twotower_cli.samplers import (
+    LOGQ_MODES,
     CatalogueSampler,
     HardNegativeSampler,
     InBatchSampler,
     MixedSampler,
     PopularitySampler,
     RandomNegativeSampler,
+    Sampler,
     popularity_probs,
 )
 from twotower_cli.samplers.mining import mined_band
-from twotower_cli.training.losses import StreamingFrequency
+from twotower_cli.training.losses import LOSSES, StreamingFrequency
 
 N_ITEMS = 40
 # one torch thread: on a small data set, more threads only contend with each other
@@ -87,7 +92,7 @@ class _Fitting:
 
     def fit(self, train, n_items, items=None):
         extra = {}
-        if getattr(self.sampler, "needs_band", False):
+        if self.sampler.needs_band:
             extra["band_items"] = mined_band(str(self.source), None, n_items, self.band)
         return self.sampler.fit(train, n_items, items, **extra)
 
@@ -357,3 +362,48 @@ def test_full_sampler_adds_the_catalogue_and_refuses_a_large_one():
         CatalogueSampler(max_items=3).fit(train, 4)
     with pytest.raises(TwoTowerError, match="sampler.max_items must be >= 1, got 0"):
         CatalogueSampler(max_items=0)
+
+
+# what the stages read off a sampler before fitting it, and its type
+CAPABILITIES = {"loss": str, "logq": str, "train_only": tuple, "streams": bool, "needs_band": bool}
+# per sampler option: whether the sample stage streams it (in-batch: the examples are the
+# positives) and the loss `loss: auto` takes
+STREAMS_AND_LOSS = {
+    "inbatch": (True, "inbatch_softmax"), "mixed": (True, "inbatch_softmax"),
+    "uniform": (True, "sampled_softmax"), "full": (True, "full_softmax"),
+    "random": (False, "bce"), "popularity": (False, "bce"), "hard": (False, "bce"),
+}  # fmt: skip
+
+
+def test_the_base_class_declares_every_capability_with_a_line_saying_what_it_is():
+    for name, kind in CAPABILITIES.items():
+        assert isinstance(vars(Sampler)[name], kind), name
+        assert f"- `{name}`:" in Sampler.__doc__, name
+
+
+@pytest.mark.parametrize("option", options("sampler"))
+def test_every_sampler_answers_each_capability_as_the_stages_rely_on(option: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"sampler={option}"], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # sampler=hard's source_dir reads the run's paths
+    sampler = instantiate(cfg.sampler)
+    assert isinstance(sampler, Sampler)
+    for name, kind in CAPABILITIES.items():
+        assert isinstance(getattr(sampler, name), kind), name
+    # a new sampler option: add its row to STREAMS_AND_LOSS
+    assert (sampler.streams, sampler.loss) == STREAMS_AND_LOSS[option]
+    assert sampler.loss in LOSSES and sampler.logq in LOGQ_MODES
+    assert not sampler.needs_band  # every option's default fits without a mined band
+    # train_only names constructor parameters (the sample's config keys train may change)
+    assert set(sampler.train_only) <= set(inspect.signature(type(sampler)).parameters)
+    # a streamed sample writes examples and logQ only: no explicit negatives to lose
+    fitted = sampler.fit(make_train(), N_ITEMS, item_table())
+    assert (fitted.negatives() is None) == sampler.streams
+    assert sampler.streams == callable(getattr(sampler, "fit_stream", None))
+
+
+def test_only_mined_hard_negatives_need_the_band():
+    assert HardNegativeSampler(kind="mined").needs_band
+    assert not HardNegativeSampler(kind="rule").needs_band
+    with pytest.raises(TwoTowerError, match="fit needs the mined band"):
+        HardNegativeSampler(kind="mined").fit(make_train(), N_ITEMS, item_table())

@@ -83,10 +83,10 @@ def run_stage(cfg: DictConfig) -> dict:
     figures (evaluate's and run's: the metrics). Raises TwoTowerError; the Python API's door."""
     config.check(cfg)
     check_stage(cfg.stage)
-    if cfg.stage == "preprocess":  # the data layer alone: torch, faiss and the models unloaded
-        from twotower_cli.pipeline.prep import preprocess
+    if cfg.stage in ("preprocess", "sample"):  # data and samplers: torch and faiss unloaded
+        from twotower_cli.pipeline.prep import preprocess, sample
 
-        stage_fns = {"preprocess": preprocess}
+        stage_fns = {"preprocess": preprocess, "sample": sample}
     else:
         from twotower_cli.pipeline.stages import STAGES as stage_fns
         from twotower_cli.training import distributed

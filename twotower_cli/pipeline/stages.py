@@ -13,7 +13,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,91 +25,30 @@ from twotower_cli.artifacts.store import (
     iter_splits,
     read_manifest,
     read_split,
-    read_splits,
-    require,
     seen_rows,
     sweep_partials,
-    write_batches,
 )
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import sorted_unique
 from twotower_cli.core.layout import FILES, Layout
 from twotower_cli.data.protocol import settings as protocol_settings
 from twotower_cli.models.inputs import load_tables
-from twotower_cli.pipeline.prep import preprocess, sources_current
+from twotower_cli.pipeline.prep import earlier as _earlier
+from twotower_cli.pipeline.prep import preprocess, sample, sources_current
 from twotower_cli.pipeline.prep import resolved as _config
 from twotower_cli.pipeline.sections import (
     HOW_TRAINED,
     MODEL_MADE_WITH,
-    NOT_OUTPUT,
     output_view,
 )
 from twotower_cli.retrieval import pools
 from twotower_cli.retrieval.baselines import BaselineSettings
 from twotower_cli.retrieval.evaluation import evaluate_run, format_table
 from twotower_cli.retrieval.search import build_index, read_index
-from twotower_cli.samplers import add_exposure_negatives
-from twotower_cli.samplers.mining import mined_band
 from twotower_cli.training import distributed, fitting
 from twotower_cli.training.examples import with_history
 from twotower_cli.training.resume import Resume
 from twotower_cli.training.trainer import encode_all
-
-
-def _earlier(cfg: DictConfig, stage: str, sections: tuple = ("dataset",), ignore: tuple = ()):
-    """The output dir of an earlier `stage` for this config, made with the same settings in
-    `sections` (artifacts.require: else a one-line error naming the command to run)."""
-    made_with = {}
-    for name in sections:  # a section, or a dotted key (a plain value: fit_on)
-        node = OmegaConf.select(cfg, name)
-        made_with[name] = (OmegaConf.to_container(node, resolve=True)
-                           if OmegaConf.is_config(node) else node)  # fmt: skip
-    return require(cfg.paths[f"{stage}_dir"], stage, made_with, (*ignore, *NOT_OUTPUT))
-
-
-def sample(cfg: DictConfig) -> dict:
-    L = Layout.of(cfg.paths)
-    prep_dir = _earlier(cfg, "preprocess")
-    with StageOutput("sample", L.sample, _config(cfg), [prep_dir]) as out:
-        n_items = read_manifest(prep_dir)["figures"]["n_items"]
-        sampler = instantiate(cfg.sampler)
-        if getattr(sampler, "streams", False) and not cfg.exposures.use:
-            out.figures = _stream_sample(sampler, prep_dir, FIT_ON[cfg.fit_on], n_items, out)
-        else:
-            out.figures = _fit_sample(cfg, sampler, prep_dir, n_items, out)
-    print(f"sample: {json.dumps(out.figures)}")
-    return out.figures
-
-
-def _fit_sample(cfg: DictConfig, sampler, prep_dir: Path, n_items: int, out: StageOutput):
-    """A sampler's sample with the training split in memory (explicit negatives, exposures)."""
-    L, s = Layout.of(cfg.paths), cfg.sampler
-    band = ({"band_items": mined_band(s.source_dir, s.source_run, n_items, tuple(s.band))}
-            if getattr(sampler, "needs_band", False) else {})  # fmt: skip
-    train = read_splits(prep_dir, FIT_ON[cfg.fit_on])
-    sampler.fit(train, n_items, pd.read_parquet(L.items), **band)
-    examples = sampler.examples()
-    examples.to_parquet(out.path(FILES.examples), index=False)
-    np.save(out.path(FILES.item_log_q), sampler.item_log_q_)
-    negatives, n_exposures = sampler.negatives(), 0
-    if cfg.exposures.use:
-        negatives, n_exposures = add_exposure_negatives(
-            examples, negatives, L.exposures, cfg.exposures.per_positive, cfg.seed
-        )
-    if negatives is not None:  # [n_examples, n_neg]: row i holds example i's negatives
-        np.save(out.path(FILES.negatives), negatives)
-    n_neg = 0 if negatives is None else int(negatives.shape[1])
-    return {"examples": len(examples), "loss": sampler.loss, "n_neg": n_neg,
-            "exposure_negatives": n_exposures}  # fmt: skip
-
-
-def _stream_sample(sampler, prep_dir: Path, splits: tuple, n_items: int,
-                   out: StageOutput) -> dict:  # fmt: skip
-    """An in-batch sampler's sample in one bounded pass (its examples are the positives)."""
-    batches = iter_splits(prep_dir, splits, ["user", "item"])
-    n = sampler.fit_stream(batches, n_items, partial(write_batches, out.path(FILES.examples)))
-    np.save(out.path(FILES.item_log_q), sampler.item_log_q_)
-    return {"examples": n, "loss": sampler.loss, "n_neg": 0, "exposure_negatives": 0}
 
 
 def train(cfg: DictConfig) -> dict:

@@ -3,39 +3,18 @@ the in-batch `batch_fn` (package docstring: what a fitted sampler hands to train
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.training.losses import StreamingFrequency, log_frequency
+from twotower_cli.training.logq import log_frequency
 
-BatchFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+if TYPE_CHECKING:  # torch is loaded by `batch_fn` (steps.py), at train time only
+    import torch
 
-
-class BatchStep:
-    """A sampler's per-batch work (`fn`) with the state it carries from batch to batch (the
-    streaming frequency estimate, the uniform draws' generator), which a resumed training run
-    restores (trainer.py)."""
-
-    def __init__(self, fn: BatchFn, streaming: StreamingFrequency | None = None,
-                 gen: torch.Generator | None = None) -> None:  # fmt: skip
-        self.fn, self.streaming, self.gen = fn, streaming, gen
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.fn(batch)
-
-    def state_dict(self) -> dict:
-        return {"streaming": self.streaming.state_dict() if self.streaming else None,
-                "gen": self.gen.get_state() if self.gen is not None else None}  # fmt: skip
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.streaming is not None:
-            self.streaming.load_state_dict(state["streaming"])
-        if self.gen is not None:
-            self.gen.set_state(state["gen"])
+    from twotower_cli.samplers.steps import BatchFn
 
 
 LOGQ_MODES = ("exact", "streaming", "off")
@@ -60,13 +39,24 @@ def at_least(key: str, value: int, low: int) -> int:
 
 
 class Sampler:
-    """Base: positives only. `loss` is the loss used when the config says `loss: auto`;
-    `train_only` names the parameters only `batch_fn` reads, at train time: a sample made with
-    other values of them is still the right one."""
+    """Base: positives only, in-batch negatives. What the stages read off any sampler (each
+    subclass sets its own values):
 
-    loss = "inbatch_softmax"
-    logq = "exact"
+    - `loss`: the loss used when the config says `loss: auto`;
+    - `logq`: exact | streaming | off, which logQ `batch_fn` adds (LOGQ_MODES);
+    - `train_only`: the parameters only `batch_fn` reads, at train time: a sample made with
+      other values of them is still the right one;
+    - `streams`: the examples are the positives themselves, so the sample stage makes them with
+      `fit_stream` in one bounded pass instead of `fit` (in-batch samplers);
+    - `needs_band`: `fit` takes the mined band (`band_items`), which the sample stage finds
+      with mining.mined_band (sampler=hard kind=mined).
+    """
+
+    loss: str = "inbatch_softmax"
+    logq: str = "exact"
     train_only: tuple[str, ...] = ()
+    streams: bool = False
+    needs_band: bool = False
 
     def fit(self, train: pd.DataFrame, n_items: int, items: pd.DataFrame | None = None) -> Sampler:
         """Learn from the training positives (`items`: the encoded item table, for samplers
@@ -87,21 +77,8 @@ class Sampler:
         return None
 
     def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn | None:
-        """In-batch: every positive of the batch is also a negative column; its expected
-        count among a batch of B draws is B * Q(item)."""
-        if self.logq == "off":
-            return None
-        streaming = self._streaming(item_log_q) if self.logq == "streaming" else None
+        """In-batch: every positive of the batch is also a negative column, its logQ from the
+        exact Q (InBatchSampler adds the streaming estimate and shared uniform items)."""
+        from twotower_cli.samplers import steps  # torch: at train time only
 
-        def add_log_q(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            item = batch["item"]
-            if streaming is not None:
-                log_q = streaming.update(item).log_prob(item)
-            else:
-                log_q = item_log_q[item] + float(np.log(len(item)))
-            return {**batch, "log_q": log_q}
-
-        return BatchStep(add_log_q, streaming)
-
-    def _streaming(self, item_log_q: torch.Tensor) -> StreamingFrequency:
-        return StreamingFrequency(len(item_log_q), alpha=getattr(self, "alpha", 0.05))
+        return None if self.logq == "off" else steps.in_batch_log_q(item_log_q, None)

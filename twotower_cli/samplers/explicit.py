@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import find, pair_keys, sorted_unique
-from twotower_cli.samplers.base import BatchFn, Sampler, at_least, check_logq, item_log_frequency
+from twotower_cli.samplers.base import Sampler, at_least, check_logq, item_log_frequency
+
+if TYPE_CHECKING:  # torch is loaded by `batch_fn` (steps.py), at train time only
+    import torch
+
+    from twotower_cli.samplers.steps import BatchFn
 
 
 class ExplicitSampler(Sampler):
@@ -53,15 +58,9 @@ class ExplicitSampler(Sampler):
         return self.negatives_
 
     def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn | None:
-        if self.logq == "off":
-            return None
-        log_n = float(np.log(self.n_neg))
+        from twotower_cli.samplers import steps  # torch: at train time only
 
-        def add_log_q(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            log_q = item_log_q[batch["item"]] + log_n
-            return {**batch, "log_q": log_q, "neg_log_q": item_log_q[batch["neg"]] + log_n}
-
-        return add_log_q
+        return None if self.logq == "off" else steps.explicit_log_q(item_log_q, self.n_neg)
 
 
 class RandomNegativeSampler(ExplicitSampler):

@@ -5,20 +5,19 @@ catalogue item (`sampler=full`, a full softmax)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.samplers.base import (
-    BatchFn,
-    BatchStep,
-    Sampler,
-    at_least,
-    check_logq,
-    log_frequency,
-)
+from twotower_cli.samplers.base import Sampler, at_least, check_logq
+from twotower_cli.training.logq import log_frequency
+
+if TYPE_CHECKING:  # torch is loaded by `batch_fn` (steps.py), at train time only
+    import torch
+
+    from twotower_cli.samplers.steps import BatchFn
 
 
 class InBatchSampler(Sampler):
@@ -67,30 +66,13 @@ class InBatchSampler(Sampler):
                             else log_frequency(counts))  # fmt: skip
         return n
 
-    def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn:
+    def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn | None:
+        from twotower_cli.samplers import steps  # torch: at train time only
+
+        streaming = steps.streaming_estimate(item_log_q, self.logq, self.alpha)
         if not self.n_uniform:
-            return super().batch_fn(item_log_q, seed)
-        n_items = len(item_log_q) - 1
-        gen = torch.Generator().manual_seed(seed)
-        streaming = self._streaming(item_log_q) if self.logq == "streaming" else None
-        log_uniform = float(np.log(self.n_uniform / n_items))
-
-        def add_uniform(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            item = batch["item"]
-            neg = torch.randint(1, n_items + 1, (self.n_uniform,), generator=gen)
-            neg = neg.to(item.device)
-            out = {**batch, "neg": neg}
-            if self.logq == "off":
-                return out
-            if streaming is not None:
-                streaming.update(item)
-                count = lambda ids: streaming.log_prob(ids)  # noqa: E731
-            else:
-                count = lambda ids: item_log_q[ids] + float(np.log(len(item)))  # noqa: E731
-            mix = lambda ids: torch.logaddexp(count(ids), torch.tensor(log_uniform))  # noqa: E731
-            return {**out, "log_q": mix(item), "neg_log_q": mix(neg)}
-
-        return BatchStep(add_uniform, streaming, gen)
+            return None if self.logq == "off" else steps.in_batch_log_q(item_log_q, streaming)
+        return steps.mixed(item_log_q, self.n_uniform, self.logq, streaming, seed)
 
 
 class MixedSampler(InBatchSampler):
@@ -123,14 +105,9 @@ class UniformSampler(InBatchSampler):
         self.n_negatives = at_least("n_negatives", n_negatives, 1)
 
     def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn:
-        n_items = len(item_log_q) - 1
-        gen = torch.Generator().manual_seed(seed)
+        from twotower_cli.samplers import steps  # torch: at train time only
 
-        def add_uniform(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            neg = torch.randint(1, n_items + 1, (self.n_negatives,), generator=gen)
-            return {**batch, "neg": neg.to(batch["item"].device)}
-
-        return BatchStep(add_uniform, None, gen)
+        return steps.uniform(item_log_q, self.n_negatives, seed)
 
 
 class CatalogueSampler(InBatchSampler):
@@ -163,9 +140,6 @@ class CatalogueSampler(InBatchSampler):
         return super().fit_stream(batches, n_items, write)
 
     def batch_fn(self, item_log_q: torch.Tensor, seed: int = 0) -> BatchFn:
-        catalogue = torch.arange(1, len(item_log_q))
+        from twotower_cli.samplers import steps  # torch: at train time only
 
-        def add_catalogue(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {**batch, "neg": catalogue.to(batch["item"].device)}
-
-        return BatchStep(add_catalogue)
+        return steps.catalogue(item_log_q)

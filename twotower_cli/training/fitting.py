@@ -195,7 +195,7 @@ def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: P
     extra = None
     if "valid" in splits and read_manifest(sample_dir)["config"].get("fit_on") == "train":
         extra = read_split(prep_dir, "valid", ["user", "item"]).assign(label=np.float32(1.0))
-        if getattr(sampler, "logq", "off") == "exact":
+        if sampler.logq == "exact":
             counts = pools.item_counts(iter_splits(prep_dir, splits, ["item"]), n_items)
             item_log_q = losses.log_frequency(counts)
     batch_fn = sampler.batch_fn(torch.from_numpy(item_log_q), cfg.seed)

@@ -11,11 +11,13 @@ here; `StreamingFrequency` is Yi et al.'s streaming estimate of Q.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
 from twotower_cli.core.errors import TwoTowerError
+
+# the exact logQ lives torch-free for the samplers; training reads it here too
+from twotower_cli.training.logq import log_frequency as log_frequency
 
 LOSSES = ("auto", "bce", "sampled_softmax", "inbatch_softmax", "full_softmax")
 NEG_INF = float("-inf")
@@ -188,14 +190,6 @@ def resolve(loss: str, sampler_loss: str):
     fns = {"bce": bce, "sampled_softmax": sampled_softmax, "inbatch_softmax": inbatch_softmax,
            "full_softmax": full_softmax}  # fmt: skip
     return fns[name], name
-
-
-def log_frequency(counts: np.ndarray) -> np.ndarray:
-    """log Q per item from its training counts (index = item id, 0 = padding): its share of
-    the positives, an unseen item counted as half a positive (the samplers' exact logQ)."""
-    counts = counts.astype(np.float64)
-    counts[counts == 0] = 0.5
-    return np.log(counts / counts[1:].sum()).astype(np.float32)
 
 
 class StreamingFrequency:
