@@ -29,7 +29,7 @@ class TowerSettings:
     embed_dim: int = field(default=32, metadata={"ge": 1})
     hidden: list[int] = field(default_factory=lambda: [256])
     out_dim: int = field(default=64, metadata={"ge": 1})
-    dropout: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0})
+    dropout: float = field(default=0.1, metadata={"ge": 0.0, "lt": 1.0})
     similarity: str = field(default="cosine", metadata={"choices": SIMILARITIES})
     temperature: float = field(default=0.05, metadata={"gt": 0.0})
     # the user-history feature: the user's latest history_len items, pooled from the item

@@ -37,17 +37,20 @@ class ModelSchema(TowerSettings):
 
 @dataclass
 class SENetSchema(ModelSchema):
+    _target_: str = "twotower_cli.models.senet.SENetTower"
     reduction: int = 2
 
 
 @dataclass
 class ParallelSchema(ModelSchema):
+    _target_: str = "twotower_cli.models.parallel.ParallelTower"
     channels: list[str] = field(default_factory=lambda: ["dnn", "fm", "dcn"])
     cross_layers: int = 2
 
 
 @dataclass
 class MultiTaskSchema(ModelSchema):
+    _target_: str = "twotower_cli.models.multitask.MultiTaskTower"
     tasks: Any = None
     weighting: str = "fixed"
     task_weights: Any = None
