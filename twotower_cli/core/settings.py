@@ -1,7 +1,9 @@
 """Settings dataclasses: the typed shape and the bounds of the config groups that library code
-reads (`model`, `train`, `eval`, `index`, `exposures`). Plain dataclasses, no Hydra: config.py
-registers them in Hydra's ConfigStore (types checked at composition) and checks the bounds in
-each field's `metadata` (ge, gt, le, lt, choices) before a stage runs."""
+reads (`model`, `train`, `eval`, `index`, `exposures`, `tune`, `export`, `report`). Plain
+dataclasses, no Hydra: config.py registers them in Hydra's ConfigStore (types checked at
+composition) and checks the bounds in each field's `metadata` (ge, gt, le, lt, choices, each_ge;
+`say`: the error's own wording) before a stage runs. tests/test_settings_yaml.py holds each
+dataclass's defaults to its conf/ YAML's values."""
 
 from __future__ import annotations
 
@@ -146,6 +148,47 @@ class ExposureSettings:
     per_positive: float = field(default=1.0, metadata={"gt": 0.0})
 
 
+# `say`: a field's own error line, formatted with its `key` and `value`
+COUNT = "{key}: {value!r} is not a count (an integer >= 0)"
+
+
+@dataclass
+class TuneSettings:
+    """`conf/tune/default.yaml` (`twotower tune`, pipeline/tune.py)."""
+
+    trials: int = field(default=20, metadata={"ge": 0, "say": COUNT})
+    # a wall-clock budget of the search in minutes (None: none)
+    minutes: float | None = field(default=None, metadata={
+        "gt": 0.0, "say": "{key}: {value:g} is not null or a number of minutes > 0"})  # fmt: skip
+    refit: bool = True
+    # the study's name: conf/tune/default.yaml takes the hparams_search choice
+    name: str = "default"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    confirm_top: int = field(default=3, metadata={"ge": 0, "say": COUNT})
+    confirm_seeds: list[int] = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
+class ExportSettings:
+    """`conf/export/default.yaml`: dynamo false = the TorchScript ONNX exporter."""
+
+    dynamo: bool = False
+
+
+@dataclass
+class ReportSettings:
+    """`conf/report/default.yaml` (`twotower report`); the report stage hands these, with the
+    seed, to report.diagnostics.BucketSettings, which checks the shares' and quantiles' order."""
+
+    k: int = field(default=20, metadata={"ge": 1, "say": "{key}: {value} must be at least 1"})
+    head_share: float = 0.5
+    torso_share: float = 0.8
+    user_quantiles: list[float] = field(default_factory=lambda: [0.3333, 0.6667])
+    random_per_positive: int = field(default=1, metadata={"ge": 1, "say": "{key}: {value} < 1"})
+    compare: list[str] = field(default_factory=list)
+    compare_dir: str = "outputs/compare/report"
+
+
 BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 BOUND_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b,
             "lt": lambda v, b: v < b}  # fmt: skip
@@ -156,12 +199,13 @@ def check_bounds(settings, prefix: str) -> None:
     for f in fields(settings):
         value, rule = getattr(settings, f.name), f.metadata
         key = f"{prefix}.{f.name}"
+        line = rule.get("say", "").format(key=key, value=value) if value is not None else ""
         if "choices" in rule and value not in rule["choices"]:
-            raise ConfigError(f"{key}: {value!r} not in {tuple(rule['choices'])}")
+            raise ConfigError(line or f"{key}: {value!r} not in {tuple(rule['choices'])}")
         if "each_ge" in rule:
             if not value or any(v < rule["each_ge"] for v in value):
-                raise ConfigError(f"{key}: need a non-empty list of values >= "
+                raise ConfigError(line or f"{key}: need a non-empty list of values >= "
                                   f"{rule['each_ge']}, got {list(value or [])}")  # fmt: skip
         for op, word in BOUNDS.items():
-            if op in rule and not BOUND_OK[op](value, rule[op]):
-                raise ConfigError(f"{key} must be {word} {rule[op]}, got {value!r}")
+            if op in rule and value is not None and not BOUND_OK[op](value, rule[op]):
+                raise ConfigError(line or f"{key} must be {word} {rule[op]}, got {value!r}")

@@ -18,10 +18,13 @@ from twotower_cli.artifacts.store import FIT_ON
 from twotower_cli.core.errors import ConfigError
 from twotower_cli.core.settings import (
     EvalSettings,
+    ExportSettings,
     ExposureSettings,
     IndexSettings,
+    ReportSettings,
     TowerSettings,
     TrainSettings,
+    TuneSettings,
     check_bounds,
 )
 from twotower_cli.data.engine import check_memory
@@ -105,25 +108,29 @@ def register() -> None:
     for name, node in (("dssm", ModelSchema), ("senet", SENetSchema),
                        ("parallel", ParallelSchema), ("multitask", MultiTaskSchema)):  # fmt: skip
         cs.store(group="schema/model", name=name, node=node)
-    cs.store(group="schema/train", name="default", node=TrainSettings)
-    cs.store(group="schema/eval", name="default", node=EvalSettings)
-    cs.store(group="schema/index", name="default", node=IndexSettings)
-    cs.store(group="schema/exposures", name="default", node=ExposureSettings)
+    for group, node in SETTINGS.items():
+        if group in SCHEMAS:
+            cs.store(group=f"schema/{group}", name="default", node=node)
 
 
-# group -> settings dataclass whose field bounds `check` enforces
-BOUNDED = {"model": TowerSettings, "train": TrainSettings, "eval": EvalSettings,
-           "index": IndexSettings, "exposures": ExposureSettings,
-           "dataset.split": SplitSettings}  # fmt: skip
+# group -> its settings dataclass: `check` enforces each field's bounds, and a key that is no
+# field (`+train.foo=1`) is refused; those of SCHEMAS are also the YAML's types (ConfigStore)
+SETTINGS = {"model": TowerSettings, "train": TrainSettings, "eval": EvalSettings,
+            "index": IndexSettings, "exposures": ExposureSettings, "tune": TuneSettings,
+            "export": ExportSettings, "report": ReportSettings,
+            "dataset.split": SplitSettings}  # fmt: skip
+SCHEMAS = ("train", "eval", "index", "exposures", "tune", "export", "report")
+# groups only their own stage reads: another stage does not refuse their values
+OWN_STAGE = ("tune", "export", "report")
 LOSSES = ("auto", "bce", "sampled_softmax", "inbatch_softmax")
 
 
 def check(cfg: DictConfig) -> None:
     """The bounds of every bounded group and of the top-level keys; ConfigError on the first
     value outside them."""
-    for key, settings in BOUNDED.items():
+    for key, settings in SETTINGS.items():
         node = OmegaConf.select(cfg, key)
-        if node is None:
+        if node is None or key in OWN_STAGE and cfg.get("stage") != key:
             continue
         values = OmegaConf.to_container(node, resolve=True)
         names = {f for f in settings.__dataclass_fields__}
@@ -151,10 +158,9 @@ def check(cfg: DictConfig) -> None:
     _check_load_keys(cfg)
 
 
-# groups whose settings name every key they take: an unknown key (`+train.foo=1`) is refused
-# before it reaches a stage (or, under dataset, every later stage's lineage check)
-CLOSED = {"train": TrainSettings, "eval": EvalSettings, "index": IndexSettings,
-          "exposures": ExposureSettings, "dataset.split": SplitSettings}  # fmt: skip
+# an unknown key of a settings group (`+train.foo=1`) is refused before it reaches a stage (or,
+# under dataset, every later stage's lineage check); the model's variants add keys of their own
+CLOSED = {key: settings for key, settings in SETTINGS.items() if key != "model"}
 DATASET_KEYS = ("engine_memory", "load", "label", "tasks", "split", "protocol")
 
 
