@@ -17,13 +17,13 @@ from twotower_cli.core.settings import (
     ExposureSettings,
     IndexSettings,
     ReportSettings,
+    ServeSettings,
     TowerSettings,
     TrainSettings,
     TuneSettings,
 )
 from twotower_cli.data.preprocess import SplitSettings
 from twotower_cli.pipeline.config import MultiTaskSchema, ParallelSchema, SENetSchema
-from twotower_cli.serve.settings import ServeSettings
 
 # (dataclass, YAML file under conf/, the node in it; "" = the whole file)
 PAIRS = [
@@ -76,6 +76,8 @@ def test_dataclass_defaults_are_the_yaml_values(settings, path, node):
     [("tune.minutes=0", "tune.minutes: 0 is not null or a number of minutes > 0"),
      ("report.k=0", "report.k: 0 must be at least 1"),
      ("report.random_per_positive=0", "report.random_per_positive: 0 < 1"),
+     ("serve.port=0", "serve.port: must be an integer in 1-65535, got 0"),
+     ("serve.timeout_read=-1", "serve.timeout_read: must be > 0 seconds, got -1"),
      ("export.dynamo=maybe", "export.dynamo: Value 'maybe' is not a valid bool (type str)"),
      ("+tune.foo=1", "tune.foo: not a tune setting; known: confirm_seeds, confirm_top")],
 )  # fmt: skip

@@ -22,6 +22,7 @@ from twotower_cli.core.settings import (
     ExposureSettings,
     IndexSettings,
     ReportSettings,
+    ServeSettings,
     TowerSettings,
     TrainSettings,
     TuneSettings,
@@ -117,11 +118,11 @@ def register() -> None:
 # field (`+train.foo=1`) is refused; those of SCHEMAS are also the YAML's types (ConfigStore)
 SETTINGS = {"model": TowerSettings, "train": TrainSettings, "eval": EvalSettings,
             "index": IndexSettings, "exposures": ExposureSettings, "tune": TuneSettings,
-            "export": ExportSettings, "report": ReportSettings,
+            "export": ExportSettings, "report": ReportSettings, "serve": ServeSettings,
             "dataset.split": SplitSettings}  # fmt: skip
-SCHEMAS = ("train", "eval", "index", "exposures", "tune", "export", "report")
+SCHEMAS = ("train", "eval", "index", "exposures", "tune", "export", "report", "serve")
 # groups only their own stage reads: another stage does not refuse their values
-OWN_STAGE = ("tune", "export", "report")
+OWN_STAGE = ("tune", "export", "report", "serve")
 LOSSES = ("auto", "bce", "sampled_softmax", "inbatch_softmax")
 
 
@@ -149,10 +150,6 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"fit_on: {cfg.get('fit_on')!r} not in {tuple(FIT_ON)}")
     if cfg.get("loss") not in LOSSES:
         raise ConfigError(f"loss: {cfg.get('loss')!r} not in {LOSSES}")
-    if cfg.get("serve") is not None and cfg.get("stage") == "serve":  # no other stage reads it
-        from twotower_cli.serve.settings import ServeSettings
-
-        ServeSettings(**OmegaConf.to_container(cfg.serve, resolve=True))  # checks its bounds
     _check_device(OmegaConf.select(cfg, "train.device") or "cpu")
     _check_targets(OmegaConf.to_container(cfg, resolve=False), "")
     _check_load_keys(cfg)
