@@ -218,7 +218,7 @@ def test_a_killed_search_resumes_from_its_finished_trials(tmp_path, monkeypatch,
     fit, calls = fitting.fit, []
 
     def killed_at_third(cfg, *args, **kwargs):
-        calls.append(cfg.model.temperature)
+        calls.append(cfg.model["temperature"])
         if len(calls) == 3:
             raise Killed  # the process dies in the middle of trial 2
         return fit(cfg, *args, **kwargs)

@@ -220,7 +220,8 @@ def _score(overrides: list[str], metric: str, made: set) -> tuple[float, int, in
     the epoch of the best score (the weights early stopping keeps)."""
     trial_cfg, _ = compose_run(overrides)
     _ensure_inputs(trial_cfg, made)
-    history = fitting.fit(trial_cfg, *stages.train_inputs(trial_cfg)).history
+    inputs = stages.train_inputs(trial_cfg)
+    history = fitting.fit(stages.fit_settings(trial_cfg), *inputs).history
     best = max(history, key=lambda h: h[metric])
     return best[metric], len(history), int(best["epoch"])
 
