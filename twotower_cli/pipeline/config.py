@@ -61,31 +61,43 @@ class MultiTaskSchema(ModelSchema):
     fusion_weights: Any = None
 
 
-# the keys a `-m` sweep varies (cli.main sets them from the command line)
-SWEPT: set[str] = set()
+def sweeps(overrides: list[str]) -> tuple[set[str], set[str]]:
+    """The keys a command line sweeps (`a=1,2`, `a=range(1,3)`, `a=choice(x,y)`: a sweep as
+    Hydra's own parser reads it; `a=[1,2]` is a list) and the keys it fixes; what is no override
+    is Hydra's to report."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, swept, fixed = OverridesParser.create(), set(), set()
+    for line in overrides:
+        try:
+            (o,) = parser.parse_overrides([line])
+        except HydraException:
+            continue
+        (swept if o.is_sweep_override() else fixed).add(o.key_or_group)
+    return swept, fixed
 
 
-def swept_keys(overrides: list[str]) -> set[str]:
-    """The keys of sweep overrides: `a=1,2`, `a=range(...)`, `a=choice(...)`, `a=glob(...)`."""
-    out = set()
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if "," in value or value.startswith(("range(", "choice(", "glob(", "interval(")):
-            out.add(key.lstrip("+~"))
-    return out
+def name_by_sweep(fixed: set[str]) -> str:
+    """The Hydra override that leaves the command line's fixed keys out of each job's
+    `hydra.job.override_dirname`: what is left names the job (`run_name`)."""
+    keys = ",".join(f"'{k}'" for k in sorted(fixed))  # group names and dotted keys
+    return f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"
 
 
 def run_name(model: str) -> str:
     """`paths.run`: the model choice; in a sweep (`-m`) also the job's values of the swept
-    keys, so no job overwrites another's run dir (`dssm-model.temperature=0.1,seed=1`)."""
+    keys, so no job overwrites another's run dir (`dssm-model.temperature=0.1,seed=1`). The
+    swept keys are Hydra's: the job's overrides (`hydra.job.override_dirname`), the command
+    line's or a config file's (`hydra.sweeper.params`), less those the command line fixes
+    (`name_by_sweep`)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
+    if hc.mode != RunMode.MULTIRUN or not hc.job.override_dirname:
         return model
-    mine = sorted(o for o in hc.overrides.task if o.partition("=")[0].lstrip("+~") in SWEPT)
-    return f"{model}-{','.join(mine)}".replace("/", "_") if mine else model
+    return f"{model}-{hc.job.override_dirname}".replace("/", "_")
 
 
 def data_name(dataset: str, protocol: str | None) -> str:
