@@ -133,8 +133,8 @@ def _stage(word: str, stages: dict):
     return stages[word]
 
 
-def _composes(stage: str, flags: list[str], overrides: list[str], swept: set[str] | None,
-              ) -> str | None:  # fmt: skip
+def _composes(stage: str, flags: list[str], overrides: list[str],
+              swept: set[str] | None) -> str | None:  # fmt: skip
     """Compose the config once before Hydra runs, so that a type error or an unknown key is one
     line naming it, not Hydra's report, and an unwritable paths.out is named. Under -m (`swept`:
     the keys it sweeps) a sweep's `a=1,2` is not a value: the other overrides are composed for
