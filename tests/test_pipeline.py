@@ -172,3 +172,22 @@ def test_steps_allowed_counts_the_cap_from_the_history():
         history.append({"steps": allowed[-1]})
     assert allowed == [10, 10, 5, 0]
     assert steps_allowed(10, 0, history) == 10
+
+
+def test_a_sweep_in_a_config_file_keeps_every_job(out_dir: Path, tmp_path: Path):
+    # hydra.sweeper.params in an experiment: no `a=1,2` on the command line, yet each job trains
+    # into its own run dir, named by Hydra's own state (the job's swept overrides); the command
+    # line's fixed keys (experiment, paths.out, ...) stay out of the name
+    conf = tmp_path / "conf" / "experiment"
+    conf.mkdir(parents=True)
+    (conf / "widths.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      model.out_dim: 16,32\n"
+    )
+    paths = f"paths.out={out_dir}"
+    assert twotower("preprocess", *SMALL, paths) == 0
+    assert twotower("sample", *SMALL, paths) == 0
+    args = ("--config-dir", str(tmp_path / "conf"), "experiment=widths", "-m")
+    assert twotower("train", *SMALL, paths, *args, "seed=0,1") == 0
+    sample = out_dir / "synthetic" / "sample" / "inbatch"
+    runs = sorted(p.parent.parent.name for p in sample.glob("*/train/model.pt"))
+    assert runs == [f"dssm-model.out_dim={d},seed={s}" for d in (16, 32) for s in (0, 1)]

@@ -113,7 +113,9 @@ def test_tune_searches_on_train_only(out_dir, capsys):
 def test_a_bad_tune_refit_is_a_one_line_error(out_dir, capsys):
     assert twotower("tune", *SMALL, f"paths.out={out_dir}", "tune.refit=sometimes") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["twotower tune: error: tune.refit: 'sometimes' is not true or false"]
+    # a type is the schema's (core/settings.py: TuneSettings), refused as Hydra composes
+    assert err == ["twotower tune: error: tune.refit: Value 'sometimes' is not a valid bool "
+                   "(type str)"]  # fmt: skip
 
 
 def test_refit_epochs_are_the_rounded_mean_best_epoch():
@@ -163,3 +165,15 @@ def test_train_refit_is_skipped_with_explicit_negatives(out_dir, capsys):
     assert "refit_epochs" not in made["figures"] and "best_valid" in made["figures"]
     assert torch.load(out_dir / "synthetic" / "sample" / "random" / "dssm" / "train" /
                       "model.pt", weights_only=True)["config"]["fit_on"] == "train"  # fmt: skip
+
+
+def test_items_as_trained_hide_the_ids_of_items_with_no_training_positive(tmp_path):
+    # 4 items (row 0 is padding); the training rows hold items 1, 1 and 3: under
+    # item_id_dropout > 0 items 2 and 4 are unknown (id 0) to the tower, as in training
+    items = {"item": torch.arange(5), "genre": torch.tensor([0, 1, 2, 1, 2])}
+    rows = [pd.DataFrame({"item": [1, 1]}), pd.DataFrame({"item": [3]})]
+    trained = fitting.items_as_trained(items, tmp_path, 0.1, "train", 4, rows)
+    assert trained["item"].tolist() == [0, 1, 0, 3, 0]
+    assert trained["genre"] is items["genre"]
+    # no dropout: every id as it is, and no split is read (tmp_path holds none)
+    assert fitting.items_as_trained(items, tmp_path, 0.0, "train", 4) is items

@@ -90,7 +90,11 @@ USER = json.dumps({"user": {"age": 1}, "k": 3}).encode()
         (["serve.port=0"], "serve.port: must be an integer in 1-65535, got 0"),
         (["serve.max_body_bytes=0"], "serve.max_body_bytes: must be an integer >= 1, got 0"),
         (["serve.timeout_read=-1"], "serve.timeout_read: must be > 0 seconds, got -1"),
-        (["serve.workers=two"], "serve.workers: expected a number, got 'two'"),
+        # a type is the schema's (core/settings.py), refused as Hydra composes
+        (
+            ["serve.workers=two"],
+            "serve.workers: Value 'two' of type 'str' could not be converted to Integer",
+        ),
         (["serve.runtime=gpu"], "serve.runtime: 'gpu' not in"),
     ],
 )

@@ -102,13 +102,18 @@ def test_gamma_is_a_share_of_the_trials():
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("tune.confirm_top=-1", "tune.confirm_top: -1"), ("tune.trials=many", "tune.trials: 'many'")],
-)
+    [("tune.confirm_top=-1", "tune.confirm_top: -1 is not a count (an integer >= 0)"),
+     ("tune.trials=-3", "tune.trials: -3 is not a count (an integer >= 0)"),
+     # a type is the schema's (core/settings.py: TuneSettings), refused as Hydra composes
+     ("tune.trials=many", "tune.trials: Value 'many' of type 'str' could not be converted to "
+                          "Integer"),
+     ("tune.refit=maybe", "tune.refit: Value 'maybe' is not a valid bool (type str)")],
+)  # fmt: skip
 def test_bad_tune_counts_are_one_line_errors(tmp_path, capsys, override, message):
     out = tmp_path / "outputs"
     assert twotower("tune", *SMALL, f"paths.out={out}", override) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"twotower tune: error: {message} is not a count (an integer >= 0)"]
+    assert err == [f"twotower tune: error: {message}"]
     assert not (out / "synthetic" / "tune").exists()
 
 
@@ -213,7 +218,7 @@ def test_a_killed_search_resumes_from_its_finished_trials(tmp_path, monkeypatch,
     fit, calls = fitting.fit, []
 
     def killed_at_third(cfg, *args, **kwargs):
-        calls.append(cfg.model.temperature)
+        calls.append(cfg.model["temperature"])
         if len(calls) == 3:
             raise Killed  # the process dies in the middle of trial 2
         return fit(cfg, *args, **kwargs)

@@ -58,7 +58,6 @@ def compose_config(
     if stage not in STAGE_WORDS:
         raise ConfigError(f"stage: {stage!r} is not one of {', '.join(STAGE_WORDS)}")
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
-    schema.SWEPT.clear()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose("config", [*extra, f"stage={stage}", *overrides],

@@ -33,7 +33,6 @@ try:
     from twotower_cli.core.errors import TwoTowerError
     from twotower_cli.core.launcher import check_stage
     from twotower_cli.pipeline import config
-    from twotower_cli.pipeline.config import swept_keys
 except KeyboardInterrupt:
     _interrupted_at_start()
     raise
@@ -134,19 +133,22 @@ def _stage(word: str, stages: dict):
     return stages[word]
 
 
-def _composes(stage: str, flags: list[str], overrides: list[str], multirun: bool) -> str | None:
+def _composes(stage: str, flags: list[str], overrides: list[str],
+              swept: set[str] | None) -> str | None:  # fmt: skip
     """Compose the config once before Hydra runs, so that a type error or an unknown key is one
-    line naming it, not Hydra's report, and an unwritable paths.out is named. Under -m a sweep's
-    `a=1,2` is not a value: the other overrides are composed for paths.out, and Hydra reports
-    the rest. Returns paths.out (None when it is swept or reads Hydra's runtime)."""
+    line naming it, not Hydra's report, and an unwritable paths.out is named. Under -m (`swept`:
+    the keys it sweeps) a sweep's `a=1,2` is not a value: the other overrides are composed for
+    paths.out, and Hydra reports the rest. Returns paths.out (None when it is swept or reads
+    Hydra's runtime)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     if any(f.split("=")[0] in VALUE_FLAGS[2:] for f in flags):
         return None  # another primary config: Hydra's own report
+    multirun = swept is not None
     if multirun:
-        overrides = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in config.SWEPT]
+        overrides = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in swept]
     dirs = []
     for i, f in enumerate(flags):
         name, _, value = f.partition("=")
@@ -162,7 +164,7 @@ def _composes(stage: str, flags: list[str], overrides: list[str], multirun: bool
             return None
         print(f"twotower {stage}: error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
-    if "paths.out" in config.SWEPT:
+    if multirun and "paths.out" in swept:
         return None
     try:
         out = str(OmegaConf.select(cfg, "paths.out"))
@@ -288,12 +290,13 @@ def _route(argv: list[str]) -> None:
         else:
             rest.append(arg)
     multirun = any(f in ("-m", "--multirun") for f in flags)
-    config.SWEPT.clear()
-    config.SWEPT.update(swept_keys(rest) if multirun else ())
+    swept, fixed = config.sweeps(rest) if multirun else (None, set())
     out = None
     if not any(a.startswith("--") for a in rest):
-        out = _composes(stage, flags, [f"stage={stage}", *rest], multirun)
-    sys.argv = [sys.argv[0], *flags, f"stage={stage}", *rest]
+        out = _composes(stage, flags, [f"stage={stage}", *rest], swept)
+    # a job of a sweep is named by its swept keys (config.run_name): the fixed ones are left out
+    naming = [config.name_by_sweep({"stage", *fixed})] if multirun else []
+    sys.argv = [sys.argv[0], *flags, *naming, f"stage={stage}", *rest]
     with _hydra_writes(stage, out):
         app()
 

@@ -1,10 +1,13 @@
 """Settings dataclasses: the typed shape and the bounds of the config groups that library code
-reads (`model`, `train`, `eval`, `index`, `exposures`). Plain dataclasses, no Hydra: config.py
-registers them in Hydra's ConfigStore (types checked at composition) and checks the bounds in
-each field's `metadata` (ge, gt, le, lt, choices) before a stage runs."""
+reads (`model`, `train`, `eval`, `index`, `exposures`, `tune`, `export`, `report`). Plain
+dataclasses, no Hydra: config.py registers them in Hydra's ConfigStore (types checked at
+composition) and checks the bounds in each field's `metadata` (ge, gt, le, lt, choices, each_ge;
+`say`: the error's own wording) before a stage runs. tests/test_settings_yaml.py holds each
+dataclass's defaults to its conf/ YAML's values."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -146,6 +149,132 @@ class ExposureSettings:
     per_positive: float = field(default=1.0, metadata={"gt": 0.0})
 
 
+# `say`: a field's own error line, formatted with its `key` and `value`
+COUNT = "{key}: {value!r} is not a count (an integer >= 0)"
+
+
+@dataclass
+class TuneSettings:
+    """`conf/tune/default.yaml` (`twotower tune`, pipeline/tune.py)."""
+
+    trials: int = field(default=20, metadata={"ge": 0, "say": COUNT})
+    # a wall-clock budget of the search in minutes (None: none)
+    minutes: float | None = field(default=None, metadata={
+        "gt": 0.0, "say": "{key}: {value:g} is not null or a number of minutes > 0"})  # fmt: skip
+    refit: bool = True
+    # the study's name: conf/tune/default.yaml takes the hparams_search choice
+    name: str = "default"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    confirm_top: int = field(default=3, metadata={"ge": 0, "say": COUNT})
+    confirm_seeds: list[int] = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
+class ExportSettings:
+    """`conf/export/default.yaml`: dynamo false = the TorchScript ONNX exporter."""
+
+    dynamo: bool = False
+
+
+@dataclass
+class ReportSettings:
+    """`conf/report/default.yaml` (`twotower report`); the report stage hands these, with the
+    seed, to report.diagnostics.BucketSettings, which checks the shares' and quantiles' order."""
+
+    k: int = field(default=20, metadata={"ge": 1, "say": "{key}: {value} must be at least 1"})
+    head_share: float = 0.5
+    torso_share: float = 0.8
+    user_quantiles: list[float] = field(default_factory=lambda: [0.3333, 0.6667])
+    random_per_positive: int = field(default=1, metadata={"ge": 1, "say": "{key}: {value} < 1"})
+    compare: list[str] = field(default_factory=list)
+    compare_dir: str = "outputs/compare/report"
+
+
+# who runs the user tower in `serve` (export/user_tower.py: fast_user_tower)
+RUNTIMES = ("auto", "onnxruntime", "torchscript", "eager")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+# where `api_key: null` looks: an environment variable stays out of `ps` and of the manifests,
+# which hold each stage's resolved config
+API_KEY_ENV = "TWOTOWER_API_KEY"
+POSITIVE = {"ge": 1, "say": "{key}: must be an integer >= 1, got {value}"}
+PORT = {"ge": 1, "le": 65535, "say": "{key}: must be an integer in 1-65535, got {value}"}
+SECONDS = {"gt": 0.0, "lt": float("inf"), "say": "{key}: must be > 0 seconds, got {value:g}"}
+
+
+@dataclass
+class ServeSettings:
+    """`conf/serve/default.yaml` (`twotower serve`): where to listen, the request limits, how to
+    run the tower; a bad value is one line naming the `serve.` key, before anything loads."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=8000, metadata=PORT)
+    max_k: int = field(default=1000, metadata=POSITIVE)
+    max_batch: int = field(default=256, metadata=POSITIVE)
+    # most items one /recommend/batch answer may hold (users x k): 256 users x k=1000 is a
+    # 12 MB answer whose JSON encoding holds the GIL for ~0.4 s, stalling every other client
+    max_results: int = field(default=25_600, metadata=POSITIVE)
+    # answer concurrent single requests with one forward pass per batch (serve/batching.py)
+    micro_batch: bool = True
+    # one request is a tiny forward pass: more torch/faiss threads only add hand-off cost
+    threads: int = field(default=1, metadata=POSITIVE)
+    # who runs the user tower (user_tower.fast_user_tower)
+    runtime: str = field(default="auto", metadata={"choices": RUNTIMES})
+    log_level: str = field(default="warning", metadata={"choices": LOG_LEVELS})
+    # threads that answer /recommend/batch, /items/{id}/similar and large bodies, off the loop
+    workers: int = field(default=2, metadata=POSITIVE)
+    # limits: a larger body is answered 413 without being read; a connection must send a
+    # request head within timeout_read seconds (and then the body within as many); an idle
+    # keep-alive connection closes after timeout_keep_alive; beyond max_connections, 503
+    max_body_bytes: int = field(default=1_048_576, metadata=POSITIVE)
+    max_header_bytes: int = field(default=16_384, metadata={
+        "ge": 1024, "say": "{key}: must be an integer >= 1024, got {value}"})  # fmt: skip
+    timeout_read: float = field(default=10.0, metadata=SECONDS)
+    timeout_keep_alive: float = field(default=5.0, metadata=SECONDS)
+    max_connections: int = field(default=1024, metadata=POSITIVE)
+    # when set, every route but GET /health wants `Authorization: Bearer KEY` or `X-API-Key`;
+    # None takes $TWOTOWER_API_KEY when that is set
+    api_key: str | None = None
+    # host names a request's Host header may carry besides IP literals, `localhost` and `host`
+    # (a web page that rebinds its own name to this address sends that name); "*" accepts any
+    allowed_hosts: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """From Python too (`ServeSettings(port=0)`): the types the schema gives a YAML value,
+        the field bounds, the key from the environment and the host names, lower-cased."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and (isinstance(value, bool)
+                                               or not isinstance(value, int | float)):  # fmt: skip
+                raise ConfigError(f"serve.{f.name}: expected a number, got {value!r}")
+            if f.type == "int" and int(value) != value:
+                raise ConfigError(f"serve.{f.name}: must be an integer, got {value}")
+        check_bounds(self, "serve")
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
+        if self.api_key is not None:
+            if isinstance(self.api_key, bool) or not str(self.api_key).strip():
+                raise ConfigError("serve.api_key: expected a non-empty string or null")
+            self.api_key = str(self.api_key)  # `ServeSettings(api_key=1234)`
+        self.allowed_hosts = _host_names(self.allowed_hosts)
+
+    def check_key_env(self) -> None:
+        """Refuse to serve with `$TWOTOWER_API_KEY` set but empty: the key was meant to be on
+        and would silently be off. Checked when a server is built (every stage checks the
+        settings, and the variable is no business of theirs)."""
+        if self.api_key is None and os.environ.get(API_KEY_ENV, "x").strip() == "":
+            raise ConfigError(f"${API_KEY_ENV} is set but empty: set the key, or unset the "
+                              "variable to serve without one")  # fmt: skip
+
+
+def _host_names(names) -> list[str]:
+    """`serve.allowed_hosts` as lower-case names (a ListConfig or a list from Python)."""
+    if names is None:
+        return []
+    if isinstance(names, str) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(f"serve.allowed_hosts: expected a list of host names, got {names!r}")
+    return [n.strip().lower() for n in names]
+
+
 BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 BOUND_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b,
             "lt": lambda v, b: v < b}  # fmt: skip
@@ -156,12 +285,13 @@ def check_bounds(settings, prefix: str) -> None:
     for f in fields(settings):
         value, rule = getattr(settings, f.name), f.metadata
         key = f"{prefix}.{f.name}"
+        line = rule.get("say", "").format(key=key, value=value) if value is not None else ""
         if "choices" in rule and value not in rule["choices"]:
-            raise ConfigError(f"{key}: {value!r} not in {tuple(rule['choices'])}")
+            raise ConfigError(line or f"{key}: {value!r} not in {tuple(rule['choices'])}")
         if "each_ge" in rule:
             if not value or any(v < rule["each_ge"] for v in value):
-                raise ConfigError(f"{key}: need a non-empty list of values >= "
+                raise ConfigError(line or f"{key}: need a non-empty list of values >= "
                                   f"{rule['each_ge']}, got {list(value or [])}")  # fmt: skip
         for op, word in BOUNDS.items():
-            if op in rule and not BOUND_OK[op](value, rule[op]):
-                raise ConfigError(f"{key} must be {word} {rule[op]}, got {value!r}")
+            if op in rule and value is not None and not BOUND_OK[op](value, rule[op]):
+                raise ConfigError(line or f"{key} must be {word} {rule[op]}, got {value!r}")

@@ -18,10 +18,10 @@ from torch import nn
 
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.layout import FILES
+from twotower_cli.core.settings import RUNTIMES
 
 log = logging.getLogger("twotower.serve")
 OUTPUT = "user_vector"  # the ONNX graph's output name
-RUNTIMES = ("auto", "onnxruntime", "torchscript", "eager")
 
 
 def history_length(model: nn.Module) -> int:

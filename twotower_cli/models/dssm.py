@@ -10,7 +10,7 @@ from twotower_cli.models.blocks import MLP
 
 class DSSM(TwoTower):
     def __init__(self, schema: dict[str, list], **tower) -> None:
-        """`tower`: the shared settings (models.base.TowerSettings)."""
+        """`tower`: the shared settings (core.settings.TowerSettings)."""
         t = TowerSettings.of(tower)
         super().__init__(schema, t)
         d, hidden = t.embed_dim, list(t.hidden)

@@ -18,10 +18,14 @@ from twotower_cli.artifacts.store import FIT_ON
 from twotower_cli.core.errors import ConfigError
 from twotower_cli.core.settings import (
     EvalSettings,
+    ExportSettings,
     ExposureSettings,
     IndexSettings,
+    ReportSettings,
+    ServeSettings,
     TowerSettings,
     TrainSettings,
+    TuneSettings,
     check_bounds,
 )
 from twotower_cli.data.engine import check_memory
@@ -37,48 +41,63 @@ class ModelSchema(TowerSettings):
 
 @dataclass
 class SENetSchema(ModelSchema):
+    _target_: str = "twotower_cli.models.senet.SENetTower"
     reduction: int = 2
 
 
 @dataclass
 class ParallelSchema(ModelSchema):
+    _target_: str = "twotower_cli.models.parallel.ParallelTower"
     channels: list[str] = field(default_factory=lambda: ["dnn", "fm", "dcn"])
     cross_layers: int = 2
 
 
 @dataclass
 class MultiTaskSchema(ModelSchema):
+    _target_: str = "twotower_cli.models.multitask.MultiTaskTower"
     tasks: Any = None
     weighting: str = "fixed"
     task_weights: Any = None
     fusion_weights: Any = None
 
 
-# the keys a `-m` sweep varies (cli.main sets them from the command line)
-SWEPT: set[str] = set()
+def sweeps(overrides: list[str]) -> tuple[set[str], set[str]]:
+    """The keys a command line sweeps (`a=1,2`, `a=range(1,3)`, `a=choice(x,y)`: a sweep as
+    Hydra's own parser reads it; `a=[1,2]` is a list) and the keys it fixes; what is no override
+    is Hydra's to report."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, swept, fixed = OverridesParser.create(), set(), set()
+    for line in overrides:
+        try:
+            (o,) = parser.parse_overrides([line])
+        except HydraException:
+            continue
+        (swept if o.is_sweep_override() else fixed).add(o.key_or_group)
+    return swept, fixed
 
 
-def swept_keys(overrides: list[str]) -> set[str]:
-    """The keys of sweep overrides: `a=1,2`, `a=range(...)`, `a=choice(...)`, `a=glob(...)`."""
-    out = set()
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if "," in value or value.startswith(("range(", "choice(", "glob(", "interval(")):
-            out.add(key.lstrip("+~"))
-    return out
+def name_by_sweep(fixed: set[str]) -> str:
+    """The Hydra override that leaves the command line's fixed keys out of each job's
+    `hydra.job.override_dirname`: what is left names the job (`run_name`)."""
+    keys = ",".join(f"'{k}'" for k in sorted(fixed))  # group names and dotted keys
+    return f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"
 
 
 def run_name(model: str) -> str:
     """`paths.run`: the model choice; in a sweep (`-m`) also the job's values of the swept
-    keys, so no job overwrites another's run dir (`dssm-model.temperature=0.1,seed=1`)."""
+    keys, so no job overwrites another's run dir (`dssm-model.temperature=0.1,seed=1`). The
+    swept keys are Hydra's: the job's overrides (`hydra.job.override_dirname`), the command
+    line's or a config file's (`hydra.sweeper.params`), less those the command line fixes
+    (`name_by_sweep`)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
+    if hc.mode != RunMode.MULTIRUN or not hc.job.override_dirname:
         return model
-    mine = sorted(o for o in hc.overrides.task if o.partition("=")[0].lstrip("+~") in SWEPT)
-    return f"{model}-{','.join(mine)}".replace("/", "_") if mine else model
+    return f"{model}-{hc.job.override_dirname}".replace("/", "_")
 
 
 def data_name(dataset: str, protocol: str | None) -> str:
@@ -102,25 +121,29 @@ def register() -> None:
     for name, node in (("dssm", ModelSchema), ("senet", SENetSchema),
                        ("parallel", ParallelSchema), ("multitask", MultiTaskSchema)):  # fmt: skip
         cs.store(group="schema/model", name=name, node=node)
-    cs.store(group="schema/train", name="default", node=TrainSettings)
-    cs.store(group="schema/eval", name="default", node=EvalSettings)
-    cs.store(group="schema/index", name="default", node=IndexSettings)
-    cs.store(group="schema/exposures", name="default", node=ExposureSettings)
+    for group, node in SETTINGS.items():
+        if group in SCHEMAS:
+            cs.store(group=f"schema/{group}", name="default", node=node)
 
 
-# group -> settings dataclass whose field bounds `check` enforces
-BOUNDED = {"model": TowerSettings, "train": TrainSettings, "eval": EvalSettings,
-           "index": IndexSettings, "exposures": ExposureSettings,
-           "dataset.split": SplitSettings}  # fmt: skip
+# group -> its settings dataclass: `check` enforces each field's bounds, and a key that is no
+# field (`+train.foo=1`) is refused; those of SCHEMAS are also the YAML's types (ConfigStore)
+SETTINGS = {"model": TowerSettings, "train": TrainSettings, "eval": EvalSettings,
+            "index": IndexSettings, "exposures": ExposureSettings, "tune": TuneSettings,
+            "export": ExportSettings, "report": ReportSettings, "serve": ServeSettings,
+            "dataset.split": SplitSettings}  # fmt: skip
+SCHEMAS = ("train", "eval", "index", "exposures", "tune", "export", "report", "serve")
+# groups only their own stage reads: another stage does not refuse their values
+OWN_STAGE = ("tune", "export", "report", "serve")
 LOSSES = ("auto", "bce", "sampled_softmax", "inbatch_softmax")
 
 
 def check(cfg: DictConfig) -> None:
     """The bounds of every bounded group and of the top-level keys; ConfigError on the first
     value outside them."""
-    for key, settings in BOUNDED.items():
+    for key, settings in SETTINGS.items():
         node = OmegaConf.select(cfg, key)
-        if node is None:
+        if node is None or key in OWN_STAGE and cfg.get("stage") != key:
             continue
         values = OmegaConf.to_container(node, resolve=True)
         names = {f for f in settings.__dataclass_fields__}
@@ -139,19 +162,14 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"fit_on: {cfg.get('fit_on')!r} not in {tuple(FIT_ON)}")
     if cfg.get("loss") not in LOSSES:
         raise ConfigError(f"loss: {cfg.get('loss')!r} not in {LOSSES}")
-    if cfg.get("serve") is not None and cfg.get("stage") == "serve":  # no other stage reads it
-        from twotower_cli.serve.settings import ServeSettings
-
-        ServeSettings(**OmegaConf.to_container(cfg.serve, resolve=True))  # checks its bounds
     _check_device(OmegaConf.select(cfg, "train.device") or "cpu")
     _check_targets(OmegaConf.to_container(cfg, resolve=False), "")
     _check_load_keys(cfg)
 
 
-# groups whose settings name every key they take: an unknown key (`+train.foo=1`) is refused
-# before it reaches a stage (or, under dataset, every later stage's lineage check)
-CLOSED = {"train": TrainSettings, "eval": EvalSettings, "index": IndexSettings,
-          "exposures": ExposureSettings, "dataset.split": SplitSettings}  # fmt: skip
+# an unknown key of a settings group (`+train.foo=1`) is refused before it reaches a stage (or,
+# under dataset, every later stage's lineage check); the model's variants add keys of their own
+CLOSED = {key: settings for key, settings in SETTINGS.items() if key != "model"}
 DATASET_KEYS = ("engine_memory", "load", "label", "tasks", "split", "protocol")
 
 

@@ -18,11 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from twotower_cli.artifacts import checkpoint, tracking
 from twotower_cli.artifacts.store import (
-    FIT_ON,
     StageOutput,
     check_chain,
     is_current,
-    iter_splits,
     read_manifest,
     read_split,
     seen_rows,
@@ -31,6 +29,7 @@ from twotower_cli.artifacts.store import (
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.keys import sorted_unique
 from twotower_cli.core.layout import FILES, Layout
+from twotower_cli.core.settings import TrainSettings
 from twotower_cli.data.protocol import settings as protocol_settings
 from twotower_cli.models.inputs import load_tables
 from twotower_cli.pipeline.prep import earlier as _earlier
@@ -67,8 +66,9 @@ def train(cfg: DictConfig) -> dict:
     writer = StageOutput("train", L.train, _config(cfg), [prep_dir, sample_dir])
     with writer if group.is_main else nullcontext(writer) as out:
         resume = _resume(cfg, L, [prep_dir, sample_dir]) if cfg.train.resume == "auto" else None
-        f = fitting.fit(cfg, prep_dir, sample_dir, group, resume, tracking.active().log_epoch)
-        again = fitting.refit(cfg, f, prep_dir, sample_dir, group)  # train.refit
+        settings = fit_settings(cfg)
+        f = fitting.fit(settings, prep_dir, sample_dir, group, resume, tracking.active().log_epoch)
+        again = fitting.refit(settings, f, prep_dir, sample_dir, group)  # train.refit
         distributed.barrier(group)  # every rank is done before rank 0 writes
         if not group.is_main:
             return {}
@@ -83,6 +83,18 @@ def train(cfg: DictConfig) -> dict:
     shutil.rmtree(L.resume, ignore_errors=True)  # the finished model supersedes it
     print(f"train: {json.dumps(out.figures)}")
     return out.figures
+
+
+def fit_settings(cfg: DictConfig) -> fitting.FitSettings:
+    """What fitting.fit reads of the composed config, as plain values."""
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    train["optimizer"] = instantiate(cfg.train.optimizer)
+    return fitting.FitSettings(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        train=TrainSettings(**train),
+        sampler=OmegaConf.to_container(cfg.sampler, resolve=True),
+        loss=cfg.loss, fit_on=cfg.fit_on, seed=cfg.seed, index_factory=cfg.index.factory,
+        freshness_prior=cfg.eval.freshness_prior)  # fmt: skip
 
 
 def train_inputs(cfg: DictConfig) -> tuple[Path, Path]:
@@ -124,10 +136,9 @@ def embed(cfg: DictConfig) -> dict:
         model, ckpt = checkpoint.load(L.model)
         _, users, items = load_tables(prep_dir)
         n_items = len(items["item"]) - 1  # row 0 of a table is padding
-        if ckpt["config"]["train"].get("item_id_dropout", 0) > 0:  # as the model trained
-            splits = FIT_ON[ckpt["config"].get("fit_on", "train")]
-            counts = pools.item_counts(iter_splits(prep_dir, splits, ["item"]), n_items)
-            items = pools.unknown_cold_ids(items, counts)
+        made = ckpt["config"]  # the model's own config: the items as it trained on them
+        items = fitting.items_as_trained(items, prep_dir, made["train"].get("item_id_dropout", 0),
+                                         made.get("fit_on", "train"), n_items)  # fmt: skip
         if model.history_len:  # each user's latest seen items, as serving reads them
             seen = seen_rows(prep_dir, columns=["user", "item", "timestamp"])
             users = with_history(users, seen, model.history_len)

@@ -134,16 +134,6 @@ def _trial_settings(cfg: DictConfig) -> tuple[dict, str, dict]:
     source = f"conf/hparams_search/{HydraConfig.get().runtime.choices.get('hparams_search')}.yaml"
     params, sampler = (OmegaConf.to_container(hs[k], resolve=True) if hs.get(k) else {}
                        for k in ("params", "sampler"))  # fmt: skip
-    if not isinstance(cfg.tune.refit, bool):
-        raise TwoTowerError(f"tune.refit: {cfg.tune.refit!r} is not true or false")
-    for key in ("trials", "confirm_top"):
-        value = cfg.tune[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise TwoTowerError(f"tune.{key}: {value!r} is not a count (an integer >= 0)")
-    minutes = cfg.tune.get("minutes")
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int | float)
-                                or minutes <= 0):  # fmt: skip
-        raise TwoTowerError(f"tune.minutes: {minutes!r} is not null or a number of minutes > 0")
     return search_space(params, source), source, sampler
 
 
@@ -230,7 +220,8 @@ def _score(overrides: list[str], metric: str, made: set) -> tuple[float, int, in
     the epoch of the best score (the weights early stopping keeps)."""
     trial_cfg, _ = compose_run(overrides)
     _ensure_inputs(trial_cfg, made)
-    history = fitting.fit(trial_cfg, *stages.train_inputs(trial_cfg)).history
+    inputs = stages.train_inputs(trial_cfg)
+    history = fitting.fit(stages.fit_settings(trial_cfg), *inputs).history
     best = max(history, key=lambda h: h[metric])
     return best[metric], len(history), int(best["epoch"])
 

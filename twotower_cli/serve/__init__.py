@@ -7,16 +7,18 @@ the top-k (docs/serving.md).
     batching.py  dynamic batching of single requests in a worker thread (MicroBatcher)
     bodies.py    request bodies and their 4xx messages
     limits.py    API key, body size, read deadlines, request-head limits
-    settings.py  conf/serve/default.yaml, checked (ServeSettings)
     http.py      the FastAPI routes and the uvicorn server (create_app, run_server)
+
+Their settings (conf/serve/default.yaml) are core.settings.ServeSettings, checked as every
+group is (pipeline/config.py).
 """
 
+from twotower_cli.core.settings import ServeSettings
 from twotower_cli.serve.batching import MicroBatcher
 from twotower_cli.serve.bundle import Bundle, ServeDirs, ServeState, load_bundle
 from twotower_cli.serve.encoding import RequestError, UserEncoder, UserQuery, csr
 from twotower_cli.serve.http import create_app, listen, run_server, uvicorn_config
 from twotower_cli.serve.recommend import recommend, similar_items
-from twotower_cli.serve.settings import ServeSettings
 
 __all__ = [
     "Bundle",

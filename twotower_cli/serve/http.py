@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.settings import ServeSettings
 from twotower_cli.serve.batching import MicroBatcher
 from twotower_cli.serve.bodies import (
     BatchBody,
@@ -38,7 +39,6 @@ from twotower_cli.serve.bundle import Bundle, ServeState
 from twotower_cli.serve.encoding import RequestError
 from twotower_cli.serve.limits import HostCheck, Limits, guarded_http
 from twotower_cli.serve.recommend import recommend, similar_items
-from twotower_cli.serve.settings import ServeSettings
 
 # a body up to this size is parsed on the event loop (~20 us); a larger one in a worker thread
 INLINE_PARSE_BYTES = 16_384

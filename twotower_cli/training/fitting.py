@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 from twotower_cli.artifacts import checkpoint
 from twotower_cli.artifacts.store import (
@@ -38,6 +37,21 @@ from twotower_cli.training.trainer import train as train_model
 
 
 @dataclass
+class FitSettings:
+    """What `fit` reads of a config, as plain values: the pipeline layer builds it from the
+    composed config (stages.fit_settings)."""
+
+    model: dict  # conf/model/<variant>.yaml resolved: its `_target_` and the tower's settings
+    train: TrainSettings  # `optimizer` instantiated: a partial that takes the parameters
+    sampler: dict  # the sampler's `_target_` node, instantiated for each fit
+    loss: str  # the `loss` key: auto follows the sample's loss
+    fit_on: str = "train"
+    seed: int = 0
+    index_factory: str = "Flat"  # the vectors must go into this index (checked before training)
+    freshness_prior: float = 1.0  # eval.freshness_prior: validation ranks as evaluate does
+
+
+@dataclass
 class Fitted:
     """A model trained in memory (`fit`) and what saving it needs."""
 
@@ -55,14 +69,14 @@ class Fitted:
     popularity_valid: float | None = None
 
 
-def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
+def fit(cfg: FitSettings, prep_dir: Path, sample_dir: Path, group=None,
         resume: Resume | None = None, on_epoch=None) -> Fitted:  # fmt: skip
     """Train the configured model in memory: what `train` saves, and what each `tune` trial
     scores on validation."""
     group = group or distributed.current()
     torch.manual_seed(cfg.seed)
     schema, users, items = load_tables(prep_dir)
-    key, args = checkpoint.model_args(OmegaConf.to_container(cfg.model, resolve=True))
+    key, args = checkpoint.model_args(dict(cfg.model))
     model = checkpoint.build(key, args, schema_dicts(schema))
     n_users, n_items = len(users["user"]) - 1, len(next(iter(items.values()))) - 1
     splits = FIT_ON[cfg.fit_on]  # train, or train + valid for a refit (no validation then)
@@ -74,12 +88,12 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
     def train_batches(columns: list[str]):
         return [train_pos] if train_pos is not None else iter_splits(prep_dir, splits, columns)
 
-    if cfg.train.item_id_dropout > 0:  # items with no training positive: unknown ids
-        items = pools.unknown_cold_ids(items, pools.item_counts(train_batches(["item"]), n_items))
+    settings = cfg.train
+    items = items_as_trained(items, prep_dir, settings.item_id_dropout, cfg.fit_on, n_items,
+                             train_batches(["item"]))  # fmt: skip
     loss_fn, loss_name = losses.resolve(cfg.loss, read_manifest(sample_dir)["figures"]["loss"])
     # an index the vectors cannot go into fails now, not at `twotower index` after training
-    empty_index(cfg.index.factory, encode_all(model, items, np.ones(1, np.int64), "item").shape[1])
-    settings = TrainSettings(**{**cfg.train, "optimizer": instantiate(cfg.train.optimizer)})
+    empty_index(cfg.index_factory, encode_all(model, items, np.ones(1, np.int64), "item").shape[1])
     examples, batch_fn = _examples(cfg, model, settings, prep_dir, sample_dir, train_pos,
                                    n_users, n_items, splits)  # fmt: skip
     if not getattr(model, "sequential", False):  # a sequence batch holds whole users' windows
@@ -107,7 +121,7 @@ def fit(cfg: DictConfig, prep_dir: Path, sample_dir: Path, group=None,
                   items, pop)  # fmt: skip
 
 
-def refit(cfg: DictConfig, first: Fitted, prep_dir: Path, sample_dir: Path, group=None,
+def refit(cfg: FitSettings, first: Fitted, prep_dir: Path, sample_dir: Path, group=None,
           on_epoch=None) -> Fitted | None:  # fmt: skip
     """`train.refit`: the model trained again from scratch on train + validation for the epoch
     count early stopping picked (`first`'s best), with the batch `first` used, as EASE is
@@ -125,13 +139,25 @@ def refit(cfg: DictConfig, first: Fitted, prep_dir: Path, sample_dir: Path, grou
                   "validation)", flush=True)  # fmt: skip
         return None
     epochs = int(max(scored, key=lambda h: h[key])["epoch"])
-    again = OmegaConf.merge(cfg, {"fit_on": "train+valid", "train": {
-        "epochs": epochs, "batch_size": first.settings.batch_size, "min_steps_per_epoch": 0,
-        "patience_min_steps": 0, "refit": False}})  # fmt: skip
+    again = replace(cfg, fit_on="train+valid", train=replace(
+        cfg.train, epochs=epochs, batch_size=first.settings.batch_size, min_steps_per_epoch=0,
+        patience_min_steps=0, refit=False))  # fmt: skip
     if group is None or group.is_main:
         print(f"train: refit on train + validation for {epochs} epochs (the best on validation;"
               " train.refit)", flush=True)  # fmt: skip
     return fit(again, prep_dir, sample_dir, group, None, on_epoch)
+
+
+def items_as_trained(items: dict, prep_dir: Path, item_id_dropout: float, fit_on: str,
+                     n_items: int, batches=None) -> dict:  # fmt: skip
+    """The item table as the model trained on it (fit, and `embed` from the checkpoint's
+    config): under train.item_id_dropout > 0, the items with no positive in the `fit_on` splits
+    get the unknown id (pools.unknown_cold_ids), since the tower learnt to rank such items from
+    content alone. `batches`: those splits' item column, when the caller holds it already."""
+    if item_id_dropout <= 0:
+        return items
+    batches = batches if batches is not None else iter_splits(prep_dir, FIT_ON[fit_on], ["item"])
+    return pools.unknown_cold_ids(items, pools.item_counts(batches, n_items))
 
 
 def figures(first: Fitted, again: Fitted | None, fit_on: str) -> dict:
@@ -213,12 +239,12 @@ def _examples(cfg, model, settings: TrainSettings, prep_dir: Path, sample_dir: P
     return examples, batch_fn
 
 
-def _valid_set(cfg: DictConfig, prep_dir: Path, settings: TrainSettings, train_batches,
+def _valid_set(cfg: FitSettings, prep_dir: Path, settings: TrainSettings, train_batches,
                n_items: int) -> EvalSet:  # fmt: skip
     """Early stopping's validation users (all, or a seeded `train.valid_max_users` sample),
     their positives and the training items masked for them."""
     held = read_split(prep_dir, "valid", ["user", "item"])
     some = sample_users(sorted_unique(held["user"].to_numpy()), settings.valid_max_users, cfg.seed)
     valid = EvalSet.build(held, train_batches(["user", "item"]), n_items, some)
-    valid.pool, valid.item_log_prior = pools.valid_pool(prep_dir, cfg.eval.freshness_prior)
+    valid.pool, valid.item_log_prior = pools.valid_pool(prep_dir, cfg.freshness_prior)
     return valid
