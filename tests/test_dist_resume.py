@@ -129,7 +129,8 @@ def test_nproc_2_killed_resumes_to_the_uninterrupted_model(
 def test_killing_the_command_takes_its_workers_down_and_the_rerun_resumes(prepared, tmp_path):
     out = copy_of(prepared, tmp_path)
     # 16-row batches, 12 epochs: ~1 s an epoch, so the command is still training when killed
-    slow = [*ARGS, "train.batch_size=16", "train.epochs=12", "train.patience=12"]
+    slow = [*ARGS, "train.batch_size=16", "train.epochs=12", "train.patience=12",
+            "sampler.n_uniform=0"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
     proc = subprocess.Popen([*twotower_cmd("train", "train.nproc=2"), *slow, f"paths.out={out}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
