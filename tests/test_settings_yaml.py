@@ -17,7 +17,9 @@ from twotower_cli.core.settings import (
     ExposureSettings,
     IndexSettings,
     ReportSettings,
+    RunSettings,
     ServeSettings,
+    TopSettings,
     TowerSettings,
     TrainSettings,
     TuneSettings,
@@ -35,6 +37,7 @@ PAIRS = [
     (EvalSettings, "eval/default.yaml", ""),
     (IndexSettings, "index/default.yaml", ""),
     (ExposureSettings, "config.yaml", "exposures"),
+    (RunSettings, "config.yaml", "run"),
     (ServeSettings, "serve/default.yaml", ""),
     (TuneSettings, "tune/default.yaml", ""),
     (ExportSettings, "export/default.yaml", ""),
@@ -53,6 +56,13 @@ def written(path: str, node: str) -> dict:
     values = OmegaConf.to_container(cfg[node] if node else cfg, resolve=False)
     values.pop("defaults", None)
     return values
+
+
+def test_the_top_level_keys_are_top_settings():
+    # conf/config.yaml's own scalars (its other keys are groups: dicts) are TopSettings' fields
+    values = {k: v for k, v in written("config.yaml", "").items() if not isinstance(v, dict)}
+    own = {f.name: default(f) for f in fields(TopSettings)}
+    assert values == own
 
 
 @pytest.mark.parametrize(("settings", "path", "node"), PAIRS, ids=[p[1] for p in PAIRS])

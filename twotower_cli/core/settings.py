@@ -1,8 +1,8 @@
 """Settings dataclasses: the typed shape and the bounds of the config groups that library code
-reads (`model`, `train`, `eval`, `index`, `exposures`, `tune`, `export`, `report`). Plain
-dataclasses, no Hydra: config.py registers them in Hydra's ConfigStore (types checked at
-composition) and checks the bounds in each field's `metadata` (ge, gt, le, lt, choices, each_ge;
-`say`: the error's own wording) before a stage runs. tests/test_settings_yaml.py holds each
+reads (the top-level keys, `run`, `model`, `train`, `eval`, `index`, `exposures`, `tune`,
+`export`, `report`, `serve`). Plain dataclasses, no Hydra: config.py registers them in Hydra's
+ConfigStore (types checked at composition) and checks the bounds in each field's `metadata`
+(ge, gt, le, lt, choices, each_ge, integer; `say`: the error's own wording) before a stage runs. tests/test_settings_yaml.py holds each
 dataclass's defaults to its conf/ YAML's values."""
 
 from __future__ import annotations
@@ -151,6 +151,32 @@ class ExposureSettings:
 
 # `say`: a field's own error line, formatted with its `key` and `value`
 COUNT = "{key}: {value!r} is not a count (an integer >= 0)"
+# the splits sample and train learn from (artifacts.store.FIT_ON names their files) and the
+# losses a config may name (training.losses.LOSSES adds full_softmax, which samplers pick)
+FIT_ON = ("train", "train+valid")
+LOSS_CHOICES = ("auto", "bce", "sampled_softmax", "inbatch_softmax")
+
+
+@dataclass
+class TopSettings:
+    """The top-level keys of conf/config.yaml (`integer`: an int, never a bool or a string)."""
+
+    # the CLI fills it in with the stage word
+    stage: str = "run"
+    seed: int = field(default=0, metadata={
+        "integer": True, "say": "{key} must be an integer, got {value!r}"})  # fmt: skip
+    fit_on: str = field(default="train", metadata={"choices": FIT_ON})
+    loss: str = field(default="auto", metadata={"choices": LOSS_CHOICES})
+    threads: int | None = field(default=None, metadata={
+        "integer": True, "ge": 1,
+        "say": "{key} must be null (every core) or an integer >= 1, got {value!r}"})  # fmt: skip
+
+
+@dataclass
+class RunSettings:
+    """`run` in conf/config.yaml: force redoes every stage of `twotower run`."""
+
+    force: bool = False
 
 
 @dataclass
@@ -281,11 +307,14 @@ BOUND_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v,
 
 
 def check_bounds(settings, prefix: str) -> None:
-    """ConfigError naming `prefix.<field>` for the first value outside its field's bounds."""
+    """ConfigError naming `prefix.<field>` (`<field>` when prefix is "") for the first value
+    outside its field's bounds."""
     for f in fields(settings):
         value, rule = getattr(settings, f.name), f.metadata
-        key = f"{prefix}.{f.name}"
+        key = f"{prefix}.{f.name}" if prefix else f.name
         line = rule.get("say", "").format(key=key, value=value) if value is not None else ""
+        if rule.get("integer") and value is not None and type(value) is not int:
+            raise ConfigError(line or f"{key}: expected an integer, got {value!r}")
         if "choices" in rule and value not in rule["choices"]:
             raise ConfigError(line or f"{key}: {value!r} not in {tuple(rule['choices'])}")
         if "each_ge" in rule:

@@ -14,7 +14,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from twotower_cli.artifacts.store import FIT_ON
 from twotower_cli.core.errors import ConfigError
 from twotower_cli.core.settings import (
     EvalSettings,
@@ -22,7 +21,9 @@ from twotower_cli.core.settings import (
     ExposureSettings,
     IndexSettings,
     ReportSettings,
+    RunSettings,
     ServeSettings,
+    TopSettings,
     TowerSettings,
     TrainSettings,
     TuneSettings,
@@ -126,50 +127,51 @@ def register() -> None:
             cs.store(group=f"schema/{group}", name="default", node=node)
 
 
-# group -> its settings dataclass: `check` enforces each field's bounds, and a key that is no
-# field (`+train.foo=1`) is refused; those of SCHEMAS are also the YAML's types (ConfigStore)
-SETTINGS = {"model": TowerSettings, "train": TrainSettings, "eval": EvalSettings,
+# group -> its settings dataclass ("": the top-level keys): `check` enforces each field's bounds,
+# and a key that is no field (`+train.foo=1`) is refused; those of SCHEMAS are also the YAML's
+# types (ConfigStore). The top level has no schema: a structured root would have to declare
+# every group, and Hydra would word `seed=abc` its own way
+SETTINGS = {"": TopSettings, "run": RunSettings, "model": TowerSettings, "train": TrainSettings,
+            "eval": EvalSettings,
             "index": IndexSettings, "exposures": ExposureSettings, "tune": TuneSettings,
             "export": ExportSettings, "report": ReportSettings, "serve": ServeSettings,
             "dataset.split": SplitSettings}  # fmt: skip
-SCHEMAS = ("train", "eval", "index", "exposures", "tune", "export", "report", "serve")
+SCHEMAS = ("run", "train", "eval", "index", "exposures", "tune", "export", "report", "serve")
 # groups only their own stage reads: another stage does not refuse their values
 OWN_STAGE = ("tune", "export", "report", "serve")
-LOSSES = ("auto", "bce", "sampled_softmax", "inbatch_softmax")
 
 
 def check(cfg: DictConfig) -> None:
     """The bounds of every bounded group and of the top-level keys; ConfigError on the first
     value outside them."""
     for key, settings in SETTINGS.items():
-        node = OmegaConf.select(cfg, key)
+        node = OmegaConf.select(cfg, key) if key else cfg
         if node is None or key in OWN_STAGE and cfg.get("stage") != key:
             continue
-        values = OmegaConf.to_container(node, resolve=True)
-        names = {f for f in settings.__dataclass_fields__}
-        check_bounds(settings(**{k: v for k, v in values.items() if k in names}), key)
+        check_bounds(settings(**_values(node, settings.__dataclass_fields__)), key)
     _check_known(cfg)
-    seed = cfg.get("seed")
-    if type(seed) is not int:
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
-    threads = cfg.get("threads")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be null (every core) or an integer >= 1, got {threads!r}")
     memory = OmegaConf.select(cfg, "dataset.engine_memory")
     if memory is not None:
         check_memory(memory)
-    if cfg.get("fit_on", "train") not in FIT_ON:
-        raise ConfigError(f"fit_on: {cfg.get('fit_on')!r} not in {tuple(FIT_ON)}")
-    if cfg.get("loss") not in LOSSES:
-        raise ConfigError(f"loss: {cfg.get('loss')!r} not in {LOSSES}")
     _check_device(OmegaConf.select(cfg, "train.device") or "cpu")
     _check_targets(OmegaConf.to_container(cfg, resolve=False), "")
     _check_load_keys(cfg)
 
 
+def _values(node: DictConfig, names) -> dict:
+    """The node's values of these fields, resolved (the root's other keys are left alone)."""
+    values = {}
+    for name in names:
+        if name in node:
+            value = node[name]
+            values[name] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(
+                value) else value  # fmt: skip
+    return values
+
+
 # an unknown key of a settings group (`+train.foo=1`) is refused before it reaches a stage (or,
 # under dataset, every later stage's lineage check); the model's variants add keys of their own
-CLOSED = {key: settings for key, settings in SETTINGS.items() if key != "model"}
+CLOSED = {key: settings for key, settings in SETTINGS.items() if key not in ("", "model")}
 DATASET_KEYS = ("engine_memory", "load", "label", "tasks", "split", "protocol")
 
 
