@@ -24,7 +24,8 @@ from twotower_cli.core.settings import (
     TrainSettings,
     TuneSettings,
 )
-from twotower_cli.data.preprocess import SplitSettings
+from twotower_cli.data.preprocess import DatasetSettings, SplitSettings
+from twotower_cli.data.protocol import ProtocolSettings
 from twotower_cli.pipeline.config import MultiTaskSchema, ParallelSchema, SENetSchema
 
 # (dataclass, YAML file under conf/, the node in it; "" = the whole file)
@@ -43,6 +44,8 @@ PAIRS = [
     (ExportSettings, "export/default.yaml", ""),
     (ReportSettings, "report/default.yaml", ""),
     (SplitSettings, "dataset/ml100k.yaml", "split"),
+    # csv.yaml is the template of a data set of one's own: it writes every shared key
+    (DatasetSettings, "dataset/csv.yaml", ""),
 ]
 
 
@@ -63,6 +66,21 @@ def test_the_top_level_keys_are_top_settings():
     values = {k: v for k, v in written("config.yaml", "").items() if not isinstance(v, dict)}
     own = {f.name: default(f) for f in fields(TopSettings)}
     assert values == own
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (Path(CONFIG_DIR) / "dataset").iterdir()))
+def test_every_data_set_writes_dataset_settings_only(path):
+    values = written(f"dataset/{path}", "")
+    assert set(values) <= {f.name for f in fields(DatasetSettings)}
+    assert set(values["split"]) <= {f.name for f in fields(SplitSettings)}
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (Path(CONFIG_DIR) / "protocol").iterdir()))
+def test_every_protocol_is_protocol_settings(path):
+    # conf/protocol/default.yaml sets nothing: ProtocolSettings() is the default protocol
+    values = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "protocol" / path))
+    protocol = (values or {}).get("dataset", {}).get("protocol", {})
+    assert ProtocolSettings(**protocol).name == path.removesuffix(".yaml")
 
 
 @pytest.mark.parametrize(("settings", "path", "node"), PAIRS, ids=[p[1] for p in PAIRS])

@@ -2,8 +2,9 @@
 reads (the top-level keys, `run`, `model`, `train`, `eval`, `index`, `exposures`, `tune`,
 `export`, `report`, `serve`). Plain dataclasses, no Hydra: config.py registers them in Hydra's
 ConfigStore (types checked at composition) and checks the bounds in each field's `metadata`
-(ge, gt, le, lt, choices, each_ge, integer; `say`: the error's own wording) before a stage runs. tests/test_settings_yaml.py holds each
-dataclass's defaults to its conf/ YAML's values."""
+(ge, gt, le, lt, choices, each_ge, integer, check; `say`: the error's own wording) before a
+stage runs. tests/test_settings_yaml.py holds each dataclass's defaults to its conf/ YAML's
+values."""
 
 from __future__ import annotations
 
@@ -315,6 +316,8 @@ def check_bounds(settings, prefix: str) -> None:
         line = rule.get("say", "").format(key=key, value=value) if value is not None else ""
         if rule.get("integer") and value is not None and type(value) is not int:
             raise ConfigError(line or f"{key}: expected an integer, got {value!r}")
+        if "check" in rule and value is not None:
+            rule["check"](value, key)  # a check of its own: check(value, key) raises ConfigError
         if "choices" in rule and value not in rule["choices"]:
             raise ConfigError(line or f"{key}: {value!r} not in {tuple(rule['choices'])}")
         if "each_ge" in rule:

@@ -29,8 +29,8 @@ from twotower_cli.core.settings import (
     TuneSettings,
     check_bounds,
 )
-from twotower_cli.data.engine import check_memory
-from twotower_cli.data.preprocess import SplitSettings
+from twotower_cli.data.preprocess import DatasetSettings, SplitSettings
+from twotower_cli.data.protocol import ProtocolSettings
 
 
 @dataclass
@@ -129,13 +129,14 @@ def register() -> None:
 
 # group -> its settings dataclass ("": the top-level keys): `check` enforces each field's bounds,
 # and a key that is no field (`+train.foo=1`) is refused; those of SCHEMAS are also the YAML's
-# types (ConfigStore). The top level has no schema: a structured root would have to declare
-# every group, and Hydra would word `seed=abc` its own way
+# types (ConfigStore). No schema for the top level (a structured root would have to declare
+# every group, and Hydra would word `seed=abc` its own way) nor for `dataset` (a schema fills
+# the keys a data set's YAML leaves out, changing every preprocess output's recorded config)
 SETTINGS = {"": TopSettings, "run": RunSettings, "model": TowerSettings, "train": TrainSettings,
-            "eval": EvalSettings,
-            "index": IndexSettings, "exposures": ExposureSettings, "tune": TuneSettings,
-            "export": ExportSettings, "report": ReportSettings, "serve": ServeSettings,
-            "dataset.split": SplitSettings}  # fmt: skip
+            "eval": EvalSettings, "index": IndexSettings, "exposures": ExposureSettings,
+            "tune": TuneSettings, "export": ExportSettings, "report": ReportSettings,
+            "serve": ServeSettings, "dataset": DatasetSettings, "dataset.split": SplitSettings,
+            "dataset.protocol": ProtocolSettings}  # fmt: skip
 SCHEMAS = ("run", "train", "eval", "index", "exposures", "tune", "export", "report", "serve")
 # groups only their own stage reads: another stage does not refuse their values
 OWN_STAGE = ("tune", "export", "report", "serve")
@@ -150,9 +151,6 @@ def check(cfg: DictConfig) -> None:
             continue
         check_bounds(settings(**_values(node, settings.__dataclass_fields__)), key)
     _check_known(cfg)
-    memory = OmegaConf.select(cfg, "dataset.engine_memory")
-    if memory is not None:
-        check_memory(memory)
     _check_device(OmegaConf.select(cfg, "train.device") or "cpu")
     _check_targets(OmegaConf.to_container(cfg, resolve=False), "")
     _check_load_keys(cfg)
@@ -172,14 +170,15 @@ def _values(node: DictConfig, names) -> dict:
 # an unknown key of a settings group (`+train.foo=1`) is refused before it reaches a stage (or,
 # under dataset, every later stage's lineage check); the model's variants add keys of their own
 CLOSED = {key: settings for key, settings in SETTINGS.items() if key not in ("", "model")}
-DATASET_KEYS = ("engine_memory", "load", "label", "tasks", "split", "protocol")
 
 
 def _check_known(cfg: DictConfig) -> None:
-    known = {key: tuple(settings.__dataclass_fields__) for key, settings in CLOSED.items()}
-    for key, names in {**known, "dataset": DATASET_KEYS}.items():
+    for key, settings in CLOSED.items():
         node = OmegaConf.select(cfg, key)
-        unknown = sorted(set(node.keys()) - set(names)) if OmegaConf.is_dict(node) else []
+        if not OmegaConf.is_dict(node):
+            continue
+        names = tuple(settings.__dataclass_fields__)
+        unknown = sorted(set(node.keys()) - set(names))
         if unknown:
             raise ConfigError(f"{key}.{unknown[0]}: not a {key} setting; known: "
                               f"{', '.join(sorted(names))}")  # fmt: skip
