@@ -31,6 +31,7 @@ from twotower_cli.core.settings import (
 )
 from twotower_cli.data.preprocess import DatasetSettings, SplitSettings
 from twotower_cli.data.protocol import ProtocolSettings
+from twotower_cli.samplers.settings import SAMPLERS
 
 
 @dataclass
@@ -122,6 +123,8 @@ def register() -> None:
     for name, node in (("dssm", ModelSchema), ("senet", SENetSchema),
                        ("parallel", ParallelSchema), ("multitask", MultiTaskSchema)):  # fmt: skip
         cs.store(group="schema/model", name=name, node=node)
+    for name, node in SAMPLERS.items():
+        cs.store(group="schema/sampler", name=name, node=node)
     for group, node in SETTINGS.items():
         if group in SCHEMAS:
             cs.store(group=f"schema/{group}", name="default", node=node)
@@ -131,12 +134,14 @@ def register() -> None:
 # and a key that is no field (`+train.foo=1`) is refused; those of SCHEMAS are also the YAML's
 # types (ConfigStore). No schema for the top level (a structured root would have to declare
 # every group, and Hydra would word `seed=abc` its own way) nor for `dataset` (a schema fills
-# the keys a data set's YAML leaves out, changing every preprocess output's recorded config)
+# the keys a data set's YAML leaves out, changing every preprocess output's recorded config).
+# {`_target_`: settings}: those of the `_target_` the node names (a sampler of one's own: none)
 SETTINGS = {"": TopSettings, "run": RunSettings, "model": TowerSettings, "train": TrainSettings,
             "eval": EvalSettings, "index": IndexSettings, "exposures": ExposureSettings,
             "tune": TuneSettings, "export": ExportSettings, "report": ReportSettings,
             "serve": ServeSettings, "dataset": DatasetSettings, "dataset.split": SplitSettings,
-            "dataset.protocol": ProtocolSettings}  # fmt: skip
+            "dataset.protocol": ProtocolSettings,
+            "sampler": {node._target_: node for node in SAMPLERS.values()}}  # fmt: skip
 SCHEMAS = ("run", "train", "eval", "index", "exposures", "tune", "export", "report", "serve")
 # groups only their own stage reads: another stage does not refuse their values
 OWN_STAGE = ("tune", "export", "report", "serve")
@@ -149,11 +154,21 @@ def check(cfg: DictConfig) -> None:
         node = OmegaConf.select(cfg, key) if key else cfg
         if node is None or key in OWN_STAGE and cfg.get("stage") != key:
             continue
+        settings = _of_target(settings, node)
+        if settings is None:
+            continue
         check_bounds(settings(**_values(node, settings.__dataclass_fields__)), key)
     _check_known(cfg)
     _check_device(OmegaConf.select(cfg, "train.device") or "cpu")
     _check_targets(OmegaConf.to_container(cfg, resolve=False), "")
     _check_load_keys(cfg)
+
+
+def _of_target(settings, node: DictConfig):
+    """The settings dataclass of a node: `settings`, or the one its `_target_` picks."""
+    if not isinstance(settings, dict):
+        return settings
+    return settings.get(node.get("_target_")) if OmegaConf.is_dict(node) else None
 
 
 def _values(node: DictConfig, names) -> dict:
@@ -175,7 +190,8 @@ CLOSED = {key: settings for key, settings in SETTINGS.items() if key not in ("",
 def _check_known(cfg: DictConfig) -> None:
     for key, settings in CLOSED.items():
         node = OmegaConf.select(cfg, key)
-        if not OmegaConf.is_dict(node):
+        settings = _of_target(settings, node)
+        if settings is None or not OmegaConf.is_dict(node):
             continue
         names = tuple(settings.__dataclass_fields__)
         unknown = sorted(set(node.keys()) - set(names))
