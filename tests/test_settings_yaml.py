@@ -11,10 +11,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from twotower_cli.cli import CONFIG_DIR
+from twotower_cli.core.layout import PathsSettings
 from twotower_cli.core.settings import (
+    TRACKERS,
     EvalSettings,
     ExportSettings,
     ExposureSettings,
+    HparamsSearchSettings,
     IndexSettings,
     ReportSettings,
     RunSettings,
@@ -48,6 +51,9 @@ PAIRS = [
     # csv.yaml is the template of a data set of one's own: it writes every shared key
     (DatasetSettings, "dataset/csv.yaml", ""),
     *((settings, f"sampler/{name}.yaml", "") for name, settings in SAMPLERS.items()),
+    *((settings, f"tracking/{name}.yaml", "") for name, settings in TRACKERS.items()),
+    (PathsSettings, "paths/default.yaml", ""),
+    (HparamsSearchSettings, "hparams_search/default.yaml", ""),
 ]
 
 
@@ -85,12 +91,13 @@ def test_every_protocol_is_protocol_settings(path):
     assert ProtocolSettings(**protocol).name == path.removesuffix(".yaml")
 
 
-def test_every_sampler_has_its_settings():
-    # a sampler YAML of the package without a schema would go unchecked (config._of_target)
-    names = {p.stem for p in (Path(CONFIG_DIR) / "sampler").iterdir()}
-    assert names == set(SAMPLERS)
-    for name, settings in SAMPLERS.items():
-        values = written(f"sampler/{name}.yaml", "")
+@pytest.mark.parametrize(("group", "schemas"), [("sampler", SAMPLERS), ("tracking", TRACKERS)])
+def test_every_option_has_its_settings(group, schemas):
+    # an option of the package without a schema would go unchecked (config._of_target)
+    names = {p.stem for p in (Path(CONFIG_DIR) / group).iterdir()}
+    assert names == set(schemas)
+    for name, settings in schemas.items():
+        values = written(f"{group}/{name}.yaml", "")
         assert list(values) == [f.name for f in fields(settings)], name  # all, in order
         assert values["_target_"] == settings._target_
 

@@ -217,6 +217,40 @@ class ReportSettings:
     compare_dir: str = "outputs/compare/report"
 
 
+@dataclass
+class NullTrackingSettings:
+    """`tracking=none` (conf/tracking/none.yaml): nothing tracked."""
+
+    _target_: str = "twotower_cli.artifacts.tracking.NullTracker"
+
+
+@dataclass
+class MlflowSettings:
+    """`tracking=mlflow` (conf/tracking/mlflow.yaml): artifacts.tracking.MlflowTracker's
+    arguments (uri None: its local store under store_dir)."""
+
+    uri: str | None = None
+    _target_: str = "twotower_cli.artifacts.tracking.MlflowTracker"
+    store_dir: str = "???"  # the YAML's: under paths.out
+    experiment: str = "twotower"
+    run_name: str = ""
+
+
+# conf/tracking/<name>.yaml -> its settings
+TRACKERS = {"none": NullTrackingSettings, "mlflow": MlflowSettings}
+
+
+@dataclass
+class HparamsSearchSettings:
+    """`conf/hparams_search/<name>.yaml`, `twotower tune`'s search space: `sampler` holds
+    optuna's TPESampler arguments, `params` config key -> a Hydra Optuna sweeper expression
+    (pipeline/tune.py parses both and names the file of a bad one)."""
+
+    sampler: dict[str, Any] = field(default_factory=lambda: {
+        "seed": 0, "n_startup_trials": 8, "multivariate": True})  # fmt: skip
+    params: dict[str, Any] = field(default_factory=dict)
+
+
 # who runs the user tower in `serve` (export/user_tower.py: fast_user_tower)
 RUNTIMES = ("auto", "onnxruntime", "torchscript", "eager")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")

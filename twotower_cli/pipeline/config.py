@@ -8,17 +8,20 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from twotower_cli.core.errors import ConfigError
+from twotower_cli.core.layout import PathsSettings
 from twotower_cli.core.settings import (
+    TRACKERS,
     EvalSettings,
     ExportSettings,
     ExposureSettings,
+    HparamsSearchSettings,
     IndexSettings,
     ReportSettings,
     RunSettings,
@@ -123,8 +126,9 @@ def register() -> None:
     for name, node in (("dssm", ModelSchema), ("senet", SENetSchema),
                        ("parallel", ParallelSchema), ("multitask", MultiTaskSchema)):  # fmt: skip
         cs.store(group="schema/model", name=name, node=node)
-    for name, node in SAMPLERS.items():
-        cs.store(group="schema/sampler", name=name, node=node)
+    for group, schemas in PER_CHOICE.items():
+        for name, node in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
     for group, node in SETTINGS.items():
         if group in SCHEMAS:
             cs.store(group=f"schema/{group}", name="default", node=node)
@@ -140,9 +144,14 @@ SETTINGS = {"": TopSettings, "run": RunSettings, "model": TowerSettings, "train"
             "eval": EvalSettings, "index": IndexSettings, "exposures": ExposureSettings,
             "tune": TuneSettings, "export": ExportSettings, "report": ReportSettings,
             "serve": ServeSettings, "dataset": DatasetSettings, "dataset.split": SplitSettings,
-            "dataset.protocol": ProtocolSettings,
-            "sampler": {node._target_: node for node in SAMPLERS.values()}}  # fmt: skip
-SCHEMAS = ("run", "train", "eval", "index", "exposures", "tune", "export", "report", "serve")
+            "dataset.protocol": ProtocolSettings, "paths": PathsSettings,
+            "hparams_search": HparamsSearchSettings}  # fmt: skip
+SCHEMAS = ("run", "train", "eval", "index", "exposures", "tune", "export", "report", "serve",
+           "paths", "hparams_search")  # fmt: skip
+# groups with a schema per option (conf/<group>/<name>.yaml -> /schema/<group>/<name>)
+PER_CHOICE = {"sampler": SAMPLERS, "tracking": TRACKERS}
+SETTINGS.update({group: {node._target_: node for node in schemas.values()}
+                 for group, schemas in PER_CHOICE.items()})  # fmt: skip
 # groups only their own stage reads: another stage does not refuse their values
 OWN_STAGE = ("tune", "export", "report", "serve")
 
@@ -155,8 +164,8 @@ def check(cfg: DictConfig) -> None:
         if node is None or key in OWN_STAGE and cfg.get("stage") != key:
             continue
         settings = _of_target(settings, node)
-        if settings is None:
-            continue
+        if settings is None or not any(f.metadata for f in fields(settings)):
+            continue  # nothing to bound (nor to resolve: paths need Hydra's state)
         check_bounds(settings(**_values(node, settings.__dataclass_fields__)), key)
     _check_known(cfg)
     _check_device(OmegaConf.select(cfg, "train.device") or "cpu")
