@@ -138,8 +138,7 @@ def register() -> None:
 # and a key that is no field (`+train.foo=1`) is refused; those of SCHEMAS are also the YAML's
 # types (ConfigStore). No schema for the top level (a structured root would have to declare
 # every group, and Hydra would word `seed=abc` its own way) nor for `dataset` (a schema fills
-# the keys a data set's YAML leaves out, changing every preprocess output's recorded config).
-# {`_target_`: settings}: those of the `_target_` the node names (a sampler of one's own: none)
+# the keys a data set's YAML leaves out, changing every preprocess output's recorded config)
 SETTINGS = {"": TopSettings, "run": RunSettings, "model": TowerSettings, "train": TrainSettings,
             "eval": EvalSettings, "index": IndexSettings, "exposures": ExposureSettings,
             "tune": TuneSettings, "export": ExportSettings, "report": ReportSettings,
@@ -148,7 +147,8 @@ SETTINGS = {"": TopSettings, "run": RunSettings, "model": TowerSettings, "train"
             "hparams_search": HparamsSearchSettings}  # fmt: skip
 SCHEMAS = ("run", "train", "eval", "index", "exposures", "tune", "export", "report", "serve",
            "paths", "hparams_search")  # fmt: skip
-# groups with a schema per option (conf/<group>/<name>.yaml -> /schema/<group>/<name>)
+# groups with a schema per option (conf/<group>/<name>.yaml -> /schema/<group>/<name>); `check`
+# takes the one whose `_target_` the node names (a sampler or tracker of one's own: none)
 PER_CHOICE = {"sampler": SAMPLERS, "tracking": TRACKERS}
 SETTINGS.update({group: {node._target_: node for node in schemas.values()}
                  for group, schemas in PER_CHOICE.items()})  # fmt: skip
