@@ -180,6 +180,17 @@ def test_a_bad_sampler_value_is_refused_before_a_stage_runs(overrides, message):
     refused(overrides, message, stage="preprocess")
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("+paths.foo=1", "paths.foo: not a paths setting; known: data_dir"),
+     ("+tracking.foo=1", "tracking.foo: not a tracking setting; known: _target_"),
+     ("+hparams_search.foo=1", "hparams_search.foo: not a hparams_search setting; known: params"),
+     ("+dataset.foo=1", "dataset.foo: not a dataset setting; known: engine_memory, label")],
+)  # fmt: skip
+def test_an_unknown_key_of_a_wiring_group_is_refused(override, message):
+    refused([override], message, stage="preprocess")
+
+
 def refused(overrides: list[str], message: str, stage: str):
     """Compose and check `overrides` under `stage`: the one line (Hydra's at composition, or
     config.check's) must start with `message`; the composed config when check refused it."""
