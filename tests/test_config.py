@@ -115,6 +115,13 @@ def test_every_group_has_an_option():
         ),
         ("eval.ks=[10,0]", "eval.ks: need a non-empty list of values >= 1, got [10, 0]"),
         ("threads=0", "threads must be null (every core) or an integer >= 1, got 0"),
+        ("threads=true", "threads must be null (every core) or an integer >= 1, got True"),
+        (
+            "loss=hinge",
+            "loss: 'hinge' not in ('auto', 'bce', 'sampled_softmax', 'inbatch_softmax')",
+        ),
+        ("run.force=maybe", "run.force: Value 'maybe' is not a valid bool (type str)"),
+        ("+run.foo=1", "run.foo: not a run setting; known: force"),
         ("train.device=cuda:7", "train.device: 'cuda:7' is not available on this machine"),
         ("train.no_such_key=1", "train.no_such_key: Key 'no_such_key' not in 'TrainSettings'"),
         # a _target_ written against the flat layout before issue 24 names its new path

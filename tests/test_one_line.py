@@ -29,6 +29,8 @@ from twotower_cli.training.resume import Resume
      ("+eval.foo=1", "eval.foo: not a eval setting"),
      ("+dataset.foo=1", "dataset.foo: not a dataset setting; known: engine_memory, label"),
      ("+dataset.split.foo=1", "dataset.split.foo: not a dataset.split setting"),
+     ("+dataset.protocol.foo=1", "dataset.protocol.foo: not a dataset.protocol setting"),
+     ("+dataset.protocol.mask=all", "dataset.protocol.mask: 'all' not in ('seen', 'none')"),
      ("+dataset.load.foo=1", "dataset.load.foo: not an argument of twotower_cli.data.synthetic")],
 )  # fmt: skip
 def test_config_values_are_one_line(tmp_path: Path, capsys, override, message):

@@ -15,7 +15,7 @@ The run tree (what conf/paths/default.yaml builds and `Layout.of_run` reads back
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 STAGE_DIRS = ("preprocess", "sample", "train", "embed", "index", "evaluate", "export")
@@ -115,6 +115,34 @@ FILES = ArtifactNames()
 def run_root(out: str | Path, dataset: str, sample: str, run: str) -> Path:
     """`<out>/<dataset>/sample/<sample>/<run>`: conf/paths/default.yaml's run_root."""
     return Path(out) / dataset / "sample" / sample / run
+
+
+# a value conf/paths/default.yaml derives from the group choices (omegaconf's MISSING)
+DERIVED = "???"
+
+
+@dataclass
+class PathsSettings:
+    """The schema of `paths` (conf/paths/default.yaml, pipeline/config.py registers it): every
+    key a string, and no other key (`+paths.foo=1` is refused). Only `out` has a value of its
+    own; the rest derive from it and the group choices there."""
+
+    out: str = "outputs"
+    data_dir: str = DERIVED
+    preprocess_dir: str = DERIVED
+    sample_dir: str = DERIVED
+    run: str = DERIVED
+    run_root: str = DERIVED
+    train_dir: str = DERIVED
+    embed_dir: str = DERIVED
+    index_dir: str = DERIVED
+    evaluate_dir: str = DERIVED
+    export_dir: str = DERIVED
+    report_dir: str = DERIVED
+    run_dir: str = DERIVED
+    tune_dir: str = DERIVED
+    # stage word -> the dir it writes (Hydra's run dir)
+    stage_dirs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

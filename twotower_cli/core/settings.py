@@ -1,9 +1,10 @@
 """Settings dataclasses: the typed shape and the bounds of the config groups that library code
-reads (`model`, `train`, `eval`, `index`, `exposures`, `tune`, `export`, `report`). Plain
-dataclasses, no Hydra: config.py registers them in Hydra's ConfigStore (types checked at
-composition) and checks the bounds in each field's `metadata` (ge, gt, le, lt, choices, each_ge;
-`say`: the error's own wording) before a stage runs. tests/test_settings_yaml.py holds each
-dataclass's defaults to its conf/ YAML's values."""
+reads (the top-level keys, `run`, `model`, `train`, `eval`, `index`, `exposures`, `tune`,
+`export`, `report`, `serve`). Plain dataclasses, no Hydra: config.py registers them in Hydra's
+ConfigStore (types checked at composition) and checks the bounds in each field's `metadata`
+(ge, gt, le, lt, choices, each_ge, integer, check; `say`: the error's own wording) before a
+stage runs. tests/test_settings_yaml.py holds each dataclass's defaults to its conf/ YAML's
+values."""
 
 from __future__ import annotations
 
@@ -151,6 +152,32 @@ class ExposureSettings:
 
 # `say`: a field's own error line, formatted with its `key` and `value`
 COUNT = "{key}: {value!r} is not a count (an integer >= 0)"
+# the splits sample and train learn from (artifacts.store.FIT_ON names their files) and the
+# losses a config may name (training.losses.LOSSES adds full_softmax, which samplers pick)
+FIT_ON = ("train", "train+valid")
+LOSS_CHOICES = ("auto", "bce", "sampled_softmax", "inbatch_softmax")
+
+
+@dataclass
+class TopSettings:
+    """The top-level keys of conf/config.yaml (`integer`: an int, never a bool or a string)."""
+
+    # the CLI fills it in with the stage word
+    stage: str = "run"
+    seed: int = field(default=0, metadata={
+        "integer": True, "say": "{key} must be an integer, got {value!r}"})  # fmt: skip
+    fit_on: str = field(default="train", metadata={"choices": FIT_ON})
+    loss: str = field(default="auto", metadata={"choices": LOSS_CHOICES})
+    threads: int | None = field(default=None, metadata={
+        "integer": True, "ge": 1,
+        "say": "{key} must be null (every core) or an integer >= 1, got {value!r}"})  # fmt: skip
+
+
+@dataclass
+class RunSettings:
+    """`run` in conf/config.yaml: force redoes every stage of `twotower run`."""
+
+    force: bool = False
 
 
 @dataclass
@@ -188,6 +215,40 @@ class ReportSettings:
     random_per_positive: int = field(default=1, metadata={"ge": 1, "say": "{key}: {value} < 1"})
     compare: list[str] = field(default_factory=list)
     compare_dir: str = "outputs/compare/report"
+
+
+@dataclass
+class NullTrackingSettings:
+    """`tracking=none` (conf/tracking/none.yaml): nothing tracked."""
+
+    _target_: str = "twotower_cli.artifacts.tracking.NullTracker"
+
+
+@dataclass
+class MlflowSettings:
+    """`tracking=mlflow` (conf/tracking/mlflow.yaml): artifacts.tracking.MlflowTracker's
+    arguments (uri None: its local store under store_dir)."""
+
+    uri: str | None = None
+    _target_: str = "twotower_cli.artifacts.tracking.MlflowTracker"
+    store_dir: str = "???"  # the YAML's: under paths.out
+    experiment: str = "twotower"
+    run_name: str = ""
+
+
+# conf/tracking/<name>.yaml -> its settings
+TRACKERS = {"none": NullTrackingSettings, "mlflow": MlflowSettings}
+
+
+@dataclass
+class HparamsSearchSettings:
+    """`conf/hparams_search/<name>.yaml`, `twotower tune`'s search space: `sampler` holds
+    optuna's TPESampler arguments, `params` config key -> a Hydra Optuna sweeper expression
+    (pipeline/tune.py parses both and names the file of a bad one)."""
+
+    sampler: dict[str, Any] = field(default_factory=lambda: {
+        "seed": 0, "n_startup_trials": 8, "multivariate": True})  # fmt: skip
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 # who runs the user tower in `serve` (export/user_tower.py: fast_user_tower)
@@ -281,11 +342,16 @@ BOUND_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v,
 
 
 def check_bounds(settings, prefix: str) -> None:
-    """ConfigError naming `prefix.<field>` for the first value outside its field's bounds."""
+    """ConfigError naming `prefix.<field>` (`<field>` when prefix is "") for the first value
+    outside its field's bounds."""
     for f in fields(settings):
         value, rule = getattr(settings, f.name), f.metadata
-        key = f"{prefix}.{f.name}"
+        key = f"{prefix}.{f.name}" if prefix else f.name
         line = rule.get("say", "").format(key=key, value=value) if value is not None else ""
+        if rule.get("integer") and value is not None and type(value) is not int:
+            raise ConfigError(line or f"{key}: expected an integer, got {value!r}")
+        if "check" in rule and value is not None:
+            rule["check"](value, key)  # a check of its own: check(value, key) raises ConfigError
         if "choices" in rule and value not in rule["choices"]:
             raise ConfigError(line or f"{key}: {value!r} not in {tuple(rule['choices'])}")
         if "each_ge" in rule:

@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,10 +26,11 @@ import pyarrow.parquet as pq
 
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.layout import FILES
+from twotower_cli.core.settings import check_bounds
 from twotower_cli.data import protocol as protocols
 from twotower_cli.data import sql
 from twotower_cli.data.clean import TIME_MAX, TIME_MIN, drop_missing_keys, time_error
-from twotower_cli.data.engine import Engine, log_rows
+from twotower_cli.data.engine import ENGINE_MEMORY, Engine, check_memory, log_rows
 from twotower_cli.data.freshness import (
     HOUR,
     click_age_log_density,
@@ -52,8 +54,22 @@ class SplitSettings:
     valid_days: float = field(default=1.0, metadata={"gt": 0.0})
 
     def __post_init__(self) -> None:
-        if self.kind not in SPLIT_KINDS:
-            raise TwoTowerError(f"dataset.split.kind: {self.kind!r} not in {SPLIT_KINDS}")
+        check_bounds(self, "dataset.split")
+
+
+@dataclass
+class DatasetSettings:
+    """The keys every `conf/dataset/*.yaml` shares (conf/dataset/csv.yaml writes them all):
+    `load` is its loader's arguments (pipeline/config.py checks them against its signature),
+    `split` a SplitSettings and `protocol` a protocol.ProtocolSettings, checked as their own."""
+
+    engine_memory: str | None = field(default=ENGINE_MEMORY, metadata={"check": check_memory})
+    load: Any = None
+    # the loader's 0/1 positive column, and the label columns kept for multi-task models
+    label: str = "label"
+    tasks: list[str] = field(default_factory=list)
+    split: Any = None
+    protocol: Any = None
 
 
 def encode(raw: RawData, fit_users=None, fit_items=None) -> Encoded:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from twotower_cli.core.errors import TwoTowerError
+from twotower_cli.core.settings import check_bounds
 from twotower_cli.data import sql
 from twotower_cli.data.engine import Engine
 from twotower_cli.data.tables import RawData
@@ -40,16 +41,16 @@ class ProtocolSettings:
 
     name: str = "default"
     # label: the data set's label column; all: every row; rating: `rating` >= min_rating
-    positives: str = "label"
+    positives: str = field(default="label", metadata={"choices": POSITIVES})
     min_rating: float = 4.0
     # iterated k-core on the positives (users and items with >= k_core each); 0 = none
-    k_core: int = 0
+    k_core: int = field(default=0, metadata={"ge": 0})
     # dataset: dataset.split; ratio: seeded random order, `ratios`; loo: leave last one out
-    split: str = "dataset"
+    split: str = field(default="dataset", metadata={"choices": SPLITS})
     ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     seed: int = 2020
     # seen: evaluation masks each user's train+valid items; none: nothing masked
-    mask: str = "seen"
+    mask: str = field(default="seen", metadata={"choices": MASKS})
     # what popularity counts and EASE's final fit read: train+valid, or train (RecBole's
     # trainer fits on train only; its validation only picks)
     baselines_fit: str = field(default="train+valid", metadata={"choices": BASELINES_FIT})
@@ -59,14 +60,7 @@ class ProtocolSettings:
     )
 
     def __post_init__(self) -> None:
-        allowed = {"positives": POSITIVES, "split": SPLITS, "mask": MASKS,
-                   "baselines_fit": BASELINES_FIT}  # fmt: skip
-        for key, choices in allowed.items():
-            value = getattr(self, key)
-            if value not in choices:
-                raise TwoTowerError(f"dataset.protocol.{key}: {value!r} not in {choices}")
-        if self.k_core < 0:
-            raise TwoTowerError(f"dataset.protocol.k_core must be >= 0, got {self.k_core}")
+        check_bounds(self, "dataset.protocol")
         if len(self.ratios) != 3 or min(self.ratios) <= 0 or abs(sum(self.ratios) - 1) > 1e-9:
             raise TwoTowerError(f"dataset.protocol.ratios: three positive shares summing to 1, "
                                 f"got {list(self.ratios)}")  # fmt: skip

@@ -8,28 +8,33 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from twotower_cli.artifacts.store import FIT_ON
 from twotower_cli.core.errors import ConfigError
+from twotower_cli.core.layout import PathsSettings
 from twotower_cli.core.settings import (
+    TRACKERS,
     EvalSettings,
     ExportSettings,
     ExposureSettings,
+    HparamsSearchSettings,
     IndexSettings,
     ReportSettings,
+    RunSettings,
     ServeSettings,
+    TopSettings,
     TowerSettings,
     TrainSettings,
     TuneSettings,
     check_bounds,
 )
-from twotower_cli.data.engine import check_memory
-from twotower_cli.data.preprocess import SplitSettings
+from twotower_cli.data.preprocess import DatasetSettings, SplitSettings
+from twotower_cli.data.protocol import ProtocolSettings
+from twotower_cli.samplers.settings import SAMPLERS
 
 
 @dataclass
@@ -121,63 +126,84 @@ def register() -> None:
     for name, node in (("dssm", ModelSchema), ("senet", SENetSchema),
                        ("parallel", ParallelSchema), ("multitask", MultiTaskSchema)):  # fmt: skip
         cs.store(group="schema/model", name=name, node=node)
+    for group, schemas in PER_CHOICE.items():
+        for name, node in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
     for group, node in SETTINGS.items():
         if group in SCHEMAS:
             cs.store(group=f"schema/{group}", name="default", node=node)
 
 
-# group -> its settings dataclass: `check` enforces each field's bounds, and a key that is no
-# field (`+train.foo=1`) is refused; those of SCHEMAS are also the YAML's types (ConfigStore)
-SETTINGS = {"model": TowerSettings, "train": TrainSettings, "eval": EvalSettings,
-            "index": IndexSettings, "exposures": ExposureSettings, "tune": TuneSettings,
-            "export": ExportSettings, "report": ReportSettings, "serve": ServeSettings,
-            "dataset.split": SplitSettings}  # fmt: skip
-SCHEMAS = ("train", "eval", "index", "exposures", "tune", "export", "report", "serve")
+# group -> its settings dataclass ("": the top-level keys): `check` enforces each field's bounds,
+# and a key that is no field (`+train.foo=1`) is refused; those of SCHEMAS are also the YAML's
+# types (ConfigStore). No schema for the top level (a structured root would have to declare
+# every group, and Hydra would word `seed=abc` its own way) nor for `dataset` (a schema fills
+# the keys a data set's YAML leaves out, changing every preprocess output's recorded config)
+SETTINGS = {"": TopSettings, "run": RunSettings, "model": TowerSettings, "train": TrainSettings,
+            "eval": EvalSettings, "index": IndexSettings, "exposures": ExposureSettings,
+            "tune": TuneSettings, "export": ExportSettings, "report": ReportSettings,
+            "serve": ServeSettings, "dataset": DatasetSettings, "dataset.split": SplitSettings,
+            "dataset.protocol": ProtocolSettings, "paths": PathsSettings,
+            "hparams_search": HparamsSearchSettings}  # fmt: skip
+SCHEMAS = ("run", "train", "eval", "index", "exposures", "tune", "export", "report", "serve",
+           "paths", "hparams_search")  # fmt: skip
+# groups with a schema per option (conf/<group>/<name>.yaml -> /schema/<group>/<name>); `check`
+# takes the one whose `_target_` the node names (a sampler or tracker of one's own: none)
+PER_CHOICE = {"sampler": SAMPLERS, "tracking": TRACKERS}
+SETTINGS.update({group: {node._target_: node for node in schemas.values()}
+                 for group, schemas in PER_CHOICE.items()})  # fmt: skip
 # groups only their own stage reads: another stage does not refuse their values
 OWN_STAGE = ("tune", "export", "report", "serve")
-LOSSES = ("auto", "bce", "sampled_softmax", "inbatch_softmax")
 
 
 def check(cfg: DictConfig) -> None:
     """The bounds of every bounded group and of the top-level keys; ConfigError on the first
     value outside them."""
     for key, settings in SETTINGS.items():
-        node = OmegaConf.select(cfg, key)
+        node = OmegaConf.select(cfg, key) if key else cfg
         if node is None or key in OWN_STAGE and cfg.get("stage") != key:
             continue
-        values = OmegaConf.to_container(node, resolve=True)
-        names = {f for f in settings.__dataclass_fields__}
-        check_bounds(settings(**{k: v for k, v in values.items() if k in names}), key)
+        settings = _of_target(settings, node)
+        if settings is None or not any(f.metadata for f in fields(settings)):
+            continue  # nothing to bound (nor to resolve: paths need Hydra's state)
+        check_bounds(settings(**_values(node, settings.__dataclass_fields__)), key)
     _check_known(cfg)
-    seed = cfg.get("seed")
-    if type(seed) is not int:
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
-    threads = cfg.get("threads")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be null (every core) or an integer >= 1, got {threads!r}")
-    memory = OmegaConf.select(cfg, "dataset.engine_memory")
-    if memory is not None:
-        check_memory(memory)
-    if cfg.get("fit_on", "train") not in FIT_ON:
-        raise ConfigError(f"fit_on: {cfg.get('fit_on')!r} not in {tuple(FIT_ON)}")
-    if cfg.get("loss") not in LOSSES:
-        raise ConfigError(f"loss: {cfg.get('loss')!r} not in {LOSSES}")
     _check_device(OmegaConf.select(cfg, "train.device") or "cpu")
     _check_targets(OmegaConf.to_container(cfg, resolve=False), "")
     _check_load_keys(cfg)
 
 
+def _of_target(settings, node: DictConfig):
+    """The settings dataclass of a node: `settings`, or the one its `_target_` picks."""
+    if not isinstance(settings, dict):
+        return settings
+    return settings.get(node.get("_target_")) if OmegaConf.is_dict(node) else None
+
+
+def _values(node: DictConfig, names) -> dict:
+    """The node's values of these fields, resolved (the root's other keys are left alone)."""
+    values = {}
+    for name in names:
+        if name in node:
+            value = node[name]
+            values[name] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(
+                value) else value  # fmt: skip
+    return values
+
+
 # an unknown key of a settings group (`+train.foo=1`) is refused before it reaches a stage (or,
 # under dataset, every later stage's lineage check); the model's variants add keys of their own
-CLOSED = {key: settings for key, settings in SETTINGS.items() if key != "model"}
-DATASET_KEYS = ("engine_memory", "load", "label", "tasks", "split", "protocol")
+CLOSED = {key: settings for key, settings in SETTINGS.items() if key not in ("", "model")}
 
 
 def _check_known(cfg: DictConfig) -> None:
-    known = {key: tuple(settings.__dataclass_fields__) for key, settings in CLOSED.items()}
-    for key, names in {**known, "dataset": DATASET_KEYS}.items():
+    for key, settings in CLOSED.items():
         node = OmegaConf.select(cfg, key)
-        unknown = sorted(set(node.keys()) - set(names)) if OmegaConf.is_dict(node) else []
+        settings = _of_target(settings, node)
+        if settings is None or not OmegaConf.is_dict(node):
+            continue
+        names = tuple(settings.__dataclass_fields__)
+        unknown = sorted(set(node.keys()) - set(names))
         if unknown:
             raise ConfigError(f"{key}.{unknown[0]}: not a {key} setting; known: "
                               f"{', '.join(sorted(names))}")  # fmt: skip
