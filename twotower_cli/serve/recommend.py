@@ -49,6 +49,12 @@ def recommend(bundle: Bundle, queries: list[UserQuery], k: int | list[int]) -> l
     # deep enough that k items survive the exclusions: the rule evaluate uses
     depth = min(n, k + max(len(e) for e in excluded))
     D, I = bundle.index.search(u, depth)
+    if len(queries) == 1:  # a lone request: a mask over the catalogue, no pair keys to sort
+        items = I[0] + 1  # -1 (missing) -> 0, which no mask marks: `I >= 0` drops it
+        mask = np.zeros(n + 1, dtype=bool)
+        mask[excluded[0]] = True
+        keep = (I[0] >= 0) & ~mask[items]
+        return [_items(bundle, items[keep][:k], D[0][keep][:k])]
     rows = np.repeat(np.arange(len(excluded)), [len(e) for e in excluded])
     keys = sorted_unique(pair_keys(rows, np.concatenate(excluded), n))
     items, scores, keep = _top(D, I, keys, n, k)
