@@ -1,5 +1,5 @@
 """The pandas preprocess that the DuckDB engine replaced, kept as the test oracle
-(tests/test_sql.py): the whole log in memory, numpy sorts, the same rules. The settings, the
+(tests/unit/test_sql.py): the whole log in memory, numpy sorts, the same rules. The settings, the
 side encoding and the messages are the package's (imported), the log pipeline is this file's.
 
 Raw tables -> encoded feature tables and a split of positives (`twotower preprocess`).

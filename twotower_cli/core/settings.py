@@ -2,7 +2,7 @@
 reads (`model`, `train`, `eval`, `index`, `exposures`, `tune`, `export`, `report`). Plain
 dataclasses, no Hydra: config.py registers them in Hydra's ConfigStore (types checked at
 composition) and checks the bounds in each field's `metadata` (ge, gt, le, lt, choices, each_ge;
-`say`: the error's own wording) before a stage runs. tests/test_settings_yaml.py holds each
+`say`: the error's own wording) before a stage runs. tests/unit/test_settings_yaml.py holds each
 dataclass's defaults to its conf/ YAML's values."""
 
 from __future__ import annotations
