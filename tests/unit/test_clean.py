@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from pandas_preprocess import clean_log
 
 from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.data.clean import check_numbers, clean_log, epoch_seconds, missing_ids
+from twotower_cli.data.clean import check_numbers, epoch_seconds, missing_ids
 from twotower_cli.data.preprocess import SplitSettings, preprocess
 from twotower_cli.data.tables import RawData
 
@@ -125,7 +126,7 @@ def test_news_log_absurd_expo_time_and_spelled_missing_ids(tmp_path):
 
 
 def test_exact_duplicates_equal_pandas_duplicated():
-    from twotower_cli.data.clean import exact_duplicates
+    from pandas_preprocess import exact_duplicates
 
     rng = np.random.default_rng(0)
     n = 5000

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas_preprocess import hold_out_last, per_user_split
 
 from twotower_cli.data import synthetic
-from twotower_cli.data.split import hold_out_last, per_user_split
 from twotower_cli.data.tables import build_vocab, encode_multihot, encode_side, encode_values
 
 
