@@ -25,7 +25,7 @@ run: install ## every stage on MovieLens-100K, ending with the evaluation table
 test: install ## the whole test suite (the real MovieLens run included; CI runs this)
 	$(BIN)/pytest -q
 
-test-fast: install ## the inner loop: every test not marked slow (no multi-stage CLI runs)
+test-fast: install ## the inner loop: tests/unit/, every test not marked slow (tests/e2e/ is)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: install ## ruff format check and lint

@@ -1,4 +1,6 @@
-"""Shared test helpers: run the CLI in-process on a small generated data set."""
+"""Shared test helpers and fixtures, seen by both lanes: tests/unit/ (`make test-fast`) and
+tests/e2e/ (marked slow by its own conftest; `make test` runs both). They run the CLI in-process
+on a small generated data set."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ SMALL = [
     "dataset.load.n_clusters=8",
     "train.epochs=3",
     "train.batch_size=256",
-    # the batch as given (the log-size rule, tests/test_defaults.py, would halve it here)
+    # the batch as given (the log-size rule, tests/unit/test_defaults.py, would halve it here)
     "train.min_steps_per_epoch=0",
     "train.patience_min_steps=0",
     # the plain towers (the default user history is run by the tests that name it and by the
@@ -68,6 +70,16 @@ def small():
     return enc, parts
 
 
+@pytest.fixture(scope="module")
+def news_dir(tmp_path_factory) -> tuple[Path, dict]:
+    """(raw dir, planted preferences) of a generated news app log (tests/fixtures_news.py)."""
+    from fixtures_news import write_news
+
+    raw = tmp_path_factory.mktemp("news")
+    planted = write_news(raw, n_users=200, expos_per_day=12)
+    return raw, planted
+
+
 def unit_vectors(n: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -75,16 +87,3 @@ def unit_vectors(n: int, seed: int) -> np.ndarray:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
-
-
-# what makes a test slow (the `make test-fast` lane leaves these out; `make test` runs all):
-# fixtures that run the pipeline through the CLI, and modules of end-to-end runs
-CLI_FIXTURES = {"small_run", "out_dir", "two_ranks", "prepared"}
-END_TO_END = {"test_pipeline.py", "test_resume.py", "test_tracking.py", "test_distributed.py",
-              "test_movielens.py"}  # fmt: skip
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        if CLI_FIXTURES & set(item.fixturenames) or item.path.name in END_TO_END:
-            item.add_marker(pytest.mark.slow)

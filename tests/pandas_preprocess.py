@@ -1,6 +1,7 @@
 """The pandas preprocess that the DuckDB engine replaced, kept as the test oracle
-(tests/test_sql.py): the whole log in memory, numpy sorts, the same rules. The settings, the
-side encoding and the messages are the package's (imported), the log pipeline is this file's.
+(tests/unit/test_sql.py): the whole log in memory, numpy sorts, the same rules. The settings, the
+side encoding and the messages are the package's (imported), the log pipeline is this file's,
+its per-user and temporal splits and log cleaning (missing ids, exact duplicates) included.
 
 Raw tables -> encoded feature tables and a split of positives (`twotower preprocess`).
 
@@ -19,15 +20,9 @@ import numpy as np
 import pandas as pd
 
 from twotower_cli.core.errors import TwoTowerError
-from twotower_cli.data.clean import clean_log, drop_missing_keys
+from twotower_cli.data.clean import check_times, drop_missing_keys, missing_ids
 from twotower_cli.data.preprocess import SplitSettings, _no_test_users, encode, freshness
-from twotower_cli.data.split import (
-    DAY,
-    per_user_split,
-    temporal_bounds,
-    temporal_split,
-    user_time_order,
-)
+from twotower_cli.data.split import DAY, temporal_bounds, user_time_order
 from twotower_cli.data.tables import Encoded, RawData, encode_values
 
 
@@ -178,3 +173,86 @@ def clean_raw(raw: RawData) -> tuple[RawData, dict[str, int]]:
     raw = replace(raw, interactions=inter, users=drop_missing_keys(raw.users, "user_id"),
                   items=drop_missing_keys(raw.items, "item_id"))  # fmt: skip
     return raw, {k: raw.counts.get(k, 0) + n for k, n in cleaned.items()}
+
+
+# -- the pandas split and log cleaning the SQL engine replaced (data/sql.py runs them now)
+
+
+def hold_out_last(
+    frame: pd.DataFrame, fraction: float, min_positives: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per user, the last `fraction` of rows (rounded, at least 1) -> held out.
+
+    Rows are ordered by (timestamp, item) within each user; users with fewer than
+    `min_positives` rows keep them all. Returns (kept, held_out).
+    """
+    order = user_time_order(frame)
+    user = frame["user"].to_numpy()[order]
+    # rows are grouped by user now: a row's rank within its user and its user's row count
+    starts = np.flatnonzero(np.concatenate([[True], user[1:] != user[:-1]])) if len(user) else user
+    sizes = np.diff(np.append(starts, len(user)))
+    n = np.repeat(sizes, sizes)
+    rank = np.arange(len(user)) - np.repeat(starts, sizes)
+    n_out = np.where(n >= min_positives, np.maximum(1, np.floor(fraction * n + 0.5)), 0)
+    out = rank >= n - n_out
+    frame = frame.take(order)
+    return frame[~out].reset_index(drop=True), frame[out].reset_index(drop=True)
+
+
+def per_user_split(
+    positives: pd.DataFrame, test_fraction: float, valid_fraction: float, min_positives: int
+) -> dict[str, pd.DataFrame]:
+    """Test carved from each user's latest positives, then validation from what remains."""
+    rest, test = hold_out_last(positives, test_fraction, min_positives)
+    train, valid = hold_out_last(rest, valid_fraction, min_positives)
+    return {"train": train, "valid": valid, "test": test}
+
+
+def temporal_split(
+    positives: pd.DataFrame, valid_start: int, test_start: int, end: int
+) -> dict[str, pd.DataFrame]:
+    """Positives by time: train before valid_start, validation up to test_start, test up to
+    end (exclusive); rows outside [.., end) belong to no split."""
+    ts = positives["timestamp"].to_numpy()
+    pick = lambda m: positives[m].reset_index(drop=True)  # noqa: E731
+    return {
+        "train": pick(ts < valid_start),
+        "valid": pick((ts >= valid_start) & (ts < test_start)),
+        "test": pick((ts >= test_start) & (ts < end)),
+    }
+
+
+def clean_log(inter: pd.DataFrame, source: str, time_col: str) -> tuple[pd.DataFrame, dict]:
+    """The log without rows with a missing id and without exact duplicate rows, checked times;
+    (log, {dropped_missing_id, duplicates_dropped})."""
+    check_times(inter["timestamp"].to_numpy(), inter.index, source, time_col)
+    missing = missing_ids(inter["user_id"]) | missing_ids(inter["item_id"])
+    dup = exact_duplicates(inter) & ~missing
+    counts = {"dropped_missing_id": int(missing.sum()), "duplicates_dropped": int(dup.sum())}
+    if missing.any() or dup.any():
+        inter = inter[~(missing | dup)].reset_index(drop=True)
+    return inter, counts
+
+
+def exact_duplicates(frame: pd.DataFrame, keys=("user_id", "item_id", "timestamp")) -> np.ndarray:
+    """True for each row equal in every column to an earlier row. Rows are compared in full
+    only where a hash of `keys` repeats: DataFrame.duplicated over every column took 11 s on
+    7.4M rows of a loaded machine, this under 1."""
+    h = np.zeros(len(frame), np.uint64)
+    for key in keys:
+        col = frame[key]
+        if col.dtype.kind in "iub":
+            x = col.to_numpy().astype(np.int64).view(np.uint64)
+        else:
+            x = pd.util.hash_array(col.to_numpy(dtype=object))
+        h = h * np.uint64(0x9E3779B97F4A7C15) ^ x  # wraps: a hash, not a number
+    # a sort beats a hash table here (0.3 s against 4.8 s on 7.4M keys)
+    s = np.sort(h)
+    repeated = s[1:][s[1:] == s[:-1]]
+    out = np.zeros(len(frame), bool)
+    if not len(repeated):
+        return out
+    candidate = np.isin(h, repeated)
+    rows = np.flatnonzero(candidate)  # in file order, so `duplicated` keeps the first copy
+    out[rows[frame.iloc[rows].duplicated().to_numpy()]] = True
+    return out

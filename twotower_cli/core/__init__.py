@@ -1,5 +1,5 @@
 """The bottom layer: what every other package may use, and which imports nothing of twotower's
-above it (the layer order is in tests/test_imports.py).
+above it (the layer order is in tests/unit/test_imports.py).
 
     errors.py    the one-line errors the CLI prints (ConfigError, DataError, ...)
     keys.py      sorted int64 key sets, vectorised (the leaf)

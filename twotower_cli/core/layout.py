@@ -1,5 +1,5 @@
 """Where a run's artifacts live, and what every file is called: `FILES` holds each artifact's
-file name (the one place any module spells one; tests/test_layout.py holds that), and
+file name (the one place any module spells one; tests/unit/test_layout.py holds that), and
 `Layout` derives every stage's directory and file paths from `cfg.paths`
 (conf/paths/default.yaml) or from a finished run's directory, so stages, serve, export,
 loadtest, compare, report and the benchmark ask it instead of spelling a path themselves.

@@ -3,7 +3,7 @@ reads (the top-level keys, `run`, `model`, `train`, `eval`, `index`, `exposures`
 `export`, `report`, `serve`). Plain dataclasses, no Hydra: config.py registers them in Hydra's
 ConfigStore (types checked at composition) and checks the bounds in each field's `metadata`
 (ge, gt, le, lt, choices, each_ge, integer, check; `say`: the error's own wording) before a
-stage runs. tests/test_settings_yaml.py holds each dataclass's defaults to its conf/ YAML's
+stage runs. tests/unit/test_settings_yaml.py holds each dataclass's defaults to its conf/ YAML's
 values."""
 
 from __future__ import annotations

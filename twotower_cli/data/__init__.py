@@ -9,7 +9,7 @@
     synthetic.py  a generated log of any size (`dataset=synthetic`)
     clean.py      the data rules every loader shares (missing ids, times, numbers)
     tables.py     vocabularies, feature specs and the encoded tables on disk
-    split.py      train/validation/test splits of positives
+    split.py      the (user, time) row order and the temporal split's bounds
     protocol.py   published protocols (conf/protocol/): positives, k-core, ratio/LOO split
     freshness.py  how fresh a candidate must be, measured from the data
     preprocess.py raw tables -> encoded tables and a split, on engine.py

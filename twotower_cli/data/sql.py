@@ -117,7 +117,8 @@ def encoded_log(
 
 
 def _held_out(n: str, fraction: float, min_positives: int) -> str:
-    """How many of a user's n rows are held out (split.hold_out_last's n_out)."""
+    """How many of a user's n rows are held out (hold_out_last's n_out in the test oracle,
+    tests/pandas_preprocess.py)."""
     return (
         f"CASE WHEN {n} >= {int(min_positives)} "
         f"THEN GREATEST(1, FLOOR({float(fraction)!r} * {n} + 0.5)) ELSE 0 END"

@@ -46,7 +46,7 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], names: list[
 
     dynamo=False uses the TorchScript exporter: deprecated since PyTorch 2.9 but about ten times
     faster to export this graph; dynamo=True (torch.export + onnxscript) gives the same vectors
-    (tests/test_export.py checks both against PyTorch)."""
+    (tests/e2e/test_export.py checks both against PyTorch)."""
     tower = UserTower(model.eval(), names).eval()
     args = tuple(example[n] for n in names)
     if dynamo:

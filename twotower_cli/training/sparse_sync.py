@@ -8,7 +8,7 @@ of DDP. A table's gradient holds at most one (row, values) pair per row it looke
 rank looks up as many (equal slices of the global batch), so each table's pairs, padded to that
 count with row -1, go with every other table's into one buffer and one all_gather. Each rank's
 gradient is then every rank's pairs (uncoalesced, as nn.Embedding makes them) divided by the
-world size: DDP's average, and the one-process gradient (tests/test_distributed.py).
+world size: DDP's average, and the one-process gradient (tests/e2e/test_distributed.py).
 """
 
 from __future__ import annotations

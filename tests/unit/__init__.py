@@ -1,0 +1,1 @@
+"""Unit tests: no multi-stage CLI run, the `make test-fast` lane."""
