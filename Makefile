@@ -23,7 +23,10 @@ run: install ## every stage on MovieLens-100K, ending with the evaluation table
 	$(BIN)/twotower run
 
 test: install ## the whole test suite (the real MovieLens run included; CI runs this)
-	$(BIN)/pytest -q
+	# the unit lane on every core, then the end-to-end lane in one process (its kill, dist and
+	# load tests time themselves and must not share the cores with each other)
+	$(BIN)/pytest -q -m "not slow" -n auto
+	$(BIN)/pytest -q -m slow
 
 test-fast: install ## the inner loop: tests/unit/, every test not marked slow (tests/e2e/ is)
 	# on every core (pytest-xdist): its config tests compose Hydra configs, ~0.2 s each
