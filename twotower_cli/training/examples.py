@@ -160,15 +160,37 @@ def example_windows(examples: pd.DataFrame, timeline: Timeline, n_items: int, se
     return positions, np.full(len(users), -1, dtype=np.int64)
 
 
-class HistoryBatch:
-    """The sampler's per-batch step (`inner`) after each row's `user.history` is read off the
-    timeline from its `history.end` / `history.skip` (one gather of history_len + 1 ids a row);
-    its state (for a resumed run) is the sampler's."""
+class WrappedStep:
+    """The sampler's per-batch step (`inner`: logQ, shared negatives; None: none) applied to
+    the rows `expand` makes of a batch; its state (for a resumed run) is the sampler's."""
+
+    def __init__(self, inner=None) -> None:
+        self.inner = inner
+
+    def expand(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rows = self.expand(batch)
+        return self.inner(rows) if self.inner is not None else rows
+
+    def state_dict(self) -> dict | None:
+        return self.inner.state_dict() if hasattr(self.inner, "state_dict") else None
+
+    def load_state_dict(self, state) -> None:
+        if hasattr(self.inner, "load_state_dict") and state is not None:
+            self.inner.load_state_dict(state)
+
+
+class HistoryBatch(WrappedStep):
+    """The sampler's per-batch step after each row's `user.history` is read off the timeline
+    from its `history.end` / `history.skip` (one gather of history_len + 1 ids a row)."""
 
     def __init__(self, timeline: Timeline, length: int, inner=None) -> None:
+        super().__init__(inner)
         self.items = torch.from_numpy(np.concatenate([timeline.items, [0]]))  # 0: empty
         self.start = torch.from_numpy(timeline.start)
-        self.length, self.inner = length, inner
+        self.length = length
 
     def windows(self, users: torch.Tensor, end: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """[n, length] ids: the `length` rows of each user's timeline before `end`, less row
@@ -189,17 +211,6 @@ class HistoryBatch:
         end, skip = batch[WINDOW_END].long(), batch[WINDOW_SKIP].long()
         out = {k: t for k, t in batch.items() if k not in (WINDOW_END, WINDOW_SKIP)}
         return {**out, HISTORY_KEY: self.windows(batch["user"].long(), end, skip)}
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        rows = self.expand(batch)
-        return self.inner(rows) if self.inner is not None else rows
-
-    def state_dict(self) -> dict | None:
-        return self.inner.state_dict() if hasattr(self.inner, "state_dict") else None
-
-    def load_state_dict(self, state) -> None:
-        if hasattr(self.inner, "load_state_dict") and state is not None:
-            self.inner.load_state_dict(state)
 
 
 def training_examples(

@@ -26,7 +26,7 @@ import torch
 
 from twotower_cli.core.errors import ConfigError
 from twotower_cli.core.settings import HISTORY_AT
-from twotower_cli.training.examples import HISTORY_KEY, Timeline
+from twotower_cli.training.examples import HISTORY_KEY, Timeline, WrappedStep
 
 AT_KEY = f"user.{HISTORY_AT}"
 
@@ -64,23 +64,12 @@ def flatten_positions(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             AT_KEY: at}  # fmt: skip
 
 
-class SequenceBatch:
+class SequenceBatch(WrappedStep):
     """The sampler's per-batch step (logQ, shared negatives), applied to the positions of a
-    batch of sequences; its state (for a resumed run) is the sampler's."""
+    batch of sequences."""
 
-    def __init__(self, inner=None) -> None:
-        self.inner = inner
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        rows = flatten_positions(batch)
-        return self.inner(rows) if self.inner is not None else rows
-
-    def state_dict(self) -> dict | None:
-        return self.inner.state_dict() if hasattr(self.inner, "state_dict") else None
-
-    def load_state_dict(self, state) -> None:
-        if hasattr(self.inner, "load_state_dict") and state is not None:
-            self.inner.load_state_dict(state)
+    def expand(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return flatten_positions(batch)
 
 
 def check_sequence_training(model, has_negatives: bool, tasks: tuple, nproc: int) -> None:
