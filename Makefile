@@ -23,10 +23,10 @@ run: install ## every stage on MovieLens-100K, ending with the evaluation table
 	$(BIN)/twotower run
 
 test: install ## the whole test suite (the real MovieLens run included; CI runs this)
-	# the unit lane on every core, then the end-to-end lane in one process (its kill, dist and
-	# load tests time themselves and must not share the cores with each other)
-	$(BIN)/pytest -q -m "not slow" -n auto
-	$(BIN)/pytest -q -m slow
+	# everything on every core, one file per worker at a time (module fixtures built once), then
+	# the serial lane alone: its dist, kill and live-server tests time themselves (tests/e2e/conftest.py)
+	$(BIN)/pytest -q -m "not serial" -n auto --dist loadfile
+	$(BIN)/pytest -q -m serial
 
 test-fast: install ## the inner loop: tests/unit/, every test not marked slow (tests/e2e/ is)
 	# on every core (pytest-xdist): its config tests compose Hydra configs, ~0.2 s each
