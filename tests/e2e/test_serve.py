@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import faiss
+import fastapi.routing
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,6 +32,7 @@ from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.core.layout import Layout
 from twotower_cli.retrieval.metrics import drop_excluded
 from twotower_cli.retrieval.search import EvalSet, search
+from twotower_cli.serve.http import HotPath
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
 
@@ -277,6 +279,44 @@ def test_bad_request_gets_a_4xx_naming_the_field(client, body, status, field):
         resp = client.post("/recommend", json=body)
     assert resp.status_code == status, resp.text
     assert resp.json()["error"].startswith(f"{field}:"), resp.json()
+
+
+def test_the_hot_path_answers_as_the_fastapi_route_would(state, monkeypatch):
+    """POST /recommend is answered by HotPath before FastAPI routes it: with HotPath taken out
+    of the stack, the route gives the same status, headers and body for good and bad bodies."""
+    settings = serve.ServeSettings(max_batch=64)
+    hot = local_client(serve.create_app(state, settings))
+    plain_app = serve.create_app(state, settings)
+    plain_app.user_middleware = [m for m in plain_app.user_middleware if m.cls is not HotPath]
+    plain = local_client(plain_app)
+    routed = []
+    monkeypatch.setattr(fastapi.routing, "run_endpoint_function",
+                        _counting(fastapi.routing.run_endpoint_function, routed))  # fmt: skip
+    bodies = [{"user": {"user_id": 1}, "k": 5}, {"user": {"age": 1}, "history": [1], "k": 3},
+              *(b for b, _, _ in BAD)]  # fmt: skip
+    for body in bodies:
+        kw = {"content": body} if isinstance(body, str) else {"json": body}
+        before = len(routed)
+        a = hot.post("/recommend", **kw)
+        assert len(routed) == before  # answered without FastAPI's routing
+        b = plain.post("/recommend", **kw)
+        assert len(routed) == before + 1
+        assert (a.status_code, a.headers) == (b.status_code, b.headers), body
+        if a.status_code == 200:
+            assert {**a.json(), "took_ms": 0} == {**b.json(), "took_ms": 0}
+        else:
+            assert a.content == b.content
+    # other methods and paths still go through FastAPI
+    assert hot.get("/recommend").status_code == 405
+    assert hot.post("/recommend/batch", json={"users": [{"user": {}}], "k": 2}).status_code == 200
+
+
+def _counting(fn, calls: list):
+    async def counted(*args, **kwargs):
+        calls.append(1)
+        return await fn(*args, **kwargs)
+
+    return counted
 
 
 def test_bad_batch_and_similar_requests_get_a_4xx(client):
