@@ -162,9 +162,9 @@ def ann_model(sizes: Sizes, out_dir: Path, cache_dir: str, threads: int) -> Path
                  f"dataset.load.n_interactions={sizes.ann_interactions}",
                  f"dataset.load.n_clusters={sizes.ann_clusters}",
                  f"dataset.load.cache_dir={cache_dir}", "train.epochs=1", "train.refit=false",
-                 # the plain DSSM the bench has always timed (not the default's user history
-                 # and mixed negatives)
-                 "model.history=false", "sampler.n_uniform=0",
+                 # the plain DSSM the bench has always timed (not the default's user history,
+                 # mixed negatives and weight decay)
+                 "model.history=false", "sampler.n_uniform=0", "train.weight_decay=0",
                  "train.sparse_embeddings=true", f"threads={threads}",
                  f"paths.out={run_out}"]  # fmt: skip
     log(f"ann: twotower run {' '.join(overrides)}")

@@ -48,9 +48,9 @@ def section(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
             f"train.epochs={sizes.dist_epochs}", f"train.patience={sizes.dist_epochs}",
             # one training a run: the rates are the early-stopped fit's (no refit after it)
             "train.refit=false",
-            # the plain DSSM the bench has always timed (not the default's user history and
-            # mixed negatives)
-            "model.history=false", "sampler.n_uniform=0",
+            # the plain DSSM the bench has always timed (not the default's user history,
+            # mixed negatives and weight decay)
+            "model.history=false", "sampler.n_uniform=0", "train.weight_decay=0",
             f"train.sparse_embeddings={str(sizes.sparse_embeddings).lower()}"]  # fmt: skip
     script = str(Path(sys.executable).with_name("twotower"))
     for stage in ("preprocess", "sample"):

@@ -39,9 +39,9 @@ def run_pipeline(n: int, sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
                  f"dataset.load.n_users={n_users}", f"dataset.load.n_items={n_items}",
                  f"dataset.load.cache_dir={cache_dir}", f"train.epochs={sizes.scale_epochs}",
                  f"train.max_steps={sizes.scale_max_steps}", "train.refit=false",
-                 # the plain DSSM the bench has always timed: the default's user history and
-                 # mixed negatives are not measured at these sizes (docs/bench.md)
-                 "model.history=false", "sampler.n_uniform=0",
+                 # the plain DSSM the bench has always timed: the default's user history,
+                 # mixed negatives and weight decay are not measured at these sizes (docs/bench.md)
+                 "model.history=false", "sampler.n_uniform=0", "train.weight_decay=0",
                  f"train.sparse_embeddings={str(sizes.sparse_embeddings).lower()}",
                  f"paths.out={run_out}"]  # fmt: skip
     if n in sizes.scale_users:

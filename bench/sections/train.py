@@ -33,8 +33,10 @@ def section(data: Data, sizes: Sizes, device: str = "cpu") -> dict:
     validation cost nothing would reach (separately timed parts: an estimate, not a bound)."""
     per_round, steps = sizes.train_steps * sizes.batch_size, sizes.train_steps
     examples, datasets, valid_set = round_inputs(data, sizes)
+    # no weight decay: the plain DSSM and Adam the bench has always timed (docs/bench.md)
     settings = TrainSettings(epochs=1, batch_size=sizes.batch_size, patience=1, device=device,
-                             sparse_embeddings=sizes.sparse_embeddings)  # fmt: skip
+                             sparse_embeddings=sizes.sparse_embeddings,
+                             weight_decay=0.0)  # fmt: skip
     models = {"twotower": data.model, "reference": copy.deepcopy(data.model)}
     first = examples[0]
     replay = flops.GemmReplay(step_gemms(data, first["user"][: sizes.batch_size].numpy(),

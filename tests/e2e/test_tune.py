@@ -12,6 +12,7 @@ import pytest
 from conftest import SMALL, read_json, twotower
 from helpers import tune_conf
 
+from twotower_cli.core.settings import TrainSettings
 from twotower_cli.training import fitting
 
 
@@ -26,6 +27,9 @@ def test_tiny_search_writes_its_artifacts_and_the_overlay_runs(tmp_path, capsys)
     assert set(frame["state"]) == {"COMPLETE"}
     assert frame["valid_recall@20"].between(0.05, 1.0).all()
     assert {"model.temperature", "train.lr", "seconds", "epochs"} <= set(frame.columns)
+    # trial 0 starts from the command's own lr (its temperature, 0.124, is not a choice here)
+    assert frame.loc[0, "train.lr"] == pytest.approx(TrainSettings().lr)
+    assert frame.loc[1:, "train.lr"].ne(TrainSettings().lr).all()
     for png in ("scores.png", "params.png"):
         assert (tune_dir / png).read_bytes()[:4] == b"\x89PNG"
     metrics = read_json(tune_dir / "metrics.json")

@@ -11,9 +11,11 @@ import optuna
 import pytest
 from conftest import SMALL, twotower
 from helpers import TUNE_SPACE, tune_conf
+from omegaconf import OmegaConf
 
 from twotower_cli.core.errors import TwoTowerError
 from twotower_cli.pipeline.study import search_space, study_lock, tpe
+from twotower_cli.pipeline.tune import starting_point
 
 
 def test_search_space_syntax_becomes_optuna_distributions():
@@ -29,6 +31,23 @@ def test_search_space_syntax_becomes_optuna_distributions():
     assert space["d"] == D.IntDistribution(1, 4)  # range's stop is exclusive, as in Python
     assert space["e"] == D.CategoricalDistribution([True, False])
     assert space["sampler"] == D.CategoricalDistribution(["inbatch", "mixed"])
+
+
+def test_the_starting_point_is_the_command_s_values_the_space_holds():
+    space = search_space(
+        {"model.temperature": "tag(log, interval(0.02, 0.3))", "model.embed_dim": "choice(32, 64)",
+         "model.dropout": "interval(0.0, 0.3)", "model.history_decay": "choice(0, 2, 5)",
+         "model.history": "choice(true, false)", "model.hidden": "choice(1, 2)",
+         "train.lr": "interval(0.001, 0.01)", "sampler": "choice(inbatch, mixed)"}, "x.yaml",
+    )  # fmt: skip
+    cfg = OmegaConf.create({"model": {"temperature": 0.124, "embed_dim": 16, "dropout": 0.5,
+                                      "history_decay": 5.0, "history": False, "hidden": [256]},
+                            "train": {"lr": 0.0026}})  # fmt: skip
+    point = starting_point(space, cfg, {"sampler": "mixed", "model": "dssm"})
+    # embed_dim 16 and dropout 0.5 lie outside the space, a list is no choice: left to TPE
+    assert point == {"model.temperature": 0.124, "model.history_decay": 5,
+                     "model.history": False, "train.lr": 0.0026, "sampler": "mixed"}  # fmt: skip
+    assert type(point["model.history_decay"]) is int  # the choice's own value, not 5.0
 
 
 @pytest.mark.parametrize(

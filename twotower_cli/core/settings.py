@@ -65,7 +65,7 @@ class TrainSettings:
     epochs: int = field(default=40, metadata={"ge": 1})
     batch_size: int = field(default=1024, metadata={"ge": 1})
     lr: float = field(default=2.6e-3, metadata={"gt": 0.0, "le": 10.0})
-    weight_decay: float = field(default=0.0, metadata={"ge": 0.0})
+    weight_decay: float = field(default=1e-4, metadata={"ge": 0.0})
     early_stop_k: int = field(default=20, metadata={"ge": 1})
     patience: int = field(default=4, metadata={"ge": 1})
     # a small log's epoch has few steps: the batch is halved (not below 32) until an epoch has
@@ -194,6 +194,9 @@ class TuneSettings:
     seeds: list[int] = field(default_factory=lambda: [0])
     confirm_top: int = field(default=3, metadata={"ge": 0, "say": COUNT})
     confirm_seeds: list[int] = field(default_factory=lambda: [1, 2])
+    # the first trial of a new study is the command's own configuration (its searched keys'
+    # values where the search space holds them), so the pick is never worse on validation
+    start_from_defaults: bool = True
 
 
 @dataclass

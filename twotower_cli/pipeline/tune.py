@@ -186,10 +186,28 @@ def run_tune(cfg: DictConfig) -> dict:
             return score
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if cfg.tune.start_from_defaults and not study.trials and n_new:
+            study.enqueue_trial(starting_point(space, *compose_run(base)))
         _search(cfg, study, objective, n_new, started)
         best, means = confirm(cfg, study, base, metric, made, _budget_s(cfg, started))
         return _retrain_best(cfg, study, best, means, base, command, metric, list(space),
                              started, made)  # fmt: skip
+
+
+def starting_point(space: dict, cfg: DictConfig, choices: dict) -> dict:
+    """The searched keys' values in the command's own config (a group's: its choice), where the
+    search space holds them; the trial's other keys are left to the sampler."""
+    point = {}
+    for key, dist in space.items():
+        value = choices.get(key) if key in choices else OmegaConf.select(cfg, key)
+        if isinstance(value, list | dict) or value is None:
+            continue
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            if value in dist.choices:
+                point[key] = dist.choices[dist.choices.index(value)]
+        elif dist.low <= value <= dist.high and not isinstance(value, bool):
+            point[key] = value
+    return point
 
 
 def _search(cfg: DictConfig, study, objective, n_new: int, started: float) -> None:
