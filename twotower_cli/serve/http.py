@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -165,6 +166,25 @@ class OffLoop:
             self.running -= 1
 
 
+async def _answer_one(state: ServeState, settings: ServeSettings, off_loop: OffLoop,
+                      batcher: MicroBatcher | None, raw: bytes,
+                      start: float) -> bytes:  # fmt: skip
+    """/recommend's answer to a body (HotPath calls it before FastAPI routes anything)."""
+    if len(raw) <= INLINE_PARSE_BYTES:
+        body = parse(RecommendBody, raw)
+    else:
+        body = await off_loop(parse, RecommendBody, raw)
+    _check_k(body.k, min(settings.max_k, state.bundle.n_items))
+    if batcher is not None:
+        items, bundle = await batcher.submit(body.query(), body.k)
+    else:
+        bundle = state.bundle  # one reference for the whole request (see ServeState)
+        items = (await off_loop(recommend, bundle, [body.query()], body.k))[0]
+    took = round((time.perf_counter() - start) * 1000, 3)
+    return json.dumps({"items": items, "run": bundle.run, "took_ms": took,
+                       **_history_note(bundle, [body])}).encode()  # fmt: skip
+
+
 def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
     """The HTTP API over a ServeState (see docs/serving.md)."""
     settings.check_key_env()
@@ -181,21 +201,7 @@ def create_app(state: ServeState, settings: ServeSettings) -> FastAPI:
         if batcher is not None:
             batcher.close()
 
-    async def answer_one(raw: bytes, start: float) -> bytes:
-        """/recommend's answer to a body (HotPath calls it before FastAPI routes anything)."""
-        if len(raw) <= INLINE_PARSE_BYTES:
-            body = parse(RecommendBody, raw)
-        else:
-            body = await off_loop(parse, RecommendBody, raw)
-        _check_k(body.k, min(settings.max_k, state.bundle.n_items))
-        if batcher is not None:
-            items, bundle = await batcher.submit(body.query(), body.k)
-        else:
-            bundle = state.bundle  # one reference for the whole request (see ServeState)
-            items = (await off_loop(recommend, bundle, [body.query()], body.k))[0]
-        took = round((time.perf_counter() - start) * 1000, 3)
-        return json.dumps({"items": items, "run": bundle.run, "took_ms": took,
-                           **_history_note(bundle, [body])}).encode()  # fmt: skip
+    answer_one = partial(_answer_one, state, settings, off_loop, batcher)
 
     # FastAPI's built-in OpenTelemetry hooks check the global providers on every request; a
     # deployment that wants traces wraps the app itself
