@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from bench import gpu, log
-from bench.sizes import Sizes
+from bench.sizes import PLAIN_DSSM, Sizes
 from bench.timer import alternate
 from twotower_cli.core.keys import is_member
 from twotower_cli.core.layout import FILES, Layout
@@ -162,9 +162,7 @@ def ann_model(sizes: Sizes, out_dir: Path, cache_dir: str, threads: int) -> Path
                  f"dataset.load.n_interactions={sizes.ann_interactions}",
                  f"dataset.load.n_clusters={sizes.ann_clusters}",
                  f"dataset.load.cache_dir={cache_dir}", "train.epochs=1", "train.refit=false",
-                 # the plain DSSM the bench has always timed (not the default's user history,
-                 # mixed negatives and weight decay)
-                 "model.history=false", "sampler.n_uniform=0", "train.weight_decay=0",
+                 *PLAIN_DSSM,  # the DSSM the bench has always timed
                  "train.sparse_embeddings=true", f"threads={threads}",
                  f"paths.out={run_out}"]  # fmt: skip
     log(f"ann: twotower run {' '.join(overrides)}")

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from bench import log
-from bench.sizes import Sizes
+from bench.sizes import PLAIN_DSSM, Sizes
 from bench.timer import alternate, median
 from twotower_cli.core.layout import FILES, Layout
 
@@ -48,9 +48,7 @@ def section(sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
             f"train.epochs={sizes.dist_epochs}", f"train.patience={sizes.dist_epochs}",
             # one training a run: the rates are the early-stopped fit's (no refit after it)
             "train.refit=false",
-            # the plain DSSM the bench has always timed (not the default's user history,
-            # mixed negatives and weight decay)
-            "model.history=false", "sampler.n_uniform=0", "train.weight_decay=0",
+            *PLAIN_DSSM,  # the DSSM the bench has always timed
             f"train.sparse_embeddings={str(sizes.sparse_embeddings).lower()}"]  # fmt: skip
     script = str(Path(sys.executable).with_name("twotower"))
     for stage in ("preprocess", "sample"):

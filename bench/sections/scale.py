@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bench import log
-from bench.sizes import Sizes
+from bench.sizes import PLAIN_DSSM, Sizes
 from twotower_cli.core.layout import FILES, Layout
 
 STAGES = ("preprocess", "sample", "train", "embed", "index", "evaluate")
@@ -39,9 +39,7 @@ def run_pipeline(n: int, sizes: Sizes, out_dir: Path, cache_dir: str) -> dict:
                  f"dataset.load.n_users={n_users}", f"dataset.load.n_items={n_items}",
                  f"dataset.load.cache_dir={cache_dir}", f"train.epochs={sizes.scale_epochs}",
                  f"train.max_steps={sizes.scale_max_steps}", "train.refit=false",
-                 # the plain DSSM the bench has always timed: the default's user history,
-                 # mixed negatives and weight decay are not measured at these sizes (docs/bench.md)
-                 "model.history=false", "sampler.n_uniform=0", "train.weight_decay=0",
+                 *PLAIN_DSSM,  # the DSSM the bench has always timed
                  f"train.sparse_embeddings={str(sizes.sparse_embeddings).lower()}",
                  f"paths.out={run_out}"]  # fmt: skip
     if n in sizes.scale_users:
