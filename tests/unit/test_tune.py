@@ -38,13 +38,15 @@ def test_the_starting_point_is_the_command_s_values_the_space_holds():
         {"model.temperature": "tag(log, interval(0.02, 0.3))", "model.embed_dim": "choice(32, 64)",
          "model.dropout": "interval(0.0, 0.3)", "model.history_decay": "choice(0, 2, 5)",
          "model.history": "choice(true, false)", "model.hidden": "choice(1, 2)",
-         "train.lr": "interval(0.001, 0.01)", "sampler": "choice(inbatch, mixed)"}, "x.yaml",
+         "train.lr": "interval(0.001, 0.01)", "sampler": "choice(inbatch, mixed)",
+         "train.batch_size": "interval(64, 4096)"}, "x.yaml",
     )  # fmt: skip
     cfg = OmegaConf.create({"model": {"temperature": 0.124, "embed_dim": 16, "dropout": 0.5,
                                       "history_decay": 5.0, "history": False, "hidden": [256]},
-                            "train": {"lr": 0.0026}})  # fmt: skip
+                            "train": {"lr": 0.0026, "batch_size": "auto"}})  # fmt: skip
     point = starting_point(space, cfg, {"sampler": "mixed", "model": "dssm"})
-    # embed_dim 16 and dropout 0.5 lie outside the space, a list is no choice: left to TPE
+    # embed_dim 16 and dropout 0.5 lie outside the space, a list is no choice, a text no
+    # number: left to TPE
     assert point == {"model.temperature": 0.124, "model.history_decay": 5,
                      "model.history": False, "train.lr": 0.0026, "sampler": "mixed"}  # fmt: skip
     assert type(point["model.history_decay"]) is int  # the choice's own value, not 5.0

@@ -205,8 +205,9 @@ def starting_point(space: dict, cfg: DictConfig, choices: dict) -> dict:
         if isinstance(dist, optuna.distributions.CategoricalDistribution):
             if value in dist.choices:
                 point[key] = dist.choices[dist.choices.index(value)]
-        elif dist.low <= value <= dist.high and not isinstance(value, bool):
-            point[key] = value
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            if dist.low <= value <= dist.high:
+                point[key] = value
     return point
 
 

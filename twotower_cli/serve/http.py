@@ -132,15 +132,15 @@ class HotPath:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         try:
-            raw = b""
+            chunks = []
             while True:
                 message = await receive()
                 if message["type"] != "http.request":  # http.disconnect: the client left
                     return
-                raw += message.get("body", b"")
+                chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
-            answer = await self.answer_one(raw, start)
+            answer = await self.answer_one(b"".join(chunks), start)
         except RequestValidationError as exc:
             return await validation_reply(exc)(scope, receive, send)
         except RequestError as exc:
