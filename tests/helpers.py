@@ -19,6 +19,15 @@ params:
 """
 
 
+def local_client(app):
+    """A TestClient as a local caller sends: Host localhost, JSON bodies (the serve tests)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(
+        app, base_url="http://localhost", headers={"content-type": "application/json"}
+    )
+
+
 def readme_section(title: str) -> str:
     return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import SMALL, read_json, twotower
-from fastapi.testclient import TestClient
+from helpers import local_client
 
 from twotower_cli import serve
 from twotower_cli.artifacts.checkpoint import load_dir as _load_model
@@ -24,13 +24,6 @@ from twotower_cli.export.user_tower import export_onnx
 from twotower_cli.models.inputs import feature_tensors
 
 ROOT = ("synthetic", "sample", "inbatch", "dssm")
-
-
-def local_client(app) -> TestClient:
-    """A client as a local caller sends: Host localhost, JSON bodies."""
-    return TestClient(
-        app, base_url="http://localhost", headers={"content-type": "application/json"}
-    )
 
 
 @pytest.fixture(scope="module")

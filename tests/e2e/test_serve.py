@@ -25,6 +25,7 @@ import pytest
 import torch
 from conftest import SMALL, twotower
 from fastapi.testclient import TestClient
+from helpers import local_client
 
 from twotower_cli import serve
 from twotower_cli.artifacts.checkpoint import load_dir as _load_model
@@ -35,13 +36,6 @@ from twotower_cli.retrieval.search import EvalSet, search
 from twotower_cli.serve.http import HotPath
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
-
-
-def local_client(app) -> TestClient:
-    """A client as a local caller sends: Host localhost, JSON bodies."""
-    return TestClient(
-        app, base_url="http://localhost", headers={"content-type": "application/json"}
-    )
 
 
 @pytest.fixture(scope="module")

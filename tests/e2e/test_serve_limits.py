@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from conftest import SMALL, twotower
 from fastapi.testclient import TestClient
+from helpers import local_client
 
 from twotower_cli import serve
 from twotower_cli.artifacts.checkpoint import load_dir as _load_model
@@ -25,13 +26,6 @@ from twotower_cli.core.layout import Layout
 from twotower_cli.tools.loadtest import drive, request_bodies
 
 RUN = ("synthetic", "sample", "inbatch", "dssm")
-
-
-def local_client(app) -> TestClient:
-    """A client as a local caller sends: Host localhost, JSON bodies."""
-    return TestClient(
-        app, base_url="http://localhost", headers={"content-type": "application/json"}
-    )
 
 
 def _dirs(out: Path) -> serve.ServeDirs:
