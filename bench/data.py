@@ -29,6 +29,7 @@ class Data:
         self.log_q = torch.from_numpy(
             item_log_frequency(train_pos["item"].to_numpy(), self.n_items)
         )
-        # the plain DSSM of the bench's history (no user history, temperature 0.05)
+        # the plain DSSM of the bench's history: the model PLAIN_DSSM (bench/sizes.py) pins on the
+        # bench's `twotower` runs
         self.model = DSSM(self.schema, embed_dim=32, hidden=[256], out_dim=64, dropout=0.1,
                           temperature=0.05, history=False)  # fmt: skip
